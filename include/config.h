@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/* Configuration: the YAML file's schema, its parser (libyaml) and validation. A config is
+ * immutable once loaded; a reload builds a new one. Every problem is reported as
+ * FILE:LINE:COL: message, and all problems are reported, not only the first. */
+#ifndef PGSTEER_CONFIG_H
+#define PGSTEER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_NODES 32
+
+enum node_role { NODE_PRIMARY = 0, NODE_REPLICA = 1 };
+enum auth_method { AUTH_METHOD_SCRAM = 0, AUTH_METHOD_MD5 = 1, AUTH_METHOD_TRUST = 2 };
+enum consistency { CONSISTENCY_SESSION = 0, CONSISTENCY_EVENTUAL = 1, CONSISTENCY_STRONG = 2 };
+enum fallback { FALLBACK_PRIMARY = 0, FALLBACK_ERROR = 1 };
+
+struct config_addr {
+    char host[256]; /* numeric IPv4/IPv6 address or host name */
+    int port;
+};
+
+struct config_user {
+    char *name;
+    char *password;
+};
+
+struct config_node {
+    char *name;
+    char *host;
+    int port;
+    enum node_role role;
+    int weight;         /* >= 0, default 1; 0 = never read from */
+    char *monitor_host; /* defaults to host */
+    int monitor_port;   /* defaults to port */
+};
+
+struct config_monitor {
+    int interval_ms;        /* default 100, 10..60000 */
+    int64_t max_lag_bytes;  /* default 16 MiB */
+    int max_lag_ms;         /* default 1000 */
+    int connect_timeout_ms; /* default 1000 */
+    int recover_checks;     /* default 3 */
+    char *user;             /* default: first user */
+    char *password;         /* default: that user's password */
+    char *dbname;           /* default "postgres" */
+};
+
+struct config {
+    char *path;
+    struct config_addr listen;       /* default 127.0.0.1:6432 */
+    struct config_addr admin_listen; /* default 127.0.0.1:9930 */
+    bool has_admin_listen;
+    enum auth_method auth_method; /* default scram-sha-256 */
+    struct config_user *users;
+    size_t nusers;
+    struct config_user *admin_users;
+    size_t nadmin_users;
+    char *admin_token; /* NULL when unset */
+    struct config_node *nodes;
+    size_t nnodes;
+    int primary;            /* index into nodes of the one primary */
+    char **write_functions; /* lower-case function names */
+    size_t nwrite_functions;
+    struct config_monitor monitor;
+    enum consistency consistency; /* default session */
+    enum fallback fallback;       /* default primary */
+    int max_client_conn;          /* default 10000 */
+    int workers;                  /* default 1 */
+    int shutdown_timeout_ms;      /* default 30000 */
+    int connect_timeout_ms;       /* backend connect timeout, default 5000 */
+    char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
+};
+
+/* Load and validate `path`. On success returns a new config (free with config_free) and
+ * leaves *errors NULL. On failure returns NULL and sets *errors to a malloc'd string with one
+ * "FILE:LINE:COL: message\n" line per problem (the caller frees it). */
+struct config *config_load(const char *path, char **errors);
+
+/* Same, from a string in memory; `name` stands for FILE in messages. */
+struct config *config_parse(const char *name, const char *text, size_t len, char **errors);
+
+void config_free(struct config *c);
+
+/* Find a user by name; NULL when absent. */
+const struct config_user *config_find_user(const struct config *c, const char *name);
+const struct config_user *config_find_admin_user(const struct config *c, const char *name);
+
+/* Parse "host:port" / "[v6]:port" into a; returns 0 or -1. */
+int config_parse_addr(const char *s, struct config_addr *a);
+
+#endif

@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+/* Logging: one line per event to stderr, with a timestamp and level. Thread-safe (each line is
+ * written with one write(2) call). */
+#ifndef PGSTEER_LOG_H
+#define PGSTEER_LOG_H
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARNING = 2, LOG_ERROR = 3 };
+
+/* Set the minimum level written; default LOG_INFO. Call before threads start. */
+void log_set_level(enum log_level level);
+/* Parse "debug"/"info"/"warning"/"error"; returns the level or -1. */
+int log_parse_level(const char *s);
+/* Write one line: "2026-11-25 11:00:00.123 LEVEL message". Lines longer than 1 KiB are cut. */
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+
+#endif

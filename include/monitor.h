@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/* The monitor thread: polls every node with libpq for role and WAL positions, computes lag,
+ * runs the eviction state machine, and publishes an immutable snapshot to the event loop.
+ * The thread never touches loop objects except uv_async_send, which is thread-safe. */
+#ifndef PGSTEER_MONITOR_H
+#define PGSTEER_MONITOR_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "lag.h"
+
+struct node_status {
+    enum lag_state state;      /* UP, LAGGING, DOWN */
+    bool answered;             /* answered in the last round */
+    bool in_recovery;          /* pg_is_in_recovery() */
+    bool eligible;             /* a replica reads may go to now (UP, in recovery, weight > 0) */
+    lsn_t current_lsn;         /* primary: pg_current_wal_lsn() */
+    lsn_t receive_lsn;         /* replica: pg_last_wal_receive_lsn() */
+    lsn_t replay_lsn;          /* replica: pg_last_wal_replay_lsn() */
+    int64_t lag_bytes;         /* primary LSN - replay LSN, >= 0; 0 for the primary */
+    int64_t lag_ms;            /* time lag, see lag_history_time_lag; 0 for the primary */
+    int64_t last_replay_ts_ms; /* pg_last_xact_replay_timestamp() in unix ms, 0 if null */
+    int64_t changed_at_ms;     /* unix ms of the last state change */
+    char reason[128];          /* why it is in its state */
+};
+
+/* One round's results. Immutable once published; owned by the loop after it takes it. */
+struct monitor_snapshot {
+    uint64_t round;             /* 1, 2, ... */
+    int64_t primary_sampled_ns; /* uv_hrtime() just before the primary LSN query was sent */
+    lsn_t primary_lsn;          /* the primary's LSN in this round; LSN_INVALID if unknown */
+    bool primary_up;
+    size_t nnodes; /* same order as config->nodes */
+    struct node_status nodes[CONFIG_MAX_NODES];
+};
+
+struct monitor; /* opaque */
+
+/* Create a monitor for `cfg` (borrowed: it must outlive the monitor or be replaced with
+ * monitor_set_config) that wakes `wakeup` (initialised by the caller on its loop) after each
+ * published round. Returns NULL on failure. Loop thread. */
+struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup);
+/* Start the thread. Returns 0 or a negative error. */
+int monitor_start(struct monitor *m);
+/* Take the newest snapshot published since the last call, or NULL when none. The caller owns
+ * it and frees it with free(). Loop thread; lock-free (an atomic exchange). */
+struct monitor_snapshot *monitor_take(struct monitor *m);
+/* Stop and join the thread, free everything. Loop thread. */
+void monitor_free(struct monitor *m);
+
+#endif

@@ -1,0 +1,250 @@
+/* SPDX-License-Identifier: MIT */
+/* The proxy's runtime objects: the process-wide state of one event loop (struct proxy), a
+ * client connection (struct client) and a backend connection to a node (struct backend).
+ * client.c owns clients, backend.c owns backends, proxy.c owns the loop and the listener. */
+#ifndef PGSTEER_PROXY_H
+#define PGSTEER_PROXY_H
+
+#define CLIENT_MAX_PARAMS 64
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "auth.h"
+#include "buf.h"
+#include "classify.h"
+#include "config.h"
+#include "lag.h"
+#include "monitor.h"
+#include "router.h"
+
+/* Per-node runtime state kept by the loop (the monitor's view arrives in snapshots). */
+struct node_rt {
+    struct sockaddr_storage addr; /* resolved at start */
+    int64_t failed_until_ms;      /* a backend connect/read failed: no reads until then */
+    uint64_t reads;               /* routing units sent here as reads */
+    uint64_t writes;              /* routing units sent here for any other reason */
+    uint64_t backends;            /* backends open now */
+};
+
+/* Startup replies cached per (user, database, startup parameters), so that a client needs no
+ * backend until its first statement. `key` is the concatenated startup parameters. */
+struct param_cache {
+    struct param_cache *next;
+    char *key;
+    size_t keylen;
+    char *msgs; /* raw ParameterStatus messages, as the primary sent them */
+    size_t msgslen;
+};
+
+struct client;
+
+struct proxy {
+    uv_loop_t *loop;
+    struct config *cfg;
+    uv_tcp_t listener;
+    uv_signal_t sigint, sigterm, sighup;
+    uv_async_t monitor_wakeup;
+    struct monitor *monitor;
+    struct monitor_snapshot *snap; /* newest snapshot; owned by the loop; NULL before the first */
+    struct router router;
+    struct node_rt nodes[CONFIG_MAX_NODES];
+    struct client *clients; /* doubly linked list of live clients */
+    uint64_t nclients;
+    uint32_t next_client_id;
+    struct param_cache *params;
+    struct classify_functions wfuncs;
+    bool shutting_down;
+    uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
+    uint64_t route_reasons[ROUTE_REASON_COUNT];
+};
+
+/* ---- backend.c ---- */
+
+enum backend_state {
+    BACKEND_CONNECTING = 0, /* TCP connect in progress */
+    BACKEND_AUTH,           /* StartupMessage sent, authenticating */
+    BACKEND_STARTUP,        /* authenticated, collecting ParameterStatus until ReadyForQuery */
+    BACKEND_READY,          /* usable: queued messages flow */
+    BACKEND_CLOSING,        /* uv_close called; freed in the close callback */
+};
+
+/* One response the backend owes us, in the order the messages were sent. */
+enum expect_kind {
+    EXP_PARSE = 0,
+    EXP_BIND,
+    EXP_DESCRIBE,
+    EXP_EXECUTE,
+    EXP_CLOSE,
+    EXP_SYNC,  /* ends with ReadyForQuery */
+    EXP_QUERY, /* simple Query or FunctionCall: ends with ReadyForQuery */
+};
+struct expect {
+    uint8_t kind;   /* enum expect_kind */
+    bool swallow;   /* injected by pgsteer: the client must not see the answer */
+    bool retryable; /* a read on a replica that may be retried on the primary on 25006 */
+    bool write;     /* the unit needed the primary for a write: completes read-your-writes */
+};
+
+struct backend {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    uv_write_t login_req;
+    struct buf login; /* the login message in flight */
+    uv_timer_t timer;      /* connect/login timeout */
+    struct client *client; /* NULL once the client is gone */
+    int node;
+    enum backend_state state;
+    struct buf in;
+    struct buf out;     /* queued for the node */
+    struct buf writing; /* handed to uv_write, not touched until its callback */
+    bool write_pending;
+    uint32_t pid, key; /* the node's BackendKeyData */
+    struct scram_client *scram;
+    struct expect *exp; /* ring of owed responses */
+    size_t exp_head, exp_count, exp_cap;
+    size_t fwd_outstanding;    /* owed responses the client will see */
+    uint64_t set_gen;          /* session changes replayed here up to this generation */
+    struct buf startup_params; /* ParameterStatus messages from login */
+    bool reading;
+    int handles_open; /* tcp + timer; freed when both closed */
+};
+
+/* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.
+ * Returns the backend (owned by the client until backend_close) or NULL on allocation failure.
+ * Messages may be queued with backend_queue at once; they are sent after login. */
+struct backend *backend_open(struct client *c, int node);
+/* Queue raw protocol bytes for the node. Returns 0 or -1 (out of memory). */
+int backend_queue(struct backend *b, const void *p, size_t n);
+/* Record that the node owes a response of `kind`. Returns 0 or -1 (out of memory). */
+int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write);
+/* Send queued bytes now (when logged in). */
+void backend_flush(struct backend *b);
+/* Close the connection: sends Terminate when logged in, detaches from the client, frees the
+ * memory in the close callback. Safe to call more than once. */
+void backend_close(struct backend *b);
+/* Stop/start reading the node (flow control for a slow client). */
+void backend_pause(struct backend *b);
+void backend_resume(struct backend *b);
+
+/* ---- client.c ---- */
+
+enum client_state {
+    CLIENT_STARTUP = 0, /* waiting for StartupMessage (or SSLRequest, CancelRequest) */
+    CLIENT_AUTH,        /* authenticating the client */
+    CLIENT_CONNECTING,  /* authenticated; waiting for the first backend's parameters */
+    CLIENT_READY,       /* serving statements */
+    CLIENT_CLOSING,     /* uv_close called; freed in the close callback */
+};
+
+/* A named prepared statement of the client (protocol level, "" = unnamed). */
+struct stmt {
+    struct stmt *next;
+    char *name;
+    char *query;
+    size_t query_len;
+    uint32_t *types;
+    uint16_t ntypes;
+    unsigned flags; /* classify flags of query */
+    uint32_t nodes; /* bit i: prepared on the backend to node i */
+};
+
+/* A session change to replay on every backend (SET, RESET, DISCARD, SQL PREPARE). */
+struct session_change {
+    struct session_change *next;
+    uint64_t gen;
+    char *key; /* "set:<name>", "prepare:<name>", ...: a newer change of a key replaces the
+                  older one, so the list stays as long as the session's distinct settings */
+    char *sql;
+    unsigned flags; /* for "prepare:": the classify flags of the prepared statement's body */
+};
+
+struct client {
+    uv_tcp_t tcp;
+    uv_write_t write_req;
+    struct proxy *px;
+    struct client *prev, *next;
+    uint32_t id, key;
+    enum client_state state;
+    struct buf in;
+    struct buf out;
+    struct buf writing;
+    bool write_pending;
+    bool reading;
+    char *user;
+    char *database;
+    char *password; /* configured password: also logs pgsteer in to nodes */
+    char **params;  /* startup parameters for backends: name, value, ... */
+    size_t nparams;
+    char *param_key; /* cache key, see struct param_cache */
+    size_t param_keylen;
+    struct scram_server *scram;
+    uint8_t md5_salt[4];
+    struct backend *backends[CONFIG_MAX_NODES];
+    /* session */
+    char tx_status; /* from the last ReadyForQuery: 'I', 'T', 'E' */
+    int tx_node;    /* node of the open transaction (predicted while in flight), or -1 */
+    bool pinned;
+    const char *pin_reason;
+    enum consistency consistency;
+    lsn_t min_lsn;          /* SET pgsteer.min_lsn */
+    lsn_t rw_lsn;           /* bounds the session's last write (read-your-writes) */
+    uint64_t write_done_ns; /* uv_hrtime() when the last write finished; 0 when bounded */
+    struct stmt *stmts;     /* protocol-level prepared statements */
+    struct session_change *changes;
+    uint64_t change_gen;
+    /* the routing unit in progress */
+    int batch_node;    /* extended batch bound to this node until Sync, or -1 */
+    bool batch_failed; /* the batch's backend failed: drop messages until Sync */
+    bool batch_write;
+    int cur_node;       /* node of the last unit sent (COPY data follows it) */
+    bool stalled;       /* waiting for another node's responses before sending more */
+    bool processing;    /* inside client_process (no re-entry) */
+    bool paused_out;    /* backends paused because out is large */
+    bool wait_snapshot; /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
+    /* The safety net for a misclassified read: the Query in flight on a replica, and a
+     * RowDescription held back until we know the replica did not refuse it (25006). */
+    bool retry_inflight;
+    struct buf retry_sql;
+    struct buf retry_hold;
+    struct route last_route;
+};
+
+/* Accept callback helper: set up a client on an accepted connection. */
+void client_accept(struct proxy *px, uv_stream_t *server);
+/* Close a client: sends ErrorResponse(sqlstate, message) first when sqlstate is not NULL,
+ * logs `reason`, closes its backends, frees memory in the close callback. Idempotent. */
+void client_close(struct client *c, const char *sqlstate, const char *reason);
+/* Queue bytes for the client / send them. */
+int client_queue(struct client *c, const void *p, size_t n);
+void client_flush(struct client *c);
+/* Continue processing buffered input (after a stall ends or a backend became ready). */
+void client_process(struct client *c);
+
+/* Called by backend.c. */
+void client_backend_ready(struct client *c, struct backend *b);
+/* Backend to `node` failed and is closed already; it owed the client `owed_ready`
+ * ReadyForQuery messages (and other responses when owed_any). */
+void client_backend_failed(struct client *c, int node, const char *sqlstate, const char *message,
+                           bool owed_any, size_t owed_ready);
+/* A response message from backend b for the client; returns 0 or -1 when the client closed. */
+void client_on_ready_for_query(struct client *c, struct backend *b, char status,
+                               const struct expect *e);
+void client_on_copy_in(struct client *c, struct backend *b);
+/* A retryable read was refused by a replica and its answers swallowed: run it on the primary. */
+void client_retry_on_primary(struct client *c);
+/* The retryable read got an answer the client may see: send what was held back. */
+void client_retry_settled(struct client *c);
+
+/* The monitor published a new snapshot: clients waiting for one may go on. */
+void client_on_snapshot(struct client *c);
+
+/* ---- proxy.c ---- */
+int64_t proxy_now_ms(void);
+/* Mark a node as failed by the loop for a short time (no reads go there). */
+void proxy_node_failed(struct proxy *px, int node);
+
+#endif

@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""`make demo`: a PostgreSQL primary and two streaming replicas on this machine, pgsteer in
+front of them, five seconds of pgbench through pgsteer, and a table of where the reads and
+writes went, from each node's own statistics. Everything runs in a temporary directory and is
+stopped and removed at the end."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+import cluster as cl  # noqa: E402
+
+SECONDS = 5
+CLIENTS = 4
+
+
+def say(msg=""):
+    print(msg, flush=True)
+
+
+def step(n, msg):
+    say("\n[%d/5] %s" % (n, msg))
+
+
+def node_stats(c):
+    """Per node, from its own pg_stat_database for the app database: committed transactions
+    and rows written (inserted + updated + deleted)."""
+    out = {}
+    for n in c.nodes:
+        # Asked from the postgres database, so that asking does not count in app's numbers.
+        row = c.psql(n.port, "select xact_commit, tup_inserted + tup_updated + tup_deleted "
+                             "from pg_stat_database where datname = 'app'", db="postgres")
+        xacts, written = (int(x) for x in row.split("|"))
+        out[n.name] = (xacts, written)
+    return out
+
+
+def wait_idle(c, timeout=5):
+    """Wait until no session is left in the app database on any node: a backend flushes its
+    statistics when it exits, so the counters are complete after this."""
+    deadline = time.monotonic() + timeout
+    for n in c.nodes:
+        while time.monotonic() < deadline:
+            busy = c.psql(n.port, "select count(*) from pg_stat_activity where datname = 'app'",
+                          db="postgres")
+            if busy == "0":
+                break
+            time.sleep(0.1)
+
+
+def pgbench(c, port, args, timeout=120):
+    env = dict(os.environ, PGPASSWORD=cl.APP_PASSWORD)
+    cmd = [os.path.join(c.bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U",
+           cl.APP_USER] + args + [cl.APP_DB]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def fetch_status(px):
+    url = "http://127.0.0.1:%d/status" % px.admin_port
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = r.read(65536).decode("utf-8", "replace")
+    except Exception as e:  # noqa: BLE001 - the admin endpoint is optional here
+        say("      (%s did not answer: %s)" % (url, e))
+        return
+    say("      %s says:" % url)
+    try:
+        body = json.dumps(json.loads(body), indent=2)
+    except ValueError:
+        pass
+    lines = body.splitlines()
+    for line in lines[:40]:
+        say("        " + line)
+    if len(lines) > 40:
+        say("        ... (%d more lines)" % (len(lines) - 40))
+
+
+def main():
+    say("pgsteer demo: one PostgreSQL primary, two streaming replicas, pgsteer in front.")
+    say("Reads should land on the replicas, writes on the primary.")
+
+    step(1, "Starting a primary and two streaming replicas (PostgreSQL in %s)"
+         % cl.pg_bindir())
+    with cl.Cluster(replicas=2) as c:
+        for n in c.nodes:
+            say("      %-9s %-8s 127.0.0.1:%d" % (n.name, n.role, n.port))
+        say("      ready in %.1f s (temporary directory %s)" % (c.start_seconds, c.tmpdir))
+
+        step(2, "Starting pgsteer")
+        with cl.Pgsteer(c, name="demo") as px:
+            say("      listening on 127.0.0.1:%d, admin on 127.0.0.1:%d, log %s"
+                % (px.port, px.admin_port, px.log_path))
+            say("      its configuration:")
+            with open(px.config_path) as f:
+                for line in f.read().splitlines():
+                    say("        " + line)
+            say("      connect yourself with:  psql 'host=127.0.0.1 port=%d user=app "
+                "password=secret dbname=app'" % px.port)
+
+            step(3, "Creating pgbench's tables on the primary (pgbench -i -s 1)")
+            p = pgbench(c, c.primary_port, ["-i", "-s", "1", "-q"])
+            if p.returncode != 0:
+                say("      pgbench -i failed:\n" + p.stderr)
+                return 1
+            c.wait_replay()
+            say("      100000 accounts created; both replicas have replayed them")
+            before = node_stats(c)
+
+            step(4, "Running %d s of mixed work through pgsteer: %d clients, 80%% select-only "
+                    "(reads), 20%% tpcb-like (read-write transactions)" % (SECONDS, CLIENTS))
+            p = pgbench(c, px.port, ["-n", "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS),
+                                     "-b", "select-only@4", "-b", "tpcb-like@1"])
+            scripts = re.findall(r"SQL script \d+: <builtin: ([^>]+)>\n - weight: \d+[^\n]*\n"
+                                 r" - (\d+) transactions", p.stdout)
+            failed = re.search(r"number of failed transactions: (\d+)", p.stdout)
+            for name, n in scripts:
+                say("      %-22s %8s transactions" % (name, n))
+            if failed:
+                say("      %-22s %8s" % ("failed transactions", failed.group(1)))
+            bench_ok = p.returncode == 0 and (failed is None or failed.group(1) == "0")
+            if p.returncode != 0:
+                say("      pgbench exited with status %d:" % p.returncode)
+                for line in p.stderr.strip().splitlines()[-10:]:
+                    say("        " + line)
+
+            say("\n      pgsteer's admin status:")
+            fetch_status(px)
+
+        step(5, "Where the work went, from each node's own statistics (pg_stat_database)")
+        wait_idle(c)
+        after = node_stats(c)
+        xacts = {n.name: after[n.name][0] - before[n.name][0] for n in c.nodes}
+        total = sum(xacts.values()) or 1
+        say("      %-9s %-8s %-6s %13s %7s %13s" % ("node", "role", "port", "transactions",
+                                                  "share", "rows written"))
+        for n in c.nodes:
+            w = after[n.name][1] - before[n.name][1]
+            say("      %-9s %-8s %-6d %13d %6.1f%% %13d" % (n.name, n.role, n.port,
+                                                         xacts[n.name],
+                                                         100.0 * xacts[n.name] / total, w))
+        on_replicas = 100.0 * sum(xacts[n.name] for n in c.nodes[1:]) / total
+        say("")
+        as_expected = (bench_ok and on_replicas >= 50 and xacts["primary"] > 0
+                       and all(xacts[n.name] > 0 for n in c.nodes[1:]))
+        if as_expected:
+            say("      %.0f%% of the transactions ran on the replicas: the select-only ones. "
+                "The" % on_replicas)
+            say("      read-write ones ran on the primary, which wrote every row (a replica "
+                "only")
+            say("      replays the primary's WAL, and these counters do not count replay).")
+        else:
+            say("      That is not the expected split (most transactions on the replicas, "
+                "the")
+            say("      read-write ones on the primary, and no failures). pgsteer's log:")
+            px.dump_log(30, out=sys.stdout)
+    say("\nStopped pgsteer and PostgreSQL and removed the temporary directory.")
+    return 0 if as_expected else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except cl.ClusterError as e:
+        say("\ndemo failed: %s" % e)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        say("\ninterrupted; everything was stopped")
+        sys.exit(130)

@@ -1,0 +1,622 @@
+/* SPDX-License-Identifier: MIT */
+/* Backend connections: pgsteer's own connections to nodes, opened lazily for a client, logged
+ * in with the client's credentials, and the response side of the routing: each response is
+ * matched to the message that caused it, forwarded to the client or swallowed. */
+#include "proxy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "protocol.h"
+
+#define BACKEND_READ_CHUNK (64 * 1024)
+#define BACKEND_OUT_HIGH   (4 * 1024 * 1024)
+
+static void backend_fail(struct backend *b, const char *sqlstate, const char *message);
+static void backend_handle_input(struct backend *b);
+
+static void backend_free_if_closed(struct backend *b)
+{
+    if (--b->handles_open > 0)
+        return;
+    buf_destroy(&b->in);
+    buf_destroy(&b->out);
+    buf_destroy(&b->writing);
+    buf_destroy(&b->startup_params);
+    buf_destroy(&b->login);
+    free(b->scram);
+    free(b->exp);
+    free(b);
+}
+
+static void backend_close_cb(uv_handle_t *h)
+{
+    backend_free_if_closed(h->data);
+}
+
+static void backend_detach(struct backend *b)
+{
+    struct client *c = b->client;
+    if (c == NULL)
+        return;
+    if (c->backends[b->node] == b)
+        c->backends[b->node] = NULL;
+    /* Statements prepared there are gone with the connection. */
+    for (struct stmt *s = c->stmts; s; s = s->next)
+        s->nodes &= ~(1u << b->node);
+    c->px->nodes[b->node].backends--;
+    b->client = NULL;
+}
+
+void backend_close(struct backend *b)
+{
+    if (b->state == BACKEND_CLOSING)
+        return;
+    if (b->state == BACKEND_READY && !b->write_pending) {
+        /* Best effort Terminate; uv_try_write does not need the buffer afterwards. */
+        char t[5] = {FE_TERMINATE, 0, 0, 0, 4};
+        uv_buf_t ub = uv_buf_init(t, sizeof(t));
+        (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
+    }
+    b->state = BACKEND_CLOSING;
+    backend_detach(b);
+    uv_close((uv_handle_t *)&b->timer, backend_close_cb);
+    uv_close((uv_handle_t *)&b->tcp, backend_close_cb);
+}
+
+int backend_queue(struct backend *b, const void *p, size_t n)
+{
+    return buf_append(&b->out, p, n);
+}
+
+int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write)
+{
+    if (b->exp_count == b->exp_cap) {
+        size_t ncap = b->exp_cap ? b->exp_cap * 2 : 64;
+        struct expect *ne = malloc(ncap * sizeof(*ne));
+        if (ne == NULL)
+            return -1;
+        for (size_t i = 0; i < b->exp_count; i++)
+            ne[i] = b->exp[(b->exp_head + i) % b->exp_cap];
+        free(b->exp);
+        b->exp = ne;
+        b->exp_cap = ncap;
+        b->exp_head = 0;
+    }
+    struct expect *e = &b->exp[(b->exp_head + b->exp_count) % b->exp_cap];
+    e->kind = (uint8_t)kind;
+    e->swallow = swallow;
+    e->retryable = false;
+    e->write = write;
+    b->exp_count++;
+    if (!swallow)
+        b->fwd_outstanding++;
+    return 0;
+}
+
+static struct expect *backend_head(struct backend *b)
+{
+    return b->exp_count ? &b->exp[b->exp_head] : NULL;
+}
+
+static struct expect backend_pop(struct backend *b)
+{
+    struct expect e = b->exp[b->exp_head];
+    b->exp_head = (b->exp_head + 1) % b->exp_cap;
+    b->exp_count--;
+    if (!e.swallow)
+        b->fwd_outstanding--;
+    return e;
+}
+
+static void backend_write_cb(uv_write_t *req, int status)
+{
+    struct backend *b = req->data;
+    b->write_pending = false;
+    buf_reset(&b->writing);
+    if (b->state == BACKEND_CLOSING)
+        return;
+    if (status < 0) {
+        backend_fail(b, "08006", uv_strerror(status));
+        return;
+    }
+    backend_flush(b);
+    /* The client may have been held back while our queue was long. */
+    if (b->client && buf_avail(&b->out) < BACKEND_OUT_HIGH && !b->client->reading &&
+        b->client->state == CLIENT_READY)
+        client_process(b->client);
+}
+
+void backend_flush(struct backend *b)
+{
+    if (b->write_pending || buf_avail(&b->out) == 0)
+        return;
+    if (b->state != BACKEND_READY)
+        return;
+    /* Swap buffers: `out` keeps accepting while `writing` is in flight. */
+    struct buf tmp = b->writing;
+    b->writing = b->out;
+    b->out = tmp;
+    uv_buf_t ub = uv_buf_init((char *)buf_head(&b->writing), (unsigned)buf_avail(&b->writing));
+    b->write_req.data = b;
+    int rc = uv_write(&b->write_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_write_cb);
+    if (rc < 0) {
+        backend_fail(b, "08006", uv_strerror(rc));
+        return;
+    }
+    b->write_pending = true;
+}
+
+static void backend_login_write_cb(uv_write_t *req, int status)
+{
+    struct backend *b = req->data;
+    buf_reset(&b->login);
+    if (b->state != BACKEND_CLOSING && status < 0)
+        backend_fail(b, "08006", uv_strerror(status));
+}
+
+/* Login messages go out on their own, ahead of the client's queued traffic, which waits in
+ * `out` until the node is ready. Login is request/response, so one write is in flight at most;
+ * `msg` is emptied (its memory moves to the backend). */
+static int backend_send_login(struct backend *b, struct buf *msg)
+{
+    buf_destroy(&b->login);
+    b->login = *msg;
+    buf_init(msg);
+    uv_buf_t ub = uv_buf_init((char *)buf_head(&b->login), (unsigned)buf_avail(&b->login));
+    b->login_req.data = b;
+    return uv_write(&b->login_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_login_write_cb) < 0
+               ? -1
+               : 0;
+}
+
+static void backend_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+{
+    (void)suggested;
+    struct backend *b = h->data;
+    if (b->in.off > 0 && b->in.off == b->in.len)
+        buf_reset(&b->in);
+    else if (b->in.off > b->in.cap / 2)
+        buf_compact(&b->in);
+    if (buf_reserve(&b->in, BACKEND_READ_CHUNK) < 0) {
+        *ub = uv_buf_init(NULL, 0);
+        return;
+    }
+    *ub = uv_buf_init(b->in.data + b->in.len, (unsigned)(b->in.cap - b->in.len));
+}
+
+static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    (void)ub;
+    struct backend *b = s->data;
+    if (b->state == BACKEND_CLOSING)
+        return;
+    if (nread < 0) {
+        backend_fail(b, "08006",
+                     nread == UV_EOF ? "the node closed the connection" : uv_strerror((int)nread));
+        return;
+    }
+    if (nread == 0)
+        return;
+    b->in.len += (size_t)nread;
+    struct client *c = b->client;
+    backend_handle_input(b);
+    if (c && c->state != CLIENT_CLOSING)
+        client_flush(c);
+}
+
+void backend_pause(struct backend *b)
+{
+    if (b->reading && b->state != BACKEND_CLOSING) {
+        uv_read_stop((uv_stream_t *)&b->tcp);
+        b->reading = false;
+    }
+}
+
+void backend_resume(struct backend *b)
+{
+    if (!b->reading && b->state != BACKEND_CLOSING && b->state != BACKEND_CONNECTING) {
+        uv_read_start((uv_stream_t *)&b->tcp, backend_alloc_cb, backend_read_cb);
+        b->reading = true;
+    }
+}
+
+static void backend_timeout_cb(uv_timer_t *t)
+{
+    struct backend *b = t->data;
+    backend_fail(b, "08001", "timeout while connecting to the node");
+}
+
+static void backend_connect_cb(uv_connect_t *req, int status)
+{
+    struct backend *b = req->data;
+    if (b->state == BACKEND_CLOSING)
+        return;
+    if (status < 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "could not connect to node: %s", uv_strerror(status));
+        backend_fail(b, "08001", msg);
+        return;
+    }
+    struct client *c = b->client;
+    uv_tcp_nodelay(&b->tcp, 1);
+    b->state = BACKEND_AUTH;
+    /* StartupMessage: the client's own parameters, so each node's session starts the same. */
+    const char *kv[2 * (CLIENT_MAX_PARAMS + 2)];
+    size_t n = 0;
+    kv[n++] = "user";
+    kv[n++] = c->user;
+    kv[n++] = "database";
+    kv[n++] = c->database;
+    for (size_t i = 0; i < c->nparams; i++) {
+        kv[n++] = c->params[2 * i];
+        kv[n++] = c->params[2 * i + 1];
+    }
+    struct buf msg;
+    buf_init(&msg);
+    if (proto_write_StartupMessage(&msg, kv, n / 2) < 0) {
+        buf_destroy(&msg);
+        backend_fail(b, "53200", "out of memory");
+        return;
+    }
+    if (backend_send_login(b, &msg) < 0) {
+        backend_fail(b, "53200", "out of memory");
+        return;
+    }
+    backend_resume(b);
+}
+
+struct backend *backend_open(struct client *c, int node)
+{
+    struct proxy *px = c->px;
+    struct backend *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->client = c;
+    b->node = node;
+    b->state = BACKEND_CONNECTING;
+    buf_init(&b->in);
+    buf_init(&b->out);
+    buf_init(&b->writing);
+    buf_init(&b->startup_params);
+    buf_init(&b->login);
+    uv_tcp_init(px->loop, &b->tcp);
+    uv_timer_init(px->loop, &b->timer);
+    b->handles_open = 2;
+    b->tcp.data = b;
+    b->timer.data = b;
+    b->connect_req.data = b;
+    c->backends[node] = b;
+    px->nodes[node].backends++;
+    uv_timer_start(&b->timer, backend_timeout_cb, (uint64_t)px->cfg->connect_timeout_ms, 0);
+    int rc = uv_tcp_connect(&b->connect_req, &b->tcp,
+                            (const struct sockaddr *)&px->nodes[node].addr, backend_connect_cb);
+    if (rc < 0) {
+        /* The connect callback will not run: fail on the next loop turn via the timer. */
+        uv_timer_start(&b->timer, backend_timeout_cb, 0, 0);
+    }
+    return b;
+}
+
+/* ---- login ---- */
+
+static int backend_handle_auth(struct backend *b, const struct proto_msg *m)
+{
+    struct client *c = b->client;
+    struct proto_reader r;
+    proto_reader_init(&r, m->body, m->len);
+    int32_t code = proto_read_i32(&r);
+    struct buf msg;
+    buf_init(&msg);
+    int rc = 0;
+    switch (code) {
+    case AUTH_OK:
+        b->state = BACKEND_STARTUP;
+        return 0;
+    case AUTH_CLEARTEXT:
+        rc = proto_write_PasswordMessage(&msg, c->password);
+        break;
+    case AUTH_MD5: {
+        const char *salt = proto_read_bytes(&r, 4);
+        if (salt == NULL)
+            return -1;
+        char resp[36];
+        auth_md5_response(c->user, c->password, (const uint8_t *)salt, resp);
+        rc = proto_write_PasswordMessage(&msg, resp);
+        break;
+    }
+    case AUTH_SASL: {
+        /* The list of mechanisms must hold SCRAM-SHA-256. */
+        bool found = false;
+        while (!r.err) {
+            size_t len;
+            const char *mech = proto_read_str(&r, &len);
+            if (r.err || len == 0)
+                break;
+            if (strcmp(mech, "SCRAM-SHA-256") == 0)
+                found = true;
+        }
+        if (!found)
+            return -1;
+        b->scram = calloc(1, sizeof(*b->scram));
+        if (b->scram == NULL || scram_client_init(b->scram, c->password) < 0)
+            return -1;
+        char first[SCRAM_MAX_MSG];
+        int n = scram_client_first(b->scram, first, sizeof(first));
+        if (n < 0)
+            return -1;
+        rc = proto_write_SASLInitialResponse(&msg, "SCRAM-SHA-256", first, (size_t)n);
+        break;
+    }
+    case AUTH_SASL_CONTINUE: {
+        if (b->scram == NULL)
+            return -1;
+        char final[SCRAM_MAX_MSG];
+        int n = scram_client_final(b->scram, m->body + 4, m->len - 4, final, sizeof(final));
+        if (n < 0)
+            return -1;
+        rc = proto_write_SASLResponse(&msg, final, (size_t)n);
+        break;
+    }
+    case AUTH_SASL_FINAL:
+        if (b->scram == NULL || scram_client_verify(b->scram, m->body + 4, m->len - 4) < 0)
+            return -1;
+        return 0;
+    default:
+        return -1;
+    }
+    if (rc < 0 || backend_send_login(b, &msg) < 0) {
+        buf_destroy(&msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Forward a node's ErrorResponse as an ERROR the session survives: a FATAL from a node ends
+ * only pgsteer's backend, not the client's session. */
+static void backend_fail_with_error(struct backend *b, const struct proto_msg *m)
+{
+    const char *code = proto_error_field(m->body, m->len, 'C');
+    const char *text = proto_error_field(m->body, m->len, 'M');
+    char msg[512];
+    snprintf(msg, sizeof(msg), "node %s: %s", b->client->px->cfg->nodes[b->node].name,
+             text ? text : "error");
+    backend_fail(b, code ? code : "08006", msg);
+}
+
+/* ---- responses ---- */
+
+static bool is_extended(uint8_t kind)
+{
+    return kind != EXP_SYNC && kind != EXP_QUERY;
+}
+
+/* ParameterStatus values a replica reports differently from the primary: the client sees the
+ * primary's view, or drivers that look for a read-write server would refuse pgsteer. */
+static bool replica_param_hidden(const struct proto_msg *m)
+{
+    static const char *const hidden[] = {"in_hot_standby", "default_transaction_read_only",
+                                         "transaction_read_only"};
+    for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++) {
+        size_t n = strlen(hidden[i]);
+        if (m->len > n && memcmp(m->body, hidden[i], n + 1) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Handles one response while logged in. Returns -1 when the backend or client was closed. */
+static int backend_handle_response(struct backend *b, const struct proto_msg *m)
+{
+    struct client *c = b->client;
+    struct expect *head = backend_head(b);
+    bool forward = head == NULL || !head->swallow;
+
+    switch (m->type) {
+    case BE_NOTIFICATION:
+        /* Always for the client, whatever it is waiting for. */
+        return client_queue(c, m->body - 5, m->total);
+    case BE_NOTICE:
+        return forward ? client_queue(c, m->body - 5, m->total) : 0;
+    case BE_PARAM_STATUS:
+        if (!forward ||
+            (c->px->cfg->nodes[b->node].role == NODE_REPLICA && replica_param_hidden(m)))
+            return 0;
+        return client_queue(c, m->body - 5, m->total);
+    default:
+        break;
+    }
+
+    if (head == NULL) {
+        /* A response nobody asked for: a FATAL before the node closes (admin shutdown), or a
+         * broken node. Tell the client and drop this backend. */
+        if (m->type == BE_ERROR) {
+            backend_fail_with_error(b, m);
+            return -1;
+        }
+        log_warn("client %u: node %s sent unexpected message '%c'", c->id,
+                 c->px->cfg->nodes[b->node].name, m->type);
+        backend_fail(b, "08P01", "unexpected message from node");
+        return -1;
+    }
+
+    if (head->retryable) {
+        /* A read on a replica that may still be retried on the primary: nothing reaches the
+         * client until the replica has shown it accepted the statement. */
+        const char *code = m->type == BE_ERROR ? proto_error_field(m->body, m->len, 'C') : NULL;
+        if (code && (strcmp(code, "25006") == 0 || strcmp(code, "40001") == 0)) {
+            head->swallow = true;
+            b->fwd_outstanding--;
+            buf_reset(&c->retry_hold);
+            return 0;
+        }
+        if (m->type == BE_ROW_DESCRIPTION && buf_avail(&c->retry_hold) == 0)
+            return buf_append(&c->retry_hold, m->body - 5, m->total) < 0 ? -1 : 0;
+        head->retryable = false;
+        client_retry_settled(c);
+    }
+
+    bool done = false;
+    switch (m->type) {
+    case BE_PARSE_COMPLETE:
+        done = head->kind == EXP_PARSE;
+        break;
+    case BE_BIND_COMPLETE:
+        done = head->kind == EXP_BIND;
+        break;
+    case BE_CLOSE_COMPLETE:
+        done = head->kind == EXP_CLOSE;
+        break;
+    case BE_NO_DATA:
+        done = head->kind == EXP_DESCRIBE || head->kind == EXP_EXECUTE;
+        break;
+    case BE_ROW_DESCRIPTION:
+        done = head->kind == EXP_DESCRIBE;
+        break;
+    case BE_COMMAND_COMPLETE:
+    case BE_EMPTY_QUERY:
+    case BE_PORTAL_SUSPENDED:
+        done = head->kind == EXP_EXECUTE;
+        break;
+    case BE_COPY_IN:
+    case BE_COPY_BOTH:
+        if (forward)
+            client_on_copy_in(c, b);
+        break;
+    case BE_READY_FOR_QUERY: {
+        if (head->kind != EXP_SYNC && head->kind != EXP_QUERY) {
+            backend_fail(b, "08P01", "protocol out of step with the node");
+            return -1;
+        }
+        struct expect e = backend_pop(b);
+        char status = m->len >= 1 ? m->body[0] : 'I';
+        if (e.swallow && e.retryable) {
+            client_retry_on_primary(c);
+            return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
+        }
+        if (!e.swallow && client_queue(c, m->body - 5, m->total) < 0)
+            return -1;
+        client_on_ready_for_query(c, b, status, &e);
+        return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
+    }
+    case BE_ERROR: {
+        if (head->swallow && head->kind == EXP_QUERY) {
+            /* A replayed session change failed here: the node's session differs from the
+             * client's from now on, which the client must know. */
+            const char *text = proto_error_field(m->body, m->len, 'M');
+            log_warn("client %u: replaying session state on node %s failed: %s", c->id,
+                     c->px->cfg->nodes[b->node].name, text ? text : "?");
+            forward = true;
+        }
+        if (head->swallow && head->kind == EXP_PARSE)
+            forward = true; /* a re-prepare failed: the client's Bind will not work here */
+        if (is_extended(head->kind)) {
+            /* The node skips everything up to the next Sync: so do the owed responses. */
+            while (b->exp_count && is_extended(backend_head(b)->kind))
+                backend_pop(b);
+            if (forward && b->exp_count && backend_head(b)->swallow) {
+                /* The Sync that follows was ours; the client still needs one ReadyForQuery
+                 * for its own Sync, which comes later and is not swallowed. */
+            }
+        }
+        return forward ? client_queue(c, m->body - 5, m->total) : 0;
+    }
+    default:
+        break;
+    }
+    if (done)
+        backend_pop(b);
+    return forward ? client_queue(c, m->body - 5, m->total) : 0;
+}
+
+static void backend_handle_input(struct backend *b)
+{
+    while (b->state != BACKEND_CLOSING && b->client) {
+        struct proto_msg m;
+        int rc = proto_frame(buf_head(&b->in), buf_avail(&b->in), PROTO_MAX_MESSAGE, &m);
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            backend_fail(b, "08P01", "invalid message length from node");
+            return;
+        }
+        buf_consume(&b->in, m.total);
+        switch (b->state) {
+        case BACKEND_AUTH:
+            if (m.type == BE_AUTH) {
+                if (backend_handle_auth(b, &m) < 0) {
+                    backend_fail(b, "28000", "could not authenticate to the node");
+                    return;
+                }
+            } else if (m.type == BE_ERROR) {
+                backend_fail_with_error(b, &m);
+                return;
+            } else if (m.type != BE_NOTICE && m.type != BE_NEGOTIATE_VERSION) {
+                backend_fail(b, "08P01", "unexpected message from node during login");
+                return;
+            }
+            break;
+        case BACKEND_STARTUP:
+            if (m.type == BE_PARAM_STATUS) {
+                if (buf_append(&b->startup_params, m.body - 5, m.total) < 0) {
+                    backend_fail(b, "53200", "out of memory");
+                    return;
+                }
+            } else if (m.type == BE_KEY_DATA && m.len >= 8) {
+                b->pid = proto_get_u32(m.body);
+                b->key = proto_get_u32(m.body + 4);
+            } else if (m.type == BE_READY_FOR_QUERY) {
+                b->state = BACKEND_READY;
+                uv_timer_stop(&b->timer);
+                client_backend_ready(b->client, b);
+                if (b->state == BACKEND_CLOSING)
+                    return;
+                backend_flush(b);
+            } else if (m.type == BE_ERROR) {
+                backend_fail_with_error(b, &m);
+                return;
+            }
+            break;
+        case BACKEND_READY:
+            if (backend_handle_response(b, &m) < 0)
+                return;
+            if (b->client && b->client->paused_out)
+                return; /* the client is slow: leave the rest in the buffer */
+            break;
+        default:
+            return;
+        }
+    }
+}
+
+/* Everything the node owed the client is answered with an error: one ErrorResponse, then a
+ * ReadyForQuery for each Sync or Query the client is waiting on, so the client never hangs. */
+static void backend_fail(struct backend *b, const char *sqlstate, const char *message)
+{
+    if (b->state == BACKEND_CLOSING)
+        return;
+    struct client *c = b->client;
+    if (c == NULL) {
+        backend_close(b);
+        return;
+    }
+    struct proxy *px = c->px;
+    const char *name = px->cfg->nodes[b->node].name;
+    log_warn("client %u: backend to node %s failed: %s", c->id, name, message);
+    proxy_node_failed(px, b->node);
+    size_t owed_ready = 0;
+    bool owed_any = false;
+    while (b->exp_count) {
+        struct expect e = backend_pop(b);
+        if (e.swallow)
+            continue;
+        owed_any = true;
+        if (e.kind == EXP_SYNC || e.kind == EXP_QUERY)
+            owed_ready++;
+    }
+    /* Drop the backend before calling back into the client, which may route again. */
+    int node = b->node;
+    backend_close(b);
+    client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready);
+}

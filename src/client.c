@@ -1,0 +1,1661 @@
+/* SPDX-License-Identifier: MIT */
+/* Client connections: the frontend state machine (startup, authentication, statements), the
+ * routing of each unit (a Query message, or an extended batch up to Sync) to a node, and the
+ * session state that must follow the client to every node it uses. */
+#include "proxy.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "protocol.h"
+
+#define CLIENT_READ_CHUNK (64 * 1024)
+#define CLIENT_OUT_HIGH   (4 * 1024 * 1024)
+/* An extended batch is routed when its Sync or Flush arrives; a batch that grows past this
+ * without either is sent to the primary, which can run anything, so memory stays bounded. */
+#define BATCH_SCAN_LIMIT (1024 * 1024)
+
+static void client_on_input(struct client *c);
+static struct backend *client_backend(struct client *c, int node);
+static void client_count_route(struct client *c, struct route rt);
+static int client_sync_session(struct client *c, struct backend *b);
+
+/* ---- memory and close ---- */
+
+static void stmt_free(struct stmt *s)
+{
+    free(s->name);
+    free(s->query);
+    free(s->types);
+    free(s);
+}
+
+static void changes_free(struct session_change *ch)
+{
+    while (ch) {
+        struct session_change *next = ch->next;
+        free(ch->key);
+        free(ch->sql);
+        free(ch);
+        ch = next;
+    }
+}
+
+static void client_free(struct client *c)
+{
+    buf_destroy(&c->in);
+    buf_destroy(&c->out);
+    buf_destroy(&c->writing);
+    buf_destroy(&c->retry_sql);
+    buf_destroy(&c->retry_hold);
+    free(c->user);
+    free(c->database);
+    free(c->password);
+    for (size_t i = 0; i < 2 * c->nparams; i++)
+        free(c->params[i]);
+    free(c->params);
+    free(c->param_key);
+    free(c->scram);
+    while (c->stmts) {
+        struct stmt *n = c->stmts->next;
+        stmt_free(c->stmts);
+        c->stmts = n;
+    }
+    changes_free(c->changes);
+    free(c);
+}
+
+static void client_close_cb(uv_handle_t *h)
+{
+    client_free(h->data);
+}
+
+void client_close(struct client *c, const char *sqlstate, const char *reason)
+{
+    if (c->state == CLIENT_CLOSING)
+        return;
+    struct proxy *px = c->px;
+    if (sqlstate) {
+        struct buf e;
+        buf_init(&e);
+        if (proto_write_ErrorResponse(&e, "FATAL", sqlstate, reason) == 0)
+            client_queue(c, buf_head(&e), buf_avail(&e));
+        buf_destroy(&e);
+        client_flush(c);
+    }
+    if (sqlstate)
+        log_info("client %u closed: %s", c->id, reason);
+    else
+        log_debug("client %u closed: %s", c->id, reason);
+    c->state = CLIENT_CLOSING;
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        if (c->backends[i])
+            backend_close(c->backends[i]);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        px->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    px->nclients--;
+    uv_close((uv_handle_t *)&c->tcp, client_close_cb);
+}
+
+/* ---- output ---- */
+
+int client_queue(struct client *c, const void *p, size_t n)
+{
+    if (c->state == CLIENT_CLOSING)
+        return -1;
+    if (buf_append(&c->out, p, n) < 0) {
+        client_close(c, NULL, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void client_set_backends_paused(struct client *c, bool pause)
+{
+    c->paused_out = pause;
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *b = c->backends[i];
+        if (b == NULL || b->state != BACKEND_READY)
+            continue;
+        if (pause)
+            backend_pause(b);
+        else
+            backend_resume(b);
+    }
+}
+
+static void client_write_cb(uv_write_t *req, int status)
+{
+    struct client *c = req->data;
+    c->write_pending = false;
+    buf_reset(&c->writing);
+    if (c->state == CLIENT_CLOSING)
+        return;
+    if (status < 0) {
+        client_close(c, NULL, uv_strerror(status));
+        return;
+    }
+    client_flush(c);
+    if (c->paused_out && buf_avail(&c->out) < CLIENT_OUT_HIGH / 2) {
+        client_set_backends_paused(c, false);
+        /* Responses left in the backends' buffers while paused are handled on their next
+         * read; a read is pending because we just resumed them. */
+    }
+}
+
+void client_flush(struct client *c)
+{
+    if (c->write_pending || buf_avail(&c->out) == 0 || c->state == CLIENT_CLOSING)
+        return;
+    struct buf tmp = c->writing;
+    c->writing = c->out;
+    c->out = tmp;
+    uv_buf_t ub = uv_buf_init((char *)buf_head(&c->writing), (unsigned)buf_avail(&c->writing));
+    c->write_req.data = c;
+    int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &ub, 1, client_write_cb);
+    if (rc < 0) {
+        client_close(c, NULL, uv_strerror(rc));
+        return;
+    }
+    c->write_pending = true;
+    if (!c->paused_out && buf_avail(&c->writing) > CLIENT_OUT_HIGH)
+        client_set_backends_paused(c, true);
+}
+
+static void client_send_error(struct client *c, const char *sqlstate, const char *message)
+{
+    struct buf e;
+    buf_init(&e);
+    if (proto_write_ErrorResponse(&e, "ERROR", sqlstate, message) == 0)
+        client_queue(c, buf_head(&e), buf_avail(&e));
+    buf_destroy(&e);
+}
+
+static void client_send_ready(struct client *c)
+{
+    char z[6] = {BE_READY_FOR_QUERY, 0, 0, 0, 5, c->tx_status ? c->tx_status : 'I'};
+    client_queue(c, z, sizeof(z));
+}
+
+/* ---- input ---- */
+
+static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+{
+    (void)suggested;
+    struct client *c = h->data;
+    if (c->in.off > 0 && c->in.off == c->in.len)
+        buf_reset(&c->in);
+    else if (c->in.off > c->in.cap / 2)
+        buf_compact(&c->in);
+    if (buf_reserve(&c->in, CLIENT_READ_CHUNK) < 0) {
+        *ub = uv_buf_init(NULL, 0);
+        return;
+    }
+    *ub = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+}
+
+static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    (void)ub;
+    struct client *c = s->data;
+    if (c->state == CLIENT_CLOSING)
+        return;
+    if (nread < 0) {
+        client_close(c, NULL, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread));
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->in.len += (size_t)nread;
+    client_on_input(c);
+    if (c->state != CLIENT_CLOSING)
+        client_flush(c);
+}
+
+static void client_read_stop(struct client *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static void client_read_start(struct client *c)
+{
+    if (!c->reading && c->state != CLIENT_CLOSING) {
+        uv_read_start((uv_stream_t *)&c->tcp, client_alloc_cb, client_read_cb);
+        c->reading = true;
+    }
+}
+
+void client_accept(struct proxy *px, uv_stream_t *server)
+{
+    struct client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->px = px;
+    uv_tcp_init(px->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, client_close_cb);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->id = ++px->next_client_id;
+    if (auth_random(&c->key, sizeof(c->key)) < 0)
+        c->key = (uint32_t)uv_hrtime();
+    c->tx_status = 'I';
+    c->tx_node = -1;
+    c->batch_node = -1;
+    c->cur_node = -1;
+    c->consistency = px->cfg->consistency;
+    buf_init(&c->in);
+    buf_init(&c->out);
+    buf_init(&c->writing);
+    buf_init(&c->retry_sql);
+    buf_init(&c->retry_hold);
+    c->next = px->clients;
+    if (px->clients)
+        px->clients->prev = c;
+    px->clients = c;
+    px->nclients++;
+    if (px->shutting_down) {
+        client_close(c, "57P01", "pgsteer is shutting down");
+        return;
+    }
+    if (px->nclients > (uint64_t)px->cfg->max_client_conn) {
+        client_close(c, "53300", "too many client connections");
+        return;
+    }
+    client_read_start(c);
+}
+
+/* ---- startup ---- */
+
+static void cancel_close_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+struct cancel_req {
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_write_t write;
+    char packet[16];
+};
+
+static void cancel_write_cb(uv_write_t *w, int status)
+{
+    (void)status;
+    struct cancel_req *r = w->data;
+    uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+}
+
+static void cancel_connect_cb(uv_connect_t *req, int status)
+{
+    struct cancel_req *r = req->data;
+    if (status < 0) {
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        return;
+    }
+    uv_buf_t ub = uv_buf_init(r->packet, sizeof(r->packet));
+    r->write.data = r;
+    if (uv_write(&r->write, (uv_stream_t *)&r->tcp, &ub, 1, cancel_write_cb) < 0)
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+}
+
+/* CancelRequest: find the client by the key pgsteer gave it and cancel on the node that is
+ * running its statement, with that backend's own key. */
+static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
+{
+    struct client *target = NULL;
+    for (struct client *c = px->clients; c; c = c->next) {
+        if (c->id == pid && auth_equal(&c->key, &key, sizeof(key))) {
+            target = c;
+            break;
+        }
+    }
+    if (target == NULL)
+        return;
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *b = target->backends[i];
+        if (b == NULL || b->state != BACKEND_READY || b->fwd_outstanding == 0)
+            continue;
+        struct cancel_req *r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return;
+        uv_tcp_init(px->loop, &r->tcp);
+        r->tcp.data = r;
+        r->connect.data = r;
+        proto_put_u32(r->packet, 16);
+        proto_put_u32(r->packet + 4, PROTO_CANCEL_CODE);
+        proto_put_u32(r->packet + 8, b->pid);
+        proto_put_u32(r->packet + 12, b->key);
+        if (uv_tcp_connect(&r->connect, &r->tcp, (const struct sockaddr *)&px->nodes[i].addr,
+                           cancel_connect_cb) < 0)
+            uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        log_info("client %u: cancel request sent to node %s", target->id, px->cfg->nodes[i].name);
+    }
+}
+
+static char *xstrndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static int client_start_auth(struct client *c);
+
+/* Parse the StartupMessage body (after the version word). Returns 0 or -1 (closed). */
+static int client_handle_startup(struct client *c, const char *p, size_t n)
+{
+    struct proto_reader r;
+    proto_reader_init(&r, p, n);
+    char **params = calloc(2 * CLIENT_MAX_PARAMS, sizeof(char *));
+    struct buf key;
+    buf_init(&key);
+    if (params == NULL) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    c->params = params;
+    for (;;) {
+        size_t nlen, vlen;
+        const char *name = proto_read_str(&r, &nlen);
+        if (r.err) {
+            client_close(c, "08P01", "invalid startup packet layout");
+            buf_destroy(&key);
+            return -1;
+        }
+        if (nlen == 0)
+            break;
+        const char *value = proto_read_str(&r, &vlen);
+        if (r.err) {
+            client_close(c, "08P01", "invalid startup packet layout");
+            buf_destroy(&key);
+            return -1;
+        }
+        if (strcmp(name, "user") == 0) {
+            free(c->user);
+            c->user = xstrndup(value, vlen);
+        } else if (strcmp(name, "database") == 0) {
+            free(c->database);
+            c->database = xstrndup(value, vlen);
+        } else if (strcmp(name, "replication") == 0) {
+            if (strcmp(value, "false") != 0 && strcmp(value, "0") != 0 &&
+                strcmp(value, "off") != 0 && strcmp(value, "no") != 0) {
+                client_close(c, "08P01", "replication connections are not supported");
+                buf_destroy(&key);
+                return -1;
+            }
+        } else if (strncmp(name, "_pq_.", 5) == 0) {
+            /* Protocol extensions: none supported; the client is told below. */
+        } else {
+            if (c->nparams == CLIENT_MAX_PARAMS) {
+                client_close(c, "08P01", "too many startup parameters");
+                buf_destroy(&key);
+                return -1;
+            }
+            c->params[2 * c->nparams] = xstrndup(name, nlen);
+            c->params[2 * c->nparams + 1] = xstrndup(value, vlen);
+            c->nparams++;
+        }
+    }
+    if (c->user == NULL || c->user[0] == 0) {
+        client_close(c, "28000", "no PostgreSQL user name specified in startup packet");
+        buf_destroy(&key);
+        return -1;
+    }
+    if (c->database == NULL)
+        c->database = strdup(c->user);
+    buf_append(&key, c->user, strlen(c->user) + 1);
+    buf_append(&key, c->database, strlen(c->database) + 1);
+    for (size_t i = 0; i < 2 * c->nparams; i++)
+        buf_append(&key, c->params[i], strlen(c->params[i]) + 1);
+    c->param_key = key.data; /* ownership moves to the client */
+    c->param_keylen = key.len;
+    return client_start_auth(c);
+}
+
+static int client_handle_startup_packet(struct client *c)
+{
+    uint32_t code;
+    int n = proto_frame_startup(buf_head(&c->in), buf_avail(&c->in), &code);
+    if (n == 0)
+        return 1; /* need more */
+    if (n < 0) {
+        client_close(c, "08P01", "invalid length of startup packet");
+        return -1;
+    }
+    const char *p = buf_head(&c->in);
+    if (code == PROTO_SSL_CODE || code == PROTO_GSSENC_CODE) {
+        buf_consume(&c->in, (size_t)n);
+        if (buf_avail(&c->in) > 0) {
+            /* Bytes after an SSLRequest before our answer: a man-in-the-middle tell. */
+            client_close(c, "08P01", "unexpected data after encryption request");
+            return -1;
+        }
+        client_queue(c, "N", 1);
+        return 0;
+    }
+    if (code == PROTO_CANCEL_CODE) {
+        if (n == 16)
+            client_handle_cancel(c->px, proto_get_u32(p + 8), proto_get_u32(p + 12));
+        client_close(c, NULL, "cancel request");
+        return -1;
+    }
+    if ((code >> 16) != 3) {
+        client_close(c, "08P01", "unsupported frontend protocol");
+        return -1;
+    }
+    int rc = client_handle_startup(c, p + 8, (size_t)n - 8);
+    if (rc == 0)
+        buf_consume(&c->in, (size_t)n);
+    if (rc == 0 && (code & 0xffff) != 0) {
+        /* NegotiateProtocolVersion: we speak 3.0 and no protocol options. */
+        struct buf v;
+        buf_init(&v);
+        size_t st = proto_begin(&v, BE_NEGOTIATE_VERSION);
+        proto_put_i32(&v, 0);
+        proto_put_i32(&v, 0);
+        if (proto_end(&v, st) == 0)
+            client_queue(c, buf_head(&v), buf_avail(&v));
+        buf_destroy(&v);
+    }
+    return rc;
+}
+
+/* ---- authentication ---- */
+
+static void client_auth_failed(struct client *c)
+{
+    char msg[300];
+    snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", c->user);
+    log_warn("client %u: %s", c->id, msg);
+    client_close(c, "28P01", msg);
+}
+
+static int client_auth_ok(struct client *c);
+
+static int client_start_auth(struct client *c)
+{
+    const struct config_user *u = config_find_user(c->px->cfg, c->user);
+    if (u == NULL && c->px->cfg->auth_method != AUTH_METHOD_TRUST) {
+        client_auth_failed(c);
+        return -1;
+    }
+    if (u == NULL) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "role \"%s\" is not configured in pgsteer", c->user);
+        client_close(c, "28000", msg);
+        return -1;
+    }
+    c->password = strdup(u->password ? u->password : "");
+    c->state = CLIENT_AUTH;
+    struct buf m;
+    buf_init(&m);
+    int rc = 0;
+    switch (c->px->cfg->auth_method) {
+    case AUTH_METHOD_TRUST:
+        buf_destroy(&m);
+        return client_auth_ok(c);
+    case AUTH_METHOD_MD5:
+        auth_random(c->md5_salt, sizeof(c->md5_salt));
+        rc = proto_write_AuthenticationMD5Password(&m, c->md5_salt);
+        break;
+    case AUTH_METHOD_SCRAM:
+        c->scram = calloc(1, sizeof(*c->scram));
+        if (c->scram == NULL || scram_server_init(c->scram, c->password) < 0)
+            rc = -1;
+        else
+            rc = proto_write_AuthenticationSASL(&m);
+        break;
+    }
+    if (rc == 0)
+        rc = client_queue(c, buf_head(&m), buf_avail(&m));
+    buf_destroy(&m);
+    if (rc < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static int client_handle_password(struct client *c, const struct proto_msg *m)
+{
+    if (m->type != FE_PASSWORD) {
+        client_close(c, "08P01", "expected password response");
+        return -1;
+    }
+    if (c->px->cfg->auth_method == AUTH_METHOD_MD5) {
+        char expect[36];
+        auth_md5_response(c->user, c->password, c->md5_salt, expect);
+        if (m->len != 36 || m->body[35] != 0 || !auth_equal(m->body, expect, 35)) {
+            client_auth_failed(c);
+            return -1;
+        }
+        return client_auth_ok(c);
+    }
+    struct scram_server *s = c->scram;
+    char out[SCRAM_MAX_MSG];
+    struct buf reply;
+    buf_init(&reply);
+    int rc;
+    if (s->state == 0) {
+        struct proto_reader r;
+        proto_reader_init(&r, m->body, m->len);
+        size_t mlen;
+        const char *mech = proto_read_str(&r, &mlen);
+        int32_t dlen = proto_read_i32(&r);
+        const char *data = dlen >= 0 ? proto_read_bytes(&r, (size_t)dlen) : NULL;
+        if (r.err || data == NULL || strcmp(mech, "SCRAM-SHA-256") != 0) {
+            client_close(c, "08P01", "malformed SASLInitialResponse or unsupported mechanism");
+            return -1;
+        }
+        int n = scram_server_first(s, data, (size_t)dlen, out, sizeof(out));
+        if (n < 0) {
+            client_close(c, "08P01", "malformed SCRAM message");
+            return -1;
+        }
+        rc = proto_write_AuthenticationSASLContinue(&reply, out, (size_t)n);
+    } else {
+        int n = scram_server_final(s, m->body, m->len, out, sizeof(out));
+        if (n == -2) {
+            client_auth_failed(c);
+            return -1;
+        }
+        if (n < 0) {
+            client_close(c, "08P01", "malformed SCRAM message");
+            return -1;
+        }
+        rc = proto_write_AuthenticationSASLFinal(&reply, out, (size_t)n);
+        if (rc == 0) {
+            client_queue(c, buf_head(&reply), buf_avail(&reply));
+            buf_destroy(&reply);
+            return client_auth_ok(c);
+        }
+    }
+    if (rc == 0)
+        client_queue(c, buf_head(&reply), buf_avail(&reply));
+    buf_destroy(&reply);
+    return rc;
+}
+
+static struct param_cache *param_cache_find(struct proxy *px, const struct client *c)
+{
+    for (struct param_cache *pc = px->params; pc; pc = pc->next) {
+        if (pc->keylen == c->param_keylen && memcmp(pc->key, c->param_key, pc->keylen) == 0)
+            return pc;
+    }
+    return NULL;
+}
+
+static void client_send_welcome(struct client *c, const char *params, size_t len)
+{
+    struct buf m;
+    buf_init(&m);
+    proto_write_AuthenticationOk(&m);
+    buf_append(&m, params, len);
+    proto_write_BackendKeyData(&m, c->id, c->key);
+    proto_write_ReadyForQuery(&m, 'I');
+    client_queue(c, buf_head(&m), buf_avail(&m));
+    buf_destroy(&m);
+    c->state = CLIENT_READY;
+    log_debug("client %u: user %s database %s ready", c->id, c->user, c->database);
+}
+
+static int client_auth_ok(struct client *c)
+{
+    free(c->scram);
+    c->scram = NULL;
+    struct param_cache *pc = param_cache_find(c->px, c);
+    if (pc) {
+        client_send_welcome(c, pc->msgs, pc->msgslen);
+        return 0;
+    }
+    /* First client with these parameters: log in to the primary now, so that the parameters
+     * the client sees are the node's, and errors such as a missing database surface at once. */
+    c->state = CLIENT_CONNECTING;
+    int p = c->px->cfg->primary;
+    if (backend_open(c, p) == NULL) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void client_backend_ready(struct client *c, struct backend *b)
+{
+    if (c->state != CLIENT_CONNECTING)
+        return;
+    struct proxy *px = c->px;
+    struct param_cache *pc = calloc(1, sizeof(*pc));
+    if (pc) {
+        pc->key = malloc(c->param_keylen);
+        pc->msgs = malloc(buf_avail(&b->startup_params) + 1);
+        if (pc->key && pc->msgs) {
+            memcpy(pc->key, c->param_key, c->param_keylen);
+            pc->keylen = c->param_keylen;
+            memcpy(pc->msgs, buf_head(&b->startup_params), buf_avail(&b->startup_params));
+            pc->msgslen = buf_avail(&b->startup_params);
+            pc->next = px->params;
+            px->params = pc;
+        } else {
+            free(pc->key);
+            free(pc->msgs);
+            free(pc);
+        }
+    }
+    b->set_gen = c->change_gen;
+    client_send_welcome(c, buf_head(&b->startup_params), buf_avail(&b->startup_params));
+    client_process(c);
+}
+
+/* ---- session state ---- */
+
+static struct stmt *stmt_find(struct client *c, const char *name, size_t len)
+{
+    for (struct stmt *s = c->stmts; s; s = s->next) {
+        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static void stmt_remove(struct client *c, const char *name, size_t len)
+{
+    for (struct stmt **pp = &c->stmts; *pp; pp = &(*pp)->next) {
+        struct stmt *s = *pp;
+        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0) {
+            *pp = s->next;
+            stmt_free(s);
+            return;
+        }
+    }
+}
+
+static void stmt_clear(struct client *c)
+{
+    while (c->stmts) {
+        struct stmt *n = c->stmts->next;
+        stmt_free(c->stmts);
+        c->stmts = n;
+    }
+}
+
+/* Record a Parse. Returns the statement or NULL when out of memory. */
+static struct stmt *stmt_put(struct client *c, const char *name, size_t nlen, const char *query,
+                             size_t qlen, struct proto_reader *types, uint16_t ntypes,
+                             unsigned flags)
+{
+    stmt_remove(c, name, nlen);
+    struct stmt *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->name = xstrndup(name, nlen);
+    s->query = xstrndup(query, qlen);
+    s->query_len = qlen;
+    s->types = ntypes ? malloc(ntypes * sizeof(uint32_t)) : NULL;
+    if (s->name == NULL || s->query == NULL || (ntypes && s->types == NULL)) {
+        stmt_free(s);
+        return NULL;
+    }
+    for (uint16_t i = 0; i < ntypes; i++)
+        s->types[i] = (uint32_t)proto_read_i32(types);
+    s->ntypes = ntypes;
+    s->flags = flags;
+    s->next = c->stmts;
+    c->stmts = s;
+    return s;
+}
+
+static struct session_change *change_find(struct client *c, const char *key)
+{
+    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
+        if (strcmp(ch->key, key) == 0)
+            return ch;
+    }
+    return NULL;
+}
+
+static void change_remove(struct client *c, const char *key)
+{
+    for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            struct session_change *ch = *pp;
+            *pp = ch->next;
+            ch->next = NULL;
+            changes_free(ch);
+            return;
+        }
+    }
+}
+
+/* Append a session change (replacing an older one with the same key). */
+static int change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
+                      unsigned flags)
+{
+    change_remove(c, key);
+    struct session_change *ch = calloc(1, sizeof(*ch));
+    if (ch == NULL)
+        return -1;
+    ch->key = strdup(key);
+    ch->sql = xstrndup(sql, sqllen);
+    if (ch->key == NULL || ch->sql == NULL) {
+        changes_free(ch);
+        return -1;
+    }
+    ch->gen = ++c->change_gen;
+    ch->flags = flags;
+    struct session_change **pp = &c->changes;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = ch;
+    return 0;
+}
+
+/* Bring backend b's session up to date with the client's: replay, as one Query whose answers
+ * the client never sees, every change it has not had yet. */
+static int client_sync_session(struct client *c, struct backend *b)
+{
+    if (b->set_gen >= c->change_gen)
+        return 0;
+    struct buf q;
+    buf_init(&q);
+    size_t st = proto_begin(&q, FE_QUERY);
+    int rc = 0;
+    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
+        if (ch->gen <= b->set_gen)
+            continue;
+        rc |= proto_put_bytes(&q, ch->sql, strlen(ch->sql));
+        rc |= proto_put_bytes(&q, ";", 1);
+    }
+    rc |= proto_put_u8(&q, 0);
+    rc |= proto_end(&q, st);
+    if (rc == 0)
+        rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_QUERY, true, false);
+    buf_destroy(&q);
+    b->set_gen = c->change_gen;
+    return rc;
+}
+
+static void lower_copy(char *dst, size_t cap, const char *src, size_t len, bool quoted)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = quoted ? src[i] : (char)tolower((unsigned char)src[i]);
+    dst[n] = 0;
+}
+
+/* ---- routing ---- */
+
+static int64_t hr_ms(void)
+{
+    return (int64_t)(uv_hrtime() / 1000000);
+}
+
+static bool client_busy_elsewhere(const struct client *c, int node)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        if (i != node && c->backends[i] && c->backends[i]->fwd_outstanding > 0)
+            return true;
+    }
+    return false;
+}
+
+static bool client_busy(const struct client *c)
+{
+    return client_busy_elsewhere(c, -1);
+}
+
+void client_retry_settled(struct client *c)
+{
+    if (buf_avail(&c->retry_hold))
+        client_queue(c, buf_head(&c->retry_hold), buf_avail(&c->retry_hold));
+    buf_reset(&c->retry_hold);
+    buf_reset(&c->retry_sql);
+    c->retry_inflight = false;
+}
+
+void client_retry_on_primary(struct client *c)
+{
+    struct proxy *px = c->px;
+    int p = px->cfg->primary;
+    c->retry_inflight = false;
+    buf_reset(&c->retry_hold);
+    px->retries_25006++;
+    log_info("client %u: a replica refused a read as a write; retrying it on the primary", c->id);
+    struct backend *b = client_backend(c, p);
+    if (b == NULL)
+        return;
+    struct route rt = {p, ROUTE_WRITE};
+    client_count_route(c, rt);
+    if (client_sync_session(c, b) < 0 ||
+        backend_queue(b, buf_head(&c->retry_sql), buf_avail(&c->retry_sql)) < 0 ||
+        backend_expect(b, EXP_QUERY, false, true) < 0) {
+        client_close(c, "53200", "out of memory");
+        return;
+    }
+    buf_reset(&c->retry_sql);
+    c->cur_node = p;
+    backend_flush(b);
+}
+
+/* Read-your-writes: once a monitor round sampled the primary after the session's last write
+ * finished, that round's primary LSN bounds the write's commit LSN. */
+static void client_bound_write(struct client *c)
+{
+    const struct monitor_snapshot *snap = c->px->snap;
+    if (c->write_done_ns == 0 || snap == NULL || snap->primary_lsn == LSN_INVALID)
+        return;
+    if ((uint64_t)snap->primary_sampled_ns > c->write_done_ns) {
+        if (snap->primary_lsn > c->rw_lsn)
+            c->rw_lsn = snap->primary_lsn;
+        c->write_done_ns = 0;
+    }
+}
+
+static struct route client_route(struct client *c, unsigned flags)
+{
+    struct proxy *px = c->px;
+    const struct config *cfg = px->cfg;
+    struct router_node nodes[CONFIG_MAX_NODES];
+    int64_t now = hr_ms();
+    for (size_t i = 0; i < cfg->nnodes; i++) {
+        const struct monitor_snapshot *snap = px->snap;
+        nodes[i].is_primary = (int)i == cfg->primary;
+        nodes[i].weight = cfg->nodes[i].weight;
+        nodes[i].eligible = cfg->nodes[i].role == NODE_REPLICA &&
+                            px->nodes[i].failed_until_ms <= now &&
+                            (snap == NULL || snap->nodes[i].eligible);
+        nodes[i].replay_lsn = snap ? snap->nodes[i].replay_lsn : LSN_INVALID;
+    }
+    client_bound_write(c);
+    struct router_session s = {
+        .tx_node = c->tx_node,
+        .pinned = c->pinned,
+        .consistency = c->consistency,
+        .min_lsn = c->min_lsn > c->rw_lsn ? c->min_lsn : c->rw_lsn,
+        .write_unbounded = c->write_done_ns != 0,
+    };
+    if (c->consistency == CONSISTENCY_EVENTUAL) {
+        s.min_lsn = c->min_lsn;
+        s.write_unbounded = false;
+    }
+    struct router_input in = {
+        .flags = flags,
+        .nodes = nodes,
+        .nnodes = cfg->nnodes,
+        .primary = cfg->primary,
+        .fallback = cfg->fallback,
+    };
+    return router_route(&px->router, &s, &in);
+}
+
+static void client_count_route(struct client *c, struct route rt)
+{
+    struct proxy *px = c->px;
+    px->route_reasons[rt.reason]++;
+    if (rt.reason == ROUTE_READ)
+        px->nodes[rt.node].reads++;
+    else
+        px->nodes[rt.node].writes++;
+    c->last_route = rt;
+}
+
+/* The backend for `node`, opened on first use. NULL when out of memory (client closed). */
+static struct backend *client_backend(struct client *c, int node)
+{
+    struct backend *b = c->backends[node];
+    if (b)
+        return b;
+    b = backend_open(c, node);
+    if (b == NULL) {
+        client_close(c, "53200", "out of memory");
+        return NULL;
+    }
+    /* A new backend starts from the startup parameters; bring it to the session's state. */
+    b->set_gen = 0;
+    return b;
+}
+
+static bool unit_writes(const struct client *c, struct route rt, unsigned flags)
+{
+    if (rt.node != c->px->cfg->primary)
+        return false;
+    if (rt.reason == ROUTE_TRANSACTION || rt.reason == ROUTE_PINNED)
+        return true;
+    return (flags & (CL_WRITE | CL_WRITE_FUNCTION | CL_BEGIN | CL_END_TX | CL_PIN)) != 0;
+}
+
+static void client_predict_tx(struct client *c, unsigned flags, int node)
+{
+    if (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY))
+        c->tx_node = node;
+    if (flags & CL_END_TX)
+        c->tx_node = -1;
+}
+
+/* ---- answers pgsteer gives itself ---- */
+
+static void client_answer_row(struct client *c, const char *column, const char *value)
+{
+    struct buf m;
+    buf_init(&m);
+    proto_write_RowDescription1(&m, column);
+    proto_write_DataRow1(&m, value);
+    proto_write_CommandComplete(&m, "SHOW");
+    client_queue(c, buf_head(&m), buf_avail(&m));
+    buf_destroy(&m);
+    client_send_ready(c);
+}
+
+static void client_answer_tag(struct client *c, const char *tag)
+{
+    struct buf m;
+    buf_init(&m);
+    proto_write_CommandComplete(&m, tag);
+    client_queue(c, buf_head(&m), buf_avail(&m));
+    buf_destroy(&m);
+    client_send_ready(c);
+}
+
+/* SET/SHOW pgsteer.<name>: pgsteer's own session settings. Returns 1 when the answer must
+ * wait (stalled), 0 when answered. */
+static int client_pgsteer_setting(struct client *c, const char *sql,
+                                  const struct classify_result *cr)
+{
+    char name[64], value[128];
+    lower_copy(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
+    lower_copy(value, sizeof(value), sql + cr->value.off, cr->value.len, false);
+    if (cr->flags & CL_PGSTEER_SHOW) {
+        char out[64];
+        if (strcmp(name, "pgsteer.consistency") == 0) {
+            static const char *const modes[] = {"session", "eventual", "strong"};
+            client_answer_row(c, name, modes[c->consistency]);
+        } else if (strcmp(name, "pgsteer.last_write_lsn") == 0) {
+            client_bound_write(c);
+            if (c->write_done_ns != 0) {
+                /* The write's LSN is bounded by the next monitor round: wait for it. */
+                c->wait_snapshot = true;
+                c->stalled = true;
+                return 1;
+            }
+            lsn_format(c->rw_lsn, out, sizeof(out));
+            client_answer_row(c, name, out);
+        } else if (strcmp(name, "pgsteer.min_lsn") == 0) {
+            lsn_format(c->min_lsn, out, sizeof(out));
+            client_answer_row(c, name, out);
+        } else if (strcmp(name, "pgsteer.node") == 0) {
+            client_answer_row(c, name,
+                              c->last_route.node >= 0 && c->cur_node >= 0
+                                  ? c->px->cfg->nodes[c->cur_node].name
+                                  : "");
+        } else {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "unrecognized configuration parameter \"%s\"", name);
+            client_send_error(c, "42704", msg);
+            client_send_ready(c);
+        }
+        return 0;
+    }
+    /* SET / RESET */
+    bool reset = cr->value.len == 0 || strcmp(value, "default") == 0;
+    if (strcmp(name, "pgsteer.consistency") == 0) {
+        if (reset)
+            c->consistency = c->px->cfg->consistency;
+        else if (strcmp(value, "session") == 0)
+            c->consistency = CONSISTENCY_SESSION;
+        else if (strcmp(value, "eventual") == 0)
+            c->consistency = CONSISTENCY_EVENTUAL;
+        else if (strcmp(value, "strong") == 0)
+            c->consistency = CONSISTENCY_STRONG;
+        else {
+            client_send_error(c, "22023",
+                              "invalid value for pgsteer.consistency: use session, eventual or "
+                              "strong");
+            client_send_ready(c);
+            return 0;
+        }
+    } else if (strcmp(name, "pgsteer.min_lsn") == 0) {
+        lsn_t l = LSN_INVALID;
+        if (!reset && lsn_parse(sql + cr->value.off, cr->value.len, &l) < 0) {
+            client_send_error(c, "22P02", "invalid LSN for pgsteer.min_lsn (expected X/Y)");
+            client_send_ready(c);
+            return 0;
+        }
+        c->min_lsn = l;
+    } else {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "unrecognized configuration parameter \"%s\"", name);
+        client_send_error(c, "42704", msg);
+        client_send_ready(c);
+        return 0;
+    }
+    client_answer_tag(c, reset && cr->value.len == 0 ? "RESET" : "SET");
+    return 0;
+}
+
+void client_on_snapshot(struct client *c)
+{
+    if (c->wait_snapshot && c->state == CLIENT_READY) {
+        client_bound_write(c);
+        if (c->write_done_ns == 0) {
+            c->wait_snapshot = false;
+            c->stalled = false;
+            client_process(c);
+            client_flush(c);
+        }
+    }
+}
+
+/* ---- simple Query ---- */
+
+/* Session bookkeeping for a Query about to run on `node`. */
+static void client_track_session(struct client *c, const char *sql, size_t len,
+                                 const struct classify_result *cr, struct backend *b)
+{
+    char key[160], name[128];
+    unsigned f = cr->flags;
+    if (f & CL_PIN) {
+        c->pinned = true;
+        c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
+    }
+    if (f & CL_MULTI) {
+        /* Several statements: replay the session changes among them as a whole. */
+        if (f & (CL_SET_SESSION | CL_PREPARE)) {
+            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
+            change_add(c, key, sql, len, 0);
+            b->set_gen = c->change_gen;
+        }
+        return;
+    }
+    if (f & CL_SESSION_RESET) {
+        changes_free(c->changes);
+        c->changes = NULL;
+        stmt_clear(c);
+        c->pinned = false;
+        change_add(c, "reset", sql, len, 0);
+        b->set_gen = c->change_gen;
+    } else if (f & CL_SET_SESSION) {
+        if (cr->setting_name)
+            snprintf(name, sizeof(name), "%s", cr->setting_name);
+        else
+            lower_copy(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
+        snprintf(key, sizeof(key), "set:%s", cr->setting.len ? name : "?");
+        if (cr->setting.len == 0)
+            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
+        change_add(c, key, sql, len, 0);
+        b->set_gen = c->change_gen;
+    } else if (f & CL_PREPARE) {
+        struct classify_result body;
+        classify_sql(sql + cr->prepare_body.off, cr->prepare_body.len, &c->px->wfuncs, &body);
+        lower_copy(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        change_add(c, key, sql, len, body.flags);
+        b->set_gen = c->change_gen;
+    } else if (f & CL_DEALLOCATE) {
+        if (cr->name_all) {
+            for (struct session_change **pp = &c->changes; *pp;) {
+                if (strncmp((*pp)->key, "prepare:", 8) == 0) {
+                    struct session_change *ch = *pp;
+                    *pp = ch->next;
+                    ch->next = NULL;
+                    changes_free(ch);
+                } else {
+                    pp = &(*pp)->next;
+                }
+            }
+            stmt_clear(c);
+            change_add(c, "deallocate-all", "DEALLOCATE ALL", 14, 0);
+            b->set_gen = c->change_gen;
+            return;
+        }
+        lower_copy(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        struct session_change *ch = change_find(c, key);
+        if (ch == NULL)
+            return;
+        /* Backends that replayed the PREPARE drop it too; later ones never get it. */
+        char dsql[160];
+        int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
+        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+            struct backend *o = c->backends[i];
+            if (o == NULL || o == b || o->set_gen < ch->gen)
+                continue;
+            struct buf q;
+            buf_init(&q);
+            size_t st = proto_begin(&q, FE_QUERY);
+            proto_put_bytes(&q, dsql, (size_t)dn);
+            proto_put_u8(&q, 0);
+            if (proto_end(&q, st) == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0)
+                backend_expect(o, EXP_QUERY, true, false);
+            buf_destroy(&q);
+            backend_flush(o);
+        }
+        change_remove(c, key);
+    }
+}
+
+/* Route and send one Query message. Returns 1 when it must wait (not consumed), 0 when
+ * consumed, -1 when the client closed. */
+static int client_handle_query(struct client *c, const struct proto_msg *m)
+{
+    struct proxy *px = c->px;
+    const char *sql = m->body;
+    size_t len = m->len ? m->len - 1 : 0;
+    if (m->len == 0 || m->body[m->len - 1] != 0) {
+        client_close(c, "08P01", "invalid Query message");
+        return -1;
+    }
+    struct classify_result cr;
+    classify_sql(sql, len, &px->wfuncs, &cr);
+    unsigned flags = cr.flags;
+
+    if ((flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(flags & CL_MULTI)) {
+        if (client_busy(c)) {
+            c->stalled = true;
+            return 1;
+        }
+        return client_pgsteer_setting(c, sql, &cr);
+    }
+    if (flags & CL_EXECUTE) {
+        /* EXECUTE runs where its prepared statement's own class allows. */
+        char name[128], key[160];
+        lower_copy(name, sizeof(name), sql + cr.name.off, cr.name.len, cr.name_quoted);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        struct session_change *ch = change_find(c, key);
+        flags |= ch ? ch->flags : CL_WRITE;
+    }
+    struct route rt = client_route(c, flags);
+    if (rt.node < 0) {
+        if (client_busy(c)) {
+            c->stalled = true;
+            return 1;
+        }
+        px->route_reasons[rt.reason]++;
+        client_send_error(c, "57P03", "no replica is eligible for reads and fallback is error");
+        client_send_ready(c);
+        return 0;
+    }
+    if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
+        /* Answers must reach the client in order: wait for the other node to finish (or for
+         * a read that may yet move to the primary). */
+        c->stalled = true;
+        return 1;
+    }
+    struct backend *b = client_backend(c, rt.node);
+    if (b == NULL)
+        return -1;
+    client_count_route(c, rt);
+    if (client_sync_session(c, b) < 0 || backend_queue(b, m->body - 5, m->total) < 0 ||
+        backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    if (rt.reason == ROUTE_READ && !(flags & CL_MULTI) && b->fwd_outstanding == 1 &&
+        buf_append(&c->retry_sql, m->body - 5, m->total) == 0) {
+        b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].retryable = true;
+        c->retry_inflight = true;
+    }
+    client_track_session(c, sql, len, &cr, b);
+    client_predict_tx(c, flags, rt.node);
+    c->cur_node = rt.node;
+    return 0;
+}
+
+/* ---- extended protocol ---- */
+
+/* Scan the buffered extended messages up to the next Sync or Flush. Returns 1 when the unit is
+ * complete (flags set), 0 when more input is needed, -1 on a malformed message (closed). */
+static int client_scan_batch(struct client *c, unsigned *flags)
+{
+    const char *p = buf_head(&c->in);
+    size_t n = buf_avail(&c->in), off = 0;
+    unsigned f = 0;
+    while (off < n) {
+        struct proto_msg m;
+        int rc = proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m);
+        if (rc < 0) {
+            client_close(c, "08P01", "invalid message length");
+            return -1;
+        }
+        if (rc == 0)
+            break;
+        off += m.total;
+        struct proto_reader r;
+        proto_reader_init(&r, m.body, m.len);
+        switch (m.type) {
+        case FE_PARSE: {
+            proto_read_str(&r, NULL);
+            size_t qlen;
+            const char *q = proto_read_str(&r, &qlen);
+            struct classify_result cr;
+            classify_sql(q, qlen, &c->px->wfuncs, &cr);
+            f |= cr.flags;
+            break;
+        }
+        case FE_BIND: {
+            proto_read_str(&r, NULL);
+            size_t slen;
+            const char *s = proto_read_str(&r, &slen);
+            struct stmt *st = r.err ? NULL : stmt_find(c, s, slen);
+            if (st)
+                f |= st->flags;
+            break;
+        }
+        case FE_FUNCTION:
+            f |= CL_WRITE;
+            break;
+        case FE_SYNC:
+        case FE_FLUSH:
+            *flags = f;
+            return 1;
+        case FE_DESCRIBE:
+        case FE_EXECUTE:
+        case FE_CLOSE:
+            break;
+        default:
+            /* Something that is not part of a batch ends it (it is handled on its own). */
+            *flags = f;
+            return 1;
+        }
+    }
+    if (off >= BATCH_SCAN_LIMIT) {
+        *flags = f | CL_WRITE;
+        return 1;
+    }
+    return 0;
+}
+
+/* Make statement `name` exist on backend b before a Bind or Describe uses it there. */
+static int client_ensure_prepared(struct client *c, struct backend *b, const char *name,
+                                  size_t nlen)
+{
+    struct stmt *s = stmt_find(c, name, nlen);
+    uint32_t bit = 1u << b->node;
+    if (s == NULL || (s->nodes & bit))
+        return 0;
+    struct buf q;
+    buf_init(&q);
+    int rc = proto_write_Parse(&q, s->name, s->query, s->query_len, s->types, s->ntypes);
+    if (rc == 0)
+        rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_PARSE, true, false);
+    buf_destroy(&q);
+    s->nodes |= bit;
+    return rc;
+}
+
+/* Close a named statement on every other backend that has it, answers swallowed. */
+static void client_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *o = c->backends[i];
+        if (o == NULL || o == b || !(s->nodes & (1u << i)))
+            continue;
+        struct buf q;
+        buf_init(&q);
+        size_t st = proto_begin(&q, FE_CLOSE);
+        proto_put_u8(&q, 'S');
+        proto_put_str(&q, s->name);
+        int rc = proto_end(&q, st);
+        rc |= proto_write_Sync(&q);
+        if (rc == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0) {
+            backend_expect(o, EXP_CLOSE, true, false);
+            backend_expect(o, EXP_SYNC, true, false);
+        }
+        buf_destroy(&q);
+        backend_flush(o);
+    }
+}
+
+/* Send one message of the bound batch. Returns 0 or -1 (closed). */
+static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
+{
+    if (c->batch_failed) {
+        /* The batch's node failed and the client was told; answer its Sync only. */
+        if (m->type == FE_SYNC) {
+            c->batch_failed = false;
+            c->batch_node = -1;
+            client_send_ready(c);
+        }
+        return 0;
+    }
+    struct backend *b = c->backends[c->batch_node];
+    struct proto_reader r;
+    proto_reader_init(&r, m->body, m->len);
+    enum expect_kind kind = EXP_EXECUTE;
+    bool expect = true;
+    int rc = 0;
+    switch (m->type) {
+    case FE_PARSE: {
+        size_t nlen, qlen;
+        const char *name = proto_read_str(&r, &nlen);
+        const char *q = proto_read_str(&r, &qlen);
+        uint16_t ntypes = (uint16_t)proto_read_i16(&r);
+        if (r.err || (size_t)ntypes * 4 > r.n - r.pos) {
+            client_close(c, "08P01", "invalid Parse message");
+            return -1;
+        }
+        struct classify_result cr;
+        classify_sql(q, qlen, &c->px->wfuncs, &cr);
+        struct stmt *s = stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
+        if (s == NULL) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
+        s->nodes = 1u << b->node;
+        if (cr.flags & CL_PIN) {
+            c->pinned = true;
+            c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
+        }
+        kind = EXP_PARSE;
+        break;
+    }
+    case FE_BIND: {
+        proto_read_str(&r, NULL);
+        size_t slen;
+        const char *sname = proto_read_str(&r, &slen);
+        if (r.err) {
+            client_close(c, "08P01", "invalid Bind message");
+            return -1;
+        }
+        rc = client_ensure_prepared(c, b, sname, slen);
+        kind = EXP_BIND;
+        break;
+    }
+    case FE_DESCRIBE: {
+        uint8_t what = proto_read_u8(&r);
+        size_t slen;
+        const char *sname = proto_read_str(&r, &slen);
+        if (r.err || (what != 'S' && what != 'P')) {
+            client_close(c, "08P01", "invalid Describe message");
+            return -1;
+        }
+        if (what == 'S')
+            rc = client_ensure_prepared(c, b, sname, slen);
+        kind = EXP_DESCRIBE;
+        break;
+    }
+    case FE_CLOSE: {
+        uint8_t what = proto_read_u8(&r);
+        size_t slen;
+        const char *sname = proto_read_str(&r, &slen);
+        if (r.err || (what != 'S' && what != 'P')) {
+            client_close(c, "08P01", "invalid Close message");
+            return -1;
+        }
+        if (what == 'S' && slen > 0) {
+            struct stmt *s = stmt_find(c, sname, slen);
+            if (s) {
+                client_close_elsewhere(c, b, s);
+                stmt_remove(c, sname, slen);
+            }
+        }
+        kind = EXP_CLOSE;
+        break;
+    }
+    case FE_EXECUTE:
+        kind = EXP_EXECUTE;
+        break;
+    case FE_FLUSH:
+        expect = false;
+        break;
+    case FE_SYNC:
+        kind = EXP_SYNC;
+        break;
+    case FE_FUNCTION:
+        kind = EXP_QUERY;
+        break;
+    default:
+        client_close(c, "08P01", "unexpected message in extended query batch");
+        return -1;
+    }
+    if (rc == 0)
+        rc = backend_queue(b, m->body - 5, m->total);
+    if (rc == 0 && expect)
+        rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
+    if (rc < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    if (m->type == FE_SYNC)
+        c->batch_node = -1;
+    return 0;
+}
+
+/* Start an extended batch: route it and bind it to a node. Returns 1 to wait, 0 when bound,
+ * -1 when closed. */
+static int client_start_batch(struct client *c)
+{
+    unsigned flags;
+    int rc = client_scan_batch(c, &flags);
+    if (rc <= 0)
+        return rc < 0 ? -1 : 1;
+    struct route rt = client_route(c, flags);
+    if (rt.node < 0) {
+        rt.node = c->px->cfg->primary; /* fallback error is reported by Query only */
+        rt.reason = ROUTE_FALLBACK;
+    }
+    if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
+        c->stalled = true;
+        return 1;
+    }
+    struct backend *b = client_backend(c, rt.node);
+    if (b == NULL)
+        return -1;
+    client_count_route(c, rt);
+    if (client_sync_session(c, b) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    c->batch_node = rt.node;
+    c->batch_write = unit_writes(c, rt, flags);
+    c->batch_failed = false;
+    client_predict_tx(c, flags, rt.node);
+    c->cur_node = rt.node;
+    return 0;
+}
+
+/* ---- the input loop ---- */
+
+static void client_flush_backends(struct client *c)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        if (c->backends[i])
+            backend_flush(c->backends[i]);
+    }
+}
+
+void client_process(struct client *c)
+{
+    if (c->processing || c->state != CLIENT_READY)
+        return;
+    c->processing = true;
+    c->stalled = c->wait_snapshot;
+    while (c->state == CLIENT_READY && !c->stalled) {
+        struct proto_msg m;
+        int rc = proto_frame(buf_head(&c->in), buf_avail(&c->in), PROTO_MAX_MESSAGE, &m);
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            client_close(c, "08P01", "invalid message length");
+            break;
+        }
+        if (c->batch_node >= 0) {
+            if (m.type == FE_COPY_DATA || m.type == FE_COPY_DONE || m.type == FE_COPY_FAIL) {
+                /* COPY inside an extended batch: data follows the batch to its node. */
+                struct backend *b = c->backends[c->batch_node];
+                if (b && !c->batch_failed && backend_queue(b, m.body - 5, m.total) < 0)
+                    client_close(c, "53200", "out of memory");
+                buf_consume(&c->in, m.total);
+                continue;
+            }
+            if (m.type == FE_QUERY || m.type == FE_TERMINATE) {
+                /* A Query ends an unsynced batch, as it does in the server. */
+                c->batch_node = -1;
+                c->batch_failed = false;
+                continue;
+            }
+            if (client_forward_batch_msg(c, &m) < 0)
+                break;
+            buf_consume(&c->in, m.total);
+            continue;
+        }
+        switch (m.type) {
+        case FE_QUERY:
+            rc = client_handle_query(c, &m);
+            if (rc == 0)
+                buf_consume(&c->in, m.total);
+            break;
+        case FE_PARSE:
+        case FE_BIND:
+        case FE_DESCRIBE:
+        case FE_EXECUTE:
+        case FE_CLOSE:
+        case FE_SYNC:
+        case FE_FLUSH:
+        case FE_FUNCTION:
+            rc = client_start_batch(c);
+            break;
+        case FE_COPY_DATA:
+        case FE_COPY_DONE:
+        case FE_COPY_FAIL: {
+            /* COPY FROM STDIN data follows the Query that started it. */
+            struct backend *b = c->cur_node >= 0 ? c->backends[c->cur_node] : NULL;
+            if (b && backend_queue(b, m.body - 5, m.total) < 0) {
+                client_close(c, "53200", "out of memory");
+                rc = -1;
+                break;
+            }
+            buf_consume(&c->in, m.total);
+            rc = 0;
+            break;
+        }
+        case FE_TERMINATE:
+            client_close(c, NULL, "client terminated");
+            rc = -1;
+            break;
+        default: {
+            char msg[80];
+            snprintf(msg, sizeof(msg), "invalid frontend message type %d", (unsigned char)m.type);
+            client_close(c, "08P01", msg);
+            rc = -1;
+            break;
+        }
+        }
+        if (rc != 0)
+            break;
+    }
+    if (c->state == CLIENT_READY) {
+        client_flush_backends(c);
+        /* Hold reading while a backend's queue is long: the client outpaces the node. */
+        bool backlog = false;
+        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+            if (c->backends[i] && buf_avail(&c->backends[i]->out) > 4 * 1024 * 1024)
+                backlog = true;
+        }
+        if (backlog)
+            client_read_stop(c);
+        else
+            client_read_start(c);
+    }
+    c->processing = false;
+}
+
+static void client_on_input(struct client *c)
+{
+    while (c->state == CLIENT_STARTUP) {
+        int rc = client_handle_startup_packet(c);
+        if (rc != 0)
+            return;
+    }
+    if (c->state == CLIENT_AUTH) {
+        struct proto_msg m;
+        int rc = proto_frame(buf_head(&c->in), buf_avail(&c->in), PROTO_MAX_PREAUTH_MSG, &m);
+        if (rc < 0) {
+            client_close(c, "08P01", "invalid message length during authentication");
+            return;
+        }
+        if (rc == 0)
+            return;
+        buf_consume(&c->in, m.total);
+        if (client_handle_password(c, &m) < 0)
+            return;
+    }
+    if (c->state == CLIENT_READY)
+        client_process(c);
+}
+
+/* ---- callbacks from backends ---- */
+
+void client_on_ready_for_query(struct client *c, struct backend *b, char status,
+                               const struct expect *e)
+{
+    if (e->swallow)
+        return;
+    if (e->retryable) {
+        /* Answered without a single row description or error: nothing was held. */
+        client_retry_settled(c);
+    }
+    if (b->fwd_outstanding == 0 && c->batch_node < 0) {
+        /* The newest answer: the node's word on the transaction is authoritative. */
+        c->tx_status = status;
+        c->tx_node = status == 'I' ? -1 : b->node;
+    }
+    if (e->write && status == 'I')
+        c->write_done_ns = uv_hrtime();
+    if (c->stalled && !c->wait_snapshot && !c->retry_inflight && !client_busy(c)) {
+        c->stalled = false;
+        client_process(c);
+    }
+}
+
+void client_on_copy_in(struct client *c, struct backend *b)
+{
+    c->cur_node = b->node;
+}
+
+void client_backend_failed(struct client *c, int node, const char *sqlstate, const char *message,
+                           bool owed_any, size_t owed_ready)
+{
+    if (c->state == CLIENT_CONNECTING) {
+        client_close(c, sqlstate, message);
+        return;
+    }
+    if (c->state != CLIENT_READY)
+        return;
+    bool batch_here = c->batch_node == node;
+    if (owed_any || batch_here)
+        client_send_error(c, sqlstate, message);
+    if (c->tx_node == node) {
+        c->tx_node = -1;
+        c->tx_status = 'I';
+    }
+    for (size_t i = 0; i < owed_ready; i++)
+        client_send_ready(c);
+    if (batch_here)
+        c->batch_failed = true;
+    if (c->cur_node == node)
+        c->cur_node = -1;
+    if (c->stalled && !c->wait_snapshot) {
+        c->stalled = false;
+        client_process(c);
+    }
+    client_flush(c);
+}
