@@ -23,13 +23,16 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit integration demo bench clean format format-check
+.PHONY: all pgsteer deps test unit integration demo bench clean format format-check
 
 all: pgsteer
 
-pgsteer: $(OBJS)
+# ./pgsteer is a copy of the flavour built last (release or SAN=1), refreshed whenever it differs.
+pgsteer: $(BUILD)/pgsteer
+	@cmp -s $< $@ || cp -f $< $@
+
+$(BUILD)/pgsteer: $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
-	@[ "$(SAN)" != 1 ] || true
 
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
 	$(CC) $(CFLAGS) -MMD -c -o $@ $<

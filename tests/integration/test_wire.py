@@ -1,0 +1,300 @@
+# SPDX-License-Identifier: MIT
+"""Wire-level tests: the exact message sequences drivers send, sent once to the primary
+directly and once through pgsteer (which spreads them over three nodes); the client must get
+the same answers in the same order. Also asserts where statements ran."""
+
+import os
+import socket
+import struct
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cluster import Cluster, Pgsteer  # noqa: E402
+from wire import (Bind, Close, Conn, Describe, Execute, Flush, Parse, Query, Sync,  # noqa: E402
+                  msg, WireError)
+
+cluster = None
+proxy = None
+
+
+def setUpModule():
+    global cluster, proxy
+    cluster = Cluster(replicas=2)
+    cluster.start()
+    cluster.psql(cluster.primary_port,
+                 "create table w (id int primary key, v int); "
+                 "insert into w select g, g * 10 from generate_series(1, 100) g; "
+                 "create table big as select g as id, md5(g::text) as t "
+                 "from generate_series(1, 20000) g")
+    cluster.wait_replay()
+    proxy = Pgsteer(cluster)
+    proxy.start()
+
+
+def tearDownModule():
+    if proxy:
+        proxy.stop()
+    if cluster:
+        cluster.stop()
+
+
+def both(test, script):
+    """Run script(conn) against the primary directly and through pgsteer; return both."""
+    direct = Conn(cluster.primary_port)
+    via = Conn(proxy.port)
+    try:
+        a = script(direct)
+        b = script(via)
+    finally:
+        direct.close()
+        via.close()
+    test.assertEqual(a, b)
+    return b
+
+
+class WireTest(unittest.TestCase):
+    def test_extended_unnamed_roundtrip(self):
+        def s(c):
+            c.send(Parse("select $1::int + 1 as x") + Bind(params=[41]) + Describe(b"P") +
+                   Execute() + Sync)
+            return c.until_ready()
+        out = both(self, s)
+        self.assertIn(("D", ("42",)), out)
+
+    def test_named_statement_follows_reads_across_nodes(self):
+        def s(c):
+            out = []
+            c.send(Parse("select v from w where id = $1", name="s1") + Sync)
+            out += c.until_ready()
+            for i in range(1, 7):  # round robin spreads these over both replicas
+                c.send(Bind("s1", [i]) + Execute() + Sync)
+                out += c.until_ready()
+            c.send(Close(b"S", "s1") + Sync)
+            out += c.until_ready()
+            # the name is free again everywhere
+            c.send(Parse("select v + 1 from w where id = $1", name="s1") + Bind("s1", [2]) +
+                   Execute() + Sync)
+            out += c.until_ready()
+            c.send(Bind("s1", [3]) + Execute() + Sync)
+            out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertIn(("D", ("60",)), out)
+        self.assertIn(("D", ("31",)), out)
+
+    def test_pipeline_mixing_reads_and_writes_keeps_order(self):
+        def s(c):
+            c.send(Parse("select v from w where id = 5") + Bind() + Execute() + Sync +
+                   Parse("update w set v = v + 1 where id = 6 returning v") + Bind() +
+                   Execute() + Sync +
+                   Parse("select count(*) from w") + Bind() + Execute() + Sync +
+                   Query("select 1; select 2") +
+                   Parse("update w set v = v - 1 where id = 6 returning v") + Bind() +
+                   Execute() + Sync)
+            return c.until_ready(5)
+        both(self, s)
+
+    def test_flush_without_sync(self):
+        def s(c):
+            out = []
+            c.send(Parse("select id, v from w where id = $1", name="fl") + Describe(b"S", "fl") +
+                   Flush)
+            out += c.take(3)  # ParseComplete, ParameterDescription, RowDescription
+            c.send(Bind("fl", [7]) + Execute() + Sync)
+            out += c.until_ready()
+            c.send(Parse("insert into w values (1000, 1) returning id") + Describe(b"S") + Flush)
+            out += c.take(3)
+            c.send(Bind() + Execute() + Sync)
+            out += c.until_ready()
+            c.send(Query("delete from w where id = 1000"))
+            out += c.until_ready()
+            return out
+        both(self, s)
+
+    def test_error_in_batch_skips_to_sync(self):
+        def s(c):
+            c.send(Parse("select 1/0") + Bind() + Execute() +
+                   Parse("select 1") + Bind() + Execute() + Sync +
+                   Parse("select 2") + Bind() + Execute() + Sync)
+            return c.until_ready(2)
+        out = both(self, s)
+        # 1/0 is folded at Bind; the rest of the first batch is skipped up to its Sync
+        self.assertEqual(out[:3], [("1", None), ("E", "22012"), ("Z", "I")])
+
+    def test_begin_batched_with_statements(self):
+        def s(c):
+            c.send(Parse("begin") + Bind() + Execute() +
+                   Parse("update w set v = v where id = 8 returning v") + Bind() + Execute() +
+                   Parse("select v from w where id = 9") + Bind() + Execute() + Sync)
+            out = c.until_ready()
+            c.send(Parse("commit") + Bind() + Execute() + Sync)
+            return out + c.until_ready()
+        out = both(self, s)
+        self.assertIn(("Z", "T"), out)
+        self.assertEqual(out[-1], ("Z", "I"))
+
+    def test_error_in_transaction_then_rollback(self):
+        def s(c):
+            out = []
+            for sql in ("begin", "select 1/0", "select 1", "rollback", "select 3"):
+                c.send(Query(sql))
+                out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertIn(("Z", "E"), out)
+        self.assertEqual(out[-1], ("Z", "I"))
+
+    def test_simple_multi_statement_and_empty(self):
+        def s(c):
+            out = []
+            for sql in ("select 1; select 2", "", ";", "select 1; select 1/0; select 3",
+                        "-- only a comment"):
+                c.send(Query(sql))
+                out += c.until_ready()
+            return out
+        both(self, s)
+
+    def test_copy_out_and_in(self):
+        def s(c):
+            c.send(Query("copy (select id from big where id <= 3) to stdout"))
+            out = c.until_ready()
+            c.send(Query("create temp table ci (x int)"))
+            out += c.until_ready()
+            c.send(Query("copy ci from stdin"))
+            out += c.take(1)
+            c.send(msg(b"d", b"1\n2\n") + msg(b"c"))
+            out += c.until_ready()
+            c.send(Query("select sum(x) from ci"))
+            out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertIn(("D", ("3",)), out)
+
+    def test_large_result(self):
+        def s(c):
+            c.send(Query("select * from big order by id"))
+            return c.until_ready()
+        out = both(self, s)
+        self.assertEqual(len([m for m in out if m[0] == "D"]), 20000)
+
+    def test_reads_on_replicas_writes_on_primary(self):
+        c = Conn(proxy.port)
+        try:
+            seen = set()
+            for _ in range(6):
+                c.send(Query("select inet_server_port()"))
+                seen.add(int(c.until_ready()[1][1][0]))
+            self.assertEqual(seen, set(cluster.replica_ports))
+            c.send(Parse("select inet_server_port(), nextval('pg_catalog.pg_class_oid_seq')")
+                   + Bind() + Execute() + Sync)
+            out = c.until_ready()
+            self.assertEqual(out[0][0], "E")  # no such sequence: but it ran on the primary
+            c.send(Parse("insert into w values (2000, 1) returning inet_server_port()") +
+                   Bind() + Execute() + Sync)
+            out = c.until_ready()
+            self.assertEqual(int(out[2][1][0]), cluster.primary_port)
+            c.send(Query("delete from w where id = 2000"))
+            c.until_ready()
+        finally:
+            c.close()
+
+    def test_set_follows_session_to_every_node(self):
+        c = Conn(proxy.port)
+        try:
+            c.send(Query("set application_name = 'wire-set'"))
+            c.until_ready()
+            seen = {}
+            for _ in range(4):
+                c.send(Query("select inet_server_port(), current_setting('application_name')"))
+                row = c.until_ready()[1][1]
+                seen[int(row[0])] = row[1]
+            c.send(Query("insert into w values (3000, 1) returning "
+                         "current_setting('application_name')"))
+            out = c.until_ready()
+            self.assertEqual(out[1][1][0], "wire-set")
+            self.assertEqual(set(seen), set(cluster.replica_ports))
+            self.assertEqual(set(seen.values()), {"wire-set"})
+            c.send(Query("delete from w where id = 3000"))
+            c.until_ready()
+        finally:
+            c.close()
+
+    def test_sql_prepare_execute_deallocate(self):
+        def s(c):
+            out = []
+            for sql in ("prepare q1(int) as select v from w where id = $1",
+                        "execute q1(1)", "execute q1(2)", "execute q1(3)",
+                        "prepare u1 as update w set v = v where id = 4 returning v",
+                        "execute u1", "deallocate q1", "execute q1(1)", "deallocate all"):
+                c.send(Query(sql))
+                out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertIn(("E", "26000"), out)  # q1 gone after DEALLOCATE, wherever it runs
+
+    def test_protocol_violation_gets_08P01(self):
+        c = Conn(proxy.port)
+        try:
+            c.send(b"\x01garbage-that-is-not-a-message")
+            t, body = c.read()
+            self.assertEqual(t, b"E")
+            from wire import error_field
+            self.assertEqual(error_field(body, "C"), "08P01")
+            with self.assertRaises((WireError, OSError)):
+                c.read()
+        finally:
+            c.sock.close()
+
+    def test_bad_startup_packets_do_not_crash(self):
+        for payload in (struct.pack("!I", 3), struct.pack("!I", 100000) + b"x" * 10,
+                        struct.pack("!II", 8, 12345678), b"\x00\x00"):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+            s.close()
+        self.assertTrue(proxy.alive())
+        c = Conn(proxy.port)
+        c.send(Query("select 1"))
+        self.assertEqual(c.until_ready()[1], ("D", ("1",)))
+        c.close()
+
+    def test_ssl_request_answered_n(self):
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        s.sendall(struct.pack("!II", 8, 80877103))
+        self.assertEqual(s.recv(1), b"N")
+        s.close()
+
+    def test_cancel_request(self):
+        c = Conn(proxy.port)
+        try:
+            c.send(Query("select pg_sleep(10)"))
+            time.sleep(0.3)
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
+            s.close()
+            t0 = time.time()
+            out = c.until_ready()
+            self.assertLess(time.time() - t0, 5)
+            self.assertIn(("E", "57014"), out)
+        finally:
+            c.close()
+
+    def test_replica_parameter_reports_hidden(self):
+        c = Conn(proxy.port)
+        try:
+            self.assertNotEqual(c.params.get("in_hot_standby"), "on")
+            self.assertIn("server_version", c.params)
+        finally:
+            c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
