@@ -27,6 +27,9 @@ struct node_rt {
     uint64_t reads;               /* routing units sent here as reads */
     uint64_t writes;              /* routing units sent here for any other reason */
     uint64_t backends;            /* backends open now */
+    uint64_t evictions;           /* times the monitor took it out of reads (UP -> LAGGING/DOWN) */
+    bool removed;                 /* dropped by a reload but still used by a session: kept as a
+                                     weight-0 replica so indices stay stable; not reported */
 };
 
 /* Startup replies cached per (user, database, startup parameters), so that a client needs no
@@ -40,6 +43,7 @@ struct param_cache {
 };
 
 struct client;
+struct admin;
 
 struct proxy {
     uv_loop_t *loop;
@@ -59,6 +63,13 @@ struct proxy {
     bool shutting_down;
     uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
+    /* admin interface (admin.c) and operations (proxy.c) */
+    struct admin *admin;      /* the admin listener and its connections; NULL when off */
+    bool paused;              /* PAUSE: new statements are held until RESUME */
+    int64_t start_unix_ms;    /* wall clock at start, for uptime and /status */
+    uint64_t start_ns;        /* uv_hrtime() at start */
+    uint64_t reloads;         /* configuration reloads that took effect */
+    uint64_t reload_failures; /* reloads rejected (the old configuration was kept) */
 };
 
 /* ---- backend.c ---- */
@@ -200,6 +211,8 @@ struct client {
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */
     bool batch_write;
+    bool batch_executed;  /* the bound batch sent a Bind or Execute (it changed something) */
+    bool batch_flushed;   /* the bound batch's last message was a Flush */
     int cur_node;       /* node of the last unit sent (COPY data follows it) */
     bool stalled;       /* waiting for another node's responses before sending more */
     bool processing;    /* inside client_process (no re-entry) */

@@ -1377,6 +1377,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         }
         rc = client_ensure_prepared(c, b, sname, slen);
         kind = EXP_BIND;
+        c->batch_executed = true;
         break;
     }
     case FE_DESCRIBE: {
@@ -1412,9 +1413,11 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     }
     case FE_EXECUTE:
         kind = EXP_EXECUTE;
+        c->batch_executed = true;
         break;
     case FE_FLUSH:
         expect = false;
+        c->batch_flushed = true;
         break;
     case FE_SYNC:
         kind = EXP_SYNC;
@@ -1436,6 +1439,35 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     }
     if (m->type == FE_SYNC)
         c->batch_node = -1;
+    return 0;
+}
+
+/* A batch that so far only parsed and described (then flushed, waiting for the answers) may
+ * go on with a statement that needs the primary while it is bound to a replica. Parse and
+ * Describe changed nothing there, so the batch moves: the replica gets a Sync of ours (its
+ * answer swallowed) and the rest is routed anew; statements follow by re-prepare. Returns 0
+ * (possibly moved: batch_node < 0), 1 when more input is needed, -1 when closed. */
+static int client_maybe_rebind(struct client *c)
+{
+    unsigned flags;
+    int rc = client_scan_batch(c, &flags);
+    if (rc <= 0)
+        return rc < 0 ? -1 : 1;
+    c->batch_flushed = false;
+    int primary = c->px->cfg->primary;
+    unsigned needs_primary =
+        CL_WRITE | CL_WRITE_FUNCTION | CL_BEGIN | CL_PIN | CL_SET_SESSION | CL_FORCE_PRIMARY;
+    if (c->batch_executed || c->batch_failed || c->batch_node == primary ||
+        c->tx_node >= 0 || !(flags & needs_primary))
+        return 0;
+    struct backend *b = c->backends[c->batch_node];
+    char sync[5] = {FE_SYNC, 0, 0, 0, 4};
+    if (backend_queue(b, sync, sizeof(sync)) < 0 || backend_expect(b, EXP_SYNC, true, false) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    backend_flush(b);
+    c->batch_node = -1;
     return 0;
 }
 
@@ -1467,6 +1499,8 @@ static int client_start_batch(struct client *c)
     c->batch_node = rt.node;
     c->batch_write = unit_writes(c, rt, flags);
     c->batch_failed = false;
+    c->batch_executed = false;
+    c->batch_flushed = false;
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;
@@ -1511,6 +1545,15 @@ void client_process(struct client *c)
                 c->batch_node = -1;
                 c->batch_failed = false;
                 continue;
+            }
+            if (c->batch_flushed) {
+                int rb = client_maybe_rebind(c);
+                if (rb < 0)
+                    break;
+                if (rb == 1)
+                    break; /* need more input */
+                if (c->batch_node < 0)
+                    continue; /* moved: route the rest as a new batch */
             }
             if (client_forward_batch_msg(c, &m) < 0)
                 break;

@@ -114,6 +114,32 @@ class WireTest(unittest.TestCase):
             return out
         both(self, s)
 
+    def test_flushed_read_prefix_then_write_in_one_batch(self):
+        def s(c):
+            out = []
+            c.send(Parse("select v from w where id = $1", name="pre") + Describe(b"S", "pre") +
+                   Flush)
+            out += c.take(3)
+            c.send(Parse("update w set v = v where id = $1 returning v") + Bind(params=[11]) +
+                   Execute() + Bind("pre", [12]) + Execute() + Sync)
+            out += c.until_ready()
+            c.send(Bind("pre", [13]) + Execute() + Sync)
+            return out + c.until_ready()
+        out = both(self, s)
+        self.assertNotIn("E", [m[0] for m in out])
+
+    def test_pipelined_named_statements_alternating_nodes(self):
+        def s(c):
+            data = Parse("select v from w where id = $1", name="r") + Sync
+            data += Parse("update w set v = v where id = $1 returning v", name="u") + Sync
+            for i in range(1, 9):
+                data += Bind("r", [i]) + Execute() + Sync + Bind("u", [i]) + Execute() + Sync
+            data += Close(b"S", "r") + Close(b"S", "u") + Sync
+            c.send(data)
+            return c.until_ready(19)
+        out = both(self, s)
+        self.assertNotIn("E", [m[0] for m in out])
+
     def test_error_in_batch_skips_to_sync(self):
         def s(c):
             c.send(Parse("select 1/0") + Bind() + Execute() +

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: MIT */
+/* The admin interface on `admin_listen`: HTTP/1.1 (/status, /metrics, /healthz, /readyz,
+ * POST /reload) and a PostgreSQL-protocol console (SHOW NODES, RELOAD, PAUSE, EXPLAIN ROUTE...),
+ * told apart by the first byte. The request parser, the console command parser and the text
+ * builders are pure and declared here so that they are unit tested on their own. */
+#ifndef PGSTEER_ADMIN_H
+#define PGSTEER_ADMIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "config.h"
+#include "lag.h"
+#include "router.h"
+
+#define HTTP_MAX_REQUEST 8192  /* request line + headers; more is a 400 */
+#define HTTP_MAX_BODY    65536 /* a request body (POST /reload needs none) */
+
+/* ---- HTTP request parsing (pure) ---- */
+
+struct http_request {
+    char method[16];
+    char path[1024]; /* the target without its query string */
+    int minor_version;
+    bool has_auth;
+    char auth[512];        /* Authorization header value, trimmed */
+    size_t content_length; /* 0 when absent */
+    bool chunked;          /* Transfer-Encoding present (not supported: the caller answers 400) */
+};
+
+/* Parse the request head at p[0..n). Returns the length of the head (through the empty line)
+ * when it is complete and well formed, 0 when more bytes are needed, -1 when it is malformed
+ * (bad request line, header without a colon, control characters, bad Content-Length, HTTP
+ * version other than 1.x, target not starting with '/'), -2 when no complete head fits in
+ * HTTP_MAX_REQUEST bytes or a field does not fit in its struct member. Accepts CRLF or bare LF
+ * line ends. */
+int http_parse_request(const char *p, size_t n, struct http_request *req);
+
+/* ---- statistics (collected from the proxy; the builders are pure) ---- */
+
+struct admin_node_stats {
+    const char *name;
+    const char *role;      /* "primary" | "replica" */
+    const char *state;     /* "up" | "lagging" | "down" | "unknown" (before the first round) */
+    bool up;               /* answers the monitor */
+    bool eligible;         /* reads may go here now */
+    int64_t lag_bytes;     /* -1 when unknown */
+    int64_t lag_ms;        /* -1 when unknown */
+    int64_t changed_at_ms; /* unix ms of the last state change; 0 when unknown */
+    const char *reason;    /* why it is in its state; "" when unknown */
+    uint64_t reads, writes, backends, evictions;
+};
+
+struct admin_stats {
+    const char *version;
+    int64_t now_unix_ms;
+    int64_t start_unix_ms;
+    double uptime_seconds;
+    uint64_t clients;
+    bool paused;
+    bool shutting_down;
+    bool have_snapshot; /* a monitor round has completed */
+    bool primary_up;
+    uint64_t monitor_round;
+    const char *primary_name;
+    const char *primary_reason; /* the primary node's state reason; "" when unknown */
+    uint64_t route_reasons[ROUTE_REASON_COUNT];
+    uint64_t read_retries;
+    uint64_t reloads, reload_failures;
+    size_t nnodes;
+    struct admin_node_stats nodes[CONFIG_MAX_NODES];
+};
+
+/* The Prometheus text exposition (format 0.0.4) of st. Returns 0 or -1 (out of memory). */
+int admin_write_metrics(struct buf *out, const struct admin_stats *st);
+/* The /status JSON document of st, with a trailing newline. Returns 0 or -1. */
+int admin_write_status_json(struct buf *out, const struct admin_stats *st);
+/* Readiness: true when the primary is reachable and the proxy is not shutting down; otherwise
+ * false with a one-line reason in reason[cap]. */
+bool admin_ready(const struct admin_stats *st, char *reason, size_t cap);
+
+/* ---- console commands (pure parser) ---- */
+
+enum admin_cmd {
+    ADMIN_CMD_EMPTY = 0,
+    ADMIN_CMD_UNKNOWN,
+    ADMIN_CMD_SHOW_NODES,
+    ADMIN_CMD_SHOW_STATS,
+    ADMIN_CMD_SHOW_CLIENTS,
+    ADMIN_CMD_SHOW_SERVERS,
+    ADMIN_CMD_SHOW_CONFIG,
+    ADMIN_CMD_SHOW_HELP,
+    ADMIN_CMD_SHOW_VERSION,
+    ADMIN_CMD_RELOAD,
+    ADMIN_CMD_PAUSE,
+    ADMIN_CMD_RESUME,
+    ADMIN_CMD_EXPLAIN_ROUTE,
+};
+
+/* Parse one console statement (keywords case-insensitive, surrounding white space and
+ * trailing semicolons ignored). For ADMIN_CMD_EXPLAIN_ROUTE, *arg/*arglen get the statement
+ * after EXPLAIN ROUTE (ADMIN_CMD_UNKNOWN when it is empty). */
+enum admin_cmd admin_parse_command(const char *sql, size_t len, const char **arg, size_t *arglen);
+
+/* ---- the server (loop thread) ---- */
+
+struct proxy;
+
+/* Bind cfg->admin_listen and serve on px->loop; sets px->admin. Returns 0 or -1 (logged). */
+int admin_start(struct proxy *px);
+/* Close the listener and every admin connection (memory freed in close callbacks); the loop
+ * must run once more. Safe when not started. */
+void admin_stop(struct proxy *px);
+/* Fill st from the proxy's counters, the newest monitor snapshot and the config. The strings
+ * point into px->cfg and px->snap: use st before either changes. */
+void admin_collect(const struct proxy *px, struct admin_stats *st);
+/* RESUME: clear px->paused and let held clients go on. */
+void admin_resume(struct proxy *px);
+
+#endif
