@@ -192,6 +192,55 @@ static int hmac256(const uint8_t *key, size_t keylen, const void *data, size_t n
     return 0;
 }
 
+/* PBKDF2 with 4096 rounds costs a millisecond or two of CPU, on the event loop, for every
+ * login in either direction. Its result depends only on (password, salt, iterations), which
+ * repeat: a node keeps one salt per role, and pgsteer uses one salt per password for the life
+ * of the process. So results are cached, keyed by a SHA-256 of the inputs. The cache holds
+ * password equivalents, as the configuration in memory already does. Loop thread only. */
+#define PBKDF2_CACHE 64
+static struct {
+    uint8_t key[SCRAM_KEY_LEN];
+    uint8_t salted[SCRAM_KEY_LEN];
+    bool used;
+} pbkdf2_cache[PBKDF2_CACHE];
+static unsigned pbkdf2_next;
+
+static int salted_password(const char *password, const uint8_t *salt, size_t saltlen,
+                           int iterations, uint8_t out[SCRAM_KEY_LEN])
+{
+    uint8_t key[SCRAM_KEY_LEN];
+    uint8_t head[8] = {(uint8_t)(iterations >> 24), (uint8_t)(iterations >> 16),
+                       (uint8_t)(iterations >> 8),  (uint8_t)iterations,
+                       (uint8_t)(saltlen >> 24),    (uint8_t)(saltlen >> 16),
+                       (uint8_t)(saltlen >> 8),     (uint8_t)saltlen};
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int klen = 0;
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, head, sizeof(head)) == 1 &&
+             EVP_DigestUpdate(ctx, salt, saltlen) == 1 &&
+             EVP_DigestUpdate(ctx, password, strlen(password)) == 1 &&
+             EVP_DigestFinal_ex(ctx, key, &klen) == 1 && klen == SCRAM_KEY_LEN;
+    EVP_MD_CTX_free(ctx);
+    if (ok) {
+        for (size_t i = 0; i < PBKDF2_CACHE; i++) {
+            if (pbkdf2_cache[i].used && CRYPTO_memcmp(pbkdf2_cache[i].key, key, sizeof(key)) == 0) {
+                memcpy(out, pbkdf2_cache[i].salted, SCRAM_KEY_LEN);
+                return 0;
+            }
+        }
+    }
+    if (PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)saltlen, iterations,
+                          EVP_sha256(), SCRAM_KEY_LEN, out) != 1)
+        return -1;
+    if (ok) {
+        unsigned slot = pbkdf2_next++ % PBKDF2_CACHE;
+        memcpy(pbkdf2_cache[slot].key, key, sizeof(key));
+        memcpy(pbkdf2_cache[slot].salted, out, SCRAM_KEY_LEN);
+        pbkdf2_cache[slot].used = true;
+    }
+    return 0;
+}
+
 /* SaltedPassword, then ClientKey, StoredKey and ServerKey from it. client_key may be NULL. */
 static int derive_keys(const char *password, const uint8_t *salt, size_t saltlen, int iterations,
                        uint8_t client_key[SCRAM_KEY_LEN], uint8_t stored_key[SCRAM_KEY_LEN],
@@ -199,8 +248,7 @@ static int derive_keys(const char *password, const uint8_t *salt, size_t saltlen
 {
     uint8_t salted[SCRAM_KEY_LEN], ck[SCRAM_KEY_LEN];
     int rc = -1;
-    if (PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)saltlen, iterations,
-                          EVP_sha256(), SCRAM_KEY_LEN, salted) != 1)
+    if (salted_password(password, salt, saltlen, iterations, salted) < 0)
         goto out;
     if (hmac256(salted, sizeof(salted), "Client Key", 10, ck) < 0 ||
         hmac256(salted, sizeof(salted), "Server Key", 10, server_key) < 0)
@@ -254,13 +302,23 @@ int scram_server_init_with(struct scram_server *s, const char *password, const u
 
 int scram_server_init(struct scram_server *s, const char *password)
 {
-    uint8_t raw[SCRAM_NONCE_RAW], salt[SALT_LEN];
+    /* One salt per password for the life of the process (as a server keeps one per role), so
+     * that the derived keys come from the cache after the first login: the salt is a keyed
+     * hash of the password under a secret drawn once. */
+    static uint8_t secret[32];
+    static bool have_secret;
+    uint8_t raw[SCRAM_NONCE_RAW], salt[SALT_LEN], mac[SCRAM_KEY_LEN];
     char nonce[4 * ((SCRAM_NONCE_RAW + 2) / 3) + 1];
-    if (auth_random(raw, sizeof(raw)) < 0 || auth_random(salt, sizeof(salt)) < 0) {
+    if (!have_secret && auth_random(secret, sizeof(secret)) == 0)
+        have_secret = true;
+    if (!have_secret || auth_random(raw, sizeof(raw)) < 0 ||
+        hmac256(secret, sizeof(secret), password ? password : "", password ? strlen(password) : 0,
+                mac) < 0) {
         memset(s, 0, sizeof(*s));
         s->state = SERVER_DONE;
         return -1;
     }
+    memcpy(salt, mac, sizeof(salt));
     b64_encode(raw, sizeof(raw), nonce);
     return scram_server_init_with(s, password, salt, sizeof(salt), nonce);
 }

@@ -537,11 +537,45 @@ static void test_scram_init_uses_fresh_nonces(void **state)
     char sa[SCRAM_MAX_MSG], sb[SCRAM_MAX_MSG];
     n1 = scram_server_first(&s1, a, (size_t)n1, sa, sizeof(sa));
     n2 = scram_server_first(&s2, b, (size_t)n2, sb, sizeof(sb));
-    /* r=<24><24>,s=<24>,i=4096: fresh server nonce and salt */
+    /* r=<24><24>,s=<24>,i=4096: a fresh server nonce; the salt stays the same for one
+     * password (so derived keys are cached) and differs between passwords. */
     assert_int_equal(n1, 2 + 48 + 3 + 24 + 7);
     assert_int_equal(n2, 2 + 48 + 3 + 24 + 7);
     assert_memory_not_equal(sa + 26, sb + 26, 24);
-    assert_memory_not_equal(sa + 53, sb + 53, 24);
+    assert_memory_equal(sa + 53, sb + 53, 24);
+
+    struct scram_server s3;
+    char sc[SCRAM_MAX_MSG];
+    assert_int_equal(scram_server_init(&s3, "y"), 0);
+    assert_int_equal(scram_server_first(&s3, a, (size_t)(8 + 24), sc, sizeof(sc)), n1);
+    assert_memory_not_equal(sa + 53, sc + 53, 24);
+}
+
+/* The cached key derivation gives the same answers as a fresh one: a full exchange twice with
+ * the same password (second from the cache) and a wrong password after a right one. */
+static void test_scram_cache_consistent(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 3; round++) {
+        const char *pw = round == 2 ? "wrong" : "pencil";
+        struct scram_server s;
+        struct scram_client c;
+        char m1[SCRAM_MAX_MSG], m2[SCRAM_MAX_MSG], m3[SCRAM_MAX_MSG], m4[SCRAM_MAX_MSG];
+        assert_int_equal(scram_server_init(&s, "pencil"), 0);
+        assert_int_equal(scram_client_init(&c, pw), 0);
+        int n = scram_client_first(&c, m1, sizeof(m1));
+        n = scram_server_first(&s, m1, (size_t)n, m2, sizeof(m2));
+        assert_true(n > 0);
+        n = scram_client_final(&c, m2, (size_t)n, m3, sizeof(m3));
+        assert_true(n > 0);
+        n = scram_server_final(&s, m3, (size_t)n, m4, sizeof(m4));
+        if (round == 2) {
+            assert_int_equal(n, -2);
+        } else {
+            assert_true(n > 0);
+            assert_int_equal(scram_client_verify(&c, m4, (size_t)n), 0);
+        }
+    }
 }
 
 /* ---- MD5 and helpers ------------------------------------------------------------------------- */
@@ -607,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_scram_exchange_right_password_succeeds),
         cmocka_unit_test(test_scram_exchange_wrong_password_returns_minus2),
         cmocka_unit_test(test_scram_init_uses_fresh_nonces),
+        cmocka_unit_test(test_scram_cache_consistent),
         cmocka_unit_test(test_auth_md5_response_known_vector),
         cmocka_unit_test(test_auth_equal_compares),
         cmocka_unit_test(test_auth_random_fills),
