@@ -441,7 +441,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         return -1;
     }
 
-    if (head->retryable) {
+    if (head->retryable && !head->swallow) {
         /* A read on a replica that may still be retried on the primary: nothing reaches the
          * client until the replica has shown it accepted the statement. */
         const char *code = m->type == BE_ERROR ? proto_error_field(m->body, m->len, 'C') : NULL;

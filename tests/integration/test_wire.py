@@ -140,6 +140,27 @@ class WireTest(unittest.TestCase):
         out = both(self, s)
         self.assertNotIn("E", [m[0] for m in out])
 
+    def test_misclassified_write_is_retried_on_primary(self):
+        cluster.psql(cluster.primary_port,
+                     "create or replace function bump() returns int language sql as "
+                     "$$ update w set v = v + 1 where id = 50 returning v $$")
+        cluster.wait_replay()
+        c = Conn(proxy.port)
+        try:
+            for _ in range(4):  # both replicas refuse it; each time the primary answers
+                # after a write the session reads from the primary until a monitor round has
+                # bounded the write's LSN (read-your-writes): wait, so the read tries a replica
+                time.sleep(0.5)
+                c.send(Query("select bump() as b, inet_server_port() as p"))
+                out = c.until_ready()
+                self.assertEqual([m[0] for m in out], ["T", "D", "C", "Z"])
+                self.assertEqual(out[0], ("T", ("b", "p")))
+                self.assertEqual(int(out[1][1][1]), cluster.primary_port)
+        finally:
+            c.close()
+        with open(proxy.log_path) as f:
+            self.assertGreaterEqual(f.read().count("retrying it on the primary"), 4)
+
     def test_error_in_batch_skips_to_sync(self):
         def s(c):
             c.send(Parse("select 1/0") + Bind() + Execute() +
