@@ -219,6 +219,14 @@ void backend_resume(struct backend *b)
     if (!b->reading && b->state != BACKEND_CLOSING && b->state != BACKEND_CONNECTING) {
         uv_read_start((uv_stream_t *)&b->tcp, backend_alloc_cb, backend_read_cb);
         b->reading = true;
+        /* Answers read before the pause may all be here already: the node will not send
+         * more until asked, so handle them now rather than wait for a read. */
+        struct client *c = b->client;
+        if (b->state == BACKEND_READY && buf_avail(&b->in) > 0 && c && !c->paused_out) {
+            backend_handle_input(b);
+            if (c->state != CLIENT_CLOSING)
+                client_flush(c);
+        }
     }
 }
 

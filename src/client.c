@@ -13,6 +13,7 @@
 
 #define CLIENT_READ_CHUNK (64 * 1024)
 #define CLIENT_OUT_HIGH   (4 * 1024 * 1024)
+#define CLIENT_IN_HIGH  (8 * 1024 * 1024)
 /* An extended batch is routed when its Sync or Flush arrives; a batch that grows past this
  * without either is sent to the primary, which can run anything, so memory stays bounded. */
 #define BATCH_SCAN_LIMIT (1024 * 1024)
@@ -120,7 +121,7 @@ int client_queue(struct client *c, const void *p, size_t n)
 static void client_set_backends_paused(struct client *c, bool pause)
 {
     c->paused_out = pause;
-    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+    for (int i = 0; i < CONFIG_MAX_NODES && c->state != CLIENT_CLOSING; i++) {
         struct backend *b = c->backends[i];
         if (b == NULL || b->state != BACKEND_READY)
             continue;
@@ -1613,7 +1614,8 @@ void client_process(struct client *c)
             if (c->backends[i] && buf_avail(&c->backends[i]->out) > 4 * 1024 * 1024)
                 backlog = true;
         }
-        if (backlog)
+        /* Also while stalled with a long unprocessed input: a pipelining client waits. */
+        if (backlog || buf_avail(&c->in) > CLIENT_IN_HIGH)
             client_read_stop(c);
         else
             client_read_start(c);

@@ -227,6 +227,28 @@ class WireTest(unittest.TestCase):
         out = both(self, s)
         self.assertEqual(len([m for m in out if m[0] == "D"]), 20000)
 
+    def test_slow_reader_of_a_large_copy_gets_everything(self):
+        # 60 MB through pgsteer to a client that does not read for a while: pgsteer stops
+        # reading the node while the client is behind, and resumes without losing a byte.
+        c = Conn(proxy.port)
+        try:
+            c.send(Query("copy (select repeat('x', 1000) from generate_series(1, 60000)) "
+                         "to stdout"))
+            time.sleep(1.0)
+            rows = 0
+            while True:
+                t, body = c.read()
+                if t == b"d":
+                    self.assertEqual(len(body), 1001)
+                    rows += 1
+                elif t == b"Z":
+                    break
+            self.assertEqual(rows, 60000)
+            c.send(Query("select 1"))
+            self.assertEqual(c.until_ready()[1], ("D", ("1",)))
+        finally:
+            c.close()
+
     def test_reads_on_replicas_writes_on_primary(self):
         c = Conn(proxy.port)
         try:
