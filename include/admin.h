@@ -100,7 +100,7 @@ enum admin_cmd {
 };
 
 /* Parse one console statement (keywords case-insensitive, surrounding white space and
- * trailing semicolons ignored). For ADMIN_CMD_EXPLAIN_ROUTE, *arg/*arglen get the statement
+ * trailing semicolons ignored). For ADMIN_CMD_EXPLAIN_ROUTE, *arg and *arglen get the statement
  * after EXPLAIN ROUTE (ADMIN_CMD_UNKNOWN when it is empty). */
 enum admin_cmd admin_parse_command(const char *sql, size_t len, const char **arg, size_t *arglen);
 

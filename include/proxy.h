@@ -104,7 +104,7 @@ struct backend {
     uv_connect_t connect_req;
     uv_write_t write_req;
     uv_write_t login_req;
-    struct buf login; /* the login message in flight */
+    struct buf login;      /* the login message in flight */
     uv_timer_t timer;      /* connect/login timeout */
     struct client *client; /* NULL once the client is gone */
     int node;
@@ -211,13 +211,13 @@ struct client {
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */
     bool batch_write;
-    bool batch_executed;  /* the bound batch sent a Bind or Execute (it changed something) */
-    bool batch_flushed;   /* the bound batch's last message was a Flush */
-    int cur_node;       /* node of the last unit sent (COPY data follows it) */
-    bool stalled;       /* waiting for another node's responses before sending more */
-    bool processing;    /* inside client_process (no re-entry) */
-    bool paused_out;    /* backends paused because out is large */
-    bool wait_snapshot; /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
+    bool batch_executed; /* the bound batch sent a Bind or Execute (it changed something) */
+    bool batch_flushed;  /* the bound batch's last message was a Flush */
+    int cur_node;        /* node of the last unit sent (COPY data follows it) */
+    bool stalled;        /* waiting for another node's responses before sending more */
+    bool processing;     /* inside client_process (no re-entry) */
+    bool paused_out;     /* backends paused because out is large */
+    bool wait_snapshot;  /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
     /* The safety net for a misclassified read: the Query in flight on a replica, and a
      * RowDescription held back until we know the replica did not refuse it (25006). */
     bool retry_inflight;

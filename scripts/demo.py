@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 """`make demo`: a PostgreSQL primary and two streaming replicas on this machine, pgsteer in
 front of them, five seconds of pgbench through pgsteer, and a table of where the reads and
-writes went, from each node's own statistics. Everything runs in a temporary directory and is
-stopped and removed at the end."""
+writes went, from each node's own statistics and from pgsteer's admin status. Everything runs
+in a temporary directory and is stopped and removed at the end."""
 
 import json
 import os
@@ -30,11 +30,11 @@ def step(n, msg):
 
 
 def node_stats(c):
-    """Per node, from its own pg_stat_database for the app database: committed transactions
-    and rows written (inserted + updated + deleted)."""
+    """Per node name, from that node's own pg_stat_database for the app database: committed
+    transactions and rows written (inserted + updated + deleted). Asked from the postgres
+    database, so that asking does not count in app's numbers."""
     out = {}
     for n in c.nodes:
-        # Asked from the postgres database, so that asking does not count in app's numbers.
         row = c.psql(n.port, "select xact_commit, tup_inserted + tup_updated + tup_deleted "
                              "from pg_stat_database where datname = 'app'", db="postgres")
         xacts, written = (int(x) for x in row.split("|"))
@@ -55,40 +55,46 @@ def wait_idle(c, timeout=5):
             time.sleep(0.1)
 
 
-def pgbench(c, port, args, timeout=120):
-    env = dict(os.environ, PGPASSWORD=cl.APP_PASSWORD)
-    cmd = [os.path.join(c.bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U",
-           cl.APP_USER] + args + [cl.APP_DB]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+def pgbench_cmd(c, port, args):
+    return ([os.path.join(c.bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U",
+             cl.APP_USER] + args + [cl.APP_DB])
 
 
-def pgbench_start(c, port, args):
-    env = dict(os.environ, PGPASSWORD=cl.APP_PASSWORD)
-    cmd = [os.path.join(c.bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U",
-           cl.APP_USER] + args + [cl.APP_DB]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+def pgbench_env():
+    return dict(os.environ, PGPASSWORD=cl.APP_PASSWORD)
 
 
 def fetch_status(px):
+    """pgsteer's admin status as a dict, or None (with the reason printed) when the admin
+    endpoint does not answer with JSON."""
     url = "http://127.0.0.1:%d/status" % px.admin_port
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            body = r.read(65536).decode("utf-8", "replace")
+            body = r.read(1 << 20).decode("utf-8", "replace")
     except Exception as e:  # noqa: BLE001 - the admin endpoint is optional here
         say("      (%s did not answer: %s)" % (url, e))
-        return
-    say("      %s says:" % url)
+        return None
     try:
-        body = json.dumps(json.loads(body), indent=2)
+        status = json.loads(body)
     except ValueError:
-        pass
-    lines = body.splitlines()
-    for line in lines[:40]:
-        say("        " + line)
-    if len(lines) > 40:
-        say("        ... (%d more lines)" % (len(lines) - 40))
+        say("      %s answered, but not with JSON:" % url)
+        for line in body.splitlines()[:10]:
+            say("        " + line)
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def show_status(status):
+    q = status.get("queries") or {}
+    if q:
+        say("      pgsteer routed %s statements: %s as reads, %s to the primary."
+            % (q.get("total", "?"), q.get("reads", "?"), q.get("writes", "?")))
+    reasons = {k: v for k, v in (status.get("primary_reasons") or {}).items() if v}
+    if reasons:
+        say("      Why they went to the primary: "
+            + ", ".join("%s %s" % (v, k) for k, v in sorted(reasons.items(),
+                                                            key=lambda kv: -kv[1])))
+        say("      (\"transaction\": statements inside a transaction that BEGIN opened there)")
 
 
 def main():
@@ -110,11 +116,13 @@ def main():
             with open(px.config_path) as f:
                 for line in f.read().splitlines():
                     say("        " + line)
-            say("      connect yourself with:  psql 'host=127.0.0.1 port=%d user=app "
-                "password=secret dbname=app'" % px.port)
+            say("      while the demo runs, connect with:  psql 'host=127.0.0.1 port=%d "
+                "user=app password=secret dbname=app'" % px.port)
 
             step(3, "Creating pgbench's tables on the primary (pgbench -i -s 1)")
-            p = pgbench(c, c.primary_port, ["-i", "-s", "1", "-q"])
+            p = subprocess.run(pgbench_cmd(c, c.primary_port, ["-i", "-s", "1", "-q"]),
+                               env=pgbench_env(), capture_output=True, text=True,
+                               timeout=120, stdin=subprocess.DEVNULL)
             if p.returncode != 0:
                 say("      pgbench -i failed:\n" + p.stderr)
                 return 1
@@ -126,11 +134,14 @@ def main():
                     "(pgbench select-only) and 1 read-write session (pgbench tpcb-like) at "
                     "the same time" % (SECONDS, READERS))
             common = ["-n", "-T", str(SECONDS)]
-            runs = [("readers", pgbench_start(c, px.port, common + ["-S", "-c", str(READERS),
-                                                                    "-j", "2"])),
-                    ("writers", pgbench_start(c, px.port, common + ["-c", "1"]))]
+            runs = [("readers", common + ["-S", "-c", str(READERS), "-j", "2"]),
+                    ("writers", common + ["-c", "1"])]
+            procs = [(label, subprocess.Popen(pgbench_cmd(c, px.port, args), env=pgbench_env(),
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              text=True, stdin=subprocess.DEVNULL))
+                     for label, args in runs]
             bench_ok = True
-            for label, proc in runs:
+            for label, proc in procs:
                 out, err = proc.communicate(timeout=SECONDS + 60)
                 n = re.search(r"number of transactions actually processed: (\d+)", out)
                 failed = re.search(r"number of failed transactions: (\d+)", out)
@@ -142,21 +153,40 @@ def main():
                     for line in err.strip().splitlines()[-10:]:
                         say("        " + line)
 
-            say("\n      pgsteer's admin status:")
-            fetch_status(px)
+            say("\n      Asking pgsteer's admin endpoint (GET /status):")
+            status = fetch_status(px)
+            if status is not None:
+                show_status(status)
 
-        step(5, "Where the work went, from each node's own statistics (pg_stat_database)")
+        step(5, "Where the work went")
         wait_idle(c)
         after = node_stats(c)
+        seen = {}
+        for node in (status or {}).get("nodes") or []:
+            if isinstance(node, dict) and "name" in node:
+                seen[node["name"]] = node
         xacts = {n.name: after[n.name][0] - before[n.name][0] for n in c.nodes}
         total = sum(xacts.values()) or 1
-        say("      %-9s %-8s %-6s %13s %7s %13s" % ("node", "role", "port", "transactions",
-                                                  "share", "rows written"))
+        say("      Each node's own statistics (pg_stat_database)%s:"
+            % (" and pgsteer's counters (/status)" if seen else ""))
+        head = "      %-9s %-8s %-6s %13s %7s %13s" % ("node", "role", "port", "transactions",
+                                                     "share", "rows written")
+        if seen:
+            head += "  %-6s %9s %9s" % ("state", "reads", "other")
+        say(head)
         for n in c.nodes:
             w = after[n.name][1] - before[n.name][1]
-            say("      %-9s %-8s %-6d %13d %6.1f%% %13d" % (n.name, n.role, n.port,
-                                                         xacts[n.name],
-                                                         100.0 * xacts[n.name] / total, w))
+            line = "      %-9s %-8s %-6d %13d %6.1f%% %13d" % (
+                n.name, n.role, n.port, xacts[n.name], 100.0 * xacts[n.name] / total, w)
+            if seen:
+                s = seen.get(n.name, {})
+                line += "  %-6s %9s %9s" % (s.get("state", "?"), s.get("reads", "?"),
+                                            s.get("writes", "?"))
+            say(line)
+        if seen:
+            say("      (state, reads, other: pgsteer's view; other = statements it sent there "
+                "for a")
+            say("      reason other than being a read: a write, a transaction, ...)")
         on_replicas = 100.0 * sum(xacts[n.name] for n in c.nodes[1:]) / total
         say("")
         as_expected = (bench_ok and on_replicas >= 50 and xacts["primary"] > 0

@@ -4,10 +4,13 @@
 #
 #   scripts/deps.sh build   compiler, make, pkg-config and the -dev libraries
 #   scripts/deps.sh test    build + cmocka, psycopg2, PostgreSQL server/client/pgbench,
-#                           pgbouncer, clang-format (everything `make test` runs)
+#                           pgbouncer, clang-format, prometheus (for promtool): everything
+#                           `make test` runs
 #   scripts/deps.sh demo    build + PostgreSQL server/client/pgbench + python3
 #   scripts/deps.sh bench   build + PostgreSQL server/client/pgbench + pgbouncer + python3
 #   scripts/deps.sh bindir  print PostgreSQL's bindir (15 preferred, else the newest)
+#   scripts/deps.sh drivers test + the drivers tests/drivers/run.sh uses (Python, Java, Node,
+#                           Perl, Ruby) and PgBouncer; npm packages come from tests/drivers/node
 #
 # Quiet when everything is present. When something is missing: as root, runs apt-get update
 # and apt-get install; otherwise prints the exact install command and exits 1.
@@ -15,7 +18,7 @@ set -eu
 
 mode=${1:-test}
 
-build_pkgs="gcc make pkg-config libuv1-dev libyaml-dev libpq-dev libssl-dev"
+build_pkgs="gcc libc6-dev make pkg-config libuv1-dev libyaml-dev libpq-dev libssl-dev"
 pg_tools="initdb pg_ctl pg_basebackup postgres psql pgbench"
 
 # PostgreSQL's bindir: $PG_BINDIR when set, else /usr/lib/postgresql/15/bin, else the newest
@@ -48,17 +51,30 @@ available() {
 }
 
 if [ "$mode" = bindir ]; then
-    pg_bindir
+    dir=$(pg_bindir)
+    [ -n "$dir" ] || exit 1
+    echo "$dir"
     exit 0
 fi
 
 case "$mode" in
 build) want="$build_pkgs" need_pg=0 ;;
-test) want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format" need_pg=1 ;;
+# prometheus: its promtool checks the format of pgsteer's /metrics in the integration tests.
+test)
+    want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format prometheus"
+    need_pg=1
+    ;;
 demo) want="$build_pkgs python3" need_pg=1 ;;
 bench) want="$build_pkgs python3 python3-psycopg2 pgbouncer" need_pg=1 ;;
+drivers) # the driver tests (tests/drivers); npm ships with Debian's nodejs or as its own package
+    want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format python3-psycopg \
+python3-asyncpg python3-pg8000 python3-sqlalchemy libpostgresql-jdbc-java default-jdk-headless \
+libdbd-pg-perl ruby ruby-pg nodejs"
+    command -v npm >/dev/null 2>&1 || want="$want npm"
+    need_pg=1
+    ;;
 *)
-    echo "usage: $0 build|test|demo|bench|bindir" >&2
+    echo "usage: $0 build|test|demo|bench|drivers|bindir" >&2
     exit 2
     ;;
 esac
@@ -117,17 +133,19 @@ pg_packages() {
 
 is_root=0
 [ "$(id -u)" = 0 ] && is_root=1
+pg_incomplete=0
+[ "$need_pg" = 1 ] && [ -n "$(pg_missing_tools)" ] && pg_incomplete=1
 updated=0
 # As root, refresh apt's lists before asking apt-cache what exists (a fresh machine may have
 # none), but only when something is missing: a complete machine stays quiet and offline.
-if [ "$is_root" = 1 ] && { [ -n "$missing" ] || { [ "$need_pg" = 1 ] && [ -n "$(pg_missing_tools)" ]; }; }; then
+if [ "$is_root" = 1 ] && { [ -n "$missing" ] || [ "$pg_incomplete" = 1 ]; }; then
     echo "deps.sh: updating apt's package lists" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     updated=1
 fi
 
 pg_extra=""
-if [ "$need_pg" = 1 ] && [ -n "$(pg_missing_tools)" ]; then
+if [ "$pg_incomplete" = 1 ]; then
     for p in $(pg_packages); do
         installed "$p" || pg_extra="$pg_extra $p"
     done

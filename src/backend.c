@@ -166,9 +166,8 @@ static int backend_send_login(struct backend *b, struct buf *msg)
     buf_init(msg);
     uv_buf_t ub = uv_buf_init((char *)buf_head(&b->login), (unsigned)buf_avail(&b->login));
     b->login_req.data = b;
-    return uv_write(&b->login_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_login_write_cb) < 0
-               ? -1
-               : 0;
+    return uv_write(&b->login_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_login_write_cb) < 0 ? -1
+                                                                                               : 0;
 }
 
 static void backend_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)

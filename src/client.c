@@ -13,7 +13,7 @@
 
 #define CLIENT_READ_CHUNK (64 * 1024)
 #define CLIENT_OUT_HIGH   (4 * 1024 * 1024)
-#define CLIENT_IN_HIGH  (8 * 1024 * 1024)
+#define CLIENT_IN_HIGH    (8 * 1024 * 1024)
 /* An extended batch is routed when its Sync or Flush arrives; a batch that grows past this
  * without either is sent to the primary, which can run anything, so memory stays bounded. */
 #define BATCH_SCAN_LIMIT (1024 * 1024)
@@ -1458,8 +1458,8 @@ static int client_maybe_rebind(struct client *c)
     int primary = c->px->cfg->primary;
     unsigned needs_primary =
         CL_WRITE | CL_WRITE_FUNCTION | CL_BEGIN | CL_PIN | CL_SET_SESSION | CL_FORCE_PRIMARY;
-    if (c->batch_executed || c->batch_failed || c->batch_node == primary ||
-        c->tx_node >= 0 || !(flags & needs_primary))
+    if (c->batch_executed || c->batch_failed || c->batch_node == primary || c->tx_node >= 0 ||
+        !(flags & needs_primary))
         return 0;
     struct backend *b = c->backends[c->batch_node];
     char sync[5] = {FE_SYNC, 0, 0, 0, 4};
@@ -1482,8 +1482,17 @@ static int client_start_batch(struct client *c)
         return rc < 0 ? -1 : 1;
     struct route rt = client_route(c, flags);
     if (rt.node < 0) {
-        rt.node = c->px->cfg->primary; /* fallback error is reported by Query only */
-        rt.reason = ROUTE_FALLBACK;
+        if (client_busy(c)) {
+            c->stalled = true;
+            return 1;
+        }
+        /* fallback: error. The batch is refused as a whole: one error now, its messages
+         * dropped up to the Sync, which gets its ReadyForQuery. */
+        c->px->route_reasons[rt.reason]++;
+        client_send_error(c, "57P03", "no replica is eligible for reads and fallback is error");
+        c->batch_node = c->px->cfg->primary;
+        c->batch_failed = true;
+        return 0;
     }
     if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
         c->stalled = true;
@@ -1530,6 +1539,12 @@ void client_process(struct client *c)
             break;
         if (rc < 0) {
             client_close(c, "08P01", "invalid message length");
+            break;
+        }
+        if (c->px->paused && c->batch_node < 0 && c->tx_node < 0 && m.type != FE_TERMINATE) {
+            /* PAUSE (admin): hold new statements; transactions and batches in flight finish.
+             * RESUME processes the input left here. */
+            c->stalled = true;
             break;
         }
         if (c->batch_node >= 0) {
@@ -1615,7 +1630,7 @@ void client_process(struct client *c)
                 backlog = true;
         }
         /* Also while stalled with a long unprocessed input: a pipelining client waits. */
-        if (backlog || buf_avail(&c->in) > CLIENT_IN_HIGH)
+        if (backlog || buf_avail(&c->in) > CLIENT_IN_HIGH || (c->stalled && c->px->paused))
             client_read_stop(c);
         else
             client_read_start(c);

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "log.h"
 #include "proxy_main.h"
+#include "status.h"
 #include "version.h"
 
 static void usage(FILE *f)
@@ -19,6 +20,9 @@ static void usage(FILE *f)
             "  pgsteer -c FILE            run in the foreground, logging to stderr\n"
             "  pgsteer --check -c FILE    validate FILE; print every problem as\n"
             "                             FILE:LINE:COL: message and exit 1, or exit 0\n"
+            "  pgsteer status [-c FILE | --admin HOST:PORT] [--json]\n"
+            "                             print a running pgsteer's nodes, state, lag,\n"
+            "                             reads and writes (see pgsteer status --help)\n"
             "  pgsteer --version          print the version\n"
             "  pgsteer --help             print this help\n",
             PGSTEER_VERSION);
@@ -33,6 +37,8 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    if (argc > 1 && strcmp(argv[1], "status") == 0)
+        return status_main(argc - 1, argv + 1);
     const char *path = NULL;
     int check = 0, ch;
     while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {

@@ -21,13 +21,21 @@
 #include "log.h"
 
 /* One statement answers everything for either role. pg_is_in_recovery() is evaluated once
- * (in FROM) so that a promotion during the statement cannot make pg_current_wal_lsn() fail
- * on what still looked like a replica. PostgreSQL 10 or later. */
+ * (in FROM) so that a promotion during the statement cannot make the pg_current_wal_*()
+ * functions fail on what still looked like a replica. For the primary, three positions:
+ * written (pg_current_wal_lsn, shown as the node's LSN), flushed (what replicas can have
+ * received: lag is measured against it) and inserted (covers every commit that has returned,
+ * asynchronous ones included: the read-your-writes bound), in that order so that the insert
+ * position is the newest. PostgreSQL 10 or later. */
 #define MONITOR_QUERY                                                                              \
     "SELECT r, CASE WHEN r THEN NULL ELSE pg_current_wal_lsn() END, "                              \
     "pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), "                                        \
-    "(extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::int8 "                          \
+    "(extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::int8, "                         \
+    "CASE WHEN r THEN NULL ELSE pg_current_wal_flush_lsn() END, "                                  \
+    "CASE WHEN r THEN NULL ELSE pg_current_wal_insert_lsn() END, "                                 \
+    "current_setting('wal_block_size')::int8 "                                                     \
     "FROM pg_is_in_recovery() AS r"
+#define MONITOR_COLUMNS 8
 
 #define MONITOR_APPNAME      "pgsteer-monitor"
 #define MONITOR_MIN_INTERVAL 10
@@ -45,9 +53,12 @@ enum mon_phase {
 /* What one node said in one round. */
 struct mon_answer {
     bool in_recovery;
-    lsn_t current; /* primary only */
-    lsn_t receive; /* replica only */
-    lsn_t replay;  /* replica only */
+    lsn_t current;      /* primary only: written */
+    lsn_t flush;        /* primary only: flushed */
+    lsn_t insert;       /* primary only: inserted */
+    int64_t block_size; /* wal_block_size */
+    lsn_t receive;      /* replica only */
+    lsn_t replay;       /* replica only */
     int64_t replay_ts_ms;
 };
 
@@ -105,8 +116,11 @@ struct monitor {
     uint64_t round;
     bool gate;                  /* this round: replicas may be queried (the primary went first) */
     bool primary_up;            /* the primary's state as last published */
-    lsn_t primary_lsn;          /* the newest primary LSN known, kept while the primary is down */
-    int64_t primary_sampled_ns; /* when primary_lsn was sampled */
+    lsn_t primary_lsn;          /* the newest primary flush LSN known (lag is measured against
+                                   it), kept while the primary is down */
+    lsn_t primary_bound;        /* commit_bound() of the same sample: published as the
+                                   snapshot's primary_lsn */
+    int64_t primary_sampled_ns; /* when both were sampled */
 };
 
 static int64_t unix_ms(void)
@@ -283,14 +297,16 @@ static void node_take_result(struct mon_node *n, const PGresult *res)
         return;
     }
     struct mon_answer *a = &n->ans;
-    if (PQntuples(res) != 1 || PQnfields(res) != 5 || PQgetisnull(res, 0, 0) ||
+    if (PQntuples(res) != 1 || PQnfields(res) != MONITOR_COLUMNS || PQgetisnull(res, 0, 0) ||
         parse_lsn_field(res, 1, &a->current) < 0 || parse_lsn_field(res, 2, &a->receive) < 0 ||
-        parse_lsn_field(res, 3, &a->replay) < 0) {
+        parse_lsn_field(res, 3, &a->replay) < 0 || parse_lsn_field(res, 5, &a->flush) < 0 ||
+        parse_lsn_field(res, 6, &a->insert) < 0) {
         snprintf(n->result_err, sizeof(n->result_err), "unexpected answer to the monitor query");
         return;
     }
     a->in_recovery = PQgetvalue(res, 0, 0)[0] == 't';
     a->replay_ts_ms = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    a->block_size = PQgetisnull(res, 0, 7) ? 0 : strtoll(PQgetvalue(res, 0, 7), NULL, 10);
     n->got_row = true;
 }
 
@@ -520,6 +536,26 @@ static void log_replica_change(const struct mon_node *n, enum lag_state from, co
         log_warn("%s still evicted: %s", n->name, reason);
 }
 
+/* The read-your-writes bound from a primary insert position sampled after a session's write
+ * returned: a replica that has replayed up to it has replayed that write's commit record.
+ * Replay positions are record ends, so the bound need only lie past the commit record's
+ * start. The insert position qualifies (the commit ended at or before it; a synchronous
+ * commit's end is also covered by the flush position, an asynchronous one's is not), except
+ * on an idle primary whose last record ended exactly at a page boundary P: the insert
+ * position is then P plus the page header (24 bytes, or 40 at a segment start, e.g. after a
+ * WAL switch), while a replica's replay position stops at P, and reads would wait for the
+ * primary's next record. So the bound is rounded down to P whenever the insert position is
+ * at most 40 bytes into its page: nothing but a page header and the tail of a record begun
+ * before P fits there (a record starting after the header is at least 24 bytes long), so the
+ * commit began before P and a replica at P or beyond has replayed it. */
+static lsn_t commit_bound(lsn_t insert, int64_t block_size)
+{
+    if (block_size <= 0)
+        return insert;
+    uint64_t off = insert % (uint64_t)block_size;
+    return off <= 40 ? insert - off : insert;
+}
+
 static void finish_primary(struct monitor *m, int64_t now_ms)
 {
     struct mon_node *p = &m->nodes[m->primary];
@@ -530,7 +566,8 @@ static void finish_primary(struct monitor *m, int64_t now_ms)
         why = p->err[0] != '\0' ? p->err : "connecting";
     else if (p->ans.in_recovery)
         why = "in recovery";
-    else if (p->ans.current == LSN_INVALID)
+    else if (p->ans.current == LSN_INVALID || p->ans.flush == LSN_INVALID ||
+             p->ans.insert == LSN_INVALID)
         why = "no WAL position";
     if (p->answered) {
         st->in_recovery = p->ans.in_recovery;
@@ -540,9 +577,10 @@ static void finish_primary(struct monitor *m, int64_t now_ms)
     st->lag_ms = 0;
     st->eligible = false;
     if (why == NULL) {
-        m->primary_lsn = p->ans.current;
+        m->primary_lsn = p->ans.flush;
+        m->primary_bound = commit_bound(p->ans.insert, p->ans.block_size);
         m->primary_sampled_ns = (int64_t)p->sent_ns;
-        lag_history_add(&m->history, p->ans.current, (int64_t)(p->sent_ns / NS_PER_MS));
+        lag_history_add(&m->history, p->ans.flush, (int64_t)(p->sent_ns / NS_PER_MS));
         if (!m->primary_up) {
             m->primary_up = true;
             st->state = LAG_UP;
@@ -639,7 +677,7 @@ static void round_finish(struct monitor *m)
     }
     s->round = m->round;
     s->primary_sampled_ns = m->primary_sampled_ns;
-    s->primary_lsn = m->primary_lsn;
+    s->primary_lsn = m->primary_bound;
     s->primary_up = m->primary_up;
     s->nnodes = m->nnodes;
     for (size_t i = 0; i < m->nnodes; i++)

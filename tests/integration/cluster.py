@@ -120,7 +120,8 @@ def run_psql(port, sql, user=APP_USER, db=APP_DB, host="127.0.0.1", password=Non
     exit raises ClusterError carrying stderr."""
     bindir = bindir or pg_bindir()
     sqls = [sql] if isinstance(sql, str) else list(sql)
-    args = [os.path.join(bindir, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+    # -w: never prompt for a password (psql would read it from the terminal and hang).
+    args = [os.path.join(bindir, "psql"), "-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
             "-h", host, "-p", str(port), "-U", user, "-d", db]
     args += list(extra_args)
     for s in sqls:
@@ -210,17 +211,23 @@ class Cluster:
     Attributes after start(): tmpdir, nodes (list of Node, primary first), ports (primary
     first), primary_port, replica_ports, bindir, start_seconds."""
 
-    def __init__(self, replicas=2, tmp_parent=None, quiet=True):
+    def __init__(self, replicas=2, tmp_parent=None):
         self.nreplicas = replicas
         self.tmp_parent = tmp_parent or default_tmp_parent()
-        self.quiet = quiet
         self.bindir = pg_bindir()
         self.tmpdir = None
         self.nodes = []
         self.start_seconds = None
         self._stopped = False
         self._as_postgres = os.geteuid() == 0
-        self._pw = pwd.getpwnam("postgres") if self._as_postgres else None
+        self._pw = None
+        if self._as_postgres:
+            try:
+                self._pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ClusterError("running as root, PostgreSQL must run as the `postgres` user, "
+                                   "which does not exist (install postgresql, or run as "
+                                   "another user)") from None
 
     # -- context manager
     def __enter__(self):
@@ -326,8 +333,15 @@ class Cluster:
         self._init_primary()
         # Base backups run in parallel: each copies the whole primary, which dominates startup.
         backups = [self._backup_replica(i) for i in range(1, self.nreplicas + 1)]
-        for node, spawned in backups:
-            self._finish(spawned)
+        try:
+            for node, spawned in backups:
+                self._finish(spawned)
+        except BaseException:
+            for node, spawned in backups:
+                if spawned[0].poll() is None:
+                    spawned[0].kill()
+                    spawned[0].wait()
+            raise
         for node, spawned in backups:
             self._append_conf(node)
             self._pg_ctl_start(node)
@@ -480,9 +494,10 @@ class Cluster:
     def stop(self):
         """Stop every node (immediate shutdown) and delete the temporary directory. Safe to
         call more than once and from handlers."""
+        # A signal arriving in the middle of this runs it again from the handler; that run
+        # redoes every step (each is idempotent) and finishes the job before the process dies.
         if self._stopped:
             return
-        self._stopped = True
         try:
             for n in reversed(self.nodes):
                 pidfile = os.path.join(n.datadir, "postmaster.pid")
@@ -503,6 +518,7 @@ class Cluster:
         finally:
             if self.tmpdir:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self._stopped = True
             _unregister(self)
 
     def logs(self, lines=20):
@@ -554,16 +570,19 @@ def config_yaml(cluster, port, admin_port, auth_method="scram-sha-256", extra_ya
 class Pgsteer:
     """pgsteer in front of `cluster`, on free ports, its stderr in a log file in the
     cluster's temporary directory. Attributes: port, admin_port, log_path, config_path,
-    proc."""
+    proc. `extra_yaml` is appended to the generated configuration, so it must not repeat
+    its keys (listen, admin_listen, auth_method, users, nodes, monitor); `monitor` replaces
+    the monitor mapping instead."""
 
     _seq = 0
 
     def __init__(self, cluster, auth_method="scram-sha-256", extra_yaml="", name=None,
-                 start_timeout=15):
+                 start_timeout=15, monitor="{interval_ms: 100}"):
         Pgsteer._seq += 1
         self.cluster = cluster
         self.auth_method = auth_method
         self.extra_yaml = extra_yaml
+        self.monitor_yaml = monitor  # the `monitor:` value (flow mapping); None leaves it out
         self.name = name or "pgsteer%d" % Pgsteer._seq
         self.start_timeout = start_timeout
         self.port = self.admin_port = None
@@ -609,7 +628,7 @@ class Pgsteer:
             self.admin_port = free_port(exclude=used | {self.port})
             with open(self.config_path, "w") as f:
                 f.write(config_yaml(self.cluster, self.port, self.admin_port, self.auth_method,
-                                    self.extra_yaml))
+                                    self.extra_yaml, monitor=self.monitor_yaml))
             logf = open(self.log_path, "ab")
             try:
                 self.proc = subprocess.Popen([self.binary, "-c", self.config_path],

@@ -70,6 +70,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# libpq settings from the caller's environment would change what the tests see.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGSERVICEFILE PGOPTIONS \
+    PGSSLMODE PGREQUIRESSL PGGSSENCMODE PGTARGETSESSIONATTRS PGCLIENTENCODING PGDATESTYLE PGTZ \
+    PGAPPNAME PGCHANNELBINDING PGCONNECT_TIMEOUT
+export PGPASSFILE="$work/no-such-pgpass" # not the caller's ~/.pgpass
 export PGSTEER="$bin" PGSTEER_TEST_TMPDIR="$work" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 cd "$here" || exit 2
 start=$(date +%s)

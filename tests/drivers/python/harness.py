@@ -70,8 +70,9 @@ def sqlstate_of(exc):
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], dict):  # pg8000: a dict of the error fields
         return args[0].get("C")
-    for a in args:  # old pg8000: ('ERROR', '57014', 'message', ...)
-        if isinstance(a, str) and len(a) == 5 and a[:2].isalnum() and a.upper() == a:
+    for a in args:  # old pg8000: ('ERROR', 'ERROR', '57014', 'message', ...)
+        if (isinstance(a, str) and len(a) == 5 and a.isalnum() and a.upper() == a
+                and any(ch.isdigit() for ch in a)):
             return a
     return None
 
