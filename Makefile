@@ -23,7 +23,8 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all pgsteer deps test unit integration demo bench clean format format-check
+.PHONY: all pgsteer deps test unit integration test-drivers demo bench bench-conns clean format \
+        format-check
 
 all: pgsteer
 
@@ -55,6 +56,21 @@ integration: pgsteer
 test: deps
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory test-drivers
+
+test-drivers: pgsteer
+	@scripts/deps.sh drivers
+	@tests/drivers/run.sh
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 scripts/bench.py $(BENCH_ARGS)
+
+bench-conns:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 scripts/bench.py --idle-conns 10000
 
 demo:
 	@scripts/deps.sh demo

@@ -22,7 +22,7 @@ struct node_status {
     lsn_t current_lsn;         /* primary: pg_current_wal_lsn() */
     lsn_t receive_lsn;         /* replica: pg_last_wal_receive_lsn() */
     lsn_t replay_lsn;          /* replica: pg_last_wal_replay_lsn() */
-    int64_t lag_bytes;         /* primary LSN - replay LSN, >= 0; 0 for the primary */
+    int64_t lag_bytes;         /* primary flush LSN - replay LSN, >= 0; 0 for the primary */
     int64_t lag_ms;            /* time lag, see lag_history_time_lag; 0 for the primary */
     int64_t last_replay_ts_ms; /* pg_last_xact_replay_timestamp() in unix ms, 0 if null */
     int64_t changed_at_ms;     /* unix ms of the last state change */
@@ -33,7 +33,10 @@ struct node_status {
 struct monitor_snapshot {
     uint64_t round;             /* 1, 2, ... */
     int64_t primary_sampled_ns; /* uv_hrtime() just before the primary LSN query was sent */
-    lsn_t primary_lsn;          /* the primary's LSN in this round; LSN_INVALID if unknown */
+    lsn_t primary_lsn;          /* read-your-writes bound: a replica that has replayed up to here
+                                   has replayed every commit that returned before
+                                   primary_sampled_ns, asynchronous ones included (from the
+                                   insert LSN, see monitor.c); LSN_INVALID if unknown */
     bool primary_up;
     size_t nnodes; /* same order as config->nodes */
     struct node_status nodes[CONFIG_MAX_NODES];

@@ -199,6 +199,7 @@ struct client {
     char tx_status; /* from the last ReadyForQuery: 'I', 'T', 'E' */
     int tx_node;    /* node of the open transaction (predicted while in flight), or -1 */
     bool pinned;
+    bool tx_wrote; /* the open transaction on the primary wrote something */
     const char *pin_reason;
     enum consistency consistency;
     lsn_t min_lsn;          /* SET pgsteer.min_lsn */
@@ -213,6 +214,8 @@ struct client {
     bool batch_write;
     bool batch_executed; /* the bound batch sent a Bind or Execute (it changed something) */
     bool batch_flushed;  /* the bound batch's last message was a Flush */
+    int copy_node;       /* node in copy-in mode for the client, or -1 */
+    bool copy_extended;  /* that COPY came from an Execute (a Sync follows CopyDone) */
     int cur_node;        /* node of the last unit sent (COPY data follows it) */
     bool stalled;        /* waiting for another node's responses before sending more */
     bool processing;     /* inside client_process (no re-entry) */
@@ -246,7 +249,8 @@ void client_backend_failed(struct client *c, int node, const char *sqlstate, con
 /* A response message from backend b for the client; returns 0 or -1 when the client closed. */
 void client_on_ready_for_query(struct client *c, struct backend *b, char status,
                                const struct expect *e);
-void client_on_copy_in(struct client *c, struct backend *b);
+/* The node entered copy-in for the client (CopyInResponse), from an Execute when extended. */
+void client_on_copy_in(struct client *c, struct backend *b, bool extended);
 /* A retryable read was refused by a replica and its answers swallowed: run it on the primary. */
 void client_retry_on_primary(struct client *c);
 /* The retryable read got an answer the client may see: send what was held back. */

@@ -857,6 +857,10 @@ def bench(args):
                                r["latency_avg_us"], r["latency_p99_us"]))
                         if not px.alive():
                             raise BenchError("pgsteer exited; log:\n%s" % cl.tail(px.log_path))
+            # A peer that logs per query would be slowed by its own logging: keep the sizes.
+            log_bytes = {name: os.path.getsize(path) for name, path in (
+                ("pgsteer", px.log_path), ("pgbouncer", bouncer.log_path),
+                ("pgpool", pool.log_path)) if os.path.exists(path)}
             steer_final = {
                 "VmHWM_kb": proc_status_kb(px.proc.pid, "VmHWM"),
                 "VmRSS_kb": proc_status_kb(px.proc.pid, "VmRSS"),
@@ -878,6 +882,7 @@ def bench(args):
         "versions": versions,
         "routing_check_select_only": routing,
         "pgsteer_process": steer_final,
+        "log_bytes": log_bytes,
         "summary": rows,
         "goals": gs,
         "runs": runs,
@@ -1117,6 +1122,12 @@ def idle_conns(args):
                 result["rss_kb_held"] = proc_status_kb(pid, "VmRSS")
                 result["hwm_kb"] = proc_status_kb(pid, "VmHWM")
                 result["pgsteer_fds"] = fd_count(pid)
+                # Idle clients should hold no backend: count the nodes' client sessions.
+                result["node_sessions_while_holding"] = {
+                    n.name: int(c.psql(n.port, "select count(*) from pg_stat_activity where "
+                                       "backend_type = 'client backend' and datname = '%s'"
+                                       % cl.APP_DB, user="postgres", db="postgres"))
+                    for n in c.nodes}
                 # Every idle connection still answers: a few of them run a query now.
                 for s in socks[:: max(1, n // 20)]:
                     s.setblocking(True)
@@ -1160,6 +1171,8 @@ def idle_conns(args):
     print("| pgsteer VmHWM (peak) | %.1f MB |" % hwm_mb)
     print("| per idle connection | %.1f kB |" % (per_conn / 1024))
     print("| pgsteer open fds | %s |" % result["pgsteer_fds"])
+    print("| sessions on the nodes meanwhile | %s |" % ", ".join(
+        "%s %d" % kv for kv in result["node_sessions_while_holding"].items()))
     print("| goal: peak below %.0f MB | %s |" % (GOAL_IDLE_RSS_MB,
                                                  "met" if result["met"] else "**NOT MET**"))
     for phase in ("before", "opening", "holding"):

@@ -394,6 +394,24 @@ static void backend_fail_with_error(struct backend *b, const struct proto_msg *m
 
 /* ---- responses ---- */
 
+/* The node entered copy-in: Syncs the client sent after the COPY's Execute reach the node
+ * while it copies, and it ignores them, so no ReadyForQuery will answer them. Drop their
+ * entries (all behind the head; the one after CopyDone is sent later). */
+static void backend_drop_syncs(struct backend *b)
+{
+    size_t keep = 1;
+    for (size_t i = 1; i < b->exp_count; i++) {
+        struct expect e = b->exp[(b->exp_head + i) % b->exp_cap];
+        if (e.kind == EXP_SYNC) {
+            if (!e.swallow)
+                b->fwd_outstanding--;
+            continue;
+        }
+        b->exp[(b->exp_head + keep++) % b->exp_cap] = e;
+    }
+    b->exp_count = keep;
+}
+
 static bool is_extended(uint8_t kind)
 {
     return kind != EXP_SYNC && kind != EXP_QUERY;
@@ -488,8 +506,10 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         break;
     case BE_COPY_IN:
     case BE_COPY_BOTH:
-        if (forward)
-            client_on_copy_in(c, b);
+        if (forward) {
+            backend_drop_syncs(b);
+            client_on_copy_in(c, b, head->kind == EXP_EXECUTE);
+        }
         break;
     case BE_READY_FOR_QUERY: {
         if (head->kind != EXP_SYNC && head->kind != EXP_QUERY) {

@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "protocol.h"
@@ -256,6 +257,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     c->tx_node = -1;
     c->batch_node = -1;
     c->cur_node = -1;
+    c->copy_node = -1;
     c->consistency = px->cfg->consistency;
     buf_init(&c->in);
     buf_init(&c->out);
@@ -772,23 +774,24 @@ static int client_sync_session(struct client *c, struct backend *b)
 {
     if (b->set_gen >= c->change_gen)
         return 0;
-    struct buf q;
-    buf_init(&q);
-    size_t st = proto_begin(&q, FE_QUERY);
+    /* One Query per change: several statements in one Query run as one transaction block,
+     * where DISCARD ALL is refused; and one failing change must not undo the others. */
     int rc = 0;
-    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
+    for (struct session_change *ch = c->changes; ch && rc == 0; ch = ch->next) {
         if (ch->gen <= b->set_gen)
             continue;
+        struct buf q;
+        buf_init(&q);
+        size_t st = proto_begin(&q, FE_QUERY);
         rc |= proto_put_bytes(&q, ch->sql, strlen(ch->sql));
-        rc |= proto_put_bytes(&q, ";", 1);
+        rc |= proto_put_u8(&q, 0);
+        rc |= proto_end(&q, st);
+        if (rc == 0)
+            rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+        if (rc == 0)
+            rc = backend_expect(b, EXP_QUERY, true, false);
+        buf_destroy(&q);
     }
-    rc |= proto_put_u8(&q, 0);
-    rc |= proto_end(&q, st);
-    if (rc == 0)
-        rc = backend_queue(b, buf_head(&q), buf_avail(&q));
-    if (rc == 0)
-        rc = backend_expect(b, EXP_QUERY, true, false);
-    buf_destroy(&q);
     b->set_gen = c->change_gen;
     return rc;
 }
@@ -933,13 +936,23 @@ static struct backend *client_backend(struct client *c, int node)
     return b;
 }
 
-static bool unit_writes(const struct client *c, struct route rt, unsigned flags)
+/* Whether a unit's completion makes the session's next reads wait for replicas to catch up
+ * (read-your-writes). A transaction counts as a write only if something in it wrote: the unit
+ * that ends it carries what the units before it did. */
+static bool unit_writes(struct client *c, struct route rt, unsigned flags)
 {
     if (rt.node != c->px->cfg->primary)
         return false;
-    if (rt.reason == ROUTE_TRANSACTION || rt.reason == ROUTE_PINNED)
-        return true;
-    return (flags & (CL_WRITE | CL_WRITE_FUNCTION | CL_BEGIN | CL_END_TX | CL_PIN)) != 0;
+    bool writes = (flags & (CL_WRITE | CL_WRITE_FUNCTION | CL_PIN)) != 0;
+    bool in_tx = rt.reason == ROUTE_TRANSACTION || (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY));
+    if (!in_tx)
+        return writes;
+    c->tx_wrote |= writes;
+    if (flags & CL_END_TX) {
+        writes = c->tx_wrote;
+        c->tx_wrote = false;
+    }
+    return writes;
 }
 
 static void client_predict_tx(struct client *c, unsigned flags, int node)
@@ -1085,12 +1098,27 @@ static void client_track_session(struct client *c, const char *sql, size_t len,
         return;
     }
     if (f & CL_SESSION_RESET) {
-        changes_free(c->changes);
-        c->changes = NULL;
-        stmt_clear(c);
-        c->pinned = false;
-        change_add(c, "reset", sql, len, 0);
+        /* DISCARD ALL drops everything; RESET ALL only the settings. */
+        size_t i = 0;
+        while (i < len && isspace((unsigned char)sql[i]))
+            i++;
+        bool discard = len - i >= 7 && strncasecmp(sql + i, "discard", 7) == 0;
+        for (struct session_change **pp = &c->changes; *pp;) {
+            if (discard || strncmp((*pp)->key, "prepare:", 8) != 0) {
+                struct session_change *ch = *pp;
+                *pp = ch->next;
+                ch->next = NULL;
+                changes_free(ch);
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
+        change_add(c, discard ? "discard" : "reset", sql, len, 0);
         b->set_gen = c->change_gen;
+        if (discard) {
+            c->pinned = false;
+            stmt_clear(c); /* last: `sql` may be a prepared statement's text */
+        }
     } else if (f & CL_SET_SESSION) {
         if (cr->setting_name)
             snprintf(name, sizeof(name), "%s", cr->setting_name);
@@ -1379,6 +1407,15 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         rc = client_ensure_prepared(c, b, sname, slen);
         kind = EXP_BIND;
         c->batch_executed = true;
+        struct stmt *st = rc == 0 ? stmt_find(c, sname, slen) : NULL;
+        if (st && (st->flags & (CL_SET_SESSION | CL_PREPARE | CL_DEALLOCATE))) {
+            /* A SET (or SQL PREPARE) sent as Parse/Bind/Execute is a session change like
+             * any other: recorded when bound, on the node it runs on. SET takes no
+             * parameters, so the text alone replays it. */
+            struct classify_result cr;
+            classify_sql(st->query, st->query_len, &c->px->wfuncs, &cr);
+            client_track_session(c, st->query, st->query_len, &cr, b);
+        }
         break;
     }
     case FE_DESCRIBE: {
@@ -1516,6 +1553,37 @@ static int client_start_batch(struct client *c)
     return 0;
 }
 
+/* ---- COPY FROM STDIN ---- */
+
+/* CopyData, CopyDone and CopyFail go to the node whose CopyInResponse the client answers. A
+ * server ignores Sync while in copy-in (clients such as pg8000 send Execute, Sync, then the
+ * data), so after an extended-protocol COPY the batch is bound to the copy's node again: the
+ * Sync that follows CopyDone must reach it, or the COPY would never commit. Data with no
+ * COPY in progress is dropped, as a server drops it. Returns 0 or -1 (closed). */
+static int client_forward_copy(struct client *c, const struct proto_msg *m)
+{
+    int node = c->copy_node;
+    if (node < 0)
+        node = c->cur_node; /* a client that sends data before our CopyInResponse */
+    struct backend *b = node >= 0 ? c->backends[node] : NULL;
+    if (b == NULL)
+        return 0;
+    if (backend_queue(b, m->body - 5, m->total) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    if (m->type != FE_COPY_DATA && c->copy_node >= 0) {
+        if (c->copy_extended && c->batch_node != node) {
+            c->batch_node = node;
+            c->batch_failed = false;
+            c->batch_flushed = false;
+            c->batch_executed = true;
+        }
+        c->copy_node = -1;
+    }
+    return 0;
+}
+
 /* ---- the input loop ---- */
 
 static void client_flush_backends(struct client *c)
@@ -1541,6 +1609,12 @@ void client_process(struct client *c)
             client_close(c, "08P01", "invalid message length");
             break;
         }
+        if (m.type == FE_COPY_DATA || m.type == FE_COPY_DONE || m.type == FE_COPY_FAIL) {
+            if (client_forward_copy(c, &m) < 0)
+                break;
+            buf_consume(&c->in, m.total);
+            continue;
+        }
         if (c->px->paused && c->batch_node < 0 && c->tx_node < 0 && m.type != FE_TERMINATE) {
             /* PAUSE (admin): hold new statements; transactions and batches in flight finish.
              * RESUME processes the input left here. */
@@ -1548,14 +1622,6 @@ void client_process(struct client *c)
             break;
         }
         if (c->batch_node >= 0) {
-            if (m.type == FE_COPY_DATA || m.type == FE_COPY_DONE || m.type == FE_COPY_FAIL) {
-                /* COPY inside an extended batch: data follows the batch to its node. */
-                struct backend *b = c->backends[c->batch_node];
-                if (b && !c->batch_failed && backend_queue(b, m.body - 5, m.total) < 0)
-                    client_close(c, "53200", "out of memory");
-                buf_consume(&c->in, m.total);
-                continue;
-            }
             if (m.type == FE_QUERY || m.type == FE_TERMINATE) {
                 /* A Query ends an unsynced batch, as it does in the server. */
                 c->batch_node = -1;
@@ -1592,20 +1658,6 @@ void client_process(struct client *c)
         case FE_FUNCTION:
             rc = client_start_batch(c);
             break;
-        case FE_COPY_DATA:
-        case FE_COPY_DONE:
-        case FE_COPY_FAIL: {
-            /* COPY FROM STDIN data follows the Query that started it. */
-            struct backend *b = c->cur_node >= 0 ? c->backends[c->cur_node] : NULL;
-            if (b && backend_queue(b, m.body - 5, m.total) < 0) {
-                client_close(c, "53200", "out of memory");
-                rc = -1;
-                break;
-            }
-            buf_consume(&c->in, m.total);
-            rc = 0;
-            break;
-        }
         case FE_TERMINATE:
             client_close(c, NULL, "client terminated");
             rc = -1;
@@ -1686,9 +1738,11 @@ void client_on_ready_for_query(struct client *c, struct backend *b, char status,
     }
 }
 
-void client_on_copy_in(struct client *c, struct backend *b)
+void client_on_copy_in(struct client *c, struct backend *b, bool extended)
 {
     c->cur_node = b->node;
+    c->copy_node = b->node;
+    c->copy_extended = extended;
 }
 
 void client_backend_failed(struct client *c, int node, const char *sqlstate, const char *message,

@@ -118,8 +118,9 @@ def lsn(text):
 
 def direct(port):
     """An autocommit connection straight to a node (Unix socket, trust)."""
+    # The password is not asked (trust); giving it keeps libpq from reading a password file.
     c = psycopg2.connect(host=CLUSTER.sockdir, port=port, user=cl.APP_USER, dbname=cl.APP_DB,
-                         application_name="pgsteer-tests-direct")
+                         password=cl.APP_PASSWORD, application_name="pgsteer-tests-direct")
     c.autocommit = True
     return c
 
@@ -442,7 +443,10 @@ class EvictionTest(Base):
         t_back, m = wait_log(PX, r"^replica1 back: (.*)$", mark)
         report("back %.0f ms after pg_wal_replay_resume() (recover_checks 3, interval 50 ms)"
                % ((t_back - t_resume) * 1000))
-        self.assertGreater(t_back, t_resume - 0.001, "back before replay resumed")
+        # Back after recover_checks (3) healthy rounds: the first may come right after the
+        # resume, the third two intervals later.
+        self.assertGreaterEqual(t_back - t_resume, 2 * LAG_INTERVAL - 0.015,
+                                "back sooner than recover_checks rounds")
         self.assertLess(t_back - t_resume, 3.0)
         self.assertEqual(m.group(1), "lag 0 B")
         self.assertEqual(len(log_lines(PX, r"^replica1 (evicted|still evicted|back)", mark)), 2,
@@ -730,18 +734,13 @@ class ConsistencyTest(Base):
         cur.execute("reset pgsteer.consistency")
         cur.execute("show pgsteer.consistency")
         self.assertEqual(cur.fetchone()[0], "session")
-        p = direct(self.primary).cursor()
-        t0 = time.monotonic()
-        hist = []
-        while True:
-            p.execute("select pg_current_wal_insert_lsn()::text, pg_current_wal_lsn()::text, pg_current_wal_flush_lsn()::text")
-            i, w, f = p.fetchone()
-            port = read_ports(c, 1)[0]
-            hist.append(("%.0f" % ((time.monotonic() - t0) * 1000), i, w, f, port))
-            if port != self.primary:
-                break
+        # The writes made in strong mode still bound this session's reads: they return to
+        # replicas once those have replayed the writes.
+        deadline = time.monotonic() + 2
+        while read_ports(c, 1)[0] == self.primary:
+            self.assertLess(time.monotonic(), deadline, "reads stay on the primary")
             time.sleep(0.01)
-        report("DEBUG %s" % hist[:3] + str(hist[-2:]) + " n=%d" % len(hist))
+        self.assertEqual(set(read_ports(c, 20)) - {self.r1, self.r2}, set())
 
     def test_causal_token_across_sessions_and_instances(self):
         # The writer (session A) and the reader (session B, on another pgsteer) share only
@@ -780,6 +779,9 @@ class ConsistencyTest(Base):
         report("causal token, 200 writes in %.1fs: %d stale with the token (reads: %s); "
                "%d stale without" % (time.monotonic() - t0, stale, describe(where),
                                      control_stale))
+        b.execute("reset pgsteer.min_lsn")
+        b.execute("show pgsteer.min_lsn")
+        self.assertEqual(b.fetchone()[0], "0/0")
         self.assertEqual(stale, 0)
         self.assertNotIn(self.r1, where, "a replica behind the token got a read")
         self.assertGreater(where.get(self.r2, 0), 0, "the token lets reads use a caught-up "

@@ -220,6 +220,26 @@ class WireTest(unittest.TestCase):
         out = both(self, s)
         self.assertIn(("D", ("3",)), out)
 
+    def test_extended_copy_in_with_sync_before_data(self):
+        # pg8000's way: Execute, Flush, Sync, then the data once CopyInResponse arrived; the
+        # server ignores a Sync received in copy-in and answers the one after CopyDone.
+        def s(c):
+            c.send(Query("create temp table cx (x int)"))
+            out = c.until_ready()
+            for rnd in range(2):
+                c.send(Parse("copy cx from stdin", name="cp%d" % rnd) + Flush)
+                out += c.take(1)
+                c.send(Bind("cp%d" % rnd) + Flush + Execute() + Flush + Sync)
+                out += c.take(2)  # BindComplete, CopyInResponse
+                c.send(msg(b"d", b"1\n2\n") + msg(b"c") + Sync)
+                out += c.until_ready()
+                c.send(Parse("copy (select sum(x) from cx) to stdout") + Bind() + Execute() +
+                       Sync)
+                out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertEqual(out.count(("C", "COPY 2")), 2)
+
     def test_large_result(self):
         def s(c):
             c.send(Query("select * from big order by id"))
