@@ -924,18 +924,21 @@ static void classify_stmt(struct cctx *c, struct tok t, struct stmt *st, int nes
  * READ ONLY / READ WRITE says READ ONLY. */
 static bool parse_tx_modes(struct cctx *c, struct stmt *st, struct tok t)
 {
-    bool ro = false;
+    bool ro = false, serializable = false;
     enum kw prev = KW_NONE;
     while (!tok_is_term(&t)) {
         if (prev == KW_READ && t.kw == KW_ONLY)
             ro = true;
         else if (prev == KW_READ && t.kw == KW_WRITE)
             ro = false;
+        else if (t.type == TK_IDENT && ci_eq(c->lx.s + t.off, t.len, "serializable"))
+            serializable = true;
         prev = t.type == TK_IDENT ? t.kw : KW_NONE;
         t = lex_next(&c->lx);
     }
     skip_to_end(c, st, t);
-    return ro;
+    /* A hot standby refuses serializable transactions, even read-only ones. */
+    return ro && !serializable;
 }
 
 /* A boolean setting value PostgreSQL reads as true: on, 1, or a prefix of true / yes. */

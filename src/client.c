@@ -21,7 +21,7 @@
 
 static void client_on_input(struct client *c);
 static struct backend *client_backend(struct client *c, int node);
-static void client_count_route(struct client *c, struct route rt);
+static void client_count_route(struct client *c, struct route rt, unsigned flags);
 static int client_sync_session(struct client *c, struct backend *b);
 
 /* ---- memory and close ---- */
@@ -846,7 +846,7 @@ void client_retry_on_primary(struct client *c)
     if (b == NULL)
         return;
     struct route rt = {p, ROUTE_WRITE};
-    client_count_route(c, rt);
+    client_count_route(c, rt, CL_WRITE);
     if (client_sync_session(c, b) < 0 ||
         backend_queue(b, buf_head(&c->retry_sql), buf_avail(&c->retry_sql)) < 0 ||
         backend_expect(b, EXP_QUERY, false, true) < 0) {
@@ -909,9 +909,11 @@ static struct route client_route(struct client *c, unsigned flags)
     return router_route(&px->router, &s, &in);
 }
 
-static void client_count_route(struct client *c, struct route rt)
+static void client_count_route(struct client *c, struct route rt, unsigned flags)
 {
     struct proxy *px = c->px;
+    log_debug("client %u: %s to %s (%s)", c->id, classify_describe(flags),
+              px->cfg->nodes[rt.node].name, router_reason_name(rt.reason));
     px->route_reasons[rt.reason]++;
     if (rt.reason == ROUTE_READ)
         px->nodes[rt.node].reads++;
@@ -1229,7 +1231,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
-    client_count_route(c, rt);
+    client_count_route(c, rt, flags);
     if (client_sync_session(c, b) < 0 || backend_queue(b, m->body - 5, m->total) < 0 ||
         backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
         client_close(c, "53200", "out of memory");
@@ -1255,6 +1257,10 @@ static int client_scan_batch(struct client *c, unsigned *flags)
     const char *p = buf_head(&c->in);
     size_t n = buf_avail(&c->in), off = 0;
     unsigned f = 0;
+    /* Statements parsed in this window: a Bind of one of them runs the new text, not the
+     * recorded statement of the same name (the unnamed one is replaced all the time). */
+    const char *parsed[16];
+    size_t parsed_len[16], nparsed = 0;
     while (off < n) {
         struct proto_msg m;
         int rc = proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m);
@@ -1269,19 +1275,26 @@ static int client_scan_batch(struct client *c, unsigned *flags)
         proto_reader_init(&r, m.body, m.len);
         switch (m.type) {
         case FE_PARSE: {
-            proto_read_str(&r, NULL);
-            size_t qlen;
+            size_t nlen, qlen;
+            const char *name = proto_read_str(&r, &nlen);
             const char *q = proto_read_str(&r, &qlen);
             struct classify_result cr;
             classify_sql(q, qlen, &c->px->wfuncs, &cr);
             f |= cr.flags;
+            if (nparsed < 16) {
+                parsed[nparsed] = name;
+                parsed_len[nparsed++] = nlen;
+            }
             break;
         }
         case FE_BIND: {
             proto_read_str(&r, NULL);
             size_t slen;
             const char *s = proto_read_str(&r, &slen);
-            struct stmt *st = r.err ? NULL : stmt_find(c, s, slen);
+            bool fresh = false;
+            for (size_t i = 0; i < nparsed && !fresh; i++)
+                fresh = parsed_len[i] == slen && memcmp(parsed[i], s, slen) == 0;
+            struct stmt *st = r.err || fresh ? NULL : stmt_find(c, s, slen);
             if (st)
                 f |= st->flags;
             break;
@@ -1538,7 +1551,7 @@ static int client_start_batch(struct client *c)
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
-    client_count_route(c, rt);
+    client_count_route(c, rt, flags);
     if (client_sync_session(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
