@@ -169,7 +169,9 @@ struct session_change {
     uint64_t gen;
     char *key; /* "set:<name>", "prepare:<name>", ...: a newer change of a key replaces the
                   older one, so the list stays as long as the session's distinct settings */
-    char *sql;
+    char *sql; /* replayed as a Query; NULL when raw is set */
+    char *raw; /* or these extended-protocol messages (Parse, Bind, Execute, Sync) */
+    size_t rawlen;
     unsigned flags; /* for "prepare:": the classify flags of the prepared statement's body */
 };
 

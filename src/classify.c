@@ -794,6 +794,8 @@ static void scan_call(struct cctx *c, struct stmt *st, const struct tok *name)
     }
     if (hit)
         st->flags |= CL_WRITE | CL_WRITE_FUNCTION | (pin ? CL_PIN : 0u);
+    if (name->type == TK_IDENT && ci_eq(c->lx.s + name->off, name->len, "set_config"))
+        st->flags |= CL_SET_CONFIG;
 }
 
 /* Feeds one token (not a statement terminator) to the scan. */

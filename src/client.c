@@ -40,6 +40,7 @@ static void changes_free(struct session_change *ch)
         struct session_change *next = ch->next;
         free(ch->key);
         free(ch->sql);
+        free(ch->raw);
         free(ch);
         ch = next;
     }
@@ -768,6 +769,76 @@ static int change_add(struct client *c, const char *key, const char *sql, size_t
     return 0;
 }
 
+/* set_config(name, value, false) changes the session like SET, but its name and value may be
+ * parameters. It is replayed as it was sent, keyed by its text (the common case calls one text
+ * with changing values); at most SET_CONFIG_MAX distinct texts are kept, the oldest dropped. */
+#define SET_CONFIG_MAX 32
+
+static void change_limit_set_config(struct client *c)
+{
+    size_t n = 0;
+    for (struct session_change *ch = c->changes; ch; ch = ch->next)
+        n += strncmp(ch->key, "setconfig:", 10) == 0;
+    for (struct session_change **pp = &c->changes; *pp && n > SET_CONFIG_MAX;) {
+        if (strncmp((*pp)->key, "setconfig:", 10) == 0) {
+            struct session_change *ch = *pp;
+            *pp = ch->next;
+            ch->next = NULL;
+            changes_free(ch);
+            n--;
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+/* Record a set_config() call sent with Parse/Bind: replayed as unnamed Parse, Bind (the
+ * client's parameters), Execute, Sync. `bind` is the client's Bind message body. */
+static int change_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
+                                      size_t bindlen)
+{
+    struct proto_reader r;
+    proto_reader_init(&r, bind, bindlen);
+    proto_read_str(&r, NULL);
+    proto_read_str(&r, NULL);
+    if (r.err)
+        return 0;
+    struct buf raw;
+    buf_init(&raw);
+    int rc = proto_write_Parse(&raw, "", s->query, s->query_len, s->types, s->ntypes);
+    size_t st = proto_begin(&raw, FE_BIND);
+    rc |= proto_put_bytes(&raw, "\0\0", 2);
+    rc |= proto_put_bytes(&raw, bind + r.pos, bindlen - r.pos);
+    rc |= proto_end(&raw, st);
+    st = proto_begin(&raw, FE_EXECUTE);
+    rc |= proto_put_u8(&raw, 0);
+    rc |= proto_put_i32(&raw, 0);
+    rc |= proto_end(&raw, st);
+    rc |= proto_write_Sync(&raw);
+    char *key = malloc(s->query_len + 11);
+    if (rc == 0 && key) {
+        memcpy(key, "setconfig:", 10);
+        memcpy(key + 10, s->query, s->query_len + 1);
+        rc = change_add(c, key, "", 0, 0);
+    } else {
+        rc = -1;
+    }
+    free(key);
+    if (rc == 0) {
+        struct session_change *last = c->changes;
+        while (last->next)
+            last = last->next;
+        free(last->sql);
+        last->sql = NULL;
+        last->raw = raw.data; /* ownership moves to the change */
+        last->rawlen = raw.len;
+        change_limit_set_config(c);
+    } else {
+        buf_destroy(&raw);
+    }
+    return rc;
+}
+
 /* Bring backend b's session up to date with the client's: replay, as one Query whose answers
  * the client never sees, every change it has not had yet. */
 static int client_sync_session(struct client *c, struct backend *b)
@@ -780,6 +851,17 @@ static int client_sync_session(struct client *c, struct backend *b)
     for (struct session_change *ch = c->changes; ch && rc == 0; ch = ch->next) {
         if (ch->gen <= b->set_gen)
             continue;
+        if (ch->raw) {
+            static const uint8_t kinds[] = {EXP_PARSE, EXP_BIND, EXP_EXECUTE, EXP_SYNC};
+            rc = backend_queue(b, ch->raw, ch->rawlen);
+            for (size_t i = 0; i < sizeof(kinds) && rc == 0; i++)
+                rc = backend_expect(b, kinds[i], true, false);
+            /* The replay used the unnamed statement: the client's is gone from there. */
+            struct stmt *un = stmt_find(c, "", 0);
+            if (un)
+                un->nodes &= ~(1u << b->node);
+            continue;
+        }
         struct buf q;
         buf_init(&q);
         size_t st = proto_begin(&q, FE_QUERY);
@@ -1092,12 +1174,19 @@ static void client_track_session(struct client *c, const char *sql, size_t len,
     }
     if (f & CL_MULTI) {
         /* Several statements: replay the session changes among them as a whole. */
-        if (f & (CL_SET_SESSION | CL_PREPARE)) {
+        if (f & (CL_SET_SESSION | CL_PREPARE | CL_SET_CONFIG)) {
             snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
             change_add(c, key, sql, len, 0);
             b->set_gen = c->change_gen;
         }
         return;
+    }
+    if (f & CL_SET_CONFIG) {
+        size_t klen = len < 200 ? len : 200;
+        snprintf(key, sizeof(key), "setconfig:%.*s", (int)klen, sql);
+        change_add(c, key, sql, len, 0);
+        b->set_gen = c->change_gen;
+        change_limit_set_config(c);
     }
     if (f & CL_SESSION_RESET) {
         /* DISCARD ALL drops everything; RESET ALL only the settings. */
@@ -1421,6 +1510,13 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         kind = EXP_BIND;
         c->batch_executed = true;
         struct stmt *st = rc == 0 ? stmt_find(c, sname, slen) : NULL;
+        if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {
+            if (change_add_set_config_bind(c, st, m->body, m->len) < 0) {
+                client_close(c, "53200", "out of memory");
+                return -1;
+            }
+            b->set_gen = c->change_gen;
+        }
         if (st && (st->flags & (CL_SET_SESSION | CL_PREPARE | CL_DEALLOCATE))) {
             /* A SET (or SQL PREPARE) sent as Parse/Bind/Execute is a session change like
              * any other: recorded when bound, on the node it runs on. SET takes no

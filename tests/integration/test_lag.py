@@ -86,12 +86,19 @@ def setUpModule():
             "create table t (id int primary key, v bigint not null)",
             "insert into t values (1, 0)",
             "create table filler (id int, pad text)",
+            # Writes inside functions: bump_listed is in the consistency instance's
+            # write_functions, bump is not (the classifier takes `select bump()` for a read).
+            "create function bump_listed() returns bigint language sql "
+            "as 'update t set v = v + 1 where id = 1 returning v'",
+            "create function bump() returns bigint language sql "
+            "as 'update t set v = v + 1 where id = 1 returning v'",
         ])
         CLUSTER.wait_replay()
         PX = MonitoredPgsteer(CLUSTER, LAG_MONITOR, name="lag")
         PXE = MonitoredPgsteer(CLUSTER, LAG_MONITOR, name="lag-error",
                                extra_yaml="fallback: error")
-        PXC = MonitoredPgsteer(CLUSTER, RYW_MONITOR, name="consistency")
+        PXC = MonitoredPgsteer(CLUSTER, RYW_MONITOR, name="consistency",
+                               extra_yaml="write_functions: [bump_listed]")
         PXT = MonitoredPgsteer(CLUSTER, TIME_MONITOR, name="timelag")
         for px in (PX, PXE, PXC, PXT):
             ALL.append(px)
@@ -706,6 +713,38 @@ class ConsistencyTest(Base):
         report("session mode, synchronous_commit off, reads 25 ms after each write: %d stale "
                "of 100; reads: %s" % (stale, describe(where)))
         self.assertEqual(stale, 0)
+
+    def function_write_probe(self, function, in_transaction):
+        c = self.connect(PXC)
+        cur = c.cursor()
+        stale = 0
+        where = {}
+        for _ in range(200):
+            if in_transaction:
+                cur.execute("begin")
+            cur.execute("select %s()" % function)
+            v = cur.fetchone()[0]
+            if in_transaction:
+                cur.execute("commit")
+            cur.execute("select v, inet_server_port() from t where id = 1")
+            got, port = cur.fetchone()
+            stale += got != v
+            where[port] = where.get(port, 0) + 1
+        report("session mode, writes by %s()%s: %d stale of 200; reads: %s"
+               % (function, " in BEGIN ... COMMIT" if in_transaction else "", stale,
+                  describe(where)))
+        return stale
+
+    def test_session_mode_write_functions(self):
+        # A function listed in write_functions is a write, alone or in a transaction.
+        self.assertEqual(self.function_write_probe("bump_listed", False), 0)
+        self.assertEqual(self.function_write_probe("bump_listed", True), 0)
+
+    def test_session_mode_read_write_transaction_counts_as_a_write(self):
+        # A read-write transaction may write without any statement looking like a write
+        # (here a function missing from write_functions): its commit on the primary must
+        # count as a write, or the session's next read can miss what it just committed.
+        self.assertEqual(self.function_write_probe("bump", True), 0)
 
     def test_eventual_mode_reads_on_replicas(self):
         c = self.connect(PXC)

@@ -52,6 +52,7 @@ static const struct {
     {"UNLISTEN", CL_UNLISTEN},
     {"SESSION_RESET", CL_SESSION_RESET},
     {"COPY", CL_COPY},
+    {"SET_CONFIG", CL_SET_CONFIG},
 };
 
 static const char *const describe_words[] = {

@@ -167,7 +167,7 @@ def t_session_settings():
         port = one(c, "insert into items (k, v) values (%s, 'sp') returning "
                       "inet_server_port()", (400,))[0]
         on_primary(port, "insert via search_path")
-        eq(c.info.parameter_status("application_name"), b"drv-psycopg3-app",
+        eq(c.info.parameter_status("application_name"), "drv-psycopg3-app",
            "ParameterStatus application_name")
 
 
