@@ -34,6 +34,8 @@ struct config_node {
     int weight;         /* >= 0, default 1; 0 = never read from */
     char *monitor_host; /* defaults to host */
     int monitor_port;   /* defaults to port */
+    bool pooled;        /* `pooler: transaction`: reached through a transaction-pooling pooler,
+                           so named prepared statements do not outlive a transaction there */
 };
 
 struct config_monitor {

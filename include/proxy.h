@@ -161,6 +161,7 @@ struct stmt {
     uint16_t ntypes;
     unsigned flags; /* classify flags of query */
     uint32_t nodes; /* bit i: prepared on the backend to node i */
+    uint64_t id;    /* unique in the client: which statement a pooled slot holds */
 };
 
 /* A session change to replay on every backend (SET, RESET, DISCARD, SQL PREPARE). */
@@ -214,15 +215,18 @@ struct client {
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */
     bool batch_write;
-    bool batch_executed; /* the bound batch sent a Bind or Execute (it changed something) */
-    bool batch_flushed;  /* the bound batch's last message was a Flush */
-    int copy_node;       /* node in copy-in mode for the client, or -1 */
-    bool copy_extended;  /* that COPY came from an Execute (a Sync follows CopyDone) */
-    int cur_node;        /* node of the last unit sent (COPY data follows it) */
-    bool stalled;        /* waiting for another node's responses before sending more */
-    bool processing;     /* inside client_process (no re-entry) */
-    bool paused_out;     /* backends paused because out is large */
-    bool wait_snapshot;  /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
+    bool batch_executed;     /* the bound batch sent a Bind or Execute (it changed something) */
+    bool batch_flushed;      /* the bound batch's last message was a Flush */
+    uint64_t pooled_unnamed; /* statement id in a pooled node's unnamed slot, this batch */
+    uint64_t stmt_seq;
+    struct buf scratch; /* rewritten messages for pooled nodes, reused */
+    int copy_node;      /* node in copy-in mode for the client, or -1 */
+    bool copy_extended; /* that COPY came from an Execute (a Sync follows CopyDone) */
+    int cur_node;       /* node of the last unit sent (COPY data follows it) */
+    bool stalled;       /* waiting for another node's responses before sending more */
+    bool processing;    /* inside client_process (no re-entry) */
+    bool paused_out;    /* backends paused because out is large */
+    bool wait_snapshot; /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
     /* The safety net for a misclassified read: the Query in flight on a replica, and a
      * RowDescription held back until we know the replica did not refuse it (25006). */
     bool retry_inflight;

@@ -53,6 +53,7 @@ static void client_free(struct client *c)
     buf_destroy(&c->writing);
     buf_destroy(&c->retry_sql);
     buf_destroy(&c->retry_hold);
+    buf_destroy(&c->scratch);
     free(c->user);
     free(c->database);
     free(c->password);
@@ -265,6 +266,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     buf_init(&c->writing);
     buf_init(&c->retry_sql);
     buf_init(&c->retry_hold);
+    buf_init(&c->scratch);
     c->next = px->clients;
     if (px->clients)
         px->clients->prev = c;
@@ -719,6 +721,7 @@ static struct stmt *stmt_put(struct client *c, const char *name, size_t nlen, co
         s->types[i] = (uint32_t)proto_read_i32(types);
     s->ntypes = ntypes;
     s->flags = flags;
+    s->id = ++c->stmt_seq;
     s->next = c->stmts;
     c->stmts = s;
     return s;
@@ -1455,6 +1458,42 @@ static void client_close_elsewhere(struct client *c, struct backend *b, const st
     }
 }
 
+/* ---- nodes behind a transaction pooler ---- */
+
+/* Behind a transaction-pooling pooler a named statement does not survive the transaction that
+ * made it: the next one may run on another server. So there the client's statements all use
+ * the unnamed slot: its Parse is sent unnamed, and before each Bind or Describe of a statement
+ * the slot does not hold in this batch (one transaction), its Parse is sent again, answer
+ * swallowed. `c->pooled_unnamed` says which statement the slot holds in this batch. */
+static int pooled_fill_slot(struct client *c, struct backend *b, const char *name, size_t nlen)
+{
+    struct stmt *s = stmt_find(c, name, nlen);
+    if (s == NULL || c->pooled_unnamed == s->id)
+        return 0;
+    struct buf *q = &c->scratch;
+    buf_reset(q);
+    int rc = proto_write_Parse(q, "", s->query, s->query_len, s->types, s->ntypes);
+    if (rc == 0)
+        rc = backend_queue(b, buf_head(q), buf_avail(q));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_PARSE, true, false);
+    c->pooled_unnamed = s->id;
+    return rc;
+}
+
+/* The message with its statement name replaced by "" (Parse, Bind, Describe S, Close S), in
+ * c->scratch. `name_off` is the offset of the name in the body, nlen its length. */
+static int pooled_rewrite(struct client *c, const struct proto_msg *m, size_t name_off, size_t nlen)
+{
+    struct buf *q = &c->scratch;
+    buf_reset(q);
+    size_t st = proto_begin(q, m->type);
+    int rc = proto_put_bytes(q, m->body, name_off);
+    rc |= proto_put_bytes(q, m->body + name_off + nlen, m->len - name_off - nlen);
+    rc |= proto_end(q, st);
+    return rc;
+}
+
 /* Send one message of the bound batch. Returns 0 or -1 (closed). */
 static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
 {
@@ -1468,6 +1507,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         return 0;
     }
     struct backend *b = c->backends[c->batch_node];
+    bool pooled = c->px->cfg->nodes[b->node].pooled, rewritten = false;
     struct proto_reader r;
     proto_reader_init(&r, m->body, m->len);
     enum expect_kind kind = EXP_EXECUTE;
@@ -1496,17 +1536,33 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
         }
         kind = EXP_PARSE;
+        if (pooled) {
+            s->nodes = 0;
+            c->pooled_unnamed = s->id;
+            if (nlen > 0) {
+                rc = pooled_rewrite(c, m, 0, nlen);
+                rewritten = true;
+            }
+        }
         break;
     }
     case FE_BIND: {
         proto_read_str(&r, NULL);
-        size_t slen;
+        size_t name_off = r.pos, slen;
         const char *sname = proto_read_str(&r, &slen);
         if (r.err) {
             client_close(c, "08P01", "invalid Bind message");
             return -1;
         }
-        rc = client_ensure_prepared(c, b, sname, slen);
+        if (pooled) {
+            rc = pooled_fill_slot(c, b, sname, slen);
+            if (rc == 0 && slen > 0) {
+                rc = pooled_rewrite(c, m, name_off, slen);
+                rewritten = true;
+            }
+        } else {
+            rc = client_ensure_prepared(c, b, sname, slen);
+        }
         kind = EXP_BIND;
         c->batch_executed = true;
         struct stmt *st = rc == 0 ? stmt_find(c, sname, slen) : NULL;
@@ -1535,8 +1591,15 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             client_close(c, "08P01", "invalid Describe message");
             return -1;
         }
-        if (what == 'S')
+        if (what == 'S' && pooled) {
+            rc = pooled_fill_slot(c, b, sname, slen);
+            if (rc == 0 && slen > 0) {
+                rc = pooled_rewrite(c, m, 1, slen);
+                rewritten = true;
+            }
+        } else if (what == 'S') {
             rc = client_ensure_prepared(c, b, sname, slen);
+        }
         kind = EXP_DESCRIBE;
         break;
     }
@@ -1553,6 +1616,12 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             if (s) {
                 client_close_elsewhere(c, b, s);
                 stmt_remove(c, sname, slen);
+            }
+            if (pooled) {
+                /* Nothing named exists there: closing the unnamed slot answers the same. */
+                rc = pooled_rewrite(c, m, 1, slen);
+                rewritten = true;
+                c->pooled_unnamed = 0;
             }
         }
         kind = EXP_CLOSE;
@@ -1576,7 +1645,9 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         client_close(c, "08P01", "unexpected message in extended query batch");
         return -1;
     }
-    if (rc == 0)
+    if (rc == 0 && rewritten)
+        rc = backend_queue(b, buf_head(&c->scratch), buf_avail(&c->scratch));
+    else if (rc == 0)
         rc = backend_queue(b, m->body - 5, m->total);
     if (rc == 0 && expect)
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
@@ -1657,6 +1728,7 @@ static int client_start_batch(struct client *c)
     c->batch_failed = false;
     c->batch_executed = false;
     c->batch_flushed = false;
+    c->pooled_unnamed = 0; /* a new transaction: the pooler may pick another server */
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;

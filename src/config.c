@@ -905,9 +905,10 @@ static const char *const role_names[] = {"primary", "replica"};
 static void parse_node(struct ctx *c, const struct ynode *e, struct config_node *nd,
                        const struct ynode **name_at, const struct ynode **role_at, bool *role_ok)
 {
-    static const char *const names[] = {"name",   "host",         "port",        "role",
-                                        "weight", "monitor_host", "monitor_port"};
-    enum { N_NAME, N_HOST, N_PORT, N_ROLE, N_WEIGHT, N_MHOST, N_MPORT, N_COUNT };
+    static const char *const names[] = {"name",   "host",         "port",         "role",
+                                        "weight", "monitor_host", "monitor_port", "pooler"};
+    enum { N_NAME, N_HOST, N_PORT, N_ROLE, N_WEIGHT, N_MHOST, N_MPORT, N_POOLER, N_COUNT };
+    static const char *const pooler_names[] = {"none", "transaction"};
     const struct ynode *k[N_COUNT], *v[N_COUNT];
     walk_map(c, e, names, N_COUNT, NULL, k, v);
     nd->weight = 1;
@@ -944,6 +945,9 @@ static void parse_node(struct ctx *c, const struct ynode *e, struct config_node 
     nd->monitor_port = nd->port;
     if (v[N_MPORT])
         get_int32(c, v[N_MPORT], "monitor_port", 1, 65535, &nd->monitor_port);
+    int pooler = 0;
+    if (v[N_POOLER] && get_enum(c, v[N_POOLER], "pooler", pooler_names, 2, &pooler))
+        nd->pooled = pooler == 1;
 }
 
 static void parse_nodes(struct ctx *c, const struct ynode *map, const struct ynode *v,

@@ -134,7 +134,7 @@ if MODE == "behind":
         b = Bouncer("bouncer-behind-%d" % i, p, "transaction")
         bouncers.append(b)
         nodes += ("  - {name: n%d, host: 127.0.0.1, port: %d, monitor_host: 127.0.0.1, "
-                  "monitor_port: %d, role: %s}\n" % (i, b.port, p, "primary" if i == 0
+                  "monitor_port: %d, pooler: transaction, role: %s}\n" % (i, b.port, p, "primary" if i == 0
                                                      else "replica"))
     proc, APP_PORT = start_pgsteer(nodes, "pgsteer-behind")
     procs.append(proc)
