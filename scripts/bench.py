@@ -497,7 +497,7 @@ def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
     busy1 = system_busy_seconds()
     kids1 = children_cpu_seconds()
     out = p.stdout + p.stderr
-    where = "%s %s %s -c %d via %s" % (script, mode, "", clients, contender.name)
+    where = "%s -M %s -c %d via %s" % (script, mode, clients, contender.name)
     if p.returncode != 0:
         raise BenchError("pgbench failed (exit %d) for %s:\n$ %s\n%s"
                          % (p.returncode, where, " ".join(args), out[-3000:]))

@@ -1358,8 +1358,11 @@ static void stmt_end_tx(struct cctx *c, struct stmt *st, enum kw head)
     } else {
         if (head == KW_ROLLBACK && (t.kw == KW_WORK || t.kw == KW_TRANSACTION))
             t = lex_next(&c->lx);
-        if (!(head == KW_ROLLBACK && t.kw == KW_TO))
+        if (!(head == KW_ROLLBACK && t.kw == KW_TO)) {
             st->flags |= CL_END_TX; /* ROLLBACK TO SAVEPOINT stays in the transaction */
+            if (head == KW_ROLLBACK || head == KW_ABORT)
+                st->flags |= CL_ROLLBACK;
+        }
     }
     skip_to_end(c, st, t);
 }

@@ -1024,21 +1024,23 @@ static struct backend *client_backend(struct client *c, int node)
 }
 
 /* Whether a unit's completion makes the session's next reads wait for replicas to catch up
- * (read-your-writes). A transaction counts as a write only if something in it wrote: the unit
- * that ends it carries what the units before it did. */
+ * (read-your-writes). Outside a transaction: a unit classified as writing. A transaction on the
+ * primary counts as a write when it commits, unless it was opened read only: a function with
+ * hidden side effects inside it cannot be told from a read. A rollback commits nothing. */
 static bool unit_writes(struct client *c, struct route rt, unsigned flags)
 {
     if (rt.node != c->px->cfg->primary)
         return false;
     bool writes = (flags & (CL_WRITE | CL_WRITE_FUNCTION | CL_PIN)) != 0;
+    if (flags & CL_BEGIN_READ_ONLY)
+        c->tx_read_only = true;
+    else if (flags & CL_BEGIN)
+        c->tx_read_only = false;
     bool in_tx = rt.reason == ROUTE_TRANSACTION || (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY));
-    if (!in_tx)
+    if (!in_tx || !(flags & CL_END_TX))
         return writes;
-    c->tx_wrote |= writes;
-    if (flags & CL_END_TX) {
-        writes = c->tx_wrote;
-        c->tx_wrote = false;
-    }
+    writes = !(flags & CL_ROLLBACK) && !c->tx_read_only;
+    c->tx_read_only = false;
     return writes;
 }
 
@@ -1089,6 +1091,13 @@ static int client_pgsteer_setting(struct client *c, const char *sql,
             client_answer_row(c, name, modes[c->consistency]);
         } else if (strcmp(name, "pgsteer.last_write_lsn") == 0) {
             client_bound_write(c);
+            if (c->write_done_ns != 0 && c->px->snap && !c->px->snap->primary_up) {
+                client_send_error(c, "08006",
+                                  "cannot bound the last write's LSN: the primary is not "
+                                  "answering the monitor");
+                client_send_ready(c);
+                return 0;
+            }
             if (c->write_done_ns != 0) {
                 /* The write's LSN is bounded by the next monitor round: wait for it. */
                 c->wait_snapshot = true;
@@ -1152,9 +1161,11 @@ static int client_pgsteer_setting(struct client *c, const char *sql,
 
 void client_on_snapshot(struct client *c)
 {
+    /* Bound a pending write with the first round after it, not a later one: the tightest
+     * bound lets reads return to replicas soonest. */
+    client_bound_write(c);
     if (c->wait_snapshot && c->state == CLIENT_READY) {
-        client_bound_write(c);
-        if (c->write_done_ns == 0) {
+        if (c->write_done_ns == 0 || (c->px->snap && !c->px->snap->primary_up)) {
             c->wait_snapshot = false;
             c->stalled = false;
             client_process(c);
@@ -1209,6 +1220,10 @@ static void client_track_session(struct client *c, const char *sql, size_t len,
         }
         change_add(c, discard ? "discard" : "reset", sql, len, 0);
         b->set_gen = c->change_gen;
+        /* pgsteer's own settings are session settings too: a pooled connection handed to the
+         * next user must not keep a consistency mode or a causal token. */
+        c->consistency = c->px->cfg->consistency;
+        c->min_lsn = LSN_INVALID;
         if (discard) {
             c->pinned = false;
             stmt_clear(c); /* last: `sql` may be a prepared statement's text */

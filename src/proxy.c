@@ -70,7 +70,7 @@ static void on_monitor_wakeup(uv_async_t *a)
     drain_sweep(px);
     for (struct client *c = px->clients, *next; c; c = next) {
         next = c->next;
-        if (c->wait_snapshot)
+        if (c->wait_snapshot || c->write_done_ns != 0)
             client_on_snapshot(c);
     }
 }

@@ -311,6 +311,36 @@ class WireTest(unittest.TestCase):
         finally:
             c.close()
 
+    def test_set_config_follows_session_to_every_node(self):
+        c = Conn(proxy.port)
+        try:
+            c.send(Query("select set_config('application_name', 'via-set-config', false)"))
+            c.until_ready()
+            time.sleep(0.4)  # a write function: reads wait one monitor round
+            seen = {}
+            for _ in range(4):
+                c.send(Query("select inet_server_port(), current_setting('application_name')"))
+                row = c.until_ready()[1][1]
+                seen[int(row[0])] = row[1]
+            self.assertEqual(set(seen), set(cluster.replica_ports))
+            self.assertEqual(set(seen.values()), {"via-set-config"})
+        finally:
+            c.close()
+
+    def test_discard_all_resets_pgsteer_settings(self):
+        c = Conn(proxy.port)
+        try:
+            for q in ("set pgsteer.consistency = strong", "set pgsteer.min_lsn = '5/0'",
+                      "discard all"):
+                c.send(Query(q))
+                self.assertEqual(c.until_ready()[-1], ("Z", "I"))
+            c.send(Query("show pgsteer.consistency"))
+            self.assertEqual(c.until_ready()[1], ("D", ("session",)))
+            c.send(Query("show pgsteer.min_lsn"))
+            self.assertEqual(c.until_ready()[1], ("D", ("0/0",)))
+        finally:
+            c.close()
+
     def test_sql_prepare_execute_deallocate(self):
         def s(c):
             out = []

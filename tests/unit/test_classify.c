@@ -53,6 +53,7 @@ static const struct {
     {"SESSION_RESET", CL_SESSION_RESET},
     {"COPY", CL_COPY},
     {"SET_CONFIG", CL_SET_CONFIG},
+    {"ROLLBACK", CL_ROLLBACK},
 };
 
 static const char *const describe_words[] = {

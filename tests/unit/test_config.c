@@ -210,6 +210,28 @@ static void test_config_parse_accepts_empty_password_with_trust(void **state)
     config_free(c);
 }
 
+static void test_config_parse_reads_node_pooler(void **state)
+{
+    (void)state;
+    struct config *c =
+        parse("users: [{name: app, password: a}]\n"
+              "nodes: [{name: p, host: h, port: 1, role: primary, pooler: transaction},"
+              " {name: r, host: h, port: 2, role: replica, pooler: none},"
+              " {name: s, host: h, port: 3, role: replica}]\n");
+    assert_true(c->nodes[0].pooled);
+    assert_false(c->nodes[1].pooled);
+    assert_false(c->nodes[2].pooled);
+    config_free(c);
+    char *errors = NULL;
+    const char *bad = "users: [{name: app, password: a}]\n"
+                      "nodes: [{name: p, host: h, port: 1, role: primary, pooler: session}]\n";
+    assert_null(config_parse("t.yaml", bad, strlen(bad), &errors));
+    assert_non_null(errors);
+    assert_non_null(strstr(errors, "t.yaml:2:"));
+    assert_non_null(strstr(errors, "pooler"));
+    free(errors);
+}
+
 static void test_config_parse_reads_scalars_as_text(void **state)
 {
     (void)state;
@@ -961,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_config_parse_applies_defaults),
         cmocka_unit_test(test_config_load_accepts_example),
         cmocka_unit_test(test_config_parse_accepts_empty_password_with_trust),
+        cmocka_unit_test(test_config_parse_reads_node_pooler),
         cmocka_unit_test(test_config_parse_reads_scalars_as_text),
         cmocka_unit_test(test_config_parse_treats_null_sections_as_empty),
         cmocka_unit_test(test_config_parse_takes_monitor_password_from_its_user),
