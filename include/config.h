@@ -15,6 +15,9 @@ enum node_role { NODE_PRIMARY = 0, NODE_REPLICA = 1 };
 enum auth_method { AUTH_METHOD_SCRAM = 0, AUTH_METHOD_MD5 = 1, AUTH_METHOD_TRUST = 2 };
 enum consistency { CONSISTENCY_SESSION = 0, CONSISTENCY_EVENTUAL = 1, CONSISTENCY_STRONG = 2 };
 enum fallback { FALLBACK_PRIMARY = 0, FALLBACK_ERROR = 1 };
+/* How reads spread over replicas: each session keeps the replica it was given (while that one
+ * stays eligible), or every statement takes the next replica. */
+enum read_balance { READ_BALANCE_SESSION = 0, READ_BALANCE_STATEMENT = 1 };
 
 struct config_addr {
     char host[256]; /* numeric IPv4/IPv6 address or host name */
@@ -66,13 +69,14 @@ struct config {
     char **write_functions; /* lower-case function names */
     size_t nwrite_functions;
     struct config_monitor monitor;
-    enum consistency consistency; /* default session */
-    enum fallback fallback;       /* default primary */
-    int max_client_conn;          /* default 10000 */
-    int workers;                  /* default 1 */
-    int shutdown_timeout_ms;      /* default 30000 */
-    int connect_timeout_ms;       /* backend connect timeout, default 5000 */
-    char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
+    enum consistency consistency;   /* default session */
+    enum fallback fallback;         /* default primary */
+    enum read_balance read_balance; /* default statement */
+    int max_client_conn;            /* default 10000 */
+    int workers;                    /* default 1 */
+    int shutdown_timeout_ms;        /* default 30000 */
+    int connect_timeout_ms;         /* backend connect timeout, default 5000 */
+    char *log_level;                /* "debug" | "info" | "warning" | "error", default info */
 };
 
 /* Load and validate `path`. On success returns a new config (free with config_free) and

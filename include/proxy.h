@@ -188,6 +188,7 @@ struct client {
     struct buf writing;
     bool write_pending;
     bool reading;
+    uint32_t read_size; /* bytes to read next: grows while reads fill it */
     char *user;
     char *database;
     char *password; /* configured password: also logs pgsteer in to nodes */
@@ -220,6 +221,7 @@ struct client {
     uint64_t pooled_unnamed; /* statement id in a pooled node's unnamed slot, this batch */
     uint64_t stmt_seq;
     struct buf scratch; /* rewritten messages for pooled nodes, reused */
+    int read_node;      /* the replica this session reads from (read_balance: session) */
     int copy_node;      /* node in copy-in mode for the client, or -1 */
     bool copy_extended; /* that COPY came from an Execute (a Sync follows CopyDone) */
     int cur_node;       /* node of the last unit sent (COPY data follows it) */

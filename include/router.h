@@ -47,6 +47,7 @@ struct router_session {
     bool pinned; /* pinned to the primary */
     enum consistency consistency;
     lsn_t min_lsn;        /* reads need replay_lsn >= min_lsn (LSN_INVALID: no need) */
+    int preferred;        /* replica to keep reading from while it qualifies, or -1 */
     bool write_unbounded; /* a write finished but no monitor round has bounded its LSN yet:
                              reads must go to the primary (read-your-writes) */
 };

@@ -1251,6 +1251,7 @@ static void explain_route(struct admin_conn *c, const char *sql, size_t len)
         .consistency = cfg->consistency,
         .min_lsn = LSN_INVALID,
         .write_unbounded = false,
+        .preferred = -1,
     };
     struct router_input in = {
         .flags = cr.flags,

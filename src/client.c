@@ -13,6 +13,7 @@
 #include "protocol.h"
 
 #define CLIENT_READ_CHUNK (64 * 1024)
+#define CLIENT_READ_MIN   2048
 #define CLIENT_OUT_HIGH   (4 * 1024 * 1024)
 #define CLIENT_IN_HIGH    (8 * 1024 * 1024)
 /* An extended batch is routed when its Sync or Flush arrives; a batch that grows past this
@@ -198,7 +199,11 @@ static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
         buf_reset(&c->in);
     else if (c->in.off > c->in.cap / 2)
         buf_compact(&c->in);
-    if (buf_reserve(&c->in, CLIENT_READ_CHUNK) < 0) {
+    /* Read as much as the client sent last time, and more when it filled the space: an idle
+     * client holds a small buffer, a busy one reads in large chunks. */
+    if (c->read_size == 0)
+        c->read_size = CLIENT_READ_MIN;
+    if (buf_reserve(&c->in, c->read_size) < 0) {
         *ub = uv_buf_init(NULL, 0);
         return;
     }
@@ -218,6 +223,8 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (nread == 0)
         return;
     c->in.len += (size_t)nread;
+    if ((size_t)nread >= c->read_size && c->read_size < CLIENT_READ_CHUNK)
+        c->read_size *= 2;
     client_on_input(c);
     if (c->state != CLIENT_CLOSING)
         client_flush(c);
@@ -260,6 +267,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     c->batch_node = -1;
     c->cur_node = -1;
     c->copy_node = -1;
+    c->read_node = -1;
     c->consistency = px->cfg->consistency;
     buf_init(&c->in);
     buf_init(&c->out);
@@ -979,6 +987,7 @@ static struct route client_route(struct client *c, unsigned flags)
         .consistency = c->consistency,
         .min_lsn = c->min_lsn > c->rw_lsn ? c->min_lsn : c->rw_lsn,
         .write_unbounded = c->write_done_ns != 0,
+        .preferred = cfg->read_balance == READ_BALANCE_SESSION ? c->read_node : -1,
     };
     if (c->consistency == CONSISTENCY_EVENTUAL) {
         s.min_lsn = c->min_lsn;
@@ -991,7 +1000,10 @@ static struct route client_route(struct client *c, unsigned flags)
         .primary = cfg->primary,
         .fallback = cfg->fallback,
     };
-    return router_route(&px->router, &s, &in);
+    struct route rt = router_route(&px->router, &s, &in);
+    if (rt.reason == ROUTE_READ)
+        c->read_node = rt.node;
+    return rt;
 }
 
 static void client_count_route(struct client *c, struct route rt, unsigned flags)

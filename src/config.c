@@ -1134,6 +1134,7 @@ static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *c
 static const char *const auth_names[] = {"scram-sha-256", "md5", "trust"};
 static const char *const consistency_names[] = {"session", "eventual", "strong"};
 static const char *const fallback_names[] = {"primary", "error"};
+static const char *const read_balance_names[] = {"session", "statement"};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error"};
 
 static void parse_root(struct ctx *c, const struct ynode *root, struct config *cfg)
@@ -1149,6 +1150,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "monitor",
                                         "consistency",
                                         "fallback",
+                                        "read_balance",
                                         "max_client_conn",
                                         "workers",
                                         "shutdown_timeout_ms",
@@ -1166,6 +1168,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_MONITOR,
         K_CONSISTENCY,
         K_FALLBACK,
+        K_READ_BALANCE,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_SHUTDOWN,
@@ -1202,6 +1205,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))
         cfg->fallback = (enum fallback)e;
+    if (v[K_READ_BALANCE] &&
+        get_enum(c, v[K_READ_BALANCE], "read_balance", read_balance_names, 2, &e))
+        cfg->read_balance = (enum read_balance)e;
     if (v[K_MAX_CLIENT_CONN])
         get_int32(c, v[K_MAX_CLIENT_CONN], "max_client_conn", 1, 1000000, &cfg->max_client_conn);
     if (v[K_WORKERS])
@@ -1232,6 +1238,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->monitor.recover_checks = 3;
     cfg->consistency = CONSISTENCY_SESSION;
     cfg->fallback = FALLBACK_PRIMARY;
+    cfg->read_balance = READ_BALANCE_STATEMENT;
     cfg->max_client_conn = 10000;
     cfg->workers = 1;
     cfg->shutdown_timeout_ms = 30000;

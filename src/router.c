@@ -108,6 +108,15 @@ struct route router_route(struct router *r, const struct router_session *s,
         rt.reason = ROUTE_READ_YOUR_WRITES;
         return rt;
     }
+    if (s->preferred >= 0 && (size_t)s->preferred < in->nnodes) {
+        const struct router_node *n = &in->nodes[s->preferred];
+        if (!n->is_primary && n->eligible && n->weight > 0 &&
+            (need == LSN_INVALID || n->replay_lsn >= need)) {
+            rt.node = s->preferred;
+            rt.reason = ROUTE_READ;
+            return rt;
+        }
+    }
     int pick = pick_replica(r, in, need);
     if (pick >= 0) {
         rt.node = pick;

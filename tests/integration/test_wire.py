@@ -30,7 +30,9 @@ def setUpModule():
                  "create table big as select g as id, md5(g::text) as t "
                  "from generate_series(1, 20000) g")
     cluster.wait_replay()
-    proxy = Pgsteer(cluster)
+    # Every statement takes the next replica: the hardest case for session state, which must
+    # follow the session to every node.
+    proxy = Pgsteer(cluster, extra_yaml="read_balance: statement\n")
     proxy.start()
 
 
@@ -405,6 +407,27 @@ class WireTest(unittest.TestCase):
             self.assertIn(("E", "57014"), out)
         finally:
             c.close()
+
+    def test_read_balance_session_keeps_a_session_on_one_replica(self):
+        with Pgsteer(cluster, extra_yaml="read_balance: session\n") as px:
+            per_session = []
+            for _ in range(2):
+                c = Conn(px.port)
+                try:
+                    ports = set()
+                    for _ in range(6):
+                        c.send(Query("select inet_server_port()"))
+                        ports.add(int(c.until_ready()[1][1][0]))
+                    c.send(Query("insert into w values (4000, 1) returning inet_server_port()"))
+                    self.assertEqual(int(c.until_ready()[1][1][0]), cluster.primary_port)
+                    c.send(Query("delete from w where id = 4000"))
+                    c.until_ready()
+                finally:
+                    c.close()
+                self.assertEqual(len(ports), 1)
+                per_session.append(ports.pop())
+            # the round robin hands the next session the other replica
+            self.assertEqual(set(per_session), set(cluster.replica_ports))
 
     def test_replica_parameter_reports_hidden(self):
         c = Conn(proxy.port)

@@ -24,17 +24,17 @@ static void test_buf_init_allocates_nothing(void **state)
     buf_destroy(&b);
 }
 
-static void test_buf_reserve_starts_at_16k(void **state)
+static void test_buf_reserve_starts_at_1k(void **state)
 {
     (void)state;
     struct buf b;
     buf_init(&b);
     assert_int_equal(buf_reserve(&b, 1), 0);
     assert_non_null(b.data);
-    assert_int_equal(b.cap, 16384);
+    assert_int_equal(b.cap, 1024);
     /* Already enough room: no change. */
-    assert_int_equal(buf_reserve(&b, 16384), 0);
-    assert_int_equal(b.cap, 16384);
+    assert_int_equal(buf_reserve(&b, 1024), 0);
+    assert_int_equal(b.cap, 1024);
     buf_destroy(&b);
     assert_null(b.data);
     assert_int_equal(b.cap, 0);
@@ -47,7 +47,7 @@ static void test_buf_reserve_zero_allocates_initial(void **state)
     buf_init(&b);
     assert_int_equal(buf_reserve(&b, 0), 0);
     assert_non_null(b.data);
-    assert_int_equal(b.cap, 16384);
+    assert_int_equal(b.cap, 1024);
     buf_destroy(&b);
 }
 
@@ -186,7 +186,7 @@ static void test_buf_reset_keeps_memory(void **state)
     buf_reset(&b);
     assert_int_equal(buf_avail(&b), 0);
     assert_ptr_equal(b.data, p);
-    assert_int_equal(b.cap, 16384);
+    assert_int_equal(b.cap, 1024);
     buf_destroy(&b);
 }
 
@@ -194,7 +194,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_init_allocates_nothing),
-        cmocka_unit_test(test_buf_reserve_starts_at_16k),
+        cmocka_unit_test(test_buf_reserve_starts_at_1k),
         cmocka_unit_test(test_buf_reserve_zero_allocates_initial),
         cmocka_unit_test(test_buf_reserve_doubles),
         cmocka_unit_test(test_buf_reserve_overflow_fails),

@@ -28,7 +28,8 @@ static struct route route(struct router *r, const struct router_session *s, unsi
     return router_route(r, s, &in);
 }
 
-static const struct router_session fresh = {.tx_node = -1, .consistency = CONSISTENCY_SESSION};
+static const struct router_session fresh = {
+    .tx_node = -1, .consistency = CONSISTENCY_SESSION, .preferred = -1};
 
 static void test_router_route_read_round_robin(void **state)
 {
@@ -153,6 +154,30 @@ static void test_router_route_fallback(void **state)
     assert_int_equal(route(&r, &fresh, CL_WRITE, FALLBACK_ERROR).node, 0);
 }
 
+static void test_router_route_keeps_preferred_replica(void **state)
+{
+    (void)state;
+    reset_nodes();
+    struct router r;
+    router_init(&r);
+    struct router_session s = fresh;
+    s.preferred = 1;
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(route(&r, &s, 0, FALLBACK_PRIMARY).node, 1);
+    /* the round robin did not move: a fresh session starts where it was */
+    assert_int_equal(route(&r, &fresh, 0, FALLBACK_PRIMARY).node, 1);
+    /* not eligible, or behind the session's LSN: another replica */
+    nodes[1].eligible = false;
+    assert_int_equal(route(&r, &s, 0, FALLBACK_PRIMARY).node, 2);
+    nodes[1].eligible = true;
+    s.min_lsn = 150;
+    assert_int_equal(route(&r, &s, 0, FALLBACK_PRIMARY).node, 2);
+    /* a preferred primary index is ignored */
+    s = fresh;
+    s.preferred = 0;
+    assert_int_not_equal(route(&r, &s, 0, FALLBACK_PRIMARY).node, 0);
+}
+
 static void test_router_reason_name_stable(void **state)
 {
     (void)state;
@@ -173,6 +198,7 @@ int main(void)
         cmocka_unit_test(test_router_route_session_state),
         cmocka_unit_test(test_router_route_min_lsn),
         cmocka_unit_test(test_router_route_fallback),
+        cmocka_unit_test(test_router_route_keeps_preferred_replica),
         cmocka_unit_test(test_router_reason_name_stable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
