@@ -40,6 +40,8 @@ struct param_cache {
     size_t keylen;
     char *msgs; /* raw ParameterStatus messages, as the primary sent them */
     size_t msgslen;
+    bool pending;           /* a client is logging in to the primary to fill it */
+    struct client *waiters; /* clients waiting for it (linked by param_next) */
 };
 
 struct client;
@@ -196,6 +198,9 @@ struct client {
     size_t nparams;
     char *param_key; /* cache key, see struct param_cache */
     size_t param_keylen;
+    struct param_cache *param_filler; /* the pending cache entry this client fills */
+    struct param_cache *param_wait;   /* the pending cache entry this client waits for */
+    struct client *param_next;        /* next waiter of param_wait */
     struct scram_server *scram;
     uint8_t md5_salt[4];
     struct backend *backends[CONFIG_MAX_NODES];

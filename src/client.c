@@ -24,6 +24,8 @@ static void client_on_input(struct client *c);
 static struct backend *client_backend(struct client *c, int node);
 static void client_count_route(struct client *c, struct route rt, unsigned flags);
 static int client_sync_session(struct client *c, struct backend *b);
+static void param_cache_abandon(struct client *c);
+static void param_cache_unwait(struct client *c);
 
 /* ---- memory and close ---- */
 
@@ -95,6 +97,10 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     else
         log_debug("client %u closed: %s", c->id, reason);
     c->state = CLIENT_CLOSING;
+    if (c->param_filler)
+        param_cache_abandon(c);
+    if (c->param_wait)
+        param_cache_unwait(c);
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {
         if (c->backends[i])
             backend_close(c->backends[i]);
@@ -629,20 +635,86 @@ static void client_send_welcome(struct client *c, const char *params, size_t len
     log_debug("client %u: user %s database %s ready", c->id, c->user, c->database);
 }
 
+static void param_cache_remove(struct proxy *px, struct param_cache *pc)
+{
+    for (struct param_cache **pp = &px->params; *pp; pp = &(*pp)->next) {
+        if (*pp == pc) {
+            *pp = pc->next;
+            break;
+        }
+    }
+    free(pc->key);
+    free(pc->msgs);
+    free(pc);
+}
+
+/* The client filling a pending cache entry went away before its backend was ready: hand the
+ * job to the first waiting client, or drop the entry when nobody waits. */
+static void param_cache_abandon(struct client *c)
+{
+    struct param_cache *pc = c->param_filler;
+    c->param_filler = NULL;
+    struct client *w = pc->waiters;
+    if (w == NULL) {
+        param_cache_remove(c->px, pc);
+        return;
+    }
+    pc->waiters = w->param_next;
+    w->param_next = NULL;
+    w->param_wait = NULL;
+    w->param_filler = pc;
+    if (backend_open(w, w->px->cfg->primary) == NULL)
+        client_close(w, "53200", "out of memory");
+}
+
+static void param_cache_unwait(struct client *c)
+{
+    struct param_cache *pc = c->param_wait;
+    c->param_wait = NULL;
+    for (struct client **pp = &pc->waiters; *pp; pp = &(*pp)->param_next) {
+        if (*pp == c) {
+            *pp = c->param_next;
+            break;
+        }
+    }
+    c->param_next = NULL;
+}
+
 static int client_auth_ok(struct client *c)
 {
     free(c->scram);
     c->scram = NULL;
-    struct param_cache *pc = param_cache_find(c->px, c);
-    if (pc) {
+    struct proxy *px = c->px;
+    struct param_cache *pc = param_cache_find(px, c);
+    if (pc && !pc->pending) {
         client_send_welcome(c, pc->msgs, pc->msgslen);
         return 0;
     }
-    /* First client with these parameters: log in to the primary now, so that the parameters
-     * the client sees are the node's, and errors such as a missing database surface at once. */
     c->state = CLIENT_CONNECTING;
-    int p = c->px->cfg->primary;
-    if (backend_open(c, p) == NULL) {
+    if (pc) {
+        /* Another client is fetching these parameters from the primary: wait for it, rather
+         * than open one more primary connection per client in a burst of first logins. */
+        c->param_wait = pc;
+        c->param_next = pc->waiters;
+        pc->waiters = c;
+        return 0;
+    }
+    /* First client with these parameters: log in to the primary now, so that the parameters
+     * the client sees are the node's, and errors such as a missing database surface at once.
+     * The entry is pending until then. */
+    pc = calloc(1, sizeof(*pc));
+    if (pc == NULL || (pc->key = malloc(c->param_keylen)) == NULL) {
+        free(pc);
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    memcpy(pc->key, c->param_key, c->param_keylen);
+    pc->keylen = c->param_keylen;
+    pc->pending = true;
+    pc->next = px->params;
+    px->params = pc;
+    c->param_filler = pc;
+    if (backend_open(c, px->cfg->primary) == NULL) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
@@ -653,27 +725,31 @@ void client_backend_ready(struct client *c, struct backend *b)
 {
     if (c->state != CLIENT_CONNECTING)
         return;
-    struct proxy *px = c->px;
-    struct param_cache *pc = calloc(1, sizeof(*pc));
-    if (pc) {
-        pc->key = malloc(c->param_keylen);
-        pc->msgs = malloc(buf_avail(&b->startup_params) + 1);
-        if (pc->key && pc->msgs) {
-            memcpy(pc->key, c->param_key, c->param_keylen);
-            pc->keylen = c->param_keylen;
-            memcpy(pc->msgs, buf_head(&b->startup_params), buf_avail(&b->startup_params));
-            pc->msgslen = buf_avail(&b->startup_params);
-            pc->next = px->params;
-            px->params = pc;
-        } else {
-            free(pc->key);
-            free(pc->msgs);
-            free(pc);
-        }
-    }
+    struct param_cache *pc = c->param_filler;
+    c->param_filler = NULL;
     b->set_gen = c->change_gen;
-    client_send_welcome(c, buf_head(&b->startup_params), buf_avail(&b->startup_params));
+    const char *msgs = buf_head(&b->startup_params);
+    size_t len = buf_avail(&b->startup_params);
+    if (pc && (pc->msgs = malloc(len + 1)) != NULL) {
+        memcpy(pc->msgs, msgs, len);
+        pc->msgslen = len;
+        pc->pending = false;
+    } else if (pc) {
+        param_cache_remove(c->px, pc); /* out of memory: the next client tries again */
+        pc = NULL;
+    }
+    client_send_welcome(c, msgs, len);
     client_process(c);
+    /* Those who waited for the same parameters get them now. */
+    while (pc && pc->waiters) {
+        struct client *w = pc->waiters;
+        pc->waiters = w->param_next;
+        w->param_next = NULL;
+        w->param_wait = NULL;
+        client_send_welcome(w, pc->msgs, pc->msgslen);
+        client_process(w);
+        client_flush(w);
+    }
 }
 
 /* ---- session state ---- */
@@ -1957,6 +2033,16 @@ void client_backend_failed(struct client *c, int node, const char *sqlstate, con
                            bool owed_any, size_t owed_ready)
 {
     if (c->state == CLIENT_CONNECTING) {
+        /* The login to the primary failed: those waiting for the same parameters would fail
+         * the same way (a missing database, a refused role), so they hear it too. */
+        struct param_cache *pc = c->param_filler;
+        while (pc && pc->waiters) {
+            struct client *w = pc->waiters;
+            pc->waiters = w->param_next;
+            w->param_next = NULL;
+            w->param_wait = NULL;
+            client_close(w, sqlstate, message);
+        }
         client_close(c, sqlstate, message);
         return;
     }

@@ -429,6 +429,41 @@ class WireTest(unittest.TestCase):
             # the round robin hands the next session the other replica
             self.assertEqual(set(per_session), set(cluster.replica_ports))
 
+    def test_burst_of_first_logins_opens_one_primary_connection(self):
+        # 200 clients log in at once to a pgsteer that has never served these startup
+        # parameters: one logs in to the primary for them, the others wait for its answer,
+        # instead of 200 primary connections (which would exceed max_connections).
+        import threading
+        with Pgsteer(cluster, auth_method="trust") as px:
+            conns, errors, lock = [], [], threading.Lock()
+
+            def login():
+                try:
+                    c = Conn(px.port, params={"application_name": "burst"}, timeout=30)
+                    c.send(Query("select 1"))
+                    c.until_ready()
+                    with lock:
+                        conns.append(c)
+                except Exception as e:  # noqa: BLE001 - collected and asserted below
+                    with lock:
+                        errors.append(repr(e))
+
+            threads = [threading.Thread(target=login) for _ in range(200)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            try:
+                self.assertEqual(errors, [])
+                self.assertEqual(len(conns), 200)
+                n = int(cluster.psql(cluster.primary_port,
+                                     "select count(*) from pg_stat_activity "
+                                     "where application_name = 'burst'").strip())
+                self.assertLessEqual(n, 2)
+            finally:
+                for c in conns:
+                    c.close()
+
     def test_replica_parameter_reports_hidden(self):
         c = Conn(proxy.port)
         try:
