@@ -799,7 +799,8 @@ def bench(args):
         logdir = os.path.join(c.tmpdir, "bench")
         os.makedirs(logdir, exist_ok=True)
 
-        with cl.Pgsteer(c) as px, PgBouncer(c, max_clients) as bouncer, \
+        with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, \
+                PgBouncer(c, max_clients) as bouncer, \
                 Pgpool(c, max_clients) as pool:
             replica = c.replica_ports[0]
             table = {
@@ -1219,6 +1220,8 @@ def main(argv=None):
                     help="also copy the JSON to results/YYYY-MM-DD-HOST.json")
     ap.add_argument("--perf", metavar="DIR", default=None,
                     help="perf record pgsteer during each of its runs into DIR")
+    ap.add_argument("--pgsteer-yaml", default="", metavar="YAML",
+                    help="extra configuration lines for pgsteer, e.g. 'read_balance: session'")
     ap.add_argument("--idle-conns", type=int, default=0, metavar="N",
                     help="instead: hold N idle connections through pgsteer, report its memory")
     ap.add_argument("--hold", type=float, default=5,

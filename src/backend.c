@@ -134,6 +134,16 @@ void backend_flush(struct backend *b)
         return;
     if (b->state != BACKEND_READY)
         return;
+    uv_buf_t now = uv_buf_init((char *)buf_head(&b->out), (unsigned)buf_avail(&b->out));
+    int n = uv_try_write((uv_stream_t *)&b->tcp, &now, 1);
+    if (n > 0)
+        buf_consume(&b->out, (size_t)n);
+    else if (n < 0 && n != UV_EAGAIN) {
+        backend_fail(b, "08006", uv_strerror(n));
+        return;
+    }
+    if (buf_avail(&b->out) == 0)
+        return;
     /* Swap buffers: `out` keeps accepting while `writing` is in flight. */
     struct buf tmp = b->writing;
     b->writing = b->out;

@@ -165,6 +165,18 @@ void client_flush(struct client *c)
 {
     if (c->write_pending || buf_avail(&c->out) == 0 || c->state == CLIENT_CLOSING)
         return;
+    /* Most answers fit the socket buffer: write them at once, without a write request, and
+     * keep only what the kernel did not take for uv_write. */
+    uv_buf_t now = uv_buf_init((char *)buf_head(&c->out), (unsigned)buf_avail(&c->out));
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+    if (n > 0)
+        buf_consume(&c->out, (size_t)n);
+    else if (n < 0 && n != UV_EAGAIN) {
+        client_close(c, NULL, uv_strerror(n));
+        return;
+    }
+    if (buf_avail(&c->out) == 0)
+        return;
     struct buf tmp = c->writing;
     c->writing = c->out;
     c->out = tmp;
