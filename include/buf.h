@@ -31,6 +31,9 @@ static inline const char *buf_head(const struct buf *b)
 {
     return b->data + b->off;
 }
+/* Append printf-style formatted text (no NUL is kept). Returns 0 or -1 (out of memory or a
+ * formatting error; the buffer is unchanged). */
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Mark n bytes consumed; resets to empty when everything is consumed. */
 void buf_consume(struct buf *b, size_t n);
 /* Move unread bytes to the start, so that reads can append after them. */

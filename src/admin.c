@@ -34,22 +34,6 @@
 
 /* ---- small text helpers ---- */
 
-static int bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int bprintf(struct buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || buf_reserve(b, (size_t)n + 1) < 0)
-        return -1;
-    va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-    return 0;
-}
-
 static int bputs(struct buf *b, const char *s)
 {
     return buf_append(b, s, strlen(s));
@@ -302,7 +286,7 @@ static int json_str(struct buf *b, const char *s)
             break;
         default:
             if (*p < 0x20)
-                rc = bprintf(b, "\\u%04x", *p);
+                rc = buf_printf(b, "\\u%04x", *p);
             else
                 rc = buf_append(b, p, 1);
         }
@@ -334,34 +318,34 @@ int admin_write_status_json(struct buf *out, const struct admin_stats *st)
     int rc = 0;
     rc |= bputs(out, "{\n  \"version\": ");
     rc |= json_str(out, st->version);
-    rc |= bprintf(out, ",\n  \"started_at\": \"%s\",\n  \"now\": \"%s\",\n", t1, t2);
-    rc |= bprintf(out, "  \"uptime_seconds\": %.3f,\n", st->uptime_seconds);
-    rc |= bprintf(out, "  \"paused\": %s,\n  \"shutting_down\": %s,\n",
-                  st->paused ? "true" : "false", st->shutting_down ? "true" : "false");
-    rc |= bprintf(out, "  \"primary_up\": %s,\n  \"monitor_round\": %" PRIu64 ",\n",
-                  st->primary_up ? "true" : "false", st->monitor_round);
-    rc |= bprintf(out, "  \"client_connections\": %" PRIu64 ",\n", st->clients);
-    rc |= bprintf(out,
-                  "  \"queries\": {\"total\": %" PRIu64 ", \"reads\": %" PRIu64
-                  ", \"writes\": %" PRIu64 "},\n",
-                  total, reads, writes);
+    rc |= buf_printf(out, ",\n  \"started_at\": \"%s\",\n  \"now\": \"%s\",\n", t1, t2);
+    rc |= buf_printf(out, "  \"uptime_seconds\": %.3f,\n", st->uptime_seconds);
+    rc |= buf_printf(out, "  \"paused\": %s,\n  \"shutting_down\": %s,\n",
+                     st->paused ? "true" : "false", st->shutting_down ? "true" : "false");
+    rc |= buf_printf(out, "  \"primary_up\": %s,\n  \"monitor_round\": %" PRIu64 ",\n",
+                     st->primary_up ? "true" : "false", st->monitor_round);
+    rc |= buf_printf(out, "  \"client_connections\": %" PRIu64 ",\n", st->clients);
+    rc |= buf_printf(out,
+                     "  \"queries\": {\"total\": %" PRIu64 ", \"reads\": %" PRIu64
+                     ", \"writes\": %" PRIu64 "},\n",
+                     total, reads, writes);
     rc |= bputs(out, "  \"queries_by_reason\": {");
     for (int r = 0; r < ROUTE_REASON_COUNT; r++) {
-        rc |= bprintf(out, "%s\"%s\": %" PRIu64, r ? ", " : "",
-                      router_reason_name((enum route_reason)r), st->route_reasons[r]);
+        rc |= buf_printf(out, "%s\"%s\": %" PRIu64, r ? ", " : "",
+                         router_reason_name((enum route_reason)r), st->route_reasons[r]);
     }
     rc |= bputs(out, "},\n  \"primary_reasons\": {");
     bool first = true;
     for (int r = 0; r < ROUTE_REASON_COUNT; r++) {
         if (!reason_is_primary((enum route_reason)r))
             continue;
-        rc |= bprintf(out, "%s\"%s\": %" PRIu64, first ? "" : ", ",
-                      router_reason_name((enum route_reason)r), st->route_reasons[r]);
+        rc |= buf_printf(out, "%s\"%s\": %" PRIu64, first ? "" : ", ",
+                         router_reason_name((enum route_reason)r), st->route_reasons[r]);
         first = false;
     }
-    rc |= bprintf(out, "},\n  \"read_retries_on_primary\": %" PRIu64 ",\n", st->read_retries);
-    rc |= bprintf(out, "  \"reloads\": {\"success\": %" PRIu64 ", \"failure\": %" PRIu64 "},\n",
-                  st->reloads, st->reload_failures);
+    rc |= buf_printf(out, "},\n  \"read_retries_on_primary\": %" PRIu64 ",\n", st->read_retries);
+    rc |= buf_printf(out, "  \"reloads\": {\"success\": %" PRIu64 ", \"failure\": %" PRIu64 "},\n",
+                     st->reloads, st->reload_failures);
     rc |= bputs(out, "  \"nodes\": [");
     for (size_t i = 0; i < st->nnodes; i++) {
         const struct admin_node_stats *n = &st->nodes[i];
@@ -373,26 +357,26 @@ int admin_write_status_json(struct buf *out, const struct admin_stats *st)
         rc |= json_str(out, n->role);
         rc |= bputs(out, ", \"state\": ");
         rc |= json_str(out, n->state);
-        rc |= bprintf(out, ", \"up\": %s, \"eligible\": %s", n->up ? "true" : "false",
-                      n->eligible ? "true" : "false");
+        rc |= buf_printf(out, ", \"up\": %s, \"eligible\": %s", n->up ? "true" : "false",
+                         n->eligible ? "true" : "false");
         if (n->lag_bytes >= 0)
-            rc |= bprintf(out, ", \"lag_bytes\": %" PRId64, n->lag_bytes);
+            rc |= buf_printf(out, ", \"lag_bytes\": %" PRId64, n->lag_bytes);
         else
             rc |= bputs(out, ", \"lag_bytes\": null");
         if (n->lag_ms >= 0)
-            rc |= bprintf(out, ", \"lag_ms\": %" PRId64, n->lag_ms);
+            rc |= buf_printf(out, ", \"lag_ms\": %" PRId64, n->lag_ms);
         else
             rc |= bputs(out, ", \"lag_ms\": null");
         if (n->changed_at_ms > 0)
-            rc |= bprintf(out, ", \"state_changed_at\": \"%s\"", tc);
+            rc |= buf_printf(out, ", \"state_changed_at\": \"%s\"", tc);
         else
             rc |= bputs(out, ", \"state_changed_at\": null");
         rc |= bputs(out, ", \"state_reason\": ");
         rc |= json_str(out, n->reason);
-        rc |= bprintf(out,
-                      ", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"backends\": %" PRIu64
-                      ", \"evictions\": %" PRIu64 "}",
-                      n->reads, n->writes, n->backends, n->evictions);
+        rc |= buf_printf(out,
+                         ", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"backends\": %" PRIu64
+                         ", \"evictions\": %" PRIu64 "}",
+                         n->reads, n->writes, n->backends, n->evictions);
     }
     rc |= bputs(out, st->nnodes ? "\n  ]\n}\n" : "]\n}\n");
     return rc ? -1 : 0;
@@ -421,16 +405,16 @@ static int prom_label(struct buf *b, const char *s)
 
 static int prom_family(struct buf *b, const char *name, const char *type, const char *help)
 {
-    return bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* One per-node sample: name{node="..."[,extra]} value */
 static int prom_node(struct buf *b, const char *name, const struct admin_node_stats *n,
                      const char *extra, const char *value)
 {
-    int rc = bprintf(b, "%s{node=\"", name);
+    int rc = buf_printf(b, "%s{node=\"", name);
     rc |= prom_label(b, n->name);
-    rc |= bprintf(b, "\"%s} %s\n", extra ? extra : "", value);
+    rc |= buf_printf(b, "\"%s} %s\n", extra ? extra : "", value);
     return rc;
 }
 
@@ -450,33 +434,33 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= bputs(out, "\"} 1\n");
     rc |= prom_family(out, "pgsteer_start_time_seconds", "gauge",
                       "Start time of the process since the Unix epoch, in seconds.");
-    rc |= bprintf(out, "pgsteer_start_time_seconds %.3f\n", (double)st->start_unix_ms / 1000.0);
+    rc |= buf_printf(out, "pgsteer_start_time_seconds %.3f\n", (double)st->start_unix_ms / 1000.0);
     rc |= prom_family(out, "pgsteer_uptime_seconds", "gauge", "Seconds since pgsteer started.");
-    rc |= bprintf(out, "pgsteer_uptime_seconds %.3f\n", st->uptime_seconds);
+    rc |= buf_printf(out, "pgsteer_uptime_seconds %.3f\n", st->uptime_seconds);
     rc |= prom_family(out, "pgsteer_client_connections", "gauge", "Client connections open now.");
-    rc |= bprintf(out, "pgsteer_client_connections %" PRIu64 "\n", st->clients);
+    rc |= buf_printf(out, "pgsteer_client_connections %" PRIu64 "\n", st->clients);
     rc |= prom_family(out, "pgsteer_paused", "gauge",
                       "1 while new statements are held by PAUSE, else 0.");
-    rc |= bprintf(out, "pgsteer_paused %d\n", st->paused ? 1 : 0);
+    rc |= buf_printf(out, "pgsteer_paused %d\n", st->paused ? 1 : 0);
     rc |= prom_family(out, "pgsteer_primary_up", "gauge",
                       "1 when the monitor reaches the primary, else 0.");
-    rc |= bprintf(out, "pgsteer_primary_up %d\n", st->primary_up ? 1 : 0);
+    rc |= buf_printf(out, "pgsteer_primary_up %d\n", st->primary_up ? 1 : 0);
     rc |= prom_family(out, "pgsteer_queries_total", "counter",
                       "Routing units (a Query or an extended batch) by the reason for the node "
                       "chosen.");
     for (int r = 0; r < ROUTE_REASON_COUNT; r++) {
-        rc |= bprintf(out, "pgsteer_queries_total{reason=\"%s\"} %" PRIu64 "\n",
-                      router_reason_name((enum route_reason)r), st->route_reasons[r]);
+        rc |= buf_printf(out, "pgsteer_queries_total{reason=\"%s\"} %" PRIu64 "\n",
+                         router_reason_name((enum route_reason)r), st->route_reasons[r]);
     }
     rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
                       "Reads a replica refused (25006, 40001) that were retried on the primary.");
-    rc |= bprintf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
+    rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
     rc |= prom_family(out, "pgsteer_config_reloads_total", "counter",
                       "Configuration reloads by result.");
-    rc |=
-        bprintf(out, "pgsteer_config_reloads_total{result=\"success\"} %" PRIu64 "\n", st->reloads);
-    rc |= bprintf(out, "pgsteer_config_reloads_total{result=\"failure\"} %" PRIu64 "\n",
-                  st->reload_failures);
+    rc |= buf_printf(out, "pgsteer_config_reloads_total{result=\"success\"} %" PRIu64 "\n",
+                     st->reloads);
+    rc |= buf_printf(out, "pgsteer_config_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+                     st->reload_failures);
 
     rc |= prom_family(out, "pgsteer_node_info", "gauge", "Configured nodes and their role (1).");
     for (size_t i = 0; i < st->nnodes; i++) {
@@ -815,11 +799,11 @@ static const char *status_text(int code)
 static void http_respond(struct admin_conn *c, int code, const char *ctype, const char *extra,
                          const char *body, size_t len, bool head_only)
 {
-    int rc = bprintf(&c->out,
-                     "HTTP/1.1 %d %s\r\nServer: pgsteer/%s\r\nContent-Type: %s\r\n"
-                     "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n"
-                     "%s\r\n",
-                     code, status_text(code), PGSTEER_VERSION, ctype, len, extra ? extra : "");
+    int rc = buf_printf(&c->out,
+                        "HTTP/1.1 %d %s\r\nServer: pgsteer/%s\r\nContent-Type: %s\r\n"
+                        "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n"
+                        "%s\r\n",
+                        code, status_text(code), PGSTEER_VERSION, ctype, len, extra ? extra : "");
     if (rc == 0 && !head_only)
         rc = buf_append(&c->out, body, len);
     if (rc < 0) {
@@ -878,8 +862,8 @@ static void http_handle(struct admin_conn *c, const struct http_request *req)
         } else {
             struct buf b;
             buf_init(&b);
-            bprintf(&b, "configuration not reloaded; the old one is kept:\n%s",
-                    errors ? errors : "unknown error\n");
+            buf_printf(&b, "configuration not reloaded; the old one is kept:\n%s",
+                       errors ? errors : "unknown error\n");
             http_respond(c, 500, "text/plain; charset=utf-8", NULL, buf_head(&b), buf_avail(&b),
                          false);
             buf_destroy(&b);

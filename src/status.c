@@ -320,22 +320,6 @@ const struct json *json_get(const struct json *j, const char *key)
 
 /* ---- the table ---- */
 
-static int bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int bprintf(struct buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || buf_reserve(b, (size_t)n + 1) < 0)
-        return -1;
-    va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-    return 0;
-}
-
 static const char *jstr(const struct json *o, const char *key, const char *dflt)
 {
     const struct json *v = json_get(o, key);
@@ -379,14 +363,14 @@ int status_render_table(const struct json *st, struct buf *out)
     format_duration(jnum(st, "uptime_seconds", 0), up, sizeof(up));
     const struct json *q = json_get(st, "queries");
     int rc = 0;
-    rc |= bprintf(out,
-                  "pgsteer %s, up %s, %.0f client connections, primary %s%s\n"
-                  "queries: %.0f (%.0f reads, %.0f writes), %.0f reads retried on the "
-                  "primary\n\n",
-                  jstr(st, "version", "?"), up, jnum(st, "client_connections", 0),
-                  jbool(st, "primary_up") ? "up" : "DOWN", jbool(st, "paused") ? ", PAUSED" : "",
-                  jnum(q, "total", 0), jnum(q, "reads", 0), jnum(q, "writes", 0),
-                  jnum(st, "read_retries_on_primary", 0));
+    rc |= buf_printf(out,
+                     "pgsteer %s, up %s, %.0f client connections, primary %s%s\n"
+                     "queries: %.0f (%.0f reads, %.0f writes), %.0f reads retried on the "
+                     "primary\n\n",
+                     jstr(st, "version", "?"), up, jnum(st, "client_connections", 0),
+                     jbool(st, "primary_up") ? "up" : "DOWN", jbool(st, "paused") ? ", PAUSED" : "",
+                     jnum(q, "total", 0), jnum(q, "reads", 0), jnum(q, "writes", 0),
+                     jnum(st, "read_retries_on_primary", 0));
     static const char *const head[NCOL] = {"NODE",  "ROLE",   "STATE",    "ELIGIBLE", "LAG",
                                            "READS", "WRITES", "BACKENDS", "REASON"};
     /* Cells first, then widths, then the lines. */
@@ -435,26 +419,26 @@ int status_render_table(const struct json *st, struct buf *out)
         for (int c = 0; c < NCOL; c++) {
             bool num = c >= 5 && c <= 7;
             if (c == NCOL - 1)
-                rc |= bprintf(out, "%s", cells[r][c]);
+                rc |= buf_printf(out, "%s", cells[r][c]);
             else if (num)
-                rc |= bprintf(out, "%*s  ", (int)w[c], cells[r][c]);
+                rc |= buf_printf(out, "%*s  ", (int)w[c], cells[r][c]);
             else
-                rc |= bprintf(out, "%-*s  ", (int)w[c], cells[r][c]);
+                rc |= buf_printf(out, "%-*s  ", (int)w[c], cells[r][c]);
         }
         /* No trailing blanks when the last column is empty. */
         while (out->len > 0 && out->data[out->len - 1] == ' ')
             out->len--;
-        rc |= bprintf(out, "\n");
+        rc |= buf_printf(out, "\n");
     }
     free(cells);
     const struct json *pr = json_get(st, "primary_reasons");
     if (pr && pr->type == JSON_OBJECT) {
-        rc |= bprintf(out, "\nsent to the primary, by reason:");
+        rc |= buf_printf(out, "\nsent to the primary, by reason:");
         for (size_t i = 0; i < pr->n; i++) {
             if (pr->items[i].type == JSON_NUMBER)
-                rc |= bprintf(out, "%s %s %.0f", i ? "," : "", pr->keys[i], pr->items[i].number);
+                rc |= buf_printf(out, "%s %s %.0f", i ? "," : "", pr->keys[i], pr->items[i].number);
         }
-        rc |= bprintf(out, "\n");
+        rc |= buf_printf(out, "\n");
     }
     return rc ? -1 : 0;
 }
@@ -537,11 +521,11 @@ static int http_get(const char *host, int port, const char *path, const char *to
     struct buf req;
     buf_init(&req);
     bool v6 = strchr(host, ':') != NULL;
-    bprintf(&req, "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: pgsteer-status\r\n", path,
-            v6 ? "[" : "", host, v6 ? "]" : "", port);
+    buf_printf(&req, "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: pgsteer-status\r\n", path,
+               v6 ? "[" : "", host, v6 ? "]" : "", port);
     if (token)
-        bprintf(&req, "Authorization: Bearer %s\r\n", token);
-    bprintf(&req, "Connection: close\r\n\r\n");
+        buf_printf(&req, "Authorization: Bearer %s\r\n", token);
+    buf_printf(&req, "Connection: close\r\n\r\n");
     int status = -1;
     while (buf_avail(&req) > 0) {
         ssize_t w = send(fd, buf_head(&req), buf_avail(&req), MSG_NOSIGNAL);

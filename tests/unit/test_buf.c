@@ -190,6 +190,24 @@ static void test_buf_reset_keeps_memory(void **state)
     buf_destroy(&b);
 }
 
+static void test_buf_printf_appends_formatted(void **state)
+{
+    (void)state;
+    struct buf b;
+    buf_init(&b);
+    assert_int_equal(buf_printf(&b, "%s=%d", "n", 42), 0);
+    assert_int_equal(buf_printf(&b, ",%05.1f", 2.25), 0);
+    assert_int_equal(buf_avail(&b), 10);
+    assert_memory_equal(buf_head(&b), "n=42,002.2", 10);
+    /* longer than the initial capacity: grows */
+    char big[3000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    assert_int_equal(buf_printf(&b, "%s", big), 0);
+    assert_int_equal(buf_avail(&b), 10 + sizeof(big) - 1);
+    buf_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +215,7 @@ int main(void)
         cmocka_unit_test(test_buf_reserve_starts_at_1k),
         cmocka_unit_test(test_buf_reserve_zero_allocates_initial),
         cmocka_unit_test(test_buf_reserve_doubles),
+        cmocka_unit_test(test_buf_printf_appends_formatted),
         cmocka_unit_test(test_buf_reserve_overflow_fails),
         cmocka_unit_test(test_buf_append_keeps_content_across_growth),
         cmocka_unit_test(test_buf_append_empty_is_noop),
