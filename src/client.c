@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* Client connections: the frontend state machine (startup, authentication, statements), the
- * routing of each unit (a Query message, or an extended batch up to Sync) to a node, and the
- * session state that must follow the client to every node it uses. */
+/* Client connections: the frontend state machine (startup, authentication, statements) and
+ * the routing of each unit (a Query message, or an extended batch up to Sync) to a node. The
+ * session state that follows the client to every node lives in session.c. */
 #include "proxy.h"
 
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "log.h"
 #include "protocol.h"
+#include "session.h"
 
 #define CLIENT_READ_CHUNK (64 * 1024)
 #define CLIENT_READ_MIN   2048
@@ -23,31 +23,9 @@
 static void client_on_input(struct client *c);
 static struct backend *client_backend(struct client *c, int node);
 static void client_count_route(struct client *c, struct route rt, unsigned flags);
-static int client_sync_session(struct client *c, struct backend *b);
+
 static void param_cache_abandon(struct client *c);
 static void param_cache_unwait(struct client *c);
-
-/* ---- memory and close ---- */
-
-static void stmt_free(struct stmt *s)
-{
-    free(s->name);
-    free(s->query);
-    free(s->types);
-    free(s);
-}
-
-static void changes_free(struct session_change *ch)
-{
-    while (ch) {
-        struct session_change *next = ch->next;
-        free(ch->key);
-        free(ch->sql);
-        free(ch->raw);
-        free(ch);
-        ch = next;
-    }
-}
 
 static void client_free(struct client *c)
 {
@@ -67,10 +45,10 @@ static void client_free(struct client *c)
     free(c->scram);
     while (c->stmts) {
         struct stmt *n = c->stmts->next;
-        stmt_free(c->stmts);
+        session_stmt_free(c->stmts);
         c->stmts = n;
     }
-    changes_free(c->changes);
+    session_changes_free(c->changes);
     free(c);
 }
 
@@ -377,16 +355,6 @@ static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
     }
 }
 
-static char *xstrndup(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
 static int client_start_auth(struct client *c);
 
 /* Parse the StartupMessage body (after the version word). Returns 0 or -1 (closed). */
@@ -420,10 +388,10 @@ static int client_handle_startup(struct client *c, const char *p, size_t n)
         }
         if (strcmp(name, "user") == 0) {
             free(c->user);
-            c->user = xstrndup(value, vlen);
+            c->user = strndup(value, vlen);
         } else if (strcmp(name, "database") == 0) {
             free(c->database);
-            c->database = xstrndup(value, vlen);
+            c->database = strndup(value, vlen);
         } else if (strcmp(name, "replication") == 0) {
             if (strcmp(value, "false") != 0 && strcmp(value, "0") != 0 &&
                 strcmp(value, "off") != 0 && strcmp(value, "no") != 0) {
@@ -439,8 +407,8 @@ static int client_handle_startup(struct client *c, const char *p, size_t n)
                 buf_destroy(&key);
                 return -1;
             }
-            c->params[2 * c->nparams] = xstrndup(name, nlen);
-            c->params[2 * c->nparams + 1] = xstrndup(value, vlen);
+            c->params[2 * c->nparams] = strndup(name, nlen);
+            c->params[2 * c->nparams + 1] = strndup(value, vlen);
             c->nparams++;
         }
     }
@@ -764,226 +732,9 @@ void client_backend_ready(struct client *c, struct backend *b)
     }
 }
 
-/* ---- session state ---- */
-
-static struct stmt *stmt_find(struct client *c, const char *name, size_t len)
-{
-    for (struct stmt *s = c->stmts; s; s = s->next) {
-        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
-            return s;
-    }
-    return NULL;
-}
-
-static void stmt_remove(struct client *c, const char *name, size_t len)
-{
-    for (struct stmt **pp = &c->stmts; *pp; pp = &(*pp)->next) {
-        struct stmt *s = *pp;
-        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0) {
-            *pp = s->next;
-            stmt_free(s);
-            return;
-        }
-    }
-}
-
-static void stmt_clear(struct client *c)
-{
-    while (c->stmts) {
-        struct stmt *n = c->stmts->next;
-        stmt_free(c->stmts);
-        c->stmts = n;
-    }
-}
-
-/* Record a Parse. Returns the statement or NULL when out of memory. */
-static struct stmt *stmt_put(struct client *c, const char *name, size_t nlen, const char *query,
-                             size_t qlen, struct proto_reader *types, uint16_t ntypes,
-                             unsigned flags)
-{
-    stmt_remove(c, name, nlen);
-    struct stmt *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return NULL;
-    s->name = xstrndup(name, nlen);
-    s->query = xstrndup(query, qlen);
-    s->query_len = qlen;
-    s->types = ntypes ? malloc(ntypes * sizeof(uint32_t)) : NULL;
-    if (s->name == NULL || s->query == NULL || (ntypes && s->types == NULL)) {
-        stmt_free(s);
-        return NULL;
-    }
-    for (uint16_t i = 0; i < ntypes; i++)
-        s->types[i] = (uint32_t)proto_read_i32(types);
-    s->ntypes = ntypes;
-    s->flags = flags;
-    s->id = ++c->stmt_seq;
-    s->next = c->stmts;
-    c->stmts = s;
-    return s;
-}
-
-static struct session_change *change_find(struct client *c, const char *key)
-{
-    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
-        if (strcmp(ch->key, key) == 0)
-            return ch;
-    }
-    return NULL;
-}
-
-static void change_remove(struct client *c, const char *key)
-{
-    for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->key, key) == 0) {
-            struct session_change *ch = *pp;
-            *pp = ch->next;
-            ch->next = NULL;
-            changes_free(ch);
-            return;
-        }
-    }
-}
-
-/* Append a session change (replacing an older one with the same key). */
-static int change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
-                      unsigned flags)
-{
-    change_remove(c, key);
-    struct session_change *ch = calloc(1, sizeof(*ch));
-    if (ch == NULL)
-        return -1;
-    ch->key = strdup(key);
-    ch->sql = xstrndup(sql, sqllen);
-    if (ch->key == NULL || ch->sql == NULL) {
-        changes_free(ch);
-        return -1;
-    }
-    ch->gen = ++c->change_gen;
-    ch->flags = flags;
-    struct session_change **pp = &c->changes;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = ch;
-    return 0;
-}
-
 /* set_config(name, value, false) changes the session like SET, but its name and value may be
  * parameters. It is replayed as it was sent, keyed by its text (the common case calls one text
  * with changing values); at most SET_CONFIG_MAX distinct texts are kept, the oldest dropped. */
-#define SET_CONFIG_MAX 32
-
-static void change_limit_set_config(struct client *c)
-{
-    size_t n = 0;
-    for (struct session_change *ch = c->changes; ch; ch = ch->next)
-        n += strncmp(ch->key, "setconfig:", 10) == 0;
-    for (struct session_change **pp = &c->changes; *pp && n > SET_CONFIG_MAX;) {
-        if (strncmp((*pp)->key, "setconfig:", 10) == 0) {
-            struct session_change *ch = *pp;
-            *pp = ch->next;
-            ch->next = NULL;
-            changes_free(ch);
-            n--;
-        } else {
-            pp = &(*pp)->next;
-        }
-    }
-}
-
-/* Record a set_config() call sent with Parse/Bind: replayed as unnamed Parse, Bind (the
- * client's parameters), Execute, Sync. `bind` is the client's Bind message body. */
-static int change_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
-                                      size_t bindlen)
-{
-    struct proto_reader r;
-    proto_reader_init(&r, bind, bindlen);
-    proto_read_str(&r, NULL);
-    proto_read_str(&r, NULL);
-    if (r.err)
-        return 0;
-    struct buf raw;
-    buf_init(&raw);
-    int rc = proto_write_Parse(&raw, "", s->query, s->query_len, s->types, s->ntypes);
-    size_t st = proto_begin(&raw, FE_BIND);
-    rc |= proto_put_bytes(&raw, "\0\0", 2);
-    rc |= proto_put_bytes(&raw, bind + r.pos, bindlen - r.pos);
-    rc |= proto_end(&raw, st);
-    st = proto_begin(&raw, FE_EXECUTE);
-    rc |= proto_put_u8(&raw, 0);
-    rc |= proto_put_i32(&raw, 0);
-    rc |= proto_end(&raw, st);
-    rc |= proto_write_Sync(&raw);
-    char *key = malloc(s->query_len + 11);
-    if (rc == 0 && key) {
-        memcpy(key, "setconfig:", 10);
-        memcpy(key + 10, s->query, s->query_len + 1);
-        rc = change_add(c, key, "", 0, 0);
-    } else {
-        rc = -1;
-    }
-    free(key);
-    if (rc == 0) {
-        struct session_change *last = c->changes;
-        while (last->next)
-            last = last->next;
-        free(last->sql);
-        last->sql = NULL;
-        last->raw = raw.data; /* ownership moves to the change */
-        last->rawlen = raw.len;
-        change_limit_set_config(c);
-    } else {
-        buf_destroy(&raw);
-    }
-    return rc;
-}
-
-/* Bring backend b's session up to date with the client's: replay, as one Query whose answers
- * the client never sees, every change it has not had yet. */
-static int client_sync_session(struct client *c, struct backend *b)
-{
-    if (b->set_gen >= c->change_gen)
-        return 0;
-    /* One Query per change: several statements in one Query run as one transaction block,
-     * where DISCARD ALL is refused; and one failing change must not undo the others. */
-    int rc = 0;
-    for (struct session_change *ch = c->changes; ch && rc == 0; ch = ch->next) {
-        if (ch->gen <= b->set_gen)
-            continue;
-        if (ch->raw) {
-            static const uint8_t kinds[] = {EXP_PARSE, EXP_BIND, EXP_EXECUTE, EXP_SYNC};
-            rc = backend_queue(b, ch->raw, ch->rawlen);
-            for (size_t i = 0; i < sizeof(kinds) && rc == 0; i++)
-                rc = backend_expect(b, kinds[i], true, false);
-            /* The replay used the unnamed statement: the client's is gone from there. */
-            struct stmt *un = stmt_find(c, "", 0);
-            if (un)
-                un->nodes &= ~(1u << b->node);
-            continue;
-        }
-        struct buf q;
-        buf_init(&q);
-        size_t st = proto_begin(&q, FE_QUERY);
-        rc |= proto_put_bytes(&q, ch->sql, strlen(ch->sql));
-        rc |= proto_put_u8(&q, 0);
-        rc |= proto_end(&q, st);
-        if (rc == 0)
-            rc = backend_queue(b, buf_head(&q), buf_avail(&q));
-        if (rc == 0)
-            rc = backend_expect(b, EXP_QUERY, true, false);
-        buf_destroy(&q);
-    }
-    b->set_gen = c->change_gen;
-    return rc;
-}
-
-static void lower_copy(char *dst, size_t cap, const char *src, size_t len, bool quoted)
-{
-    size_t n = len < cap - 1 ? len : cap - 1;
-    for (size_t i = 0; i < n; i++)
-        dst[i] = quoted ? src[i] : (char)tolower((unsigned char)src[i]);
-    dst[n] = 0;
-}
 
 /* ---- routing ---- */
 
@@ -1028,7 +779,7 @@ void client_retry_on_primary(struct client *c)
         return;
     struct route rt = {p, ROUTE_WRITE};
     client_count_route(c, rt, CL_WRITE);
-    if (client_sync_session(c, b) < 0 ||
+    if (session_sync_backend(c, b) < 0 ||
         backend_queue(b, buf_head(&c->retry_sql), buf_avail(&c->retry_sql)) < 0 ||
         backend_expect(b, EXP_QUERY, false, true) < 0) {
         client_close(c, "53200", "out of memory");
@@ -1182,8 +933,8 @@ static int client_pgsteer_setting(struct client *c, const char *sql,
                                   const struct classify_result *cr)
 {
     char name[64], value[128];
-    lower_copy(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
-    lower_copy(value, sizeof(value), sql + cr->value.off, cr->value.len, false);
+    session_copy_name(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
+    session_copy_name(value, sizeof(value), sql + cr->value.off, cr->value.len, false);
     if (cr->flags & CL_PGSTEER_SHOW) {
         char out[64];
         if (strcmp(name, "pgsteer.consistency") == 0) {
@@ -1276,118 +1027,6 @@ void client_on_snapshot(struct client *c)
 
 /* ---- simple Query ---- */
 
-/* Session bookkeeping for a Query about to run on `node`. */
-static void client_track_session(struct client *c, const char *sql, size_t len,
-                                 const struct classify_result *cr, struct backend *b)
-{
-    char key[160], name[128];
-    unsigned f = cr->flags;
-    if (f & CL_PIN) {
-        c->pinned = true;
-        c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
-    }
-    if (f & CL_MULTI) {
-        /* Several statements: replay the session changes among them as a whole. */
-        if (f & (CL_SET_SESSION | CL_PREPARE | CL_SET_CONFIG)) {
-            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
-            change_add(c, key, sql, len, 0);
-            b->set_gen = c->change_gen;
-        }
-        return;
-    }
-    if (f & CL_SET_CONFIG) {
-        size_t klen = len < 200 ? len : 200;
-        snprintf(key, sizeof(key), "setconfig:%.*s", (int)klen, sql);
-        change_add(c, key, sql, len, 0);
-        b->set_gen = c->change_gen;
-        change_limit_set_config(c);
-    }
-    if (f & CL_SESSION_RESET) {
-        /* DISCARD ALL drops everything; RESET ALL only the settings. */
-        size_t i = 0;
-        while (i < len && isspace((unsigned char)sql[i]))
-            i++;
-        bool discard = len - i >= 7 && strncasecmp(sql + i, "discard", 7) == 0;
-        for (struct session_change **pp = &c->changes; *pp;) {
-            if (discard || strncmp((*pp)->key, "prepare:", 8) != 0) {
-                struct session_change *ch = *pp;
-                *pp = ch->next;
-                ch->next = NULL;
-                changes_free(ch);
-            } else {
-                pp = &(*pp)->next;
-            }
-        }
-        change_add(c, discard ? "discard" : "reset", sql, len, 0);
-        b->set_gen = c->change_gen;
-        /* pgsteer's own settings are session settings too: a pooled connection handed to the
-         * next user must not keep a consistency mode or a causal token. */
-        c->consistency = c->px->cfg->consistency;
-        c->min_lsn = LSN_INVALID;
-        if (discard) {
-            c->pinned = false;
-            stmt_clear(c); /* last: `sql` may be a prepared statement's text */
-        }
-    } else if (f & CL_SET_SESSION) {
-        if (cr->setting_name)
-            snprintf(name, sizeof(name), "%s", cr->setting_name);
-        else
-            lower_copy(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
-        snprintf(key, sizeof(key), "set:%s", cr->setting.len ? name : "?");
-        if (cr->setting.len == 0)
-            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
-        change_add(c, key, sql, len, 0);
-        b->set_gen = c->change_gen;
-    } else if (f & CL_PREPARE) {
-        struct classify_result body;
-        classify_sql(sql + cr->prepare_body.off, cr->prepare_body.len, &c->px->wfuncs, &body);
-        lower_copy(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
-        snprintf(key, sizeof(key), "prepare:%s", name);
-        change_add(c, key, sql, len, body.flags);
-        b->set_gen = c->change_gen;
-    } else if (f & CL_DEALLOCATE) {
-        if (cr->name_all) {
-            for (struct session_change **pp = &c->changes; *pp;) {
-                if (strncmp((*pp)->key, "prepare:", 8) == 0) {
-                    struct session_change *ch = *pp;
-                    *pp = ch->next;
-                    ch->next = NULL;
-                    changes_free(ch);
-                } else {
-                    pp = &(*pp)->next;
-                }
-            }
-            stmt_clear(c);
-            change_add(c, "deallocate-all", "DEALLOCATE ALL", 14, 0);
-            b->set_gen = c->change_gen;
-            return;
-        }
-        lower_copy(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
-        snprintf(key, sizeof(key), "prepare:%s", name);
-        struct session_change *ch = change_find(c, key);
-        if (ch == NULL)
-            return;
-        /* Backends that replayed the PREPARE drop it too; later ones never get it. */
-        char dsql[160];
-        int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
-        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-            struct backend *o = c->backends[i];
-            if (o == NULL || o == b || o->set_gen < ch->gen)
-                continue;
-            struct buf q;
-            buf_init(&q);
-            size_t st = proto_begin(&q, FE_QUERY);
-            proto_put_bytes(&q, dsql, (size_t)dn);
-            proto_put_u8(&q, 0);
-            if (proto_end(&q, st) == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0)
-                backend_expect(o, EXP_QUERY, true, false);
-            buf_destroy(&q);
-            backend_flush(o);
-        }
-        change_remove(c, key);
-    }
-}
-
 /* Route and send one Query message. Returns 1 when it must wait (not consumed), 0 when
  * consumed, -1 when the client closed. */
 static int client_handle_query(struct client *c, const struct proto_msg *m)
@@ -1413,9 +1052,9 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (flags & CL_EXECUTE) {
         /* EXECUTE runs where its prepared statement's own class allows. */
         char name[128], key[160];
-        lower_copy(name, sizeof(name), sql + cr.name.off, cr.name.len, cr.name_quoted);
+        session_copy_name(name, sizeof(name), sql + cr.name.off, cr.name.len, cr.name_quoted);
         snprintf(key, sizeof(key), "prepare:%s", name);
-        struct session_change *ch = change_find(c, key);
+        struct session_change *ch = session_change_find(c, key);
         flags |= ch ? ch->flags : CL_WRITE;
     }
     struct route rt = client_route(c, flags);
@@ -1439,7 +1078,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (client_sync_session(c, b) < 0 || backend_queue(b, m->body - 5, m->total) < 0 ||
+    if (session_sync_backend(c, b) < 0 || backend_queue(b, m->body - 5, m->total) < 0 ||
         backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
@@ -1449,7 +1088,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].retryable = true;
         c->retry_inflight = true;
     }
-    client_track_session(c, sql, len, &cr, b);
+    session_track(c, sql, len, &cr, b);
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;
@@ -1501,7 +1140,7 @@ static int client_scan_batch(struct client *c, unsigned *flags)
             bool fresh = false;
             for (size_t i = 0; i < nparsed && !fresh; i++)
                 fresh = parsed_len[i] == slen && memcmp(parsed[i], s, slen) == 0;
-            struct stmt *st = r.err || fresh ? NULL : stmt_find(c, s, slen);
+            struct stmt *st = r.err || fresh ? NULL : session_stmt_find(c, s, slen);
             if (st)
                 f |= st->flags;
             break;
@@ -1528,85 +1167,6 @@ static int client_scan_batch(struct client *c, unsigned *flags)
         return 1;
     }
     return 0;
-}
-
-/* Make statement `name` exist on backend b before a Bind or Describe uses it there. */
-static int client_ensure_prepared(struct client *c, struct backend *b, const char *name,
-                                  size_t nlen)
-{
-    struct stmt *s = stmt_find(c, name, nlen);
-    uint32_t bit = 1u << b->node;
-    if (s == NULL || (s->nodes & bit))
-        return 0;
-    struct buf q;
-    buf_init(&q);
-    int rc = proto_write_Parse(&q, s->name, s->query, s->query_len, s->types, s->ntypes);
-    if (rc == 0)
-        rc = backend_queue(b, buf_head(&q), buf_avail(&q));
-    if (rc == 0)
-        rc = backend_expect(b, EXP_PARSE, true, false);
-    buf_destroy(&q);
-    s->nodes |= bit;
-    return rc;
-}
-
-/* Close a named statement on every other backend that has it, answers swallowed. */
-static void client_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s)
-{
-    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-        struct backend *o = c->backends[i];
-        if (o == NULL || o == b || !(s->nodes & (1u << i)))
-            continue;
-        struct buf q;
-        buf_init(&q);
-        size_t st = proto_begin(&q, FE_CLOSE);
-        proto_put_u8(&q, 'S');
-        proto_put_str(&q, s->name);
-        int rc = proto_end(&q, st);
-        rc |= proto_write_Sync(&q);
-        if (rc == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0) {
-            backend_expect(o, EXP_CLOSE, true, false);
-            backend_expect(o, EXP_SYNC, true, false);
-        }
-        buf_destroy(&q);
-        backend_flush(o);
-    }
-}
-
-/* ---- nodes behind a transaction pooler ---- */
-
-/* Behind a transaction-pooling pooler a named statement does not survive the transaction that
- * made it: the next one may run on another server. So there the client's statements all use
- * the unnamed slot: its Parse is sent unnamed, and before each Bind or Describe of a statement
- * the slot does not hold in this batch (one transaction), its Parse is sent again, answer
- * swallowed. `c->pooled_unnamed` says which statement the slot holds in this batch. */
-static int pooled_fill_slot(struct client *c, struct backend *b, const char *name, size_t nlen)
-{
-    struct stmt *s = stmt_find(c, name, nlen);
-    if (s == NULL || c->pooled_unnamed == s->id)
-        return 0;
-    struct buf *q = &c->scratch;
-    buf_reset(q);
-    int rc = proto_write_Parse(q, "", s->query, s->query_len, s->types, s->ntypes);
-    if (rc == 0)
-        rc = backend_queue(b, buf_head(q), buf_avail(q));
-    if (rc == 0)
-        rc = backend_expect(b, EXP_PARSE, true, false);
-    c->pooled_unnamed = s->id;
-    return rc;
-}
-
-/* The message with its statement name replaced by "" (Parse, Bind, Describe S, Close S), in
- * c->scratch. `name_off` is the offset of the name in the body, nlen its length. */
-static int pooled_rewrite(struct client *c, const struct proto_msg *m, size_t name_off, size_t nlen)
-{
-    struct buf *q = &c->scratch;
-    buf_reset(q);
-    size_t st = proto_begin(q, m->type);
-    int rc = proto_put_bytes(q, m->body, name_off);
-    rc |= proto_put_bytes(q, m->body + name_off + nlen, m->len - name_off - nlen);
-    rc |= proto_end(q, st);
-    return rc;
 }
 
 /* Send one message of the bound batch. Returns 0 or -1 (closed). */
@@ -1640,7 +1200,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         }
         struct classify_result cr;
         classify_sql(q, qlen, &c->px->wfuncs, &cr);
-        struct stmt *s = stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
+        struct stmt *s = session_stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
         if (s == NULL) {
             client_close(c, "53200", "out of memory");
             return -1;
@@ -1655,7 +1215,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             s->nodes = 0;
             c->pooled_unnamed = s->id;
             if (nlen > 0) {
-                rc = pooled_rewrite(c, m, 0, nlen);
+                rc = session_pooled_rewrite(c, m, 0, nlen);
                 rewritten = true;
             }
         }
@@ -1670,19 +1230,19 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         if (pooled) {
-            rc = pooled_fill_slot(c, b, sname, slen);
+            rc = session_pooled_fill_slot(c, b, sname, slen);
             if (rc == 0 && slen > 0) {
-                rc = pooled_rewrite(c, m, name_off, slen);
+                rc = session_pooled_rewrite(c, m, name_off, slen);
                 rewritten = true;
             }
         } else {
-            rc = client_ensure_prepared(c, b, sname, slen);
+            rc = session_ensure_prepared(c, b, sname, slen);
         }
         kind = EXP_BIND;
         c->batch_executed = true;
-        struct stmt *st = rc == 0 ? stmt_find(c, sname, slen) : NULL;
+        struct stmt *st = rc == 0 ? session_stmt_find(c, sname, slen) : NULL;
         if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {
-            if (change_add_set_config_bind(c, st, m->body, m->len) < 0) {
+            if (session_add_set_config_bind(c, st, m->body, m->len) < 0) {
                 client_close(c, "53200", "out of memory");
                 return -1;
             }
@@ -1694,7 +1254,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
              * parameters, so the text alone replays it. */
             struct classify_result cr;
             classify_sql(st->query, st->query_len, &c->px->wfuncs, &cr);
-            client_track_session(c, st->query, st->query_len, &cr, b);
+            session_track(c, st->query, st->query_len, &cr, b);
         }
         break;
     }
@@ -1707,13 +1267,13 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         if (what == 'S' && pooled) {
-            rc = pooled_fill_slot(c, b, sname, slen);
+            rc = session_pooled_fill_slot(c, b, sname, slen);
             if (rc == 0 && slen > 0) {
-                rc = pooled_rewrite(c, m, 1, slen);
+                rc = session_pooled_rewrite(c, m, 1, slen);
                 rewritten = true;
             }
         } else if (what == 'S') {
-            rc = client_ensure_prepared(c, b, sname, slen);
+            rc = session_ensure_prepared(c, b, sname, slen);
         }
         kind = EXP_DESCRIBE;
         break;
@@ -1727,14 +1287,14 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         if (what == 'S' && slen > 0) {
-            struct stmt *s = stmt_find(c, sname, slen);
+            struct stmt *s = session_stmt_find(c, sname, slen);
             if (s) {
-                client_close_elsewhere(c, b, s);
-                stmt_remove(c, sname, slen);
+                session_close_elsewhere(c, b, s);
+                session_stmt_remove(c, sname, slen);
             }
             if (pooled) {
                 /* Nothing named exists there: closing the unnamed slot answers the same. */
-                rc = pooled_rewrite(c, m, 1, slen);
+                rc = session_pooled_rewrite(c, m, 1, slen);
                 rewritten = true;
                 c->pooled_unnamed = 0;
             }
@@ -1834,7 +1394,7 @@ static int client_start_batch(struct client *c)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (client_sync_session(c, b) < 0) {
+    if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }

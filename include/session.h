@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/* Session state that must follow a client to every node it uses: protocol-level prepared
+ * statements (struct stmt, with a bit per node where each exists) and the list of session
+ * changes (SET, RESET, DISCARD, SQL PREPARE, set_config) replayed on each backend before its
+ * next unit. Loop thread only; no I/O of its own: it queues messages on backends. */
+#ifndef PGSTEER_SESSION_H
+#define PGSTEER_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "classify.h"
+#include "protocol.h"
+#include "proxy.h"
+
+/* Statements. Names are compared as given (len bytes); "" is the unnamed statement. */
+struct stmt *session_stmt_find(struct client *c, const char *name, size_t len);
+void session_stmt_remove(struct client *c, const char *name, size_t len);
+void session_stmt_clear(struct client *c);
+void session_stmt_free(struct stmt *s);
+/* Record a Parse: replaces a statement of the same name; the parameter type OIDs are read from
+ * `types` (ntypes of them). Returns the statement (owned by the client) or NULL when out of
+ * memory. */
+struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, const char *query,
+                              size_t qlen, struct proto_reader *types, uint16_t ntypes,
+                              unsigned flags);
+/* Make statement `name` exist on backend b (re-prepare, answer swallowed). Returns 0 or -1. */
+int session_ensure_prepared(struct client *c, struct backend *b, const char *name, size_t nlen);
+/* Close statement s on every backend but b that has it, answers swallowed. */
+void session_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s);
+/* Behind a transaction pooler: put statement `name` in b's unnamed slot unless it holds it in
+ * this batch already; and rewrite message m with its statement name (at name_off, nlen bytes)
+ * made "" into c->scratch. Both return 0 or -1. */
+int session_pooled_fill_slot(struct client *c, struct backend *b, const char *name, size_t nlen);
+int session_pooled_rewrite(struct client *c, const struct proto_msg *m, size_t name_off,
+                           size_t nlen);
+
+/* Session changes. */
+void session_changes_free(struct session_change *ch);
+struct session_change *session_change_find(struct client *c, const char *key);
+/* Append a change replayed as the Query `sql`, replacing an older one with the same key.
+ * Returns 0 or -1 (out of memory). */
+int session_change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
+                       unsigned flags);
+/* Record a set_config() call sent with Parse/Bind: `bind` is the client's Bind body. */
+int session_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
+                                size_t bindlen);
+/* Record what a Query (or a bound statement's text) about to run on b changes in the session:
+ * pins, SET/RESET/DISCARD, PREPARE/DEALLOCATE, set_config. */
+void session_track(struct client *c, const char *sql, size_t len, const struct classify_result *cr,
+                   struct backend *b);
+/* Replay on b every change it has not had yet. Returns 0 or -1 (out of memory). */
+int session_sync_backend(struct client *c, struct backend *b);
+
+/* Copy a SQL name into dst (cap bytes, NUL-terminated), lower-cased unless quoted. */
+void session_copy_name(char *dst, size_t cap, const char *src, size_t len, bool quoted);
+
+#endif

@@ -1,0 +1,443 @@
+/* SPDX-License-Identifier: MIT */
+/* Session state that follows a client to every node: prepared statements and the session
+ * changes replayed on each backend. See include/session.h and docs/internals.md. */
+#include "session.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+
+/* set_config(name, value, false) changes the session like SET, but its name and value may be
+ * parameters: it is replayed as it was sent, keyed by its text; at most SET_CONFIG_MAX distinct
+ * texts are kept, the oldest dropped. */
+#define SET_CONFIG_MAX 32
+
+static void session_change_remove(struct client *c, const char *key);
+
+/* ---- statements ---- */
+
+void session_stmt_free(struct stmt *s)
+{
+    free(s->name);
+    free(s->query);
+    free(s->types);
+    free(s);
+}
+
+void session_changes_free(struct session_change *ch)
+{
+    while (ch) {
+        struct session_change *next = ch->next;
+        free(ch->key);
+        free(ch->sql);
+        free(ch->raw);
+        free(ch);
+        ch = next;
+    }
+}
+
+struct stmt *session_stmt_find(struct client *c, const char *name, size_t len)
+{
+    for (struct stmt *s = c->stmts; s; s = s->next) {
+        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+void session_stmt_remove(struct client *c, const char *name, size_t len)
+{
+    for (struct stmt **pp = &c->stmts; *pp; pp = &(*pp)->next) {
+        struct stmt *s = *pp;
+        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0) {
+            *pp = s->next;
+            session_stmt_free(s);
+            return;
+        }
+    }
+}
+
+void session_stmt_clear(struct client *c)
+{
+    while (c->stmts) {
+        struct stmt *n = c->stmts->next;
+        session_stmt_free(c->stmts);
+        c->stmts = n;
+    }
+}
+
+/* Record a Parse. Returns the statement or NULL when out of memory. */
+struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, const char *query,
+                              size_t qlen, struct proto_reader *types, uint16_t ntypes,
+                              unsigned flags)
+{
+    session_stmt_remove(c, name, nlen);
+    struct stmt *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->name = strndup(name, nlen);
+    s->query = strndup(query, qlen);
+    s->query_len = qlen;
+    s->types = ntypes ? malloc(ntypes * sizeof(uint32_t)) : NULL;
+    if (s->name == NULL || s->query == NULL || (ntypes && s->types == NULL)) {
+        session_stmt_free(s);
+        return NULL;
+    }
+    for (uint16_t i = 0; i < ntypes; i++)
+        s->types[i] = (uint32_t)proto_read_i32(types);
+    s->ntypes = ntypes;
+    s->flags = flags;
+    s->id = ++c->stmt_seq;
+    s->next = c->stmts;
+    c->stmts = s;
+    return s;
+}
+
+struct session_change *session_change_find(struct client *c, const char *key)
+{
+    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
+        if (strcmp(ch->key, key) == 0)
+            return ch;
+    }
+    return NULL;
+}
+
+static void session_change_remove(struct client *c, const char *key)
+{
+    for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            struct session_change *ch = *pp;
+            *pp = ch->next;
+            ch->next = NULL;
+            session_changes_free(ch);
+            return;
+        }
+    }
+}
+
+/* Append a session change (replacing an older one with the same key). */
+int session_change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
+                       unsigned flags)
+{
+    session_change_remove(c, key);
+    struct session_change *ch = calloc(1, sizeof(*ch));
+    if (ch == NULL)
+        return -1;
+    ch->key = strdup(key);
+    ch->sql = strndup(sql, sqllen);
+    if (ch->key == NULL || ch->sql == NULL) {
+        session_changes_free(ch);
+        return -1;
+    }
+    ch->gen = ++c->change_gen;
+    ch->flags = flags;
+    struct session_change **pp = &c->changes;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = ch;
+    return 0;
+}
+
+static void session_limit_set_config(struct client *c)
+{
+    size_t n = 0;
+    for (struct session_change *ch = c->changes; ch; ch = ch->next)
+        n += strncmp(ch->key, "setconfig:", 10) == 0;
+    for (struct session_change **pp = &c->changes; *pp && n > SET_CONFIG_MAX;) {
+        if (strncmp((*pp)->key, "setconfig:", 10) == 0) {
+            struct session_change *ch = *pp;
+            *pp = ch->next;
+            ch->next = NULL;
+            session_changes_free(ch);
+            n--;
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+/* Record a set_config() call sent with Parse/Bind: replayed as unnamed Parse, Bind (the
+ * client's parameters), Execute, Sync. `bind` is the client's Bind message body. */
+int session_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
+                                size_t bindlen)
+{
+    struct proto_reader r;
+    proto_reader_init(&r, bind, bindlen);
+    proto_read_str(&r, NULL);
+    proto_read_str(&r, NULL);
+    if (r.err)
+        return 0;
+    struct buf raw;
+    buf_init(&raw);
+    int rc = proto_write_Parse(&raw, "", s->query, s->query_len, s->types, s->ntypes);
+    size_t st = proto_begin(&raw, FE_BIND);
+    rc |= proto_put_bytes(&raw, "\0\0", 2);
+    rc |= proto_put_bytes(&raw, bind + r.pos, bindlen - r.pos);
+    rc |= proto_end(&raw, st);
+    st = proto_begin(&raw, FE_EXECUTE);
+    rc |= proto_put_u8(&raw, 0);
+    rc |= proto_put_i32(&raw, 0);
+    rc |= proto_end(&raw, st);
+    rc |= proto_write_Sync(&raw);
+    char *key = malloc(s->query_len + 11);
+    if (rc == 0 && key) {
+        memcpy(key, "setconfig:", 10);
+        memcpy(key + 10, s->query, s->query_len + 1);
+        rc = session_change_add(c, key, "", 0, 0);
+    } else {
+        rc = -1;
+    }
+    free(key);
+    if (rc == 0) {
+        struct session_change *last = c->changes;
+        while (last->next)
+            last = last->next;
+        free(last->sql);
+        last->sql = NULL;
+        last->raw = raw.data; /* ownership moves to the change */
+        last->rawlen = raw.len;
+        session_limit_set_config(c);
+    } else {
+        buf_destroy(&raw);
+    }
+    return rc;
+}
+
+void session_copy_name(char *dst, size_t cap, const char *src, size_t len, bool quoted)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = quoted ? src[i] : (char)tolower((unsigned char)src[i]);
+    dst[n] = 0;
+}
+
+/* Session bookkeeping for a Query about to run on `node`. */
+void session_track(struct client *c, const char *sql, size_t len, const struct classify_result *cr,
+                   struct backend *b)
+{
+    char key[160], name[128];
+    unsigned f = cr->flags;
+    if (f & CL_PIN) {
+        c->pinned = true;
+        c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
+    }
+    if (f & CL_MULTI) {
+        /* Several statements: replay the session changes among them as a whole. */
+        if (f & (CL_SET_SESSION | CL_PREPARE | CL_SET_CONFIG)) {
+            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
+            session_change_add(c, key, sql, len, 0);
+            b->set_gen = c->change_gen;
+        }
+        return;
+    }
+    if (f & CL_SET_CONFIG) {
+        size_t klen = len < 200 ? len : 200;
+        snprintf(key, sizeof(key), "setconfig:%.*s", (int)klen, sql);
+        session_change_add(c, key, sql, len, 0);
+        b->set_gen = c->change_gen;
+        session_limit_set_config(c);
+    }
+    if (f & CL_SESSION_RESET) {
+        /* DISCARD ALL drops everything; RESET ALL only the settings. */
+        size_t i = 0;
+        while (i < len && isspace((unsigned char)sql[i]))
+            i++;
+        bool discard = len - i >= 7 && strncasecmp(sql + i, "discard", 7) == 0;
+        for (struct session_change **pp = &c->changes; *pp;) {
+            if (discard || strncmp((*pp)->key, "prepare:", 8) != 0) {
+                struct session_change *ch = *pp;
+                *pp = ch->next;
+                ch->next = NULL;
+                session_changes_free(ch);
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
+        session_change_add(c, discard ? "discard" : "reset", sql, len, 0);
+        b->set_gen = c->change_gen;
+        /* pgsteer's own settings are session settings too: a pooled connection handed to the
+         * next user must not keep a consistency mode or a causal token. */
+        c->consistency = c->px->cfg->consistency;
+        c->min_lsn = LSN_INVALID;
+        if (discard) {
+            c->pinned = false;
+            session_stmt_clear(c); /* last: `sql` may be a prepared statement's text */
+        }
+    } else if (f & CL_SET_SESSION) {
+        if (cr->setting_name)
+            snprintf(name, sizeof(name), "%s", cr->setting_name);
+        else
+            session_copy_name(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
+        snprintf(key, sizeof(key), "set:%s", cr->setting.len ? name : "?");
+        if (cr->setting.len == 0)
+            snprintf(key, sizeof(key), "sql:%llu", (unsigned long long)c->change_gen + 1);
+        session_change_add(c, key, sql, len, 0);
+        b->set_gen = c->change_gen;
+    } else if (f & CL_PREPARE) {
+        struct classify_result body;
+        classify_sql(sql + cr->prepare_body.off, cr->prepare_body.len, &c->px->wfuncs, &body);
+        session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        session_change_add(c, key, sql, len, body.flags);
+        b->set_gen = c->change_gen;
+    } else if (f & CL_DEALLOCATE) {
+        if (cr->name_all) {
+            for (struct session_change **pp = &c->changes; *pp;) {
+                if (strncmp((*pp)->key, "prepare:", 8) == 0) {
+                    struct session_change *ch = *pp;
+                    *pp = ch->next;
+                    ch->next = NULL;
+                    session_changes_free(ch);
+                } else {
+                    pp = &(*pp)->next;
+                }
+            }
+            session_stmt_clear(c);
+            session_change_add(c, "deallocate-all", "DEALLOCATE ALL", 14, 0);
+            b->set_gen = c->change_gen;
+            return;
+        }
+        session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        struct session_change *ch = session_change_find(c, key);
+        if (ch == NULL)
+            return;
+        /* Backends that replayed the PREPARE drop it too; later ones never get it. */
+        char dsql[160];
+        int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
+        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+            struct backend *o = c->backends[i];
+            if (o == NULL || o == b || o->set_gen < ch->gen)
+                continue;
+            struct buf q;
+            buf_init(&q);
+            size_t st = proto_begin(&q, FE_QUERY);
+            proto_put_bytes(&q, dsql, (size_t)dn);
+            proto_put_u8(&q, 0);
+            if (proto_end(&q, st) == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0)
+                backend_expect(o, EXP_QUERY, true, false);
+            buf_destroy(&q);
+            backend_flush(o);
+        }
+        session_change_remove(c, key);
+    }
+}
+
+/* Make statement `name` exist on backend b before a Bind or Describe uses it there. */
+int session_ensure_prepared(struct client *c, struct backend *b, const char *name, size_t nlen)
+{
+    struct stmt *s = session_stmt_find(c, name, nlen);
+    uint32_t bit = 1u << b->node;
+    if (s == NULL || (s->nodes & bit))
+        return 0;
+    struct buf q;
+    buf_init(&q);
+    int rc = proto_write_Parse(&q, s->name, s->query, s->query_len, s->types, s->ntypes);
+    if (rc == 0)
+        rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_PARSE, true, false);
+    buf_destroy(&q);
+    s->nodes |= bit;
+    return rc;
+}
+
+/* Close a named statement on every other backend that has it, answers swallowed. */
+void session_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *o = c->backends[i];
+        if (o == NULL || o == b || !(s->nodes & (1u << i)))
+            continue;
+        struct buf q;
+        buf_init(&q);
+        size_t st = proto_begin(&q, FE_CLOSE);
+        proto_put_u8(&q, 'S');
+        proto_put_str(&q, s->name);
+        int rc = proto_end(&q, st);
+        rc |= proto_write_Sync(&q);
+        if (rc == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0) {
+            backend_expect(o, EXP_CLOSE, true, false);
+            backend_expect(o, EXP_SYNC, true, false);
+        }
+        buf_destroy(&q);
+        backend_flush(o);
+    }
+}
+
+/* Behind a transaction-pooling pooler a named statement does not survive the transaction that
+ * made it: the next one may run on another server. So there the client's statements all use
+ * the unnamed slot: its Parse is sent unnamed, and before each Bind or Describe of a statement
+ * the slot does not hold in this batch (one transaction), its Parse is sent again, answer
+ * swallowed. `c->pooled_unnamed` says which statement the slot holds in this batch. */
+int session_pooled_fill_slot(struct client *c, struct backend *b, const char *name, size_t nlen)
+{
+    struct stmt *s = session_stmt_find(c, name, nlen);
+    if (s == NULL || c->pooled_unnamed == s->id)
+        return 0;
+    struct buf *q = &c->scratch;
+    buf_reset(q);
+    int rc = proto_write_Parse(q, "", s->query, s->query_len, s->types, s->ntypes);
+    if (rc == 0)
+        rc = backend_queue(b, buf_head(q), buf_avail(q));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_PARSE, true, false);
+    c->pooled_unnamed = s->id;
+    return rc;
+}
+
+/* The message with its statement name replaced by "" (Parse, Bind, Describe S, Close S), in
+ * c->scratch. `name_off` is the offset of the name in the body, nlen its length. */
+int session_pooled_rewrite(struct client *c, const struct proto_msg *m, size_t name_off,
+                           size_t nlen)
+{
+    struct buf *q = &c->scratch;
+    buf_reset(q);
+    size_t st = proto_begin(q, m->type);
+    int rc = proto_put_bytes(q, m->body, name_off);
+    rc |= proto_put_bytes(q, m->body + name_off + nlen, m->len - name_off - nlen);
+    rc |= proto_end(q, st);
+    return rc;
+}
+
+/* Bring backend b's session up to date with the client's: replay, as one Query whose answers
+ * the client never sees, every change it has not had yet. */
+int session_sync_backend(struct client *c, struct backend *b)
+{
+    if (b->set_gen >= c->change_gen)
+        return 0;
+    /* One Query per change: several statements in one Query run as one transaction block,
+     * where DISCARD ALL is refused; and one failing change must not undo the others. */
+    int rc = 0;
+    for (struct session_change *ch = c->changes; ch && rc == 0; ch = ch->next) {
+        if (ch->gen <= b->set_gen)
+            continue;
+        if (ch->raw) {
+            static const uint8_t kinds[] = {EXP_PARSE, EXP_BIND, EXP_EXECUTE, EXP_SYNC};
+            rc = backend_queue(b, ch->raw, ch->rawlen);
+            for (size_t i = 0; i < sizeof(kinds) && rc == 0; i++)
+                rc = backend_expect(b, kinds[i], true, false);
+            /* The replay used the unnamed statement: the client's is gone from there. */
+            struct stmt *un = session_stmt_find(c, "", 0);
+            if (un)
+                un->nodes &= ~(1u << b->node);
+            continue;
+        }
+        struct buf q;
+        buf_init(&q);
+        size_t st = proto_begin(&q, FE_QUERY);
+        rc |= proto_put_bytes(&q, ch->sql, strlen(ch->sql));
+        rc |= proto_put_u8(&q, 0);
+        rc |= proto_end(&q, st);
+        if (rc == 0)
+            rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+        if (rc == 0)
+            rc = backend_expect(b, EXP_QUERY, true, false);
+        buf_destroy(&q);
+    }
+    b->set_gen = c->change_gen;
+    return rc;
+}
