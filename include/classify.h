@@ -31,6 +31,7 @@ enum classify_flag {
     CL_PGSTEER_SET = 1u << 16,    /* SET pgsteer.<name> = value: acted on by pgsteer */
     CL_UNLISTEN = 1u << 17,       /* UNLISTEN */
     CL_SESSION_RESET = 1u << 18,  /* RESET ALL or DISCARD ALL: clears session state */
+    CL_TX_READ_WRITE = 1u << 22,  /* READ WRITE written explicitly in transaction modes */
     CL_ROLLBACK = 1u << 21,       /* the END_TX is ROLLBACK or ABORT: nothing of it commits */
     CL_SET_CONFIG = 1u << 20,     /* calls set_config(): may change the session (also a write) */
     CL_COPY = 1u << 19,           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */

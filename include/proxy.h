@@ -208,7 +208,8 @@ struct client {
     char tx_status; /* from the last ReadyForQuery: 'I', 'T', 'E' */
     int tx_node;    /* node of the open transaction (predicted while in flight), or -1 */
     bool pinned;
-    bool tx_read_only; /* the open transaction began READ ONLY */
+    bool default_read_only; /* default_transaction_read_only is on for the session */
+    bool tx_read_only;      /* the open transaction began READ ONLY */
     const char *pin_reason;
     enum consistency consistency;
     lsn_t min_lsn;          /* SET pgsteer.min_lsn */

@@ -931,9 +931,10 @@ static bool parse_tx_modes(struct cctx *c, struct stmt *st, struct tok t)
     while (!tok_is_term(&t)) {
         if (prev == KW_READ && t.kw == KW_ONLY)
             ro = true;
-        else if (prev == KW_READ && t.kw == KW_WRITE)
+        else if (prev == KW_READ && t.kw == KW_WRITE) {
             ro = false;
-        else if (t.type == TK_IDENT && ci_eq(c->lx.s + t.off, t.len, "serializable"))
+            st->flags |= CL_TX_READ_WRITE;
+        } else if (t.type == TK_IDENT && ci_eq(c->lx.s + t.off, t.len, "serializable"))
             serializable = true;
         prev = t.type == TK_IDENT ? t.kw : KW_NONE;
         t = lex_next(&c->lx);
@@ -1037,9 +1038,13 @@ static void stmt_set(struct cctx *c, struct stmt *st)
     } else if (t.kw == KW_SESSION) {
         t2 = lex_next(&c->lx);
         if (t2.kw == KW_CHARACTERISTICS) {
-            /* SET SESSION CHARACTERISTICS AS TRANSACTION modes: classified with SET TRANSACTION
-             * as the header asks, although the server keeps the new defaults for the session. */
-            st->flags |= CL_SET_LOCAL;
+            /* SET SESSION CHARACTERISTICS AS TRANSACTION modes: new defaults for the session's
+             * transactions, so a session change to replay on every node. */
+            st->flags |= CL_SET_SESSION;
+            st->setting_name = "session characteristics";
+            st->has_setting = true;
+            st->setting.off = t.off;
+            st->setting.len = t2.off + t2.len - t.off;
             if (parse_tx_modes(c, st, lex_next(&c->lx)))
                 st->flags |= CL_TX_READ_ONLY;
             return;

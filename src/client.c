@@ -890,6 +890,12 @@ static bool unit_writes(struct client *c, struct route rt, unsigned flags)
     bool in_tx = rt.reason == ROUTE_TRANSACTION || (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY));
     if (!in_tx || !(flags & CL_END_TX))
         return writes;
+    if (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) {
+        /* The whole transaction is in this unit: its statements are known, as for a single
+         * statement outside a transaction. */
+        c->tx_read_only = false;
+        return writes && !(flags & CL_ROLLBACK);
+    }
     writes = !(flags & CL_ROLLBACK) && !c->tx_read_only;
     c->tx_read_only = false;
     return writes;
@@ -901,6 +907,17 @@ static void client_predict_tx(struct client *c, unsigned flags, int node)
         c->tx_node = node;
     if (flags & CL_END_TX)
         c->tx_node = -1;
+}
+
+/* A BEGIN that opens a read-only transaction (the session's default_transaction_read_only is
+ * on, or SET TRANSACTION READ ONLY follows in the same unit) is a BEGIN READ ONLY: it may run on
+ * a replica. An explicit READ WRITE keeps it a BEGIN. */
+static unsigned client_unit_flags(const struct client *c, unsigned flags)
+{
+    if ((flags & CL_BEGIN) && !(flags & CL_TX_READ_WRITE) &&
+        (c->default_read_only || (flags & CL_TX_READ_ONLY)))
+        flags = (flags & ~CL_BEGIN) | CL_BEGIN_READ_ONLY;
+    return flags;
 }
 
 /* ---- answers pgsteer gives itself ---- */
@@ -1040,7 +1057,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     }
     struct classify_result cr;
     classify_sql(sql, len, &px->wfuncs, &cr);
-    unsigned flags = cr.flags;
+    unsigned flags = client_unit_flags(c, cr.flags);
 
     if ((flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(flags & CL_MULTI)) {
         if (client_busy(c)) {
@@ -1372,6 +1389,7 @@ static int client_start_batch(struct client *c)
     int rc = client_scan_batch(c, &flags);
     if (rc <= 0)
         return rc < 0 ? -1 : 1;
+    flags = client_unit_flags(c, flags);
     struct route rt = client_route(c, flags);
     if (rt.node < 0) {
         if (client_busy(c)) {

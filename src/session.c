@@ -262,11 +262,20 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
          * next user must not keep a consistency mode or a causal token. */
         c->consistency = c->px->cfg->consistency;
         c->min_lsn = LSN_INVALID;
+        c->default_read_only = false;
         if (discard) {
             c->pinned = false;
             session_stmt_clear(c); /* last: `sql` may be a prepared statement's text */
         }
     } else if (f & CL_SET_SESSION) {
+        const char *nm = cr->setting_name;
+        if (nm && strcmp(nm, "session characteristics") == 0) {
+            if (f & (CL_TX_READ_ONLY | CL_TX_READ_WRITE))
+                c->default_read_only = (f & CL_TX_READ_ONLY) != 0;
+        } else if ((nm == NULL && cr->setting.len == 29 &&
+                    strncasecmp(sql + cr->setting.off, "default_transaction_read_only", 29) == 0)) {
+            c->default_read_only = (f & CL_TX_READ_ONLY) != 0;
+        }
         if (cr->setting_name)
             snprintf(name, sizeof(name), "%s", cr->setting_name);
         else

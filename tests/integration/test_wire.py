@@ -343,6 +343,35 @@ class WireTest(unittest.TestCase):
         finally:
             c.close()
 
+    def test_read_only_transactions_by_setting_go_to_replicas(self):
+        c = Conn(proxy.port)
+
+        def port(sql):
+            c.send(Query(sql))
+            out = c.until_ready()
+            self.assertEqual(out[-1], ("Z", "I"), out)
+            return int([m for m in out if m[0] == "D"][0][1][0])
+        try:
+            replicas, primary = set(cluster.replica_ports), cluster.primary_port
+            self.assertEqual(port("begin; select inet_server_port(); commit"), primary)
+            self.assertIn(port("begin; set transaction read only; select inet_server_port(); "
+                               "commit"), replicas)
+            c.send(Query("set default_transaction_read_only = on"))
+            c.until_ready()
+            self.assertIn(port("begin; select inet_server_port(); commit"), replicas)
+            self.assertEqual(port("begin read write; select inet_server_port(); commit"), primary)
+            c.send(Query("set session characteristics as transaction read write"))
+            c.until_ready()
+            self.assertEqual(port("begin; select inet_server_port(); commit"), primary)
+            c.send(Query("set session characteristics as transaction read only"))
+            c.until_ready()
+            self.assertIn(port("begin; select inet_server_port(); commit"), replicas)
+            c.send(Query("reset all"))
+            c.until_ready()
+            self.assertEqual(port("begin; select inet_server_port(); commit"), primary)
+        finally:
+            c.close()
+
     def test_sql_prepare_execute_deallocate(self):
         def s(c):
             out = []

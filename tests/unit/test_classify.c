@@ -54,6 +54,7 @@ static const struct {
     {"COPY", CL_COPY},
     {"SET_CONFIG", CL_SET_CONFIG},
     {"ROLLBACK", CL_ROLLBACK},
+    {"TX_READ_WRITE", CL_TX_READ_WRITE},
 };
 
 static const char *const describe_words[] = {
