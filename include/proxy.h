@@ -161,9 +161,11 @@ struct stmt {
     size_t query_len;
     uint32_t *types;
     uint16_t ntypes;
-    unsigned flags; /* classify flags of query */
-    uint32_t nodes; /* bit i: prepared on the backend to node i */
-    uint64_t id;    /* unique in the client: which statement a pooled slot holds */
+    size_t query_cap;   /* bytes allocated for query */
+    uint16_t types_cap; /* entries allocated for types */
+    unsigned flags;     /* classify flags of query */
+    uint32_t nodes;     /* bit i: prepared on the backend to node i */
+    uint64_t id;        /* unique in the client: which statement a pooled slot holds */
 };
 
 /* A session change to replay on every backend (SET, RESET, DISCARD, SQL PREPARE). */

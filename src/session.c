@@ -74,25 +74,45 @@ struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, c
                               size_t qlen, struct proto_reader *types, uint16_t ntypes,
                               unsigned flags)
 {
-    session_stmt_remove(c, name, nlen);
-    struct stmt *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return NULL;
-    s->name = strndup(name, nlen);
-    s->query = strndup(query, qlen);
+    /* A statement of the same name is replaced in place, its memory reused: drivers parse the
+     * unnamed statement for every query, and that must not cost an allocation each time. */
+    struct stmt *s = session_stmt_find(c, name, nlen);
+    if (s == NULL) {
+        s = calloc(1, sizeof(*s));
+        if (s == NULL || (s->name = strndup(name, nlen)) == NULL) {
+            free(s);
+            return NULL;
+        }
+        s->next = c->stmts;
+        c->stmts = s;
+    }
+    if (qlen + 1 > s->query_cap) {
+        char *q = realloc(s->query, qlen + 1);
+        if (q == NULL) {
+            session_stmt_remove(c, name, nlen);
+            return NULL;
+        }
+        s->query = q;
+        s->query_cap = qlen + 1;
+    }
+    memcpy(s->query, query, qlen);
+    s->query[qlen] = 0;
     s->query_len = qlen;
-    s->types = ntypes ? malloc(ntypes * sizeof(uint32_t)) : NULL;
-    if (s->name == NULL || s->query == NULL || (ntypes && s->types == NULL)) {
-        session_stmt_free(s);
-        return NULL;
+    if (ntypes > s->types_cap) {
+        uint32_t *t = realloc(s->types, ntypes * sizeof(uint32_t));
+        if (t == NULL) {
+            session_stmt_remove(c, name, nlen);
+            return NULL;
+        }
+        s->types = t;
+        s->types_cap = ntypes;
     }
     for (uint16_t i = 0; i < ntypes; i++)
         s->types[i] = (uint32_t)proto_read_i32(types);
     s->ntypes = ntypes;
     s->flags = flags;
+    s->nodes = 0;
     s->id = ++c->stmt_seq;
-    s->next = c->stmts;
-    c->stmts = s;
     return s;
 }
 
