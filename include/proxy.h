@@ -62,6 +62,8 @@ struct proxy {
     uint32_t next_client_id;
     struct param_cache *params;
     struct classify_functions wfuncs;
+    uint32_t eligible_mask;  /* replicas eligible in the newest snapshot */
+    uint64_t eligible_epoch; /* bumped when a replica joins the eligible set */
     bool shutting_down;
     uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
@@ -228,15 +230,16 @@ struct client {
     bool batch_flushed;      /* the bound batch's last message was a Flush */
     uint64_t pooled_unnamed; /* statement id in a pooled node's unnamed slot, this batch */
     uint64_t stmt_seq;
-    struct buf scratch; /* rewritten messages for pooled nodes, reused */
-    int read_node;      /* the replica this session reads from (read_balance: session) */
-    int copy_node;      /* node in copy-in mode for the client, or -1 */
-    bool copy_extended; /* that COPY came from an Execute (a Sync follows CopyDone) */
-    int cur_node;       /* node of the last unit sent (COPY data follows it) */
-    bool stalled;       /* waiting for another node's responses before sending more */
-    bool processing;    /* inside client_process (no re-entry) */
-    bool paused_out;    /* backends paused because out is large */
-    bool wait_snapshot; /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
+    struct buf scratch;  /* rewritten messages for pooled nodes, reused */
+    int read_node;       /* the replica this session reads from (read_balance: session) */
+    uint64_t read_epoch; /* px->eligible_epoch when read_node was picked */
+    int copy_node;       /* node in copy-in mode for the client, or -1 */
+    bool copy_extended;  /* that COPY came from an Execute (a Sync follows CopyDone) */
+    int cur_node;        /* node of the last unit sent (COPY data follows it) */
+    bool stalled;        /* waiting for another node's responses before sending more */
+    bool processing;     /* inside client_process (no re-entry) */
+    bool paused_out;     /* backends paused because out is large */
+    bool wait_snapshot;  /* SHOW pgsteer.last_write_lsn waits for the next monitor round */
     /* The safety net for a misclassified read: the Query in flight on a replica, and a
      * RowDescription held back until we know the replica did not refuse it (25006). */
     bool retry_inflight;

@@ -820,6 +820,10 @@ static struct route client_route(struct client *c, unsigned flags)
         nodes[i].replay_lsn = snap ? snap->nodes[i].replay_lsn : LSN_INVALID;
     }
     client_bound_write(c);
+    if (c->read_epoch != px->eligible_epoch) {
+        c->read_epoch = px->eligible_epoch;
+        c->read_node = -1; /* a replica joined: pick again, so load spreads back over it */
+    }
     struct router_session s = {
         .tx_node = c->tx_node,
         .pinned = c->pinned,

@@ -67,6 +67,22 @@ static void on_monitor_wakeup(uv_async_t *a)
     count_evictions(px, px->snap, s);
     free(px->snap);
     px->snap = s;
+    /* A replica that joins the eligible set (back from eviction, or added by a reload) starts a
+     * new epoch: sessions that keep a replica (read_balance: session) pick again, so the load
+     * spreads back over it. Leaving the set needs nothing: those sessions move on their own. */
+    uint32_t mask = 0;
+    for (size_t i = 0; i < s->nnodes && i < 32; i++)
+        mask |= s->nodes[i].eligible ? 1u << i : 0u;
+    if (mask & ~px->eligible_mask) {
+        px->eligible_epoch++;
+        /* The monitor's word that a replica is back outweighs the loop's short hold after a
+         * failed backend, which could otherwise make every session pick around it. */
+        for (size_t i = 0; i < s->nnodes && i < 32; i++) {
+            if (mask & ~px->eligible_mask & (1u << i))
+                px->nodes[i].failed_until_ms = 0;
+        }
+    }
+    px->eligible_mask = mask;
     drain_sweep(px);
     for (struct client *c = px->clients, *next; c; c = next) {
         next = c->next;

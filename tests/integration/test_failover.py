@@ -54,5 +54,43 @@ class FailoverTest(unittest.TestCase):
             self.assertTrue(px.alive())
 
 
+    def test_sessions_keeping_a_replica_spread_back_when_it_returns(self):
+        # read_balance: session: a session moves off an evicted replica, and when the replica
+        # is back, sessions pick again, so the load spreads back over it.
+        with Cluster(replicas=2) as cl, \
+                Pgsteer(cl, extra_yaml="read_balance: session\n",
+                        monitor="{interval_ms: 50, recover_checks: 2}") as px:
+            r1, r2 = cl.replica_ports
+            conns = [Conn(px.port) for _ in range(4)]
+
+            def ports(c, n=3):
+                seen = set()
+                for _ in range(n):
+                    c.send(Query("select inet_server_port()"))
+                    seen.add(int([m for m in c.until_ready() if m[0] == "D"][0][1][0]))
+                return seen
+            try:
+                time.sleep(0.3)  # a few monitor rounds: both replicas eligible
+                before = [ports(c) for c in conns]
+                for p in before:
+                    self.assertEqual(len(p), 1)  # each session keeps one replica
+                self.assertEqual(set().union(*before), {r1, r2})
+                cl.stop_node(2)
+                wait_for(lambda: "replica2 evicted" in px.log_text(), what="replica2 evicted")
+                during = [ports(c) for c in conns]
+                self.assertEqual(set().union(*during), {r1})
+                cl.start_node(2)
+                wait_for(lambda: "replica2 back" in px.log_text(), timeout=20,
+                         what="replica2 back")
+                time.sleep(0.2)
+                after = [ports(c) for c in conns]
+                for p in after:
+                    self.assertEqual(len(p), 1)
+                self.assertEqual(set().union(*after), {r1, r2})
+            finally:
+                for c in conns:
+                    c.close()
+
+
 if __name__ == "__main__":
     unittest.main()
