@@ -14,61 +14,9 @@
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-bin=${PGSTEER:-$repo/pgsteer}
-if [ ! -x "$bin" ]; then
-    echo "run.sh: $bin is not built; run make first" >&2
-    exit 2
-fi
-python=/usr/bin/python3
-[ -x "$python" ] || python=python3
-
-# All temporary directories of this run live under one parent, so that cleanup can find
-# whatever a crashed test left. A large /dev/shm (tmpfs) makes PostgreSQL start much faster.
-parent=/tmp
-avail=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
-if [ -w /dev/shm ] && [ "${avail:-0}" -ge 1048576 ]; then
-    parent=/dev/shm
-fi
-work=$(mktemp -d "$parent/pgsteer-it.XXXXXX") || exit 2
-chmod 755 "$work" # PostgreSQL runs as `postgres` when we are root: it must traverse this
-
-# True when process $1 is alive and its command line mentions this run's directory, so that a
-# recycled pid is never killed.
-ours() {
-    [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$work"
-}
-
-stop_pid() { # pid signal what
-    ours "$1" || return 0
-    echo "run.sh: stopping leftover $3 (pid $1)" >&2
-    kill "-$2" "$1" 2>/dev/null
-    i=0
-    while ours "$1" && [ "$i" -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    ours "$1" && kill -KILL "$1" 2>/dev/null
-    return 0
-}
-
-cleanup() {
-    rc=$?
-    trap - EXIT INT TERM HUP
-    for f in "$work"/*/*.pid; do
-        [ -f "$f" ] && stop_pid "$(cat "$f")" TERM pgsteer
-    done
-    # SIGQUIT is PostgreSQL's immediate shutdown: it also removes shared memory.
-    for f in "$work"/*/*/postmaster.pid; do
-        [ -f "$f" ] && stop_pid "$(head -n 1 "$f")" QUIT "postgres $(dirname "$f")"
-    done
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+SANDBOX_NAME=it
+# shellcheck source=../lib/sandbox.sh
+. "$here/../lib/sandbox.sh"
 
 # libpq settings from the caller's environment would change what the tests see.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGSERVICEFILE PGOPTIONS \
