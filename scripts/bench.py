@@ -218,6 +218,7 @@ class Service:
         self.port = None
         self.proc = None
         self.version = None
+        self.target_port = None  # PgBouncer: the node it fronts (default: the primary)
 
     def __enter__(self):
         try:
@@ -266,7 +267,8 @@ class PgBouncer(Service):
         self._write("userlist.txt", '"%s" "%s"\n' % (cl.APP_USER, cl.APP_PASSWORD))
         for attempt in range(5):
             self.port = cl.free_port(exclude=set(self.c.ports))
-            target = "host=127.0.0.1 port=%d dbname=%s" % (self.c.primary_port, cl.APP_DB)
+            target = "host=127.0.0.1 port=%d dbname=%s" % (self.target_port or self.c.primary_port,
+                                                           cl.APP_DB)
             ini = self._write("pgbouncer.ini", "\n".join([
                 "[databases]",
                 "%s = %s" % (cl.APP_DB, target),
@@ -799,9 +801,24 @@ def bench(args):
         logdir = os.path.join(c.tmpdir, "bench")
         os.makedirs(logdir, exist_ok=True)
 
-        with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, \
-                PgBouncer(c, max_clients) as bouncer, \
+        bouncer = PgBouncer(c, max_clients)
+        if args.one_replica:
+            bouncer.target_port = c.replica_ports[0]
+        with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, bouncer, \
                 Pgpool(c, max_clients) as pool:
+            if args.one_replica:
+                # Reads from the first replica only (the others at weight 0, by a reload), and
+                # PgBouncer in front of that same replica: both proxies serve one PostgreSQL
+                # instance, which takes the cost of spreading reads over several instances that
+                # share this machine's cores out of the comparison.
+                with open(px.config_path) as f:
+                    text = f.read()
+                for i in range(2, len(c.replica_ports) + 1):
+                    text = re.sub(r"(name: replica%d[^}]*weight: )1" % i, r"\g<1>0", text)
+                with open(px.config_path, "w") as f:
+                    f.write(text)
+                px.proc.send_signal(signal.SIGHUP)
+                time.sleep(1.0)
             replica = c.replica_ports[0]
             table = {
                 "direct": Contender("direct", lambda s: replica if s == "select-only"
@@ -1220,6 +1237,9 @@ def main(argv=None):
                     help="also copy the JSON to results/YYYY-MM-DD-HOST.json")
     ap.add_argument("--perf", metavar="DIR", default=None,
                     help="perf record pgsteer during each of its runs into DIR")
+    ap.add_argument("--one-replica", action="store_true",
+                    help="pgsteer reads from the first replica only and PgBouncer fronts that "
+                         "replica (select-only), so both serve one PostgreSQL instance")
     ap.add_argument("--pgsteer-yaml", default="", metavar="YAML",
                     help="extra configuration lines for pgsteer, e.g. 'read_balance: session'")
     ap.add_argument("--idle-conns", type=int, default=0, metavar="N",
