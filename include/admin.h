@@ -13,6 +13,7 @@
 #include "buf.h"
 #include "config.h"
 #include "lag.h"
+#include "latency.h"
 #include "router.h"
 
 #define HTTP_MAX_REQUEST 8192  /* request line + headers; more is a 400 */
@@ -69,6 +70,7 @@ struct admin_stats {
     uint64_t route_reasons[ROUTE_REASON_COUNT];
     uint64_t read_retries;
     uint64_t reloads, reload_failures;
+    struct latency_hist lat_request, lat_response; /* time pgsteer itself spends */
     size_t nnodes;
     struct admin_node_stats nodes[CONFIG_MAX_NODES];
 };

@@ -17,6 +17,7 @@
 #include "classify.h"
 #include "config.h"
 #include "lag.h"
+#include "latency.h"
 #include "monitor.h"
 #include "router.h"
 
@@ -67,6 +68,7 @@ struct proxy {
     bool shutting_down;
     uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
+    struct latency_hist lat_request, lat_response;
     /* admin interface (admin.c) and operations (proxy.c) */
     struct admin *admin;      /* the admin listener and its connections; NULL when off */
     bool paused;              /* PAUSE: new statements are held until RESUME */

@@ -452,6 +452,31 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
         rc |= buf_printf(out, "pgsteer_queries_total{reason=\"%s\"} %" PRIu64 "\n",
                          router_reason_name((enum route_reason)r), st->route_reasons[r]);
     }
+    rc |= prom_family(out, "pgsteer_proxy_seconds", "histogram",
+                      "Time pgsteer itself spends: per unit from a client (classify, route, "
+                      "queue) and per read of answers from a node (match, forward).");
+    const struct latency_hist *hists[2] = {&st->lat_request, &st->lat_response};
+    static const char *const dirs[2] = {"request", "response"};
+    for (int d = 0; d < 2; d++) {
+        uint64_t cum = 0;
+        for (int i = 0; i < LATENCY_BUCKETS; i++) {
+            cum += hists[d]->buckets[i];
+            if (latency_bounds_ns[i] == UINT64_MAX)
+                rc |= buf_printf(out,
+                                 "pgsteer_proxy_seconds_bucket{direction=\"%s\",le=\"+Inf\"} "
+                                 "%" PRIu64 "\n",
+                                 dirs[d], cum);
+            else
+                rc |= buf_printf(out,
+                                 "pgsteer_proxy_seconds_bucket{direction=\"%s\",le=\"%g\"} "
+                                 "%" PRIu64 "\n",
+                                 dirs[d], (double)latency_bounds_ns[i] / 1e9, cum);
+        }
+        rc |= buf_printf(out, "pgsteer_proxy_seconds_sum{direction=\"%s\"} %.9f\n", dirs[d],
+                         (double)hists[d]->sum_ns / 1e9);
+        rc |= buf_printf(out, "pgsteer_proxy_seconds_count{direction=\"%s\"} %" PRIu64 "\n",
+                         dirs[d], hists[d]->count);
+    }
     rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
                       "Reads a replica refused (25006, 40001) that were retried on the primary.");
     rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
@@ -604,6 +629,8 @@ void admin_collect(const struct proxy *px, struct admin_stats *st)
         snap && (size_t)cfg->primary < snap->nnodes ? snap->nodes[cfg->primary].reason : "";
     memcpy(st->route_reasons, px->route_reasons, sizeof(st->route_reasons));
     st->read_retries = px->retries_25006;
+    st->lat_request = px->lat_request;
+    st->lat_response = px->lat_response;
     st->reloads = px->reloads;
     st->reload_failures = px->reload_failures;
     for (size_t i = 0; i < cfg->nnodes; i++) {

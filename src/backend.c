@@ -210,9 +210,14 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         return;
     b->in.len += (size_t)nread;
     struct client *c = b->client;
+    uint64_t t0 = uv_hrtime();
+    bool ready = b->state == BACKEND_READY;
     backend_handle_input(b);
-    if (c && c->state != CLIENT_CLOSING)
+    if (c && c->state != CLIENT_CLOSING) {
         client_flush(c);
+        if (ready)
+            latency_observe(&c->px->lat_response, uv_hrtime() - t0);
+    }
 }
 
 void backend_pause(struct backend *b)

@@ -1520,11 +1520,14 @@ void client_process(struct client *c)
             buf_consume(&c->in, m.total);
             continue;
         }
+        uint64_t t0 = uv_hrtime();
         switch (m.type) {
         case FE_QUERY:
             rc = client_handle_query(c, &m);
-            if (rc == 0)
+            if (rc == 0) {
                 buf_consume(&c->in, m.total);
+                latency_observe(&c->px->lat_request, uv_hrtime() - t0);
+            }
             break;
         case FE_PARSE:
         case FE_BIND:
@@ -1535,6 +1538,8 @@ void client_process(struct client *c)
         case FE_FLUSH:
         case FE_FUNCTION:
             rc = client_start_batch(c);
+            if (rc == 0)
+                latency_observe(&c->px->lat_request, uv_hrtime() - t0);
             break;
         case FE_TERMINATE:
             client_close(c, NULL, "client terminated");

@@ -246,6 +246,13 @@ class HttpTest(Base):
         self.assertEqual(sample(ms1, "pgsteer_node_eligible", node="replica1"), 1)
         self.assertEqual(sample(ms1, "pgsteer_node_eligible", node="primary"), 0)
         self.assertEqual(sample(ms1, "pgsteer_primary_up"), 1)
+        # pgsteer's own time: one request observation per routing unit, cumulative buckets
+        self.assertGreaterEqual(d("pgsteer_proxy_seconds_count", direction="request"),
+                                reads + writes)
+        self.assertGreater(d("pgsteer_proxy_seconds_count", direction="response"), 0)
+        self.assertEqual(sample(ms1, "pgsteer_proxy_seconds_bucket", direction="request",
+                                le="+Inf"),
+                         sample(ms1, "pgsteer_proxy_seconds_count", direction="request"))
         for line in text.splitlines():
             if line.startswith("# TYPE") and line.endswith(" counter"):
                 self.assertTrue(line.split()[2].endswith("_total"), line)
