@@ -457,6 +457,12 @@ int proxy_run(struct config *cfg)
     px.wfuncs.names = (const char *const *)cfg->write_functions;
     px.wfuncs.count = cfg->nwrite_functions;
     router_init(&px.router);
+    /* Before the first monitor round every replica counts as eligible: start from that set,
+     * so that the first round moves no session that keeps a replica. */
+    for (size_t i = 0; i < cfg->nnodes && i < 32; i++) {
+        if (cfg->nodes[i].role == NODE_REPLICA && cfg->nodes[i].weight > 0)
+            px.eligible_mask |= 1u << i;
+    }
     for (size_t i = 0; i < cfg->nnodes; i++) {
         if (resolve(cfg->nodes[i].host, cfg->nodes[i].port, &px.nodes[i].addr) < 0) {
             log_error("node %s: cannot resolve host %s", cfg->nodes[i].name, cfg->nodes[i].host);
