@@ -557,10 +557,6 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             /* The node skips everything up to the next Sync: so do the owed responses. */
             while (b->exp_count && is_extended(backend_head(b)->kind))
                 backend_pop(b);
-            if (forward && b->exp_count && backend_head(b)->swallow) {
-                /* The Sync that follows was ours; the client still needs one ReadyForQuery
-                 * for its own Sync, which comes later and is not swallowed. */
-            }
         }
         return forward ? client_queue(c, m->body - 5, m->total) : 0;
     }
