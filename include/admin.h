@@ -60,6 +60,7 @@ struct admin_stats {
     int64_t start_unix_ms;
     double uptime_seconds;
     uint64_t clients;
+    int workers;
     bool paused;
     bool shutting_down;
     bool have_snapshot; /* a monitor round has completed */
@@ -73,6 +74,9 @@ struct admin_stats {
     struct latency_hist lat_request, lat_response; /* time pgsteer itself spends */
     size_t nnodes;
     struct admin_node_stats nodes[CONFIG_MAX_NODES];
+    /* per node slot, summed over the workers (admin_collect's scratch) */
+    uint64_t node_reads[CONFIG_MAX_NODES], node_writes[CONFIG_MAX_NODES];
+    uint64_t node_backends[CONFIG_MAX_NODES];
 };
 
 /* The Prometheus text exposition (format 0.0.4) of st. Returns 0 or -1 (out of memory). */
@@ -115,10 +119,11 @@ int admin_start(struct proxy *px);
 /* Close the listener and every admin connection (memory freed in close callbacks); the loop
  * must run once more. Safe when not started. */
 void admin_stop(struct proxy *px);
-/* Fill st from the proxy's counters, the newest monitor snapshot and the config. The strings
- * point into px->cfg and px->snap: use st before either changes. */
-void admin_collect(const struct proxy *px, struct admin_stats *st);
-/* RESUME: clear px->paused and let held clients go on. */
+/* Fill st from every worker's counters (proxy_each), worker 0's newest monitor snapshot and
+ * the config. The strings point into px->cfg and px->snap: use st before either changes.
+ * Worker 0's thread. */
+void admin_collect(struct proxy *px, struct admin_stats *st);
+/* RESUME: clear every worker's paused flag and let held clients go on. Worker 0's thread. */
 void admin_resume(struct proxy *px);
 
 #endif

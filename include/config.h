@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CONFIG_MAX_NODES 32
+#define CONFIG_MAX_NODES   32
+#define CONFIG_MAX_WORKERS 64
 
 enum node_role { NODE_PRIMARY = 0, NODE_REPLICA = 1 };
 enum auth_method { AUTH_METHOD_SCRAM = 0, AUTH_METHOD_MD5 = 1, AUTH_METHOD_TRUST = 2 };
@@ -71,9 +72,9 @@ struct config {
     struct config_monitor monitor;
     enum consistency consistency;   /* default session */
     enum fallback fallback;         /* default primary */
-    enum read_balance read_balance; /* default statement */
+    enum read_balance read_balance; /* default session */
     int max_client_conn;            /* default 10000 */
-    int workers;                    /* default 1 */
+    int workers;                    /* event-loop threads; 0 (default): one per CPU */
     int shutdown_timeout_ms;        /* default 30000 */
     int connect_timeout_ms;         /* backend connect timeout, default 5000 */
     char *log_level;                /* "debug" | "info" | "warning" | "error", default info */

@@ -7,6 +7,8 @@
 
 #define CLIENT_MAX_PARAMS 64
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -47,9 +49,27 @@ struct param_cache {
 
 struct client;
 struct admin;
+struct proxy;
+struct proxy_call;
 
+/* A function run on a worker's own loop thread (see proxy_each, proxy_post). */
+typedef void (*proxy_fn)(struct proxy *px, void *arg);
+
+/* What every worker shares: set up before any worker thread starts, fixed until they end. */
+struct proxy_shared {
+    struct proxy **workers; /* workers[0] is the main thread's (signals, admin, monitor) */
+    int nworkers;
+    atomic_uint_fast64_t clients; /* client connections open in all workers */
+};
+
+/* One worker: an event loop on its own thread that owns its listener (SO_REUSEPORT when there
+ * are several), its clients and their backends, and its copy of the monitor's snapshot.
+ * Worker 0 runs on the main thread and also owns the admin interface, the monitor, signals
+ * and reloads; it reaches the other workers only through proxy_each and proxy_post. */
 struct proxy {
     uv_loop_t *loop;
+    int worker;                  /* index in shared->workers */
+    struct proxy_shared *shared; /* the same for every worker */
     struct config *cfg;
     uv_tcp_t listener;
     uv_signal_t sigint, sigterm, sighup;
@@ -74,8 +94,25 @@ struct proxy {
     bool paused;              /* PAUSE: new statements are held until RESUME */
     int64_t start_unix_ms;    /* wall clock at start, for uptime and /status */
     uint64_t start_ns;        /* uv_hrtime() at start */
-    uint64_t reloads;         /* configuration reloads that took effect */
-    uint64_t reload_failures; /* reloads rejected (the old configuration was kept) */
+    uint64_t reloads;         /* configuration reloads that took effect (worker 0) */
+    uint64_t reload_failures; /* reloads rejected (the old configuration was kept) (worker 0) */
+    /* shutdown (SIGTERM): clients get until shutdown_deadline to finish */
+    uv_timer_t shutdown_timer;
+    int64_t shutdown_deadline;
+    bool stopping; /* proxy_stop_worker ran: every handle of the loop is closing */
+    /* backends to close once idle after a reload (proxy.c) */
+    struct drain_entry *drains;
+    size_t ndrains, drains_cap;
+    /* calls from other threads (proxy_each, proxy_post): a queue under calls_lock, run by
+     * calls_async's callback on this worker's thread */
+    uv_loop_t own_loop; /* the loop of workers other than 0 */
+    pthread_t thread;
+    uv_async_t calls_async;
+    pthread_mutex_t calls_lock;
+    pthread_cond_t calls_cond;
+    struct proxy_call *calls;
+    bool calls_closed; /* calls_async is closing: calls run when the loop has ended */
+    bool loop_done;    /* the loop has ended: nothing runs on this thread any more */
 };
 
 /* ---- backend.c ---- */
@@ -282,6 +319,16 @@ void client_on_snapshot(struct client *c);
 
 /* ---- proxy.c ---- */
 int64_t proxy_now_ms(void);
+/* Run fn(w, arg) for every worker w, one after the other, on w's own thread, waiting for each
+ * to return: worker 0 (the caller) runs it directly. Once a worker's loop has ended, fn runs
+ * on the caller's thread (the worker's data no longer changes); fns check px->loop_done
+ * before touching handles. Worker 0's thread only: it is the only thread that ever waits for
+ * another worker, so waits cannot form a cycle. */
+void proxy_each(struct proxy *px0, proxy_fn fn, void *arg);
+/* Queue fn(w, arg) to run on worker w's thread soon, and return at once. Any thread. fn owns
+ * arg. Returns 0, or -1 when the call cannot be queued (out of memory), in which case fn is
+ * not run and arg stays the caller's. If w's loop ends first, fn runs with w->loop_done set. */
+int proxy_post(struct proxy *w, proxy_fn fn, void *arg);
 /* Mark a node as failed by the loop for a short time (no reads go there). */
 void proxy_node_failed(struct proxy *px, int node);
 

@@ -66,6 +66,11 @@ struct route {
 };
 
 void router_init(struct router *r);
+/* Give `node` a head start in the round robin: while it qualifies it wins the next pick, and
+ * the rotation goes on from there. Several routers (one per worker) each given a different
+ * replica start their rotations apart, so that a few sessions on different workers do not all
+ * begin on the same replica. */
+void router_head_start(struct router *r, int node);
 /* Decide where a routing unit goes. Advances the round robin only when it picks a replica. */
 struct route router_route(struct router *r, const struct router_session *s,
                           const struct router_input *in);

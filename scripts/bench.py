@@ -13,7 +13,8 @@ The set-up (docs/performance.md explains each choice):
              straight on the primary, then every replica is waited for.
   direct     pgbench straight to a replica for select-only, to the primary for tpcb-like.
   pgsteer    read/write splitting over the primary and both replicas, lag awareness on (the
-             default monitor interval, 100 ms), clients log in with SCRAM.
+             default monitor interval, 100 ms), clients log in with SCRAM; its defaults
+             otherwise (one worker per CPU, read_balance: session).
   pgbouncer  transaction pooling in front of the primary (it cannot split reads from writes, so
              it fronts the node that can run everything), default_pool_size = the most clients,
              SCRAM with a plain password in auth_file. PgBouncer 1.18 cannot keep protocol-level
@@ -1241,7 +1242,7 @@ def main(argv=None):
                     help="pgsteer reads from the first replica only and PgBouncer fronts that "
                          "replica (select-only), so both serve one PostgreSQL instance")
     ap.add_argument("--pgsteer-yaml", default="", metavar="YAML",
-                    help="extra configuration lines for pgsteer, e.g. 'read_balance: session'")
+                    help="extra configuration lines for pgsteer, e.g. 'workers: 1'")
     ap.add_argument("--idle-conns", type=int, default=0, metavar="N",
                     help="instead: hold N idle connections through pgsteer, report its memory")
     ap.add_argument("--hold", type=float, default=5,

@@ -325,6 +325,7 @@ int admin_write_status_json(struct buf *out, const struct admin_stats *st)
     rc |= buf_printf(out, "  \"primary_up\": %s,\n  \"monitor_round\": %" PRIu64 ",\n",
                      st->primary_up ? "true" : "false", st->monitor_round);
     rc |= buf_printf(out, "  \"client_connections\": %" PRIu64 ",\n", st->clients);
+    rc |= buf_printf(out, "  \"workers\": %d,\n", st->workers);
     rc |= buf_printf(out,
                      "  \"queries\": {\"total\": %" PRIu64 ", \"reads\": %" PRIu64
                      ", \"writes\": %" PRIu64 "},\n",
@@ -439,6 +440,8 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= buf_printf(out, "pgsteer_uptime_seconds %.3f\n", st->uptime_seconds);
     rc |= prom_family(out, "pgsteer_client_connections", "gauge", "Client connections open now.");
     rc |= buf_printf(out, "pgsteer_client_connections %" PRIu64 "\n", st->clients);
+    rc |= prom_family(out, "pgsteer_workers", "gauge", "Event-loop worker threads.");
+    rc |= buf_printf(out, "pgsteer_workers %d\n", st->workers);
     rc |= prom_family(out, "pgsteer_paused", "gauge",
                       "1 while new statements are held by PAUSE, else 0.");
     rc |= buf_printf(out, "pgsteer_paused %d\n", st->paused ? 1 : 0);
@@ -609,7 +612,36 @@ static int64_t unix_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void admin_collect(const struct proxy *px, struct admin_stats *st)
+static void pause_worker(struct proxy *px, void *arg)
+{
+    (void)arg;
+    px->paused = true;
+}
+
+/* Add one worker's counters to the admin_stats in arg (a proxy_fn, run on that worker). */
+static void collect_worker(struct proxy *px, void *arg)
+{
+    struct admin_stats *st = arg;
+    st->clients += px->nclients;
+    for (int i = 0; i < ROUTE_REASON_COUNT; i++)
+        st->route_reasons[i] += px->route_reasons[i];
+    st->read_retries += px->retries_25006;
+    for (int i = 0; i < LATENCY_BUCKETS; i++) {
+        st->lat_request.buckets[i] += px->lat_request.buckets[i];
+        st->lat_response.buckets[i] += px->lat_response.buckets[i];
+    }
+    st->lat_request.count += px->lat_request.count;
+    st->lat_request.sum_ns += px->lat_request.sum_ns;
+    st->lat_response.count += px->lat_response.count;
+    st->lat_response.sum_ns += px->lat_response.sum_ns;
+    for (size_t i = 0; i < CONFIG_MAX_NODES; i++) {
+        st->node_reads[i] += px->nodes[i].reads;
+        st->node_writes[i] += px->nodes[i].writes;
+        st->node_backends[i] += px->nodes[i].backends;
+    }
+}
+
+void admin_collect(struct proxy *px, struct admin_stats *st)
 {
     const struct config *cfg = px->cfg;
     const struct monitor_snapshot *snap = px->snap;
@@ -618,7 +650,8 @@ void admin_collect(const struct proxy *px, struct admin_stats *st)
     st->now_unix_ms = unix_ms();
     st->start_unix_ms = px->start_unix_ms;
     st->uptime_seconds = (double)(uv_hrtime() - px->start_ns) / 1e9;
-    st->clients = px->nclients;
+    st->workers = px->shared->nworkers;
+    proxy_each(px, collect_worker, st);
     st->paused = px->paused;
     st->shutting_down = px->shutting_down;
     st->have_snapshot = snap != NULL;
@@ -627,10 +660,6 @@ void admin_collect(const struct proxy *px, struct admin_stats *st)
     st->primary_name = cfg->nodes[cfg->primary].name;
     st->primary_reason =
         snap && (size_t)cfg->primary < snap->nnodes ? snap->nodes[cfg->primary].reason : "";
-    memcpy(st->route_reasons, px->route_reasons, sizeof(st->route_reasons));
-    st->read_retries = px->retries_25006;
-    st->lat_request = px->lat_request;
-    st->lat_response = px->lat_response;
     st->reloads = px->reloads;
     st->reload_failures = px->reload_failures;
     for (size_t i = 0; i < cfg->nnodes; i++) {
@@ -639,10 +668,10 @@ void admin_collect(const struct proxy *px, struct admin_stats *st)
         struct admin_node_stats *n = &st->nodes[st->nnodes++];
         n->name = cfg->nodes[i].name;
         n->role = (int)i == cfg->primary ? "primary" : "replica";
-        n->reads = px->nodes[i].reads;
-        n->writes = px->nodes[i].writes;
-        n->backends = px->nodes[i].backends;
-        n->evictions = px->nodes[i].evictions;
+        n->reads = st->node_reads[i];
+        n->writes = st->node_writes[i];
+        n->backends = st->node_backends[i];
+        n->evictions = px->nodes[i].evictions; /* counted by worker 0 only */
         if (snap == NULL || i >= snap->nnodes) {
             n->state = "unknown";
             n->lag_bytes = n->lag_ms = -1;
@@ -1077,6 +1106,7 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "uptime_seconds", v), rows++;
     kv_row(c, "version", st->version), rows++;
     kv_row(c, "client_connections", u64s(v, st->clients)), rows++;
+    kv_row(c, "workers", u64s(v, (uint64_t)st->workers)), rows++;
     kv_row(c, "queries_total", u64s(v, total)), rows++;
     for (int r = 0; r < ROUTE_REASON_COUNT; r++) {
         char k[64];
@@ -1097,13 +1127,14 @@ static const char *tx_name(char s)
     return s == 'T' ? "in transaction" : s == 'E' ? "failed transaction" : "idle";
 }
 
-static void show_clients(struct admin_conn *c)
+struct rows_arg {
+    struct admin_conn *c;
+    size_t rows;
+};
+
+static void client_rows(struct proxy *px, void *arg)
 {
-    static const char *const cols[] = {"id",      "user",   "database",   "state",
-                                       "tx_node", "pinned", "pin_reason", "backends"};
-    struct proxy *px = c->a->px;
-    pg_rowdesc(&c->out, cols, NCOLS(cols));
-    size_t rows = 0;
+    struct rows_arg *ra = arg;
     for (struct client *cl = px->clients; cl; cl = cl->next) {
         char id[16], nodes[512];
         snprintf(id, sizeof(id), "%u", cl->id);
@@ -1129,19 +1160,25 @@ static void show_clients(struct admin_conn *c)
             cl->pinned ? cl->pin_reason : NULL,
             nodes,
         };
-        pg_row(&c->out, vals, NCOLS(vals));
-        rows++;
+        pg_row(&ra->c->out, vals, NCOLS(vals));
+        ra->rows++;
     }
-    pg_complete_rows(c, rows);
 }
 
-static void show_servers(struct admin_conn *c)
+static void show_clients(struct admin_conn *c)
 {
-    static const char *const cols[] = {"client_id", "node", "state", "node_pid", "owed"};
-    static const char *const states[] = {"connecting", "login", "startup", "ready", "closing"};
-    struct proxy *px = c->a->px;
+    static const char *const cols[] = {"id",      "user",   "database",   "state",
+                                       "tx_node", "pinned", "pin_reason", "backends"};
     pg_rowdesc(&c->out, cols, NCOLS(cols));
-    size_t rows = 0;
+    struct rows_arg ra = {c, 0};
+    proxy_each(c->a->px, client_rows, &ra);
+    pg_complete_rows(c, ra.rows);
+}
+
+static void server_rows(struct proxy *px, void *arg)
+{
+    static const char *const states[] = {"connecting", "login", "startup", "ready", "closing"};
+    struct rows_arg *ra = arg;
     for (struct client *cl = px->clients; cl; cl = cl->next) {
         for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
             struct backend *b = cl->backends[i];
@@ -1154,11 +1191,19 @@ static void show_servers(struct admin_conn *c)
             const char *vals[] = {id, px->cfg->nodes[i].name,
                                   (unsigned)b->state < 5 ? states[b->state] : "?",
                                   b->pid ? pid : NULL, owed};
-            pg_row(&c->out, vals, NCOLS(vals));
-            rows++;
+            pg_row(&ra->c->out, vals, NCOLS(vals));
+            ra->rows++;
         }
     }
-    pg_complete_rows(c, rows);
+}
+
+static void show_servers(struct admin_conn *c)
+{
+    static const char *const cols[] = {"client_id", "node", "state", "node_pid", "owed"};
+    pg_rowdesc(&c->out, cols, NCOLS(cols));
+    struct rows_arg ra = {c, 0};
+    proxy_each(c->a->px, server_rows, &ra);
+    pg_complete_rows(c, ra.rows);
 }
 
 static void show_config(struct admin_conn *c)
@@ -1213,6 +1258,11 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "shutdown_timeout_ms", v), rows++;
     snprintf(v, sizeof(v), "%d", cfg->connect_timeout_ms);
     kv_row(c, "connect_timeout_ms", v), rows++;
+    if (cfg->workers > 0)
+        snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
+    else
+        snprintf(v, sizeof(v), "%d (one per CPU)", c->a->px->shared->nworkers);
+    kv_row(c, "workers", v), rows++;
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     pg_complete_rows(c, rows);
 }
@@ -1342,7 +1392,7 @@ static void pg_query(struct admin_conn *c, const char *sql, size_t len)
     case ADMIN_CMD_PAUSE:
         if (!px->paused)
             log_info("admin console: %s: PAUSE: new statements are held", c->user);
-        px->paused = true;
+        proxy_each(px, pause_worker, NULL);
         proto_write_CommandComplete(&c->out, "PAUSE");
         break;
     case ADMIN_CMD_RESUME:
@@ -1723,9 +1773,12 @@ void admin_stop(struct proxy *px)
     uv_close((uv_handle_t *)&a->listener, listener_free_cb);
 }
 
-void admin_resume(struct proxy *px)
+static void resume_worker(struct proxy *px, void *arg)
 {
+    (void)arg;
     px->paused = false;
+    if (px->loop_done)
+        return;
     for (struct client *c = px->clients, *next; c; c = next) {
         next = c->next;
         if (c->state != CLIENT_READY)
@@ -1734,4 +1787,9 @@ void admin_resume(struct proxy *px)
         if (c->state == CLIENT_READY)
             client_flush(c);
     }
+}
+
+void admin_resume(struct proxy *px)
+{
+    proxy_each(px, resume_worker, NULL);
 }

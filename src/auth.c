@@ -7,6 +7,7 @@
 
 #include <limits.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -196,8 +197,10 @@ static int hmac256(const uint8_t *key, size_t keylen, const void *data, size_t n
  * login in either direction. Its result depends only on (password, salt, iterations), which
  * repeat: a node keeps one salt per role, and pgsteer uses one salt per password for the life
  * of the process. So results are cached, keyed by a SHA-256 of the inputs. The cache holds
- * password equivalents, as the configuration in memory already does. Loop thread only. */
+ * password equivalents, as the configuration in memory already does. Shared by the workers'
+ * threads under pbkdf2_lock (held for a lookup or an insert, not for the computation). */
 #define PBKDF2_CACHE 64
+static pthread_mutex_t pbkdf2_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     uint8_t key[SCRAM_KEY_LEN];
     uint8_t salted[SCRAM_KEY_LEN];
@@ -222,21 +225,28 @@ static int salted_password(const char *password, const uint8_t *salt, size_t sal
              EVP_DigestFinal_ex(ctx, key, &klen) == 1 && klen == SCRAM_KEY_LEN;
     EVP_MD_CTX_free(ctx);
     if (ok) {
-        for (size_t i = 0; i < PBKDF2_CACHE; i++) {
+        bool hit = false;
+        pthread_mutex_lock(&pbkdf2_lock);
+        for (size_t i = 0; i < PBKDF2_CACHE && !hit; i++) {
             if (pbkdf2_cache[i].used && CRYPTO_memcmp(pbkdf2_cache[i].key, key, sizeof(key)) == 0) {
                 memcpy(out, pbkdf2_cache[i].salted, SCRAM_KEY_LEN);
-                return 0;
+                hit = true;
             }
         }
+        pthread_mutex_unlock(&pbkdf2_lock);
+        if (hit)
+            return 0;
     }
     if (PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)saltlen, iterations,
                           EVP_sha256(), SCRAM_KEY_LEN, out) != 1)
         return -1;
     if (ok) {
+        pthread_mutex_lock(&pbkdf2_lock);
         unsigned slot = pbkdf2_next++ % PBKDF2_CACHE;
         memcpy(pbkdf2_cache[slot].key, key, sizeof(key));
         memcpy(pbkdf2_cache[slot].salted, out, SCRAM_KEY_LEN);
         pbkdf2_cache[slot].used = true;
+        pthread_mutex_unlock(&pbkdf2_lock);
     }
     return 0;
 }
@@ -307,11 +317,15 @@ int scram_server_init(struct scram_server *s, const char *password)
      * hash of the password under a secret drawn once. */
     static uint8_t secret[32];
     static bool have_secret;
+    static pthread_mutex_t secret_lock = PTHREAD_MUTEX_INITIALIZER;
     uint8_t raw[SCRAM_NONCE_RAW], salt[SALT_LEN], mac[SCRAM_KEY_LEN];
     char nonce[4 * ((SCRAM_NONCE_RAW + 2) / 3) + 1];
+    pthread_mutex_lock(&secret_lock);
     if (!have_secret && auth_random(secret, sizeof(secret)) == 0)
         have_secret = true;
-    if (!have_secret || auth_random(raw, sizeof(raw)) < 0 ||
+    bool secret_ok = have_secret;
+    pthread_mutex_unlock(&secret_lock);
+    if (!secret_ok || auth_random(raw, sizeof(raw)) < 0 ||
         hmac256(secret, sizeof(secret), password ? password : "", password ? strlen(password) : 0,
                 mac) < 0) {
         memset(s, 0, sizeof(*s));

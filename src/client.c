@@ -90,6 +90,7 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     if (c->next)
         c->next->prev = c->prev;
     px->nclients--;
+    atomic_fetch_sub(&px->shared->clients, 1);
     uv_close((uv_handle_t *)&c->tcp, client_close_cb);
 }
 
@@ -255,7 +256,9 @@ void client_accept(struct proxy *px, uv_stream_t *server)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->id = ++px->next_client_id;
+    /* Unique in the process, and the worker that owns the client is id % nworkers (a cancel
+     * request may arrive on another worker). */
+    c->id = ++px->next_client_id * (uint32_t)px->shared->nworkers + (uint32_t)px->worker;
     if (auth_random(&c->key, sizeof(c->key)) < 0)
         c->key = (uint32_t)uv_hrtime();
     c->tx_status = 'I';
@@ -276,11 +279,12 @@ void client_accept(struct proxy *px, uv_stream_t *server)
         px->clients->prev = c;
     px->clients = c;
     px->nclients++;
+    uint64_t total = atomic_fetch_add(&px->shared->clients, 1) + 1;
     if (px->shutting_down) {
         client_close(c, "57P01", "pgsteer is shutting down");
         return;
     }
-    if (px->nclients > (uint64_t)px->cfg->max_client_conn) {
+    if (total > (uint64_t)px->cfg->max_client_conn) {
         client_close(c, "53300", "too many client connections");
         return;
     }
@@ -322,8 +326,8 @@ static void cancel_connect_cb(uv_connect_t *req, int status)
 }
 
 /* CancelRequest: find the client by the key pgsteer gave it and cancel on the node that is
- * running its statement, with that backend's own key. */
-static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
+ * running its statement, with that backend's own key. On the worker that owns the client. */
+static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
 {
     struct client *target = NULL;
     for (struct client *c = px->clients; c; c = c->next) {
@@ -353,6 +357,34 @@ static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
             uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
         log_info("client %u: cancel request sent to node %s", target->id, px->cfg->nodes[i].name);
     }
+}
+
+struct cancel_args {
+    uint32_t pid, key;
+};
+
+static void cancel_call(struct proxy *px, void *arg)
+{
+    struct cancel_args *a = arg;
+    if (!px->loop_done)
+        cancel_on_owner(px, a->pid, a->key);
+    free(a);
+}
+
+static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
+{
+    struct proxy *owner = px->shared->workers[pid % (uint32_t)px->shared->nworkers];
+    if (owner == px) {
+        cancel_on_owner(px, pid, key);
+        return;
+    }
+    struct cancel_args *a = malloc(sizeof(*a));
+    if (a == NULL)
+        return;
+    a->pid = pid;
+    a->key = key;
+    if (proxy_post(owner, cancel_call, a) < 0)
+        free(a);
 }
 
 static int client_start_auth(struct client *c);

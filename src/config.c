@@ -1211,7 +1211,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_MAX_CLIENT_CONN])
         get_int32(c, v[K_MAX_CLIENT_CONN], "max_client_conn", 1, 1000000, &cfg->max_client_conn);
     if (v[K_WORKERS])
-        get_int32(c, v[K_WORKERS], "workers", 1, 64, &cfg->workers);
+        get_int32(c, v[K_WORKERS], "workers", 1, CONFIG_MAX_WORKERS, &cfg->workers);
     if (v[K_SHUTDOWN])
         get_int32(c, v[K_SHUTDOWN], "shutdown_timeout_ms", 0, INT_MAX, &cfg->shutdown_timeout_ms);
     if (v[K_CONNECT])
@@ -1238,9 +1238,9 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->monitor.recover_checks = 3;
     cfg->consistency = CONSISTENCY_SESSION;
     cfg->fallback = FALLBACK_PRIMARY;
-    cfg->read_balance = READ_BALANCE_STATEMENT;
+    cfg->read_balance = READ_BALANCE_SESSION;
     cfg->max_client_conn = 10000;
-    cfg->workers = 1;
+    cfg->workers = 0;
     cfg->shutdown_timeout_ms = 30000;
     cfg->connect_timeout_ms = 5000;
     cfg->monitor.dbname = strdup("postgres");

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -11,12 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level min_level = LOG_INFO;
+/* Set by a reload on the main thread, read by every thread. */
+static atomic_int min_level = LOG_INFO;
 static const char *const level_names[] = {"DEBUG", "INFO", "WARNING", "ERROR"};
 
 void log_set_level(enum log_level level)
 {
-    min_level = level;
+    atomic_store_explicit(&min_level, (int)level, memory_order_relaxed);
 }
 
 int log_parse_level(const char *s)
@@ -30,7 +32,7 @@ int log_parse_level(const char *s)
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
-    if (level < min_level)
+    if ((int)level < atomic_load_explicit(&min_level, memory_order_relaxed))
         return;
     char line[1024];
     struct timeval tv;

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* The event loop's process-wide parts: the client listener, the monitor's wake-ups, signals,
- * configuration reload and shutdown. */
+/* The event loops' process-wide parts: the workers and the calls between them, the client
+ * listeners, the monitor's wake-ups, signals, configuration reload and shutdown. */
 #include "proxy.h"
 
+#include <errno.h>
 #include <netdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -33,6 +35,112 @@ void proxy_node_failed(struct proxy *px, int node)
     px->nodes[node].failed_until_ms = proxy_now_ms() + NODE_FAIL_HOLD_MS;
 }
 
+/* ---- calls between workers ---- */
+
+struct proxy_call {
+    struct proxy_call *next;
+    proxy_fn fn;
+    void *arg;
+    bool sync; /* a caller waits on calls_cond until done; the call is on its stack */
+    bool done;
+};
+
+/* Append to the queue (FIFO, so that a snapshot and a later reload apply in order). Called with
+ * calls_lock held; wakes the worker's loop unless its wake-up handle is closing. */
+static void calls_push(struct proxy *w, struct proxy_call *call)
+{
+    struct proxy_call **tail = &w->calls;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = call;
+    /* Under the lock: the worker sets calls_closed under it before closing the handle. */
+    if (!w->calls_closed)
+        uv_async_send(&w->calls_async);
+}
+
+static void calls_run(struct proxy *px)
+{
+    pthread_mutex_lock(&px->calls_lock);
+    struct proxy_call *list = px->calls;
+    px->calls = NULL;
+    pthread_mutex_unlock(&px->calls_lock);
+    while (list) {
+        struct proxy_call *call = list;
+        list = call->next; /* a sync call is gone once done is set */
+        call->fn(px, call->arg);
+        if (call->sync) {
+            pthread_mutex_lock(&px->calls_lock);
+            call->done = true;
+            pthread_cond_broadcast(&px->calls_cond);
+            pthread_mutex_unlock(&px->calls_lock);
+        } else {
+            free(call);
+        }
+    }
+}
+
+static void on_calls(uv_async_t *a)
+{
+    calls_run(a->data);
+}
+
+void proxy_each(struct proxy *px0, proxy_fn fn, void *arg)
+{
+    struct proxy_shared *sh = px0->shared;
+    for (int i = 0; i < sh->nworkers; i++) {
+        struct proxy *w = sh->workers[i];
+        if (w == px0) {
+            fn(w, arg);
+            continue;
+        }
+        struct proxy_call call = {.fn = fn, .arg = arg, .sync = true};
+        pthread_mutex_lock(&w->calls_lock);
+        if (w->loop_done) {
+            pthread_mutex_unlock(&w->calls_lock);
+            fn(w, arg);
+            continue;
+        }
+        calls_push(w, &call);
+        while (!call.done)
+            pthread_cond_wait(&w->calls_cond, &w->calls_lock);
+        pthread_mutex_unlock(&w->calls_lock);
+    }
+}
+
+int proxy_post(struct proxy *w, proxy_fn fn, void *arg)
+{
+    struct proxy_call *call = calloc(1, sizeof(*call));
+    if (call == NULL)
+        return -1;
+    call->fn = fn;
+    call->arg = arg;
+    pthread_mutex_lock(&w->calls_lock);
+    if (w->loop_done) {
+        pthread_mutex_unlock(&w->calls_lock);
+        free(call);
+        fn(w, arg);
+        return 0;
+    }
+    calls_push(w, call);
+    pthread_mutex_unlock(&w->calls_lock);
+    return 0;
+}
+
+/* Whether every worker but px0 has ended its loop. */
+static bool others_done(struct proxy *px0)
+{
+    bool done = true;
+    for (int i = 0; i < px0->shared->nworkers && done; i++) {
+        struct proxy *w = px0->shared->workers[i];
+        if (w == px0)
+            continue;
+        pthread_mutex_lock(&w->calls_lock);
+        done = w->loop_done;
+        pthread_mutex_unlock(&w->calls_lock);
+    }
+    return done;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct proxy *px = server->data;
@@ -58,13 +166,11 @@ static void count_evictions(struct proxy *px, const struct monitor_snapshot *old
     }
 }
 
-static void on_monitor_wakeup(uv_async_t *a)
+/* Take snapshot s (owned from now on) as the worker's newest. */
+static void apply_snapshot(struct proxy *px, struct monitor_snapshot *s)
 {
-    struct proxy *px = a->data;
-    struct monitor_snapshot *s = monitor_take(px->monitor);
-    if (s == NULL)
-        return;
-    count_evictions(px, px->snap, s);
+    if (px->worker == 0)
+        count_evictions(px, px->snap, s); /* once for the process */
     free(px->snap);
     px->snap = s;
     /* A replica that joins the eligible set (back from eviction, or added by a reload) starts a
@@ -91,6 +197,39 @@ static void on_monitor_wakeup(uv_async_t *a)
     }
 }
 
+static void snapshot_call(struct proxy *px, void *arg)
+{
+    if (px->loop_done) {
+        free(arg);
+        return;
+    }
+    apply_snapshot(px, arg);
+}
+
+/* The monitor published a round: worker 0 takes it and gives every other worker a copy. */
+static void on_monitor_wakeup(uv_async_t *a)
+{
+    struct proxy *px = a->data;
+    struct monitor_snapshot *s = monitor_take(px->monitor);
+    if (s == NULL)
+        return;
+    for (int i = 0; i < px->shared->nworkers; i++) {
+        struct proxy *w = px->shared->workers[i];
+        if (w == px)
+            continue;
+        struct monitor_snapshot *copy = malloc(sizeof(*copy));
+        if (copy == NULL) {
+            log_warn("out of memory: worker %d misses monitor round %llu", i,
+                     (unsigned long long)s->round);
+            continue;
+        }
+        memcpy(copy, s, sizeof(*copy));
+        if (proxy_post(w, snapshot_call, copy) < 0)
+            free(copy);
+    }
+    apply_snapshot(px, s);
+}
+
 /* ---- configuration reload ---- */
 
 /* A backend opened before a reload to a node whose address changed, or that the new
@@ -101,8 +240,6 @@ struct drain_entry {
     int node;
     struct backend *b;
 };
-static struct drain_entry *drains;
-static size_t ndrains, drains_cap;
 
 static void drain_add(struct proxy *px, int node)
 {
@@ -110,17 +247,17 @@ static void drain_add(struct proxy *px, int node)
         struct backend *b = c->backends[node];
         if (b == NULL || c->state == CLIENT_CLOSING)
             continue;
-        if (ndrains == drains_cap) {
-            size_t cap = drains_cap ? 2 * drains_cap : 16;
-            struct drain_entry *d = realloc(drains, cap * sizeof(*d));
+        if (px->ndrains == px->drains_cap) {
+            size_t cap = px->drains_cap ? 2 * px->drains_cap : 16;
+            struct drain_entry *d = realloc(px->drains, cap * sizeof(*d));
             if (d == NULL) {
                 log_warn("reload: out of memory; a backend to node %d is kept", node);
                 return;
             }
-            drains = d;
-            drains_cap = cap;
+            px->drains = d;
+            px->drains_cap = cap;
         }
-        drains[ndrains++] = (struct drain_entry){c->id, node, b};
+        px->drains[px->ndrains++] = (struct drain_entry){c->id, node, b};
     }
 }
 
@@ -134,8 +271,8 @@ static bool backend_idle(const struct client *c, const struct backend *b, int no
 static void drain_sweep(struct proxy *px)
 {
     size_t j = 0;
-    for (size_t i = 0; i < ndrains; i++) {
-        struct drain_entry d = drains[i];
+    for (size_t i = 0; i < px->ndrains; i++) {
+        struct drain_entry d = px->drains[i];
         struct client *c = px->clients;
         while (c && c->id != d.client_id)
             c = c->next;
@@ -148,9 +285,89 @@ static void drain_sweep(struct proxy *px)
             backend_close(d.b);
             continue;
         }
-        drains[j++] = d;
+        px->drains[j++] = d;
     }
-    ndrains = j;
+    px->ndrains = j;
+}
+
+static void worker_router_init(struct proxy *px);
+
+/* What a reload changes in every worker, decided by worker 0. */
+struct reload_plan {
+    struct config *nc;
+    size_t nslots, old_nnodes;
+    int occupant[CONFIG_MAX_NODES * 2]; /* index in nc->nodes of the node in each slot, or -1 */
+    bool fresh[CONFIG_MAX_NODES], moved[CONFIG_MAX_NODES];
+    struct sockaddr_storage addrs[CONFIG_MAX_NODES]; /* for fresh and moved slots */
+};
+
+/* Take a reload's new configuration in worker px, on its own thread. */
+static void reload_apply(struct proxy *px, void *arg)
+{
+    const struct reload_plan *plan = arg;
+    for (size_t s = 0; s < plan->nslots; s++) {
+        struct node_rt *rt = &px->nodes[s];
+        if (plan->occupant[s] < 0) {
+            if (!rt->removed && !px->loop_done)
+                drain_add(px, (int)s);
+            rt->removed = true;
+            continue;
+        }
+        if (plan->fresh[s]) {
+            memset(rt, 0, sizeof(*rt));
+            rt->addr = plan->addrs[s];
+        } else if (plan->moved[s]) {
+            rt->addr = plan->addrs[s];
+            rt->failed_until_ms = 0;
+            if (!px->loop_done)
+                drain_add(px, (int)s);
+        }
+        rt->removed = false;
+    }
+    for (size_t s = plan->nslots; s < plan->old_nnodes; s++)
+        memset(&px->nodes[s], 0, sizeof(px->nodes[s]));
+    /* Until the new monitor's first round, the last snapshot stands for the nodes it knew;
+     * new, reused and dropped slots are not read from. */
+    if (px->snap) {
+        for (size_t s = 0; s < plan->nslots; s++) {
+            if (s < px->snap->nnodes && plan->occupant[s] >= 0 && !plan->fresh[s] &&
+                !plan->moved[s])
+                continue;
+            struct node_status *ns = &px->snap->nodes[s];
+            memset(ns, 0, sizeof(*ns));
+            ns->state = LAG_DOWN;
+            snprintf(ns->reason, sizeof(ns->reason), "not checked yet");
+        }
+        px->snap->nnodes = plan->nslots;
+    }
+    px->cfg = plan->nc;
+    px->wfuncs.names = (const char *const *)plan->nc->write_functions;
+    px->wfuncs.count = plan->nc->nwrite_functions;
+    worker_router_init(px);
+    if (!px->loop_done)
+        drain_sweep(px);
+}
+
+/* A fresh round robin for worker px, starting on its own replica (see router_head_start). */
+static void worker_router_init(struct proxy *px)
+{
+    router_init(&px->router);
+    int replicas[CONFIG_MAX_NODES], n = 0;
+    for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
+        if ((int)i != px->cfg->primary && px->cfg->nodes[i].role == NODE_REPLICA &&
+            px->cfg->nodes[i].weight > 0)
+            replicas[n++] = (int)i;
+    }
+    if (n > 1)
+        router_head_start(&px->router, replicas[px->worker % n]);
+}
+
+/* Backends open to each node slot, summed over the workers. */
+static void count_backends(struct proxy *px, void *arg)
+{
+    uint64_t *counts = arg;
+    for (int i = 0; i < CONFIG_MAX_NODES; i++)
+        counts[i] += px->nodes[i].backends;
 }
 
 static int reload_reject(struct proxy *px, char *errors, char **out)
@@ -187,6 +404,8 @@ int proxy_reload(struct proxy *px, char **errors)
      * slot as a weight-0 replica (no new work goes there) until a later reload. */
     int slot_of[CONFIG_MAX_NODES];
     int occupant[CONFIG_MAX_NODES * 2];
+    uint64_t backends[CONFIG_MAX_NODES] = {0};
+    proxy_each(px, count_backends, backends);
     bool taken[CONFIG_MAX_NODES] = {false};
     for (size_t j = 0; j < nc->nnodes; j++) {
         slot_of[j] = -1;
@@ -202,7 +421,7 @@ int proxy_reload(struct proxy *px, char **errors)
         if (slot_of[j] >= 0)
             continue;
         for (size_t i = 0; i < old->nnodes && slot_of[j] < 0; i++) {
-            if (!taken[i] && px->nodes[i].backends == 0) {
+            if (!taken[i] && backends[i] == 0) {
                 slot_of[j] = (int)i;
                 taken[i] = true;
             }
@@ -214,7 +433,7 @@ int proxy_reload(struct proxy *px, char **errors)
         occupant[s] = -1;
     for (size_t j = 0; j < nc->nnodes; j++)
         occupant[slot_of[j]] = (int)j;
-    while (nslots > 0 && occupant[nslots - 1] < 0 && px->nodes[nslots - 1].backends == 0)
+    while (nslots > 0 && occupant[nslots - 1] < 0 && backends[nslots - 1] == 0)
         nslots--;
     if (nslots > CONFIG_MAX_NODES) {
         char msg[200];
@@ -299,48 +518,21 @@ int proxy_reload(struct proxy *px, char **errors)
     if (monitor_start(nm) < 0)
         log_error("reload: cannot start the monitor thread; node states will not be updated");
 
+    struct reload_plan plan = {.nc = nc, .nslots = nslots, .old_nnodes = old->nnodes};
+    memcpy(plan.occupant, occupant, sizeof(plan.occupant));
+    memcpy(plan.fresh, fresh, sizeof(plan.fresh));
+    memcpy(plan.moved, moved, sizeof(plan.moved));
+    memcpy(plan.addrs, addrs, sizeof(plan.addrs));
     for (size_t s = 0; s < nslots; s++) {
-        struct node_rt *rt = &px->nodes[s];
-        if (occupant[s] < 0) {
-            if (!rt->removed) {
-                log_info("reload: node %s dropped; its backends close when idle", arr[s].name);
-                drain_add(px, (int)s);
-            }
-            rt->removed = true;
-            continue;
-        }
-        if (fresh[s]) {
-            memset(rt, 0, sizeof(*rt));
-            rt->addr = addrs[s];
+        if (occupant[s] < 0 && !px->nodes[s].removed)
+            log_info("reload: node %s dropped; its backends close when idle", arr[s].name);
+        else if (occupant[s] >= 0 && fresh[s])
             log_info("reload: node %s added", arr[s].name);
-        } else if (moved[s]) {
-            rt->addr = addrs[s];
-            rt->failed_until_ms = 0;
+        else if (occupant[s] >= 0 && moved[s])
             log_info("reload: node %s moved to %s:%d; its backends close when idle", arr[s].name,
                      arr[s].host, arr[s].port);
-            drain_add(px, (int)s);
-        }
-        rt->removed = false;
     }
-    for (size_t s = nslots; s < old->nnodes; s++)
-        memset(&px->nodes[s], 0, sizeof(px->nodes[s]));
-    /* Until the new monitor's first round, the last snapshot stands for the nodes it knew;
-     * new, reused and dropped slots are not read from. */
-    if (px->snap) {
-        for (size_t s = 0; s < nslots; s++) {
-            if (s < px->snap->nnodes && occupant[s] >= 0 && !fresh[s] && !moved[s])
-                continue;
-            struct node_status *ns = &px->snap->nodes[s];
-            memset(ns, 0, sizeof(*ns));
-            ns->state = LAG_DOWN;
-            snprintf(ns->reason, sizeof(ns->reason), "not checked yet");
-        }
-        px->snap->nnodes = nslots;
-    }
-    router_init(&px->router);
-    px->cfg = nc;
-    px->wfuncs.names = (const char *const *)nc->write_functions;
-    px->wfuncs.count = nc->nwrite_functions;
+    proxy_each(px, reload_apply, &plan);
     /* Nothing points into the old configuration now: clients copied what they keep, the
      * monitor copies its part, and every other use goes through px->cfg. */
     if (old != boot_cfg)
@@ -348,12 +540,8 @@ int proxy_reload(struct proxy *px, char **errors)
     px->reloads++;
     log_info("configuration reloaded from %s: %zu nodes, %zu users", nc->path, nc->nnodes,
              nc->nusers);
-    drain_sweep(px);
     return 0;
 }
-
-static uv_timer_t shutdown_timer;
-static int64_t shutdown_deadline;
 
 static void close_all_clients(struct proxy *px, const char *reason)
 {
@@ -370,15 +558,33 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-static void proxy_stop(struct proxy *px)
+/* Close the worker's clients and every handle of its loop, so that the loop ends. Worker 0
+ * also stops the admin interface and the monitor. A proxy_fn; idempotent. */
+static void stop_worker(struct proxy *px, void *arg)
 {
+    (void)arg;
+    if (px->stopping || px->loop_done)
+        return;
+    px->stopping = true;
+    px->shutting_down = true;
     close_all_clients(px, "terminating connection due to administrator command");
-    admin_stop(px);
-    if (px->monitor) {
-        monitor_free(px->monitor);
-        px->monitor = NULL;
+    if (px->worker == 0) {
+        admin_stop(px);
+        if (px->monitor) {
+            monitor_free(px->monitor);
+            px->monitor = NULL;
+        }
     }
+    pthread_mutex_lock(&px->calls_lock);
+    px->calls_closed = true;
+    pthread_mutex_unlock(&px->calls_lock);
     uv_walk(px->loop, close_walk_cb, NULL);
+}
+
+static void proxy_stop(struct proxy *px0)
+{
+    px0->shutting_down = true;
+    proxy_each(px0, stop_worker, NULL);
 }
 
 static void shutdown_tick(uv_timer_t *t)
@@ -393,10 +599,32 @@ static void shutdown_tick(uv_timer_t *t)
         if (!busy || c->state != CLIENT_READY)
             client_close(c, "57P01", "terminating connection due to administrator command");
     }
-    if (px->clients == NULL || proxy_now_ms() >= shutdown_deadline) {
-        log_info("shutdown: %s", px->clients ? "timeout, closing remaining clients" : "done");
+    bool timeout = proxy_now_ms() >= px->shutdown_deadline;
+    if (px->worker != 0) {
+        if (px->clients == NULL || timeout)
+            stop_worker(px, NULL);
+        return;
+    }
+    /* Worker 0 keeps the monitor and the admin interface until every worker is done. */
+    if ((px->clients == NULL && others_done(px)) || timeout) {
+        log_info("shutdown: %s",
+                 px->clients || !others_done(px) ? "timeout, closing remaining clients" : "done");
         proxy_stop(px);
     }
+}
+
+/* SIGTERM: stop accepting, let clients finish their transactions. A proxy_fn. */
+static void drain_begin(struct proxy *px, void *arg)
+{
+    (void)arg;
+    if (px->stopping || px->loop_done || px->shutdown_deadline != 0)
+        return;
+    px->shutting_down = true;
+    uv_close((uv_handle_t *)&px->listener, NULL);
+    px->shutdown_deadline = proxy_now_ms() + px->cfg->shutdown_timeout_ms;
+    uv_timer_init(px->loop, &px->shutdown_timer);
+    px->shutdown_timer.data = px;
+    uv_timer_start(&px->shutdown_timer, shutdown_tick, 0, 50);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -404,19 +632,13 @@ static void on_signal(uv_signal_t *s, int signum)
     struct proxy *px = s->data;
     if (signum == SIGINT || (signum == SIGTERM && px->shutting_down)) {
         log_info("signal %d: closing all connections", signum);
-        px->shutting_down = true;
         proxy_stop(px);
         return;
     }
     if (signum == SIGTERM) {
         log_info("SIGTERM: no new connections; waiting up to %d ms for transactions to finish",
                  px->cfg->shutdown_timeout_ms);
-        px->shutting_down = true;
-        uv_close((uv_handle_t *)&px->listener, NULL);
-        shutdown_deadline = proxy_now_ms() + px->cfg->shutdown_timeout_ms;
-        uv_timer_init(px->loop, &shutdown_timer);
-        shutdown_timer.data = px;
-        uv_timer_start(&shutdown_timer, shutdown_tick, 0, 50);
+        proxy_each(px, drain_begin, NULL);
         return;
     }
     if (signum == SIGHUP) {
@@ -443,28 +665,115 @@ static int resolve(const char *host, int port, struct sockaddr_storage *out)
     return 0;
 }
 
-int proxy_run(struct config *cfg)
+/* Set up worker px (memory zeroed by the caller) on `loop`, listening on `la`. Returns 0, or
+ * -1 after logging why. */
+static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_loop_t *loop,
+                       struct config *cfg, const struct sockaddr_storage *la,
+                       const struct sockaddr_storage *addrs)
 {
-    static struct proxy px;
-    memset(&px, 0, sizeof(px));
-    px.loop = uv_default_loop();
-    px.cfg = cfg;
-    boot_cfg = cfg;
+    px->loop = loop;
+    px->worker = index;
+    px->shared = sh;
+    px->cfg = cfg;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    px.start_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    px.start_ns = uv_hrtime();
-    px.wfuncs.names = (const char *const *)cfg->write_functions;
-    px.wfuncs.count = cfg->nwrite_functions;
-    router_init(&px.router);
+    px->start_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    px->start_ns = uv_hrtime();
+    px->wfuncs.names = (const char *const *)cfg->write_functions;
+    px->wfuncs.count = cfg->nwrite_functions;
+    worker_router_init(px);
     /* Before the first monitor round every replica counts as eligible: start from that set,
      * so that the first round moves no session that keeps a replica. */
     for (size_t i = 0; i < cfg->nnodes && i < 32; i++) {
         if (cfg->nodes[i].role == NODE_REPLICA && cfg->nodes[i].weight > 0)
-            px.eligible_mask |= 1u << i;
+            px->eligible_mask |= 1u << i;
     }
+    for (size_t i = 0; i < cfg->nnodes; i++)
+        px->nodes[i].addr = addrs[i];
+    pthread_mutex_init(&px->calls_lock, NULL);
+    pthread_cond_init(&px->calls_cond, NULL);
+    uv_async_init(loop, &px->calls_async, on_calls);
+    px->calls_async.data = px;
+    /* Several workers each listen on the same address with SO_REUSEPORT, and the kernel
+     * spreads new connections over them. */
+    uv_tcp_init_ex(loop, &px->listener, la->ss_family);
+    px->listener.data = px;
+    int rc = 0;
+    if (sh->nworkers > 1) {
+        uv_os_fd_t fd;
+        int one = 1;
+        rc = uv_fileno((uv_handle_t *)&px->listener, &fd);
+        if (rc == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+            rc = uv_translate_sys_error(errno);
+    }
+    if (rc == 0)
+        rc = uv_tcp_bind(&px->listener, (const struct sockaddr *)la, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&px->listener, 1024, on_connection);
+    if (rc < 0) {
+        log_error("cannot listen on %s:%d: %s", cfg->listen.host, cfg->listen.port,
+                  uv_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Free what a worker holds once its loop has ended. */
+static void worker_free(struct proxy *px)
+{
+    free(px->snap);
+    px->snap = NULL;
+    free(px->drains);
+    px->drains = NULL;
+    px->ndrains = px->drains_cap = 0;
+    while (px->params) {
+        struct param_cache *n = px->params->next;
+        free(px->params->key);
+        free(px->params->msgs);
+        free(px->params);
+        px->params = n;
+    }
+}
+
+/* The loop has ended: calls still queued run now, with loop_done set. */
+static void worker_finish(struct proxy *px)
+{
+    pthread_mutex_lock(&px->calls_lock);
+    px->loop_done = true;
+    pthread_mutex_unlock(&px->calls_lock);
+    calls_run(px);
+}
+
+static void *worker_main(void *arg)
+{
+    struct proxy *px = arg;
+    uv_run(px->loop, UV_RUN_DEFAULT);
+    /* Everything is closed; run once more so close callbacks free their memory. */
+    uv_run(px->loop, UV_RUN_DEFAULT);
+    worker_finish(px);
+    return NULL;
+}
+
+int proxy_run(struct config *cfg)
+{
+    static struct proxy px;
+    static struct proxy_shared shared;
+    memset(&px, 0, sizeof(px));
+    memset(&shared, 0, sizeof(shared));
+    boot_cfg = cfg;
+    int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
+    if (n < 1)
+        n = 1;
+    if (n > CONFIG_MAX_WORKERS)
+        n = CONFIG_MAX_WORKERS;
+    struct proxy *workers[CONFIG_MAX_WORKERS] = {&px};
+    shared.workers = workers;
+    shared.nworkers = n;
+    atomic_init(&shared.clients, 0);
+
+    struct sockaddr_storage addrs[CONFIG_MAX_NODES];
     for (size_t i = 0; i < cfg->nnodes; i++) {
-        if (resolve(cfg->nodes[i].host, cfg->nodes[i].port, &px.nodes[i].addr) < 0) {
+        if (resolve(cfg->nodes[i].host, cfg->nodes[i].port, &addrs[i]) < 0) {
             log_error("node %s: cannot resolve host %s", cfg->nodes[i].name, cfg->nodes[i].host);
             return 1;
         }
@@ -474,15 +783,17 @@ int proxy_run(struct config *cfg)
         log_error("cannot resolve listen address %s", cfg->listen.host);
         return 1;
     }
-    uv_tcp_init(px.loop, &px.listener);
-    px.listener.data = &px;
-    int rc = uv_tcp_bind(&px.listener, (const struct sockaddr *)&la, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&px.listener, 1024, on_connection);
-    if (rc < 0) {
-        log_error("cannot listen on %s:%d: %s", cfg->listen.host, cfg->listen.port,
-                  uv_strerror(rc));
-        return 1;
+    for (int i = 1; i < n; i++) {
+        workers[i] = calloc(1, sizeof(struct proxy));
+        if (workers[i] == NULL || uv_loop_init(&workers[i]->own_loop) < 0) {
+            log_error("out of memory starting worker %d", i);
+            return 1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        uv_loop_t *loop = i == 0 ? uv_default_loop() : &workers[i]->own_loop;
+        if (worker_init(workers[i], i, &shared, loop, cfg, &la, addrs) < 0)
+            return 1;
     }
     if (cfg->has_admin_listen && admin_start(&px) < 0)
         return 1;
@@ -500,24 +811,33 @@ int proxy_run(struct config *cfg)
     uv_signal_start(&px.sigint, on_signal, SIGINT);
     uv_signal_start(&px.sigterm, on_signal, SIGTERM);
     uv_signal_start(&px.sighup, on_signal, SIGHUP);
-    log_info("pgsteer listening on %s:%d with %zu nodes", cfg->listen.host, cfg->listen.port,
-             cfg->nnodes);
-    uv_run(px.loop, UV_RUN_DEFAULT);
-    /* Everything is closed; run once more so close callbacks free their memory. */
-    uv_run(px.loop, UV_RUN_DEFAULT);
-    free(px.snap);
-    free(drains);
-    drains = NULL;
-    ndrains = drains_cap = 0;
-    if (px.cfg != boot_cfg)
-        config_free(px.cfg);
-    while (px.params) {
-        struct param_cache *n = px.params->next;
-        free(px.params->key);
-        free(px.params->msgs);
-        free(px.params);
-        px.params = n;
+    for (int i = 1; i < n; i++) {
+        int rc = pthread_create(&workers[i]->thread, NULL, worker_main, workers[i]);
+        if (rc != 0) {
+            log_error("cannot start worker thread %d: %s", i, strerror(rc));
+            return 1;
+        }
     }
+    log_info("pgsteer listening on %s:%d with %zu nodes and %d worker%s", cfg->listen.host,
+             cfg->listen.port, cfg->nnodes, n, n == 1 ? "" : "s");
+    uv_run(px.loop, UV_RUN_DEFAULT);
+    uv_run(px.loop, UV_RUN_DEFAULT);
+    worker_finish(&px);
+    for (int i = 1; i < n; i++) {
+        pthread_join(workers[i]->thread, NULL);
+        uv_loop_close(&workers[i]->own_loop);
+        worker_free(workers[i]);
+    }
+    struct config *last = px.cfg;
+    worker_free(&px);
+    for (int i = 0; i < n; i++) {
+        pthread_mutex_destroy(&workers[i]->calls_lock);
+        pthread_cond_destroy(&workers[i]->calls_cond);
+        if (i > 0)
+            free(workers[i]);
+    }
+    if (last != boot_cfg)
+        config_free(last);
     uv_loop_close(px.loop);
     log_info("pgsteer stopped");
     return 0;

@@ -26,6 +26,12 @@ void router_init(struct router *r)
     memset(r, 0, sizeof(*r));
 }
 
+void router_head_start(struct router *r, int node)
+{
+    if (node >= 0 && node < CONFIG_MAX_NODES)
+        r->current[node] += 1;
+}
+
 const char *router_reason_name(enum route_reason reason)
 {
     if ((unsigned)reason >= ROUTE_REASON_COUNT)

@@ -163,8 +163,12 @@ def main(argv):
             return 2
         sel = [d for d in all_drivers if not wanted or d.name in wanted]
         t0 = time.monotonic()
-        with cl.Cluster(replicas=2) as c, cl.Pgsteer(c, extra_yaml=os.environ.get(
-                "PGSTEER_EXTRA_YAML", "")) as px:
+        # Per-statement balancing: each driver's statements must work while consecutive reads
+        # of one session move between the replicas (named statements re-prepared on the way).
+        extra_yaml = os.environ.get("PGSTEER_EXTRA_YAML", "")
+        if "read_balance" not in extra_yaml:
+            extra_yaml = "read_balance: statement\n" + extra_yaml
+        with cl.Cluster(replicas=2) as c, cl.Pgsteer(c, extra_yaml=extra_yaml) as px:
             print("cluster up in %.1fs: primary :%d, replicas %s; pgsteer :%d"
                   % (c.start_seconds, c.primary_port, c.replica_ports, px.port), flush=True)
             for d in sel:
@@ -187,8 +191,8 @@ def main(argv):
                 env["PGSTEER_PORT"] = str(px.port)
                 if d.auth:
                     if d.auth not in others:
-                        others[d.auth] = cl.Pgsteer(c, auth_method=d.auth, extra_yaml=os.environ.get(
-                            "PGSTEER_EXTRA_YAML", "")).start()
+                        others[d.auth] = cl.Pgsteer(c, auth_method=d.auth,
+                                                    extra_yaml=extra_yaml).start()
                     env["PGSTEER_PORT"] = str(others[d.auth].port)
                 t1 = time.monotonic()
                 err = d.prepare(workdir) if d.prepare else None

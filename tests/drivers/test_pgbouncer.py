@@ -245,8 +245,12 @@ def t_discard_all():
     # front: PgBouncer sends DISCARD ALL (server_reset_query) to pgsteer when a client leaves;
     # the next client on the same pgsteer connection (pool size 1) must find a clean session,
     # and pgsteer must be unpinned again (reads on replicas).
+    # behind: a SET replayed on a node reached through a transaction-pooling PgBouncer stays
+    # on whichever server connection ran it, for the next PgBouncer client to find (a
+    # documented limit, docs/pgbouncer.md), so only the front topology checks search_path.
     with connect() as c:
-        c.execute("set search_path to %s" % S)
+        if MODE == "front":
+            c.execute("set search_path to %s" % S)
         c.execute("prepare drv_q as select 1")
         c.execute("create temp table drv_tmp (x int)")  # pins the session to the primary
         on_primary(c.execute("select inet_server_port()").fetchone()[0], "pinned read")
@@ -256,8 +260,9 @@ def t_discard_all():
     with connect() as c:
         ports = [c.execute("select inet_server_port()").fetchone()[0] for i in range(4)]
         check(any(p in hn.REPLICAS for p in ports), "still pinned after DISCARD ALL: %s" % ports)
-        eq(c.execute("select current_setting('search_path')").fetchone()[0], '"$user", public',
-           "search_path after DISCARD ALL")
+        if MODE == "front":
+            eq(c.execute("select current_setting('search_path')").fetchone()[0],
+               '"$user", public', "search_path after DISCARD ALL")
         try:
             c.execute("execute drv_q")
             check(False, "prepared statement survived DISCARD ALL")

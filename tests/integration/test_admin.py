@@ -501,7 +501,8 @@ def wait_for(pred, timeout=10, what="condition"):
 class ReloadTest(Base):
     @classmethod
     def setUpClass(cls):
-        cls.px = start_pgsteer(name="admin-reload")
+        # Per-statement balancing, so that one session shows every replica that takes reads.
+        cls.px = start_pgsteer(extra_yaml="read_balance: statement\n", name="admin-reload")
 
     @classmethod
     def tearDownClass(cls):
@@ -626,6 +627,102 @@ class ShutdownTest(Base):
             tx.cursor().execute("insert into admin_t (v) values (1)")
             px.proc.send_signal(signal.SIGINT)
             self.assertEqual(px.proc.wait(5), 0)
+        finally:
+            px.stop()
+
+
+# ---- several workers (workers: 3) -------------------------------------------------------------
+class WorkersTest(Base):
+    """Three event-loop workers share one port (SO_REUSEPORT): clients spread over them, and
+    the admin interface, PAUSE/RESUME, cancel requests, the client limit and shutdown see the
+    process as one."""
+
+    N = 24
+
+    def test_workers_act_as_one_proxy(self):
+        px = start_pgsteer(extra_yaml="workers: 3\nmax_client_conn: %d\n" % (self.N + 6),
+                           name="admin-workers")
+        try:
+            self.assertEqual(status(px)["workers"], 3)
+            conns = [self.connect(px) for _ in range(self.N)]
+            before = status(px)
+            for c in conns:
+                self.port_of(c)
+                c.cursor().execute("insert into admin_t (v) values (7)")
+            after = status(px)
+            d = lambda f: f(after) - f(before)  # noqa: E731
+            self.assertEqual(after["client_connections"], self.N)
+            self.assertEqual(d(lambda s: s["queries"]["reads"]), self.N)
+            self.assertEqual(d(lambda s: s["queries"]["writes"]), self.N)
+            self.assertEqual(d(lambda s: node(s, "primary")["writes"]), self.N)
+            self.assertEqual(d(lambda s: node(s, "replica1")["reads"] +
+                               node(s, "replica2")["reads"]), self.N)
+
+            # The console lists every worker's clients; a client id names its worker (id % 3).
+            ids = [int(r[0]) for r in rows(admin_psql(px, "SHOW CLIENTS").stdout)]
+            self.assertEqual(len(ids), self.N)
+            self.assertEqual(len(set(ids)), self.N)
+            self.assertGreaterEqual(len({i % 3 for i in ids}), 2, ids)
+            servers = rows(admin_psql(px, "SHOW SERVERS").stdout)
+            self.assertEqual({int(r[0]) for r in servers}, set(ids))
+            stats = dict(r[:2] for r in rows(admin_psql(px, "SHOW STATS").stdout))
+            self.assertEqual(stats["workers"], "3")
+            self.assertEqual(stats["client_connections"], str(self.N))
+
+            # PAUSE holds statements on every worker; RESUME lets all of them go.
+            admin_psql(px, "PAUSE")
+            done, errors = [], []
+
+            def run(c):
+                try:
+                    self.port_of(c)
+                    done.append(c)
+                except Exception as e:  # reported below
+                    errors.append(e)
+            threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in conns]
+            for t in threads:
+                t.start()
+            time.sleep(0.8)
+            held = len(done)
+            admin_psql(px, "RESUME")
+            for t in threads:
+                t.join(10)
+            self.assertEqual(held, 0, "PAUSE did not hold every worker's clients")
+            self.assertEqual(errors, [])
+            self.assertEqual(len(done), self.N)
+
+            # Cancel requests arrive on any worker and reach the one that owns the client.
+            import psycopg2.errors
+            for c in conns[:6]:
+                timer = threading.Timer(0.3, c.cancel)
+                timer.start()
+                t0 = time.monotonic()
+                with self.assertRaises(psycopg2.errors.QueryCanceled):
+                    c.cursor().execute("select pg_sleep(10)")
+                timer.join()
+                self.assertLess(time.monotonic() - t0, 5)
+
+            # max_client_conn counts the clients of all workers.
+            wait_for(lambda: status(px)["client_connections"] == self.N, what="cancel conns gone")
+            extra = [self.connect(px) for _ in range(6)]
+            with self.assertRaises(psycopg2.OperationalError) as cm:
+                psycopg2.connect(px.dsn(sslmode="disable"))
+            self.assertIn("too many client connections", str(cm.exception))
+            for c in extra + conns:
+                c.close()
+
+            # SIGTERM: every worker drains, the process exits cleanly.
+            tx = self.connect(px, autocommit=False)
+            tx.cursor().execute("insert into admin_t (v) values (4244)")
+            px.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            tx.cursor().execute("insert into admin_t (v) values (4245)")
+            tx.commit()
+            self.assertEqual(px.proc.wait(10), 0)
+            self.assertIn("pgsteer stopped", px.log_text())
+            got = CLUSTER.psql(CLUSTER.primary_port,
+                               "select count(*) from admin_t where v in (4244, 4245)")
+            self.assertEqual(got, "2")
         finally:
             px.stop()
 

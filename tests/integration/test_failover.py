@@ -38,7 +38,8 @@ def read_ports(px, n=6):
 class FailoverTest(unittest.TestCase):
     def test_promoted_replica_gets_no_reads_and_primary_loss_is_logged(self):
         with Cluster(replicas=2) as cl, \
-                Pgsteer(cl, extra_yaml="log_level: info\n", monitor="{interval_ms: 50}") as px:
+                Pgsteer(cl, extra_yaml="log_level: info\nread_balance: statement\n",
+                        monitor="{interval_ms: 50}") as px:
             wait_for(lambda: read_ports(px) == set(cl.replica_ports), what="both replicas read")
             # Promote replica1: it leaves recovery and must stop taking reads.
             cl._run([cl._bin("pg_ctl"), "promote", "-w", "-D", cl.nodes[1].datadir])

@@ -94,11 +94,14 @@ def setUpModule():
             "as 'update t set v = v + 1 where id = 1 returning v'",
         ])
         CLUSTER.wait_replay()
-        PX = MonitoredPgsteer(CLUSTER, LAG_MONITOR, name="lag")
+        # Per-statement balancing, so that one session shows which replicas take reads.
+        PX = MonitoredPgsteer(CLUSTER, LAG_MONITOR, name="lag",
+                              extra_yaml="read_balance: statement")
         PXE = MonitoredPgsteer(CLUSTER, LAG_MONITOR, name="lag-error",
                                extra_yaml="fallback: error")
         PXC = MonitoredPgsteer(CLUSTER, RYW_MONITOR, name="consistency",
-                               extra_yaml="write_functions: [bump_listed]")
+                               extra_yaml="write_functions: [bump_listed]\n"
+                                          "read_balance: statement")
         PXT = MonitoredPgsteer(CLUSTER, TIME_MONITOR, name="timelag")
         for px in (PX, PXE, PXC, PXT):
             ALL.append(px)

@@ -461,9 +461,10 @@ class WireTest(unittest.TestCase):
     def test_burst_of_first_logins_opens_one_primary_connection(self):
         # 200 clients log in at once to a pgsteer that has never served these startup
         # parameters: one logs in to the primary for them, the others wait for its answer,
-        # instead of 200 primary connections (which would exceed max_connections).
+        # instead of 200 primary connections (which would exceed max_connections). Each
+        # worker fills its own cache: two workers, so at most two primary sessions.
         import threading
-        with Pgsteer(cluster, auth_method="trust") as px:
+        with Pgsteer(cluster, auth_method="trust", extra_yaml="workers: 2\n") as px:
             conns, errors, lock = [], [], threading.Lock()
 
             def login():

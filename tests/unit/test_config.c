@@ -166,7 +166,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->consistency, CONSISTENCY_SESSION);
     assert_int_equal(c->fallback, FALLBACK_PRIMARY);
     assert_int_equal(c->max_client_conn, 10000);
-    assert_int_equal(c->workers, 1);
+    assert_int_equal(c->workers, 0); /* one per CPU */
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->connect_timeout_ms, 5000);
     assert_string_equal(c->log_level, "info");

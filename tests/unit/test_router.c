@@ -48,6 +48,27 @@ static void test_router_route_read_round_robin(void **state)
     assert_int_equal(seen[2], 5);
 }
 
+static void test_router_head_start_rotates_from_there(void **state)
+{
+    (void)state;
+    reset_nodes();
+    struct router a, b;
+    router_init(&a);
+    router_init(&b);
+    router_head_start(&b, 2);
+    int want_a[] = {1, 2, 1, 2, 1, 2}, want_b[] = {2, 1, 2, 1, 2, 1};
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(route(&a, &fresh, 0, FALLBACK_PRIMARY).node, want_a[i]);
+        assert_int_equal(route(&b, &fresh, 0, FALLBACK_PRIMARY).node, want_b[i]);
+    }
+    /* A head start on a replica that does not qualify changes nothing for the others. */
+    nodes[2].eligible = false;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(route(&b, &fresh, 0, FALLBACK_PRIMARY).node, 1);
+    router_head_start(&b, -1);      /* out of range: ignored */
+    router_head_start(&b, 1 << 20); /* likewise */
+}
+
 static void test_router_route_weights(void **state)
 {
     (void)state;
@@ -193,6 +214,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_router_route_read_round_robin),
         cmocka_unit_test(test_router_route_weights),
+        cmocka_unit_test(test_router_head_start_rotates_from_there),
         cmocka_unit_test(test_router_route_writes_go_to_primary),
         cmocka_unit_test(test_router_route_transaction_sticks),
         cmocka_unit_test(test_router_route_session_state),
