@@ -13,7 +13,14 @@ int log_parse_level(const char *s);
 /* Write one line: "2026-11-25 11:00:00.123 LEVEL message". Lines longer than 1 KiB are cut. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+/* True when lines of `level` are written: log_debug costs one load when debug is off, and its
+ * arguments are not evaluated. */
+int log_enabled(enum log_level level);
+#define log_debug(...)                                                                             \
+    do {                                                                                           \
+        if (log_enabled(LOG_DEBUG))                                                                \
+            log_msg(LOG_DEBUG, __VA_ARGS__);                                                       \
+    } while (0)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)

@@ -50,6 +50,7 @@ struct param_cache {
 struct client;
 struct admin;
 struct proxy;
+struct classify_cache; /* client.c */
 struct proxy_call;
 
 /* A function run on a worker's own loop thread (see proxy_each, proxy_post). */
@@ -85,6 +86,7 @@ struct proxy {
     struct classify_functions wfuncs;
     uint32_t eligible_mask;  /* replicas eligible in the newest snapshot */
     uint64_t eligible_epoch; /* bumped when a replica joins the eligible set */
+    uint64_t cfg_gen;        /* bumped when a reload takes effect in this worker */
     bool shutting_down;
     uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
@@ -247,6 +249,7 @@ struct client {
     struct scram_server *scram;
     uint8_t md5_salt[4];
     struct backend *backends[CONFIG_MAX_NODES];
+    uint32_t backend_mask; /* bit i: backends[i] is set (to walk only the open ones) */
     /* session */
     char tx_status; /* from the last ReadyForQuery: 'I', 'T', 'E' */
     int tx_node;    /* node of the open transaction (predicted while in flight), or -1 */
@@ -285,6 +288,7 @@ struct client {
     struct buf retry_sql;
     struct buf retry_hold;
     struct route last_route;
+    struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
 };
 
 /* Accept callback helper: set up a client on an accepted connection. */

@@ -33,6 +33,7 @@ that exits non-zero or reports failed transactions stops the benchmark.
 """
 
 import argparse
+import contextlib
 import datetime
 import glob
 import json
@@ -57,12 +58,15 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "integration"))
 import cluster as cl  # noqa: E402  (after the path change on purpose)
 
 ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
+# Measured only when asked for with --contenders: pgsteer with one event-loop worker, to show
+# what the workers (one per CPU by default) add.
+EXTRA_CONTENDERS = ("pgsteer-1w",)
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
 # Statements per transaction of pgbench's built-in scripts, to turn transactions into queries.
 STATEMENTS = {"select-only": 1, "tpcb-like": 7}
 LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
-         "pgpool": "Pgpool-II"}
+         "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker"}
 SCALE = 10
 # The issue's goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -777,7 +781,7 @@ def stop_perf(p):
 
 
 def bench(args):
-    contenders = parse_list(args.contenders, ALL_CONTENDERS, "contenders")
+    contenders = parse_list(args.contenders, ALL_CONTENDERS + EXTRA_CONTENDERS, "contenders")
     modes = parse_list(args.modes, ALL_MODES, "modes")
     scripts = parse_list(args.scripts, ALL_SCRIPTS, "scripts")
     clients = parse_list(args.clients, None, "clients", int)
@@ -805,8 +809,11 @@ def bench(args):
         bouncer = PgBouncer(c, max_clients)
         if args.one_replica:
             bouncer.target_port = c.replica_ports[0]
+        one_worker = cl.Pgsteer(c, extra_yaml="workers: 1\n" + args.pgsteer_yaml,
+                                name="pgsteer-1w")
         with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, bouncer, \
-                Pgpool(c, max_clients) as pool:
+                Pgpool(c, max_clients) as pool, \
+                (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()):
             if args.one_replica:
                 # Reads from the first replica only (the others at weight 0, by a reload), and
                 # PgBouncer in front of that same replica: both proxies serve one PostgreSQL
@@ -825,6 +832,8 @@ def bench(args):
                 "direct": Contender("direct", lambda s: replica if s == "select-only"
                                     else c.primary_port),
                 "pgsteer": Contender("pgsteer", lambda s: px.port, proc=px.proc),
+                "pgsteer-1w": Contender("pgsteer-1w", lambda s: one_worker.port,
+                                        proc=one_worker.proc),
                 "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
                                        dbname_for=bouncer.dbname, service=bouncer),
                 "pgpool": Contender("pgpool", lambda s: pool.port, service=pool),
@@ -1227,7 +1236,8 @@ def main(argv=None):
     ap.add_argument("--scripts", default=",".join(ALL_SCRIPTS),
                     help="pgbench scripts (select-only,tpcb-like)")
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
-                    help="what to measure (direct,pgsteer,pgbouncer,pgpool)")
+                    help="what to measure (direct,pgsteer,pgbouncer,pgpool; also pgsteer-1w: "
+                         "pgsteer with workers: 1)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",

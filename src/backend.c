@@ -40,8 +40,10 @@ static void backend_detach(struct backend *b)
     struct client *c = b->client;
     if (c == NULL)
         return;
-    if (c->backends[b->node] == b)
+    if (c->backends[b->node] == b) {
         c->backends[b->node] = NULL;
+        c->backend_mask &= ~(1u << b->node);
+    }
     /* Statements prepared there are gone with the connection. */
     for (struct stmt *s = c->stmts; s; s = s->next)
         s->nodes &= ~(1u << b->node);
@@ -310,6 +312,7 @@ struct backend *backend_open(struct client *c, int node)
     b->timer.data = b;
     b->connect_req.data = b;
     c->backends[node] = b;
+    c->backend_mask |= 1u << node;
     px->nodes[node].backends++;
     uv_timer_start(&b->timer, backend_timeout_cb, (uint64_t)px->cfg->connect_timeout_ms, 0);
     int rc = uv_tcp_connect(&b->connect_req, &b->tcp,

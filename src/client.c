@@ -27,6 +27,88 @@ static void client_count_route(struct client *c, struct route rt, unsigned flags
 static void param_cache_abandon(struct client *c);
 static void param_cache_unwait(struct client *c);
 
+/* ---- classification of recent texts ---- */
+
+/* Drivers send the same statement texts over and over (the unnamed Parse of pgJDBC, psycopg,
+ * node-postgres and pgbench's extended mode carries the whole text every time), and the SQL
+ * lexer is most of pgsteer's own instructions per statement. So each client keeps its last
+ * few texts with their classify_result; a result holds offsets only, so it is valid for the
+ * same text at any address. Longer texts are classified every time. Made on first use (an
+ * idle client costs nothing), freed with the client; the texts' memory is reused. */
+#define CLASSIFY_CACHE_SLOTS 8
+#define CLASSIFY_CACHE_MAX   2048
+struct classify_cache {
+    struct {
+        char *text;
+        size_t len, cap;
+        struct classify_result r;
+    } slot[CLASSIFY_CACHE_SLOTS];
+    uint64_t gen;  /* the worker's cfg_gen the results were made under (write_functions) */
+    unsigned next; /* the slot to replace next */
+};
+
+static void client_classify_cache_free(struct client *c)
+{
+    struct classify_cache *cc = c->cls_cache;
+    if (cc == NULL)
+        return;
+    for (int i = 0; i < CLASSIFY_CACHE_SLOTS; i++)
+        free(cc->slot[i].text);
+    free(cc);
+    c->cls_cache = NULL;
+}
+
+/* classify_sql(q, len) with the worker's write functions, from the cache when the same text
+ * was classified lately. */
+static void client_classify(struct client *c, const char *q, size_t len,
+                            struct classify_result *out)
+{
+    struct proxy *px = c->px;
+    struct classify_cache *cc = c->cls_cache;
+    if (cc && cc->gen == px->cfg_gen) {
+        for (int i = 0; i < CLASSIFY_CACHE_SLOTS; i++) {
+            if (cc->slot[i].text && cc->slot[i].len == len &&
+                memcmp(cc->slot[i].text, q, len) == 0) {
+                *out = cc->slot[i].r;
+                return;
+            }
+        }
+    }
+    classify_sql(q, len, &px->wfuncs, out);
+    if (len > CLASSIFY_CACHE_MAX)
+        return;
+    if (cc == NULL) {
+        cc = c->cls_cache = calloc(1, sizeof(*cc));
+        if (cc == NULL)
+            return;
+        cc->gen = px->cfg_gen;
+    }
+    if (cc->gen != px->cfg_gen) { /* a reload: forget every result made before it */
+        for (int i = 0; i < CLASSIFY_CACHE_SLOTS; i++) {
+            free(cc->slot[i].text);
+            cc->slot[i].text = NULL;
+            cc->slot[i].cap = cc->slot[i].len = 0;
+        }
+        cc->gen = px->cfg_gen;
+    }
+    unsigned i = cc->next++ % CLASSIFY_CACHE_SLOTS;
+    if (cc->slot[i].cap < len || cc->slot[i].text == NULL) {
+        size_t cap = len < 64 ? 64 : len;
+        char *t = realloc(cc->slot[i].text, cap);
+        if (t == NULL) {
+            free(cc->slot[i].text);
+            cc->slot[i].text = NULL;
+            cc->slot[i].cap = 0;
+            return;
+        }
+        cc->slot[i].text = t;
+        cc->slot[i].cap = cap;
+    }
+    memcpy(cc->slot[i].text, q, len);
+    cc->slot[i].len = len;
+    cc->slot[i].r = *out;
+}
+
 static void client_free(struct client *c)
 {
     buf_destroy(&c->in);
@@ -35,6 +117,7 @@ static void client_free(struct client *c)
     buf_destroy(&c->retry_sql);
     buf_destroy(&c->retry_hold);
     buf_destroy(&c->scratch);
+    client_classify_cache_free(c);
     free(c->user);
     free(c->database);
     free(c->password);
@@ -777,8 +860,8 @@ static int64_t hr_ms(void)
 
 static bool client_busy_elsewhere(const struct client *c, int node)
 {
-    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-        if (i != node && c->backends[i] && c->backends[i]->fwd_outstanding > 0)
+    for (uint32_t m = c->backend_mask & ~(1u << node); m; m &= m - 1) {
+        if (c->backends[__builtin_ctz(m)]->fwd_outstanding > 0)
             return true;
     }
     return false;
@@ -1092,7 +1175,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         return -1;
     }
     struct classify_result cr;
-    classify_sql(sql, len, &px->wfuncs, &cr);
+    client_classify(c, sql, len, &cr);
     unsigned flags = client_unit_flags(c, cr.flags);
 
     if ((flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(flags & CL_MULTI)) {
@@ -1178,7 +1261,7 @@ static int client_scan_batch(struct client *c, unsigned *flags)
             const char *name = proto_read_str(&r, &nlen);
             const char *q = proto_read_str(&r, &qlen);
             struct classify_result cr;
-            classify_sql(q, qlen, &c->px->wfuncs, &cr);
+            client_classify(c, q, qlen, &cr);
             f |= cr.flags;
             if (nparsed < 16) {
                 parsed[nparsed] = name;
@@ -1252,7 +1335,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         struct classify_result cr;
-        classify_sql(q, qlen, &c->px->wfuncs, &cr);
+        client_classify(c, q, qlen, &cr);
         struct stmt *s = session_stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
         if (s == NULL) {
             client_close(c, "53200", "out of memory");
@@ -1498,9 +1581,10 @@ static int client_forward_copy(struct client *c, const struct proto_msg *m)
 
 static void client_flush_backends(struct client *c)
 {
-    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-        if (c->backends[i])
-            backend_flush(c->backends[i]);
+    for (uint32_t m = c->backend_mask; m; m &= m - 1) {
+        struct backend *b = c->backends[__builtin_ctz(m)];
+        if (b) /* flushing may close one (its bit clears then) */
+            backend_flush(b);
     }
 }
 
@@ -1592,8 +1676,8 @@ void client_process(struct client *c)
         client_flush_backends(c);
         /* Hold reading while a backend's queue is long: the client outpaces the node. */
         bool backlog = false;
-        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-            if (c->backends[i] && buf_avail(&c->backends[i]->out) > 4 * 1024 * 1024)
+        for (uint32_t m = c->backend_mask; m; m &= m - 1) {
+            if (buf_avail(&c->backends[__builtin_ctz(m)]->out) > 4 * 1024 * 1024)
                 backlog = true;
         }
         /* Also while stalled with a long unprocessed input: a pipelining client waits. */

@@ -21,6 +21,11 @@ void log_set_level(enum log_level level)
     atomic_store_explicit(&min_level, (int)level, memory_order_relaxed);
 }
 
+int log_enabled(enum log_level level)
+{
+    return (int)level >= atomic_load_explicit(&min_level, memory_order_relaxed);
+}
+
 int log_parse_level(const char *s)
 {
     for (int i = 0; i < 4; i++) {

@@ -341,6 +341,7 @@ static void reload_apply(struct proxy *px, void *arg)
         px->snap->nnodes = plan->nslots;
     }
     px->cfg = plan->nc;
+    px->cfg_gen++; /* write_functions may have changed: classify again */
     px->wfuncs.names = (const char *const *)plan->nc->write_functions;
     px->wfuncs.count = plan->nc->nwrite_functions;
     worker_router_init(px);

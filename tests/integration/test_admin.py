@@ -541,6 +541,35 @@ class ReloadTest(Base):
         # New clients are served too.
         self.assertEqual(psql(px, "select 7").stdout.strip(), "7")
 
+    def test_reload_of_write_functions_reclassifies_a_repeated_statement(self):
+        # pgsteer keeps the class of a client's recent statement texts; a reload that makes a
+        # function a write function must change where the same text goes next time.
+        px = self.px
+        c = self.connect(px)
+        cur = c.cursor()
+        sql = "select lower('X'), inet_server_port()"
+        for _ in range(3):
+            cur.execute(sql)
+            self.assertIn(cur.fetchone()[1], CLUSTER.replica_ports)
+        before = status(px)["reloads"]["success"]
+        orig = px.extra_yaml
+        px.extra_yaml = orig + "write_functions: [lower]\n"
+        try:
+            write_config(px, {"primary", "replica1", "replica2"})
+            px.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: status(px)["reloads"]["success"] > before, what="reload")
+            for _ in range(3):
+                cur.execute(sql)
+                self.assertEqual(cur.fetchone()[1], CLUSTER.primary_port)
+        finally:
+            px.extra_yaml = orig
+            write_config(px, {"primary", "replica1", "replica2"})
+            px.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: status(px)["reloads"]["success"] > before + 1, what="reload back")
+        # A read-your-writes wait may follow the writes above; then reads leave the primary.
+        wait_for(lambda: (cur.execute(sql), cur.fetchone()[1])[1] in CLUSTER.replica_ports,
+                 what="reads on replicas again")
+
     def test_broken_reload_changes_nothing(self):
         px = self.px
         write_config(px, {"primary", "replica1", "replica2"})
