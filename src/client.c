@@ -31,10 +31,10 @@ static void param_cache_unwait(struct client *c);
 
 /* Drivers send the same statement texts over and over (the unnamed Parse of pgJDBC, psycopg,
  * node-postgres and pgbench's extended mode carries the whole text every time), and the SQL
- * lexer is most of pgsteer's own instructions per statement. So each client keeps its last
- * few texts with their classify_result; a result holds offsets only, so it is valid for the
- * same text at any address. Longer texts are classified every time. Made on first use (an
- * idle client costs nothing), freed with the client; the texts' memory is reused. */
+ * lexer is most of pgsteer's own instructions per statement. So each client keeps the last
+ * few texts of its Parse messages with their classify_result; a result holds offsets only, so it is
+ * valid for the same text at any address. Longer texts are classified every time. Made on first use
+ * (an idle client costs nothing), freed with the client; the texts' memory is reused. */
 #define CLASSIFY_CACHE_SLOTS 8
 #define CLASSIFY_CACHE_MAX   2048
 struct classify_cache {
@@ -1174,8 +1174,10 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         client_close(c, "08P01", "invalid Query message");
         return -1;
     }
+    /* Not through the cache: simple-protocol texts carry their values as literals and rarely
+     * repeat, so a lookup would mostly cost a miss. */
     struct classify_result cr;
-    client_classify(c, sql, len, &cr);
+    classify_sql(sql, len, &px->wfuncs, &cr);
     unsigned flags = client_unit_flags(c, cr.flags);
 
     if ((flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(flags & CL_MULTI)) {
