@@ -363,14 +363,15 @@ int status_render_table(const struct json *st, struct buf *out)
     format_duration(jnum(st, "uptime_seconds", 0), up, sizeof(up));
     const struct json *q = json_get(st, "queries");
     int rc = 0;
-    rc |= buf_printf(out,
-                     "pgsteer %s, up %s, %.0f client connections, primary %s%s\n"
-                     "queries: %.0f (%.0f reads, %.0f writes), %.0f reads retried on the "
-                     "primary\n\n",
-                     jstr(st, "version", "?"), up, jnum(st, "client_connections", 0),
-                     jbool(st, "primary_up") ? "up" : "DOWN", jbool(st, "paused") ? ", PAUSED" : "",
-                     jnum(q, "total", 0), jnum(q, "reads", 0), jnum(q, "writes", 0),
-                     jnum(st, "read_retries_on_primary", 0));
+    rc |=
+        buf_printf(out,
+                   "pgsteer %s, up %s, %.0f client connections, %.0f workers, primary %s%s\n"
+                   "queries: %.0f (%.0f reads, %.0f writes), %.0f reads retried on the "
+                   "primary\n\n",
+                   jstr(st, "version", "?"), up, jnum(st, "client_connections", 0),
+                   jnum(st, "workers", 1), jbool(st, "primary_up") ? "up" : "DOWN",
+                   jbool(st, "paused") ? ", PAUSED" : "", jnum(q, "total", 0), jnum(q, "reads", 0),
+                   jnum(q, "writes", 0), jnum(st, "read_retries_on_primary", 0));
     static const char *const head[NCOL] = {"NODE",  "ROLE",   "STATE",    "ELIGIBLE", "LAG",
                                            "READS", "WRITES", "BACKENDS", "REASON"};
     /* Cells first, then widths, then the lines. */

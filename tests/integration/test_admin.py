@@ -455,6 +455,7 @@ class StatusCommandTest(Base):
         self.assertEqual(len(header), 1, p.stdout)
         for word in ("ROLE", "STATE", "LAG", "READS", "WRITES"):
             self.assertIn(word, header[0])
+        self.assertIn(" %d workers, primary up" % status(PX)["workers"], lines[0])
         for n in ("primary", "replica1", "replica2"):
             self.assertTrue(any(l.startswith(n + " ") for l in lines), p.stdout)
         p = subprocess.run([PX.binary, "status", "--admin", "127.0.0.1:%d" % PX.admin_port,
