@@ -59,14 +59,16 @@ import cluster as cl  # noqa: E402  (after the path change on purpose)
 
 ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
 # Measured only when asked for with --contenders: pgsteer with one event-loop worker, to show
-# what the workers (one per CPU by default) add.
-EXTRA_CONTENDERS = ("pgsteer-1w",)
+# what the workers (one per CPU by default) add; pgsteer reading from the first replica only
+# (the others at weight 0), to show what spreading reads over replicas on this machine costs.
+EXTRA_CONTENDERS = ("pgsteer-1w", "pgsteer-r1")
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
 # Statements per transaction of pgbench's built-in scripts, to turn transactions into queries.
 STATEMENTS = {"select-only": 1, "tpcb-like": 7}
 LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
-         "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker"}
+         "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker",
+         "pgsteer-r1": "pgsteer, 1st replica only"}
 SCALE = 10
 # The issue's goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -780,6 +782,18 @@ def stop_perf(p):
             p.wait()
 
 
+def only_first_replica(c, px):
+    """Reload pgsteer `px` with every replica but the first at weight 0."""
+    with open(px.config_path) as f:
+        text = f.read()
+    for i in range(2, len(c.replica_ports) + 1):
+        text = re.sub(r"(name: replica%d[^}]*weight: )1" % i, r"\g<1>0", text)
+    with open(px.config_path, "w") as f:
+        f.write(text)
+    px.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+
+
 def bench(args):
     contenders = parse_list(args.contenders, ALL_CONTENDERS + EXTRA_CONTENDERS, "contenders")
     modes = parse_list(args.modes, ALL_MODES, "modes")
@@ -811,22 +825,19 @@ def bench(args):
             bouncer.target_port = c.replica_ports[0]
         one_worker = cl.Pgsteer(c, extra_yaml="workers: 1\n" + args.pgsteer_yaml,
                                 name="pgsteer-1w")
+        first_replica = cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml, name="pgsteer-r1")
         with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, bouncer, \
                 Pgpool(c, max_clients) as pool, \
-                (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()):
+                (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()), \
+                (first_replica if "pgsteer-r1" in contenders else contextlib.nullcontext()):
+            if "pgsteer-r1" in contenders:
+                only_first_replica(c, first_replica)
             if args.one_replica:
                 # Reads from the first replica only (the others at weight 0, by a reload), and
                 # PgBouncer in front of that same replica: both proxies serve one PostgreSQL
                 # instance, which takes the cost of spreading reads over several instances that
                 # share this machine's cores out of the comparison.
-                with open(px.config_path) as f:
-                    text = f.read()
-                for i in range(2, len(c.replica_ports) + 1):
-                    text = re.sub(r"(name: replica%d[^}]*weight: )1" % i, r"\g<1>0", text)
-                with open(px.config_path, "w") as f:
-                    f.write(text)
-                px.proc.send_signal(signal.SIGHUP)
-                time.sleep(1.0)
+                only_first_replica(c, px)
             replica = c.replica_ports[0]
             table = {
                 "direct": Contender("direct", lambda s: replica if s == "select-only"
@@ -834,6 +845,8 @@ def bench(args):
                 "pgsteer": Contender("pgsteer", lambda s: px.port, proc=px.proc),
                 "pgsteer-1w": Contender("pgsteer-1w", lambda s: one_worker.port,
                                         proc=one_worker.proc),
+                "pgsteer-r1": Contender("pgsteer-r1", lambda s: first_replica.port,
+                                        proc=first_replica.proc),
                 "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
                                        dbname_for=bouncer.dbname, service=bouncer),
                 "pgpool": Contender("pgpool", lambda s: pool.port, service=pool),
@@ -1237,7 +1250,8 @@ def main(argv=None):
                     help="pgbench scripts (select-only,tpcb-like)")
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
                     help="what to measure (direct,pgsteer,pgbouncer,pgpool; also pgsteer-1w: "
-                         "pgsteer with workers: 1)")
+                         "pgsteer with workers: 1, pgsteer-r1: pgsteer reading from the first "
+                         "replica only)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",
