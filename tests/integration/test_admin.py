@@ -757,6 +757,50 @@ class WorkersTest(Base):
             px.stop()
 
 
+    def test_admin_reloads_and_pause_while_workers_are_busy(self):
+        # Clients connect, run a read and a write and leave, as fast as pgbench -C can, on
+        # three workers, while the admin side lists them, scrapes counters, reloads and pauses:
+        # every cross-worker call happens under load. No transaction may fail.
+        px = start_pgsteer(extra_yaml="workers: 3\n", name="admin-workers-busy")
+        try:
+            script = os.path.join(CLUSTER.tmpdir, "busy.sql")
+            with open(script, "w") as f:
+                f.write("\\set v random(1, 1000000)\nselect :v;\n"
+                        "insert into admin_t (v) values (:v);\n")
+            env = dict(os.environ, PGPASSWORD=cl.APP_PASSWORD)
+            bench = subprocess.Popen(
+                [os.path.join(CLUSTER.bindir, "pgbench"), "-n", "-C", "-c", "8", "-j", "2",
+                 "-T", "4", "-f", script, "-h", "127.0.0.1", "-p", str(px.port), "-U",
+                 cl.APP_USER, cl.APP_DB], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+            reloads0 = status(px)["reloads"]["success"]
+            deadline = time.monotonic() + 3.5
+            rounds = 0
+            while time.monotonic() < deadline:
+                self.assertEqual(status(px)["workers"], 3)
+                metrics(px)
+                admin_psql(px, "SHOW CLIENTS")
+                admin_psql(px, "SHOW SERVERS")
+                if rounds % 3 == 0:
+                    px.proc.send_signal(signal.SIGHUP)
+                if rounds == 4:
+                    admin_psql(px, "PAUSE")
+                    time.sleep(0.1)
+                    admin_psql(px, "RESUME")
+                rounds += 1
+            out = bench.communicate(timeout=60)[0]
+            self.assertEqual(bench.returncode, 0, out)
+            m = re.search(r"number of failed transactions: (\d+)", out)
+            self.assertTrue(m is None or m.group(1) == "0", out)
+            done = int(re.search(r"actually processed: (\d+)", out).group(1))
+            self.assertGreater(done, 50, out)
+            wait_for(lambda: status(px)["reloads"]["success"] > reloads0, what="a reload")
+            self.assertTrue(px.alive())
+            wait_for(lambda: status(px)["client_connections"] == 0, what="clients gone")
+            self.assertEqual(rows(admin_psql(px, "SHOW CLIENTS").stdout), [])
+        finally:
+            px.stop()
+
 # ---- readiness follows the primary (last: stops and restarts the primary) -----------------
 class ZReadinessTest(Base):
     def test_readyz_follows_the_primary(self):
