@@ -860,7 +860,8 @@ static int64_t hr_ms(void)
 
 static bool client_busy_elsewhere(const struct client *c, int node)
 {
-    for (uint32_t m = c->backend_mask & ~(1u << node); m; m &= m - 1) {
+    uint32_t other = node >= 0 ? ~(1u << node) : ~0u; /* node -1: any backend counts */
+    for (uint32_t m = c->backend_mask & other; m; m &= m - 1) {
         if (c->backends[__builtin_ctz(m)]->fwd_outstanding > 0)
             return true;
     }
