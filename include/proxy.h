@@ -61,6 +61,11 @@ struct proxy_shared {
     struct proxy **workers; /* workers[0] is the main thread's (signals, admin, monitor) */
     int nworkers;
     atomic_uint_fast64_t clients; /* client connections open in all workers */
+    /* read_balance: session: the replica a session starts on comes from one rotation for the
+     * whole process (a pick is once per session, so the lock is cold), so that sessions spread
+     * evenly however the kernel spreads connections over the workers */
+    pthread_mutex_t pick_lock;
+    struct router pick_router;
 };
 
 /* One worker: an event loop on its own thread that owns its listener (SO_REUSEPORT when there

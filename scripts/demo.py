@@ -202,6 +202,10 @@ def main():
                 % ("; see docs/consistency.md"
                    if os.path.exists(os.path.join(REPO, "docs", "consistency.md")) else ""))
             say("      that mixes both mostly stays there.")
+            say("      Each session keeps the replica it was given while that replica stays")
+            say("      eligible (read_balance: session, the default), so three read-only")
+            say("      sessions split 2:1 between two replicas; read_balance: statement")
+            say("      spreads every read instead.")
         else:
             say("      That is not the expected split (most transactions on the replicas, "
                 "the")

@@ -960,6 +960,13 @@ static struct route client_route(struct client *c, unsigned flags)
         .fallback = cfg->fallback,
     };
     struct route rt = router_route(&px->router, &s, &in);
+    if (rt.reason == ROUTE_READ && rt.node != s.preferred &&
+        cfg->read_balance == READ_BALANCE_SESSION && px->shared->nworkers > 1) {
+        /* A session picks its replica: from the process-wide rotation, not this worker's. */
+        pthread_mutex_lock(&px->shared->pick_lock);
+        rt = router_route(&px->shared->pick_router, &s, &in);
+        pthread_mutex_unlock(&px->shared->pick_lock);
+    }
     if (rt.reason == ROUTE_READ)
         c->read_node = rt.node;
     return rt;

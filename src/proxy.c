@@ -534,6 +534,9 @@ int proxy_reload(struct proxy *px, char **errors)
                      arr[s].host, arr[s].port);
     }
     proxy_each(px, reload_apply, &plan);
+    pthread_mutex_lock(&px->shared->pick_lock);
+    router_init(&px->shared->pick_router);
+    pthread_mutex_unlock(&px->shared->pick_lock);
     /* Nothing points into the old configuration now: clients copied what they keep, the
      * monitor copies its part, and every other use goes through px->cfg. */
     if (old != boot_cfg)
@@ -771,6 +774,8 @@ int proxy_run(struct config *cfg)
     shared.workers = workers;
     shared.nworkers = n;
     atomic_init(&shared.clients, 0);
+    pthread_mutex_init(&shared.pick_lock, NULL);
+    router_init(&shared.pick_router);
 
     struct sockaddr_storage addrs[CONFIG_MAX_NODES];
     for (size_t i = 0; i < cfg->nnodes; i++) {
@@ -837,6 +842,7 @@ int proxy_run(struct config *cfg)
         if (i > 0)
             free(workers[i]);
     }
+    pthread_mutex_destroy(&shared.pick_lock);
     if (last != boot_cfg)
         config_free(last);
     uv_loop_close(px.loop);

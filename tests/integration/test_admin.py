@@ -757,6 +757,22 @@ class WorkersTest(Base):
             px.stop()
 
 
+    def test_sessions_spread_evenly_over_replicas_across_workers(self):
+        # read_balance: session (the default): each new session takes the next replica of one
+        # rotation for the whole process, whichever worker the kernel gave it to.
+        px = start_pgsteer(extra_yaml="workers: 3\n", name="admin-workers-spread")
+        try:
+            seen = []
+            for _ in range(6):
+                c = psycopg2.connect(px.dsn())
+                c.autocommit = True
+                seen.append(self.port_of(c))
+                c.close()
+            r1, r2 = CLUSTER.replica_ports
+            self.assertEqual(sorted(seen.count(p) for p in (r1, r2)), [3, 3], seen)
+        finally:
+            px.stop()
+
     def test_admin_reloads_and_pause_while_workers_are_busy(self):
         # Clients connect, run a read and a write and leave, as fast as pgbench -C can, on
         # three workers, while the admin side lists them, scrapes counters, reloads and pauses:
