@@ -755,8 +755,11 @@ def save_json(doc, out, save, suffix=""):
         d = os.path.join(REPO_ROOT, "results")
         os.makedirs(d, exist_ok=True)
         host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
-        path = os.path.join(d, "%s-%s%s.json" % (datetime.date.today().isoformat(), host,
-                                                 suffix))
+        base = os.path.join(d, "%s-%s%s" % (datetime.date.today().isoformat(), host, suffix))
+        path, n = base + ".json", 1
+        while os.path.exists(path):  # a second run the same day keeps the first
+            n += 1
+            path = "%s-%d.json" % (base, n)
         shutil.copyfile(out, path)
         log("saved %s" % path)
 
