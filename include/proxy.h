@@ -106,7 +106,7 @@ struct proxy {
     /* shutdown (SIGTERM): clients get until shutdown_deadline to finish */
     uv_timer_t shutdown_timer;
     int64_t shutdown_deadline;
-    bool stopping; /* proxy_stop_worker ran: every handle of the loop is closing */
+    bool stopping; /* stop_worker ran: every handle of the loop is closing */
     /* backends to close once idle after a reload (proxy.c) */
     struct drain_entry *drains;
     size_t ndrains, drains_cap;

@@ -6,8 +6,8 @@
 #include "auth.h"
 
 #include <limits.h>
-#include <stdio.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <openssl/crypto.h>

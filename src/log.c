@@ -37,7 +37,7 @@ int log_parse_level(const char *s)
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
-    if ((int)level < atomic_load_explicit(&min_level, memory_order_relaxed))
+    if (!log_enabled(level))
         return;
     char line[1024];
     struct timeval tv;
