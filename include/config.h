@@ -19,6 +19,7 @@ enum fallback { FALLBACK_PRIMARY = 0, FALLBACK_ERROR = 1 };
 /* How reads spread over replicas: each session keeps the replica it was given (while that one
  * stays eligible), or every statement takes the next replica. */
 enum read_balance { READ_BALANCE_SESSION = 0, READ_BALANCE_STATEMENT = 1 };
+enum cpu_affinity { CPU_AFFINITY_OFF = 0, CPU_AFFINITY_AUTO = 1 };
 
 struct config_addr {
     char host[256]; /* numeric IPv4/IPv6 address or host name */
@@ -75,6 +76,7 @@ struct config {
     enum read_balance read_balance; /* default session */
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): one per CPU */
+    enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */
     int shutdown_timeout_ms;        /* default 30000 */
     int connect_timeout_ms;         /* backend connect timeout, default 5000 */
     char *log_level;                /* "debug" | "info" | "warning" | "error", default info */

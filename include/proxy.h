@@ -60,7 +60,8 @@ typedef void (*proxy_fn)(struct proxy *px, void *arg);
 struct proxy_shared {
     struct proxy **workers; /* workers[0] is the main thread's (signals, admin, monitor) */
     int nworkers;
-    atomic_uint_fast64_t clients; /* client connections open in all workers */
+    enum cpu_affinity cpu_affinity; /* as started: a reload does not change it */
+    atomic_uint_fast64_t clients;   /* client connections open in all workers */
     /* read_balance: session: the replica a session starts on comes from one rotation for the
      * whole process (a pick is once per session, so the lock is cold), so that sessions spread
      * evenly however the kernel spreads connections over the workers */

@@ -60,15 +60,17 @@ import cluster as cl  # noqa: E402  (after the path change on purpose)
 ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
 # Measured only when asked for with --contenders: pgsteer with one event-loop worker, to show
 # what the workers (one per CPU by default) add; pgsteer reading from the first replica only
-# (the others at weight 0), to show what spreading reads over replicas on this machine costs.
-EXTRA_CONTENDERS = ("pgsteer-1w", "pgsteer-r1")
+# (the others at weight 0), to show what spreading reads over replicas on this machine costs;
+# pgsteer with cpu_affinity: auto (each worker pinned to its own CPU).
+EXTRA_CONTENDERS = ("pgsteer-1w", "pgsteer-r1", "pgsteer-pin")
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
 # Statements per transaction of pgbench's built-in scripts, to turn transactions into queries.
 STATEMENTS = {"select-only": 1, "tpcb-like": 7}
 LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
          "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker",
-         "pgsteer-r1": "pgsteer, 1st replica only"}
+         "pgsteer-r1": "pgsteer, 1st replica only",
+         "pgsteer-pin": "pgsteer, cpu_affinity: auto"}
 SCALE = 10
 # The goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -829,10 +831,13 @@ def bench(args):
         one_worker = cl.Pgsteer(c, extra_yaml="workers: 1\n" + args.pgsteer_yaml,
                                 name="pgsteer-1w")
         first_replica = cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml, name="pgsteer-r1")
+        pinned = cl.Pgsteer(c, extra_yaml="cpu_affinity: auto\n" + args.pgsteer_yaml,
+                            name="pgsteer-pin")
         with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, bouncer, \
                 Pgpool(c, max_clients) as pool, \
                 (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()), \
-                (first_replica if "pgsteer-r1" in contenders else contextlib.nullcontext()):
+                (first_replica if "pgsteer-r1" in contenders else contextlib.nullcontext()), \
+                (pinned if "pgsteer-pin" in contenders else contextlib.nullcontext()):
             if "pgsteer-r1" in contenders:
                 only_first_replica(c, first_replica)
             if args.one_replica:
@@ -850,6 +855,7 @@ def bench(args):
                                         proc=one_worker.proc),
                 "pgsteer-r1": Contender("pgsteer-r1", lambda s: first_replica.port,
                                         proc=first_replica.proc),
+                "pgsteer-pin": Contender("pgsteer-pin", lambda s: pinned.port, proc=pinned.proc),
                 "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
                                        dbname_for=bouncer.dbname, service=bouncer),
                 "pgpool": Contender("pgpool", lambda s: pool.port, service=pool),
@@ -1254,7 +1260,7 @@ def main(argv=None):
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
                     help="what to measure (direct,pgsteer,pgbouncer,pgpool; also pgsteer-1w: "
                          "pgsteer with workers: 1, pgsteer-r1: pgsteer reading from the first "
-                         "replica only)")
+                         "replica only, pgsteer-pin: pgsteer with cpu_affinity: auto)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",

@@ -1263,6 +1263,8 @@ static void show_config(struct admin_conn *c)
     else
         snprintf(v, sizeof(v), "%d (one per CPU)", c->a->px->shared->nworkers);
     kv_row(c, "workers", v), rows++;
+    kv_row(c, "cpu_affinity", c->a->px->shared->cpu_affinity == CPU_AFFINITY_AUTO ? "auto" : "off"),
+        rows++;
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     pg_complete_rows(c, rows);
 }

@@ -1135,6 +1135,7 @@ static const char *const auth_names[] = {"scram-sha-256", "md5", "trust"};
 static const char *const consistency_names[] = {"session", "eventual", "strong"};
 static const char *const fallback_names[] = {"primary", "error"};
 static const char *const read_balance_names[] = {"session", "statement"};
+static const char *const cpu_affinity_names[] = {"off", "auto"};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error"};
 
 static void parse_root(struct ctx *c, const struct ynode *root, struct config *cfg)
@@ -1153,6 +1154,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "read_balance",
                                         "max_client_conn",
                                         "workers",
+                                        "cpu_affinity",
                                         "shutdown_timeout_ms",
                                         "connect_timeout_ms",
                                         "log_level"};
@@ -1171,6 +1173,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_READ_BALANCE,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
+        K_CPU_AFFINITY,
         K_SHUTDOWN,
         K_CONNECT,
         K_LOG_LEVEL,
@@ -1212,6 +1215,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_int32(c, v[K_MAX_CLIENT_CONN], "max_client_conn", 1, 1000000, &cfg->max_client_conn);
     if (v[K_WORKERS])
         get_int32(c, v[K_WORKERS], "workers", 1, CONFIG_MAX_WORKERS, &cfg->workers);
+    if (v[K_CPU_AFFINITY] &&
+        get_enum(c, v[K_CPU_AFFINITY], "cpu_affinity", cpu_affinity_names, 2, &e))
+        cfg->cpu_affinity = (enum cpu_affinity)e;
     if (v[K_SHUTDOWN])
         get_int32(c, v[K_SHUTDOWN], "shutdown_timeout_ms", 0, INT_MAX, &cfg->shutdown_timeout_ms);
     if (v[K_CONNECT])
@@ -1241,6 +1247,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->read_balance = READ_BALANCE_SESSION;
     cfg->max_client_conn = 10000;
     cfg->workers = 0;
+    cfg->cpu_affinity = CPU_AFFINITY_OFF;
     cfg->shutdown_timeout_ms = 30000;
     cfg->connect_timeout_ms = 5000;
     cfg->monitor.dbname = strdup("postgres");

@@ -18,6 +18,7 @@
 
 #include <libpq-fe.h>
 
+#include "affinity.h"
 #include "log.h"
 
 /* One statement answers everything for either role. pg_is_in_recovery() is evaluated once
@@ -690,6 +691,8 @@ static void round_finish(struct monitor *m)
 static void *monitor_main(void *arg)
 {
     struct monitor *m = arg;
+    thread_name_self("pgsteer-monitor");
+    affinity_unpin_self();
     log_debug("monitor: polling %zu nodes every %" PRIu64 " ms", m->nnodes,
               m->interval_ns / NS_PER_MS);
     /* The first round starts at once. Later rounds start one interval after the previous

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "affinity.h"
 #include "log.h"
 #include "proxy_main.h"
 
@@ -510,8 +511,10 @@ int proxy_reload(struct proxy *px, char **errors)
     /* Commit. No other thread runs between monitor_free and monitor_start. */
     if (strcmp(old->listen.host, nc->listen.host) != 0 || old->listen.port != nc->listen.port ||
         strcmp(old->admin_listen.host, nc->admin_listen.host) != 0 ||
-        old->admin_listen.port != nc->admin_listen.port || old->workers != nc->workers)
-        log_warn("reload: listen, admin_listen and workers keep their old values until a restart");
+        old->admin_listen.port != nc->admin_listen.port || old->workers != nc->workers ||
+        px->shared->cpu_affinity != nc->cpu_affinity)
+        log_warn("reload: listen, admin_listen, workers and cpu_affinity keep their old values "
+                 "until a restart");
     monitor_free(px->monitor);
     px->monitor = nm;
     int level = log_parse_level(nc->log_level ? nc->log_level : "info");
@@ -748,9 +751,28 @@ static void worker_finish(struct proxy *px)
     calls_run(px);
 }
 
+/* Name the calling worker's thread and, with cpu_affinity: auto, pin it to its CPU. Worker 0
+ * is the main thread, whose name is the process's (pgrep, killall): it keeps it. */
+static void worker_thread_setup(int id, enum cpu_affinity affinity)
+{
+    if (id > 0) {
+        char name[24]; /* ids are below CONFIG_MAX_WORKERS; thread_name_self keeps 15 bytes */
+        snprintf(name, sizeof(name), "pgsteer-w%d", id);
+        thread_name_self(name);
+    }
+    if (affinity != CPU_AFFINITY_AUTO)
+        return;
+    int cpu = affinity_pin_self(id);
+    if (cpu < 0)
+        log_warn("cpu_affinity: worker %d could not be pinned; it runs on any CPU", id);
+    else
+        log_info("cpu_affinity: worker %d runs on CPU %d", id, cpu);
+}
+
 static void *worker_main(void *arg)
 {
     struct proxy *px = arg;
+    worker_thread_setup(px->worker, px->shared->cpu_affinity);
     uv_run(px->loop, UV_RUN_DEFAULT);
     /* Everything is closed; run once more so close callbacks free their memory. */
     uv_run(px->loop, UV_RUN_DEFAULT);
@@ -766,6 +788,8 @@ int proxy_run(struct config *cfg)
     memset(&shared, 0, sizeof(shared));
     boot_cfg = cfg;
     int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
+    if (cfg->cpu_affinity == CPU_AFFINITY_AUTO)
+        affinity_init();
     if (n < 1)
         n = 1;
     if (n > CONFIG_MAX_WORKERS)
@@ -773,6 +797,7 @@ int proxy_run(struct config *cfg)
     struct proxy *workers[CONFIG_MAX_WORKERS] = {&px};
     shared.workers = workers;
     shared.nworkers = n;
+    shared.cpu_affinity = cfg->cpu_affinity;
     atomic_init(&shared.clients, 0);
     pthread_mutex_init(&shared.pick_lock, NULL);
     router_init(&shared.pick_router);
@@ -826,6 +851,7 @@ int proxy_run(struct config *cfg)
     }
     log_info("pgsteer listening on %s:%d with %zu nodes and %d worker%s", cfg->listen.host,
              cfg->listen.port, cfg->nnodes, n, n == 1 ? "" : "s");
+    worker_thread_setup(0, shared.cpu_affinity);
     uv_run(px.loop, UV_RUN_DEFAULT);
     uv_run(px.loop, UV_RUN_DEFAULT);
     worker_finish(&px);

@@ -773,6 +773,66 @@ class WorkersTest(Base):
         finally:
             px.stop()
 
+    @staticmethod
+    def threads(px):
+        """{thread name: sorted list of the CPUs it may run on} for every thread of px."""
+        out = {}
+        for tid in os.listdir("/proc/%d/task" % px.proc.pid):
+            try:
+                with open("/proc/%d/task/%s/comm" % (px.proc.pid, tid)) as f:
+                    name = f.read().strip()
+                out[name] = sorted(os.sched_getaffinity(int(tid)))
+            except OSError:
+                pass
+        return out
+
+    def test_thread_names_and_cpu_affinity(self):
+        cpus = sorted(os.sched_getaffinity(0))
+        # Without cpu_affinity (the default) every thread may run anywhere; threads are named.
+        px = start_pgsteer(extra_yaml="workers: 3\n", name="admin-unpinned")
+        try:
+            self.assertEqual(self.threads(px), {"pgsteer": cpus, "pgsteer-w1": cpus,
+                                                "pgsteer-w2": cpus, "pgsteer-monitor": cpus})
+            self.assertEqual(dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["cpu_affinity"],
+                             "off")
+        finally:
+            px.stop()
+        # cpu_affinity: auto pins worker i to the i-th allowed CPU (wrapping around); the
+        # monitor thread, started from worker 0's thread, is not pinned, not even after a
+        # reload restarts it.
+        px = start_pgsteer(extra_yaml="workers: 3\ncpu_affinity: auto\n", name="admin-pinned")
+        try:
+            want = {"pgsteer": [cpus[0]], "pgsteer-w1": [cpus[1 % len(cpus)]],
+                    "pgsteer-w2": [cpus[2 % len(cpus)]], "pgsteer-monitor": cpus}
+            self.assertEqual(self.threads(px), want)
+            for i in range(3):
+                self.assertIn("cpu_affinity: worker %d runs on CPU %d" % (i, want[
+                    "pgsteer" if i == 0 else "pgsteer-w%d" % i][0]), px.log_text())
+            self.assertEqual(dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["cpu_affinity"],
+                             "auto")
+            c = self.connect(px)
+            for _ in range(6):
+                self.port_of(c)
+            # A reload that changes the monitor's settings starts a new monitor thread; one
+            # that changes cpu_affinity says it waits for a restart.
+            with open(px.config_path) as f:
+                text = f.read()
+            text = text.replace("cpu_affinity: auto", "cpu_affinity: off")
+            text = text.replace("interval_ms: 100", "interval_ms: 120")
+            with open(px.config_path, "w") as f:
+                f.write(text)
+            reloads = status(px)["reloads"]["success"]
+            px.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: status(px)["reloads"]["success"] == reloads + 1, what="reload")
+            self.assertIn("cpu_affinity keep their old values until a restart", px.log_text())
+            wait_for(lambda: self.threads(px) == want, what="threads after the reload")
+            self.assertEqual(dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["cpu_affinity"],
+                             "auto")
+            self.port_of(c)
+            c.close()
+        finally:
+            px.stop()
+
     def test_admin_reloads_and_pause_while_workers_are_busy(self):
         # Clients connect, run a read and a write and leave, as fast as pgbench -C can, on
         # three workers, while the admin side lists them, scrapes counters, reloads and pauses:

@@ -130,6 +130,7 @@ static void test_config_load_sets_every_key(void **state)
     assert_int_equal(c->fallback, FALLBACK_ERROR);
     assert_int_equal(c->max_client_conn, 500);
     assert_int_equal(c->workers, 4);
+    assert_int_equal(c->cpu_affinity, CPU_AFFINITY_AUTO);
     assert_int_equal(c->shutdown_timeout_ms, 0);
     assert_int_equal(c->connect_timeout_ms, 7000);
     assert_string_equal(c->log_level, "debug");
@@ -167,6 +168,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->fallback, FALLBACK_PRIMARY);
     assert_int_equal(c->max_client_conn, 10000);
     assert_int_equal(c->workers, 0); /* one per CPU */
+    assert_int_equal(c->cpu_affinity, CPU_AFFINITY_OFF);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->connect_timeout_ms, 5000);
     assert_string_equal(c->log_level, "info");
@@ -548,6 +550,8 @@ static void test_config_parse_reports_wrong_types(void **state)
                   "t.yaml:1:9: expected a mapping with name and password for each entry of "
                   "'users', got 'app'\n"
                   "t.yaml:2:9: expected a mapping for each entry of 'nodes', got 'p'\n");
+    expect_errors("cpu_affinity: on\n" BASE,
+                  "t.yaml:1:15: invalid value for 'cpu_affinity': 'on' (expected off or auto)\n");
     expect_errors("workers:\nadmin_token: ~\nlog_level: [info]\nauth_method: {}\n" BASE,
                   "t.yaml:1:9: expected an integer for 'workers', got an empty value\n"
                   "t.yaml:2:14: expected a string for 'admin_token', got null\n"
