@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* SQL statement classifier: one forward lexer pass over a Query's text feeds a small recogniser
  * per statement, which decides whether the statement may run on a replica and which session
- * state it touches. Nothing is allocated or copied; keywords are compared in place. */
+ * state it touches. Nothing is allocated and the text is not copied (a word that may be a keyword
+ * is lower-cased into a 15-byte buffer on the stack for the keyword table's hash probe). The
+ * keyword and character-class tables are built once, on the first call. */
 
 #include "classify.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 /* Statements that wrap a statement (EXPLAIN, DECLARE ... FOR) recurse. Valid SQL nests at most
@@ -139,8 +143,7 @@ struct kw_entry {
     enum kw kw;
 };
 
-/* Sorted by length, then by word (byte order): most binary-search probes are then settled by
- * comparing lengths, which matters because every identifier is looked up. */
+/* Every identifier is looked up, so the lookup is a hash probe (kw_slots, built once). */
 static const struct kw_entry kw_table[] = {
     {2, "as", KW_AS},
     {2, "no", KW_NO},
@@ -216,23 +219,72 @@ static const struct kw_entry kw_table[] = {
 
 #define KW_LEN_MIN 2
 #define KW_LEN_MAX 15 /* "characteristics" */
+#define KW_COUNT   (sizeof kw_table / sizeof kw_table[0])
+
+/* Open addressing with linear probing: slot = FNV-1a of the lower-case word, each slot holding
+ * 1 + an index into kw_table, 0 when empty. At most a quarter full, so a probe rarely looks twice.
+ */
+#define KW_SLOTS 512
+_Static_assert(KW_SLOTS >= 4 * KW_COUNT && (KW_SLOTS & (KW_SLOTS - 1)) == 0, "kw_slots size");
+_Static_assert(KW_COUNT < 255, "kw_slots holds 1 + an index in a byte");
+static unsigned char kw_slots[KW_SLOTS];
+
+/* Character classes for the lexer, one table lookup per byte. Byte 0 has none: a NUL ends the
+ * text for every scanning loop. */
+enum { CC_SPACE = 1, CC_DIGIT = 2, CC_IDENT_START = 4, CC_IDENT = 8, CC_OP = 16 };
+static unsigned char cclass[256];
+
+static inline uint32_t kw_hash_step(uint32_t h, unsigned char c)
+{
+    return (h ^ c) * 16777619u;
+}
+
+/* Builds kw_slots and cclass; run once (pthread_once) before the first classification. */
+static void tables_init(void)
+{
+    for (size_t i = 0; i < KW_COUNT; i++) {
+        uint32_t h = 2166136261u;
+        for (size_t j = 0; j < kw_table[i].len; j++)
+            h = kw_hash_step(h, (unsigned char)kw_table[i].word[j]);
+        size_t slot = h & (KW_SLOTS - 1);
+        while (kw_slots[slot] != 0)
+            slot = (slot + 1) & (KW_SLOTS - 1);
+        kw_slots[slot] = (unsigned char)(i + 1);
+    }
+    for (int c = 1; c < 256; c++) {
+        unsigned char k = 0, l = (unsigned char)(c | 0x20);
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v')
+            k |= CC_SPACE;
+        if (c >= '0' && c <= '9')
+            k |= CC_DIGIT | CC_IDENT;
+        /* Identifier characters as PostgreSQL's scanner has them: bytes >= 0x80 are letters. */
+        if ((l >= 'a' && l <= 'z') || c == '_' || c >= 0x80)
+            k |= CC_IDENT_START | CC_IDENT;
+        if (c == '$')
+            k |= CC_IDENT;
+        if (c != 0 && strchr("~!@#^&|`?+-*/%<>=", c) != NULL)
+            k |= CC_OP;
+        cclass[c] = k;
+    }
+}
+
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static enum kw kw_lookup(const char *s, size_t n)
 {
     if (n < KW_LEN_MIN || n > KW_LEN_MAX)
         return KW_NONE;
-    size_t lo = 0, hi = sizeof kw_table / sizeof kw_table[0];
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = n < kw_table[mid].len   ? -1
-                : n > kw_table[mid].len ? 1
-                                        : word_cmp(s, n, kw_table[mid].word, false);
-        if (c == 0)
-            return kw_table[mid].kw;
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
+    unsigned char w[KW_LEN_MAX];
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        w[i] = fold((unsigned char)s[i]);
+        h = kw_hash_step(h, w[i]);
+    }
+    for (size_t slot = h & (KW_SLOTS - 1); kw_slots[slot] != 0;
+         slot = (slot + 1) & (KW_SLOTS - 1)) {
+        const struct kw_entry *e = &kw_table[kw_slots[slot] - 1];
+        if (e->len == n && memcmp(e->word, w, n) == 0)
+            return e->kw;
     }
     return KW_NONE;
 }
@@ -372,50 +424,27 @@ static inline unsigned char lx_at(const struct lexer *lx, size_t i)
 
 static inline bool is_space(unsigned char c)
 {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+    return cclass[c] & CC_SPACE;
 }
 
 static inline bool is_digit(unsigned char c)
 {
-    return c >= '0' && c <= '9';
+    return cclass[c] & CC_DIGIT;
 }
 
-/* Identifier characters as PostgreSQL's scanner has them: bytes >= 0x80 are letters. */
 static inline bool is_ident_start(unsigned char c)
 {
-    unsigned char l = c | 0x20;
-    return (l >= 'a' && l <= 'z') || c == '_' || c >= 0x80;
+    return cclass[c] & CC_IDENT_START;
 }
 
 static inline bool is_ident_char(unsigned char c)
 {
-    return is_ident_start(c) || is_digit(c) || c == '$';
+    return cclass[c] & CC_IDENT;
 }
 
 static inline bool is_op_char(unsigned char c)
 {
-    switch (c) {
-    case '~':
-    case '!':
-    case '@':
-    case '#':
-    case '^':
-    case '&':
-    case '|':
-    case '`':
-    case '?':
-    case '+':
-    case '-':
-    case '*':
-    case '/':
-    case '%':
-    case '<':
-    case '>':
-    case '=':
-        return true;
-    default:
-        return false;
-    }
+    return cclass[c] & CC_OP;
 }
 
 static struct tok lex_make(enum tok_type type, size_t off, size_t end)
@@ -1552,6 +1581,7 @@ void classify_sql(const char *sql, size_t len, const struct classify_functions *
     bool have_name = false, have_setting = false;
     unsigned n = 0;
 
+    pthread_once(&tables_once, tables_init);
     memset(out, 0, sizeof *out);
     memset(&c, 0, sizeof c);
     c.lx.s = sql;
