@@ -775,13 +775,16 @@ class WorkersTest(Base):
 
     @staticmethod
     def threads(px):
-        """{thread name: sorted list of the CPUs it may run on} for every thread of px."""
+        """{thread name: sorted list of the CPUs it may run on} for px's main thread (as
+        "pgsteer") and its named threads. Other threads (a sanitizer's) keep the process name
+        and are left out."""
         out = {}
         for tid in os.listdir("/proc/%d/task" % px.proc.pid):
             try:
                 with open("/proc/%d/task/%s/comm" % (px.proc.pid, tid)) as f:
                     name = f.read().strip()
-                out[name] = sorted(os.sched_getaffinity(int(tid)))
+                if int(tid) == px.proc.pid or name.startswith("pgsteer-"):
+                    out[name] = sorted(os.sched_getaffinity(int(tid)))
             except OSError:
                 pass
         return out
