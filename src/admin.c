@@ -1261,7 +1261,7 @@ static void show_config(struct admin_conn *c)
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else
-        snprintf(v, sizeof(v), "%d (one per CPU)", c->a->px->shared->nworkers);
+        snprintf(v, sizeof(v), "%d (default)", c->a->px->shared->nworkers);
     kv_row(c, "workers", v), rows++;
     kv_row(c, "cpu_affinity", c->a->px->shared->cpu_affinity == CPU_AFFINITY_AUTO ? "auto" : "off"),
         rows++;

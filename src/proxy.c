@@ -787,7 +787,18 @@ int proxy_run(struct config *cfg)
     memset(&px, 0, sizeof(px));
     memset(&shared, 0, sizeof(shared));
     boot_cfg = cfg;
-    int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
+    int n = cfg->workers;
+    if (n <= 0) {
+        /* One per CPU, but no more than a cgroup CPU limit allows (a container's CPU limit
+         * leaves every CPU in the affinity mask). */
+        n = (int)uv_available_parallelism();
+        double quota = affinity_cpu_quota();
+        if (quota > 0 && quota < n) {
+            int q = (int)quota;
+            n = q < quota ? q + 1 : q;
+            log_info("workers: %d, for a cgroup CPU limit of %.2f CPUs", n, quota);
+        }
+    }
     if (cfg->cpu_affinity == CPU_AFFINITY_AUTO)
         affinity_init();
     if (n < 1)

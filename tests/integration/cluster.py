@@ -582,6 +582,7 @@ class Pgsteer:
         self.cluster = cluster
         self.auth_method = auth_method
         self.extra_yaml = extra_yaml
+        self.preexec_fn = None  # run in the child before exec (e.g. to enter a cgroup)
         self.monitor_yaml = monitor  # the `monitor:` value (flow mapping); None leaves it out
         self.name = name or "pgsteer%d" % Pgsteer._seq
         self.start_timeout = start_timeout
@@ -633,7 +634,8 @@ class Pgsteer:
             try:
                 self.proc = subprocess.Popen([self.binary, "-c", self.config_path],
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                             cwd=self.cluster.tmpdir, start_new_session=True)
+                                             cwd=self.cluster.tmpdir, start_new_session=True,
+                                             preexec_fn=self.preexec_fn)
             finally:
                 logf.close()
             with open(self.pid_path, "w") as f:

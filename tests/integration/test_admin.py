@@ -99,6 +99,14 @@ def raw_http(px, data, timeout=5):
             out += chunk
 
 
+def open_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def status(px):
     code, _, body = http(px, "/status")
     assert code == 200, (code, body)
@@ -835,6 +843,54 @@ class WorkersTest(Base):
             c.close()
         finally:
             px.stop()
+
+    def test_default_workers_follow_a_cgroup_cpu_limit(self):
+        # A container's CPU limit leaves every CPU in the affinity mask; without `workers`,
+        # pgsteer starts no more workers than the limit allows (rounded up).
+        if len(os.sched_getaffinity(0)) < 2:
+            self.skipTest("needs 2 CPUs")
+        name = "pgsteer-test-%d" % os.getpid()
+        if os.path.exists("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"):
+            d = os.path.join("/sys/fs/cgroup/cpu", name)
+            files = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+        elif "cpu" in open_text("/sys/fs/cgroup/cgroup.subtree_control").split():
+            d = os.path.join("/sys/fs/cgroup", name)
+            files = {"cpu.max": "100000 100000"}
+        else:
+            self.skipTest("no cgroup cpu controller to use")
+        try:
+            os.mkdir(d)
+            for f, v in files.items():
+                with open(os.path.join(d, f), "w") as fh:
+                    fh.write(v)
+        except OSError as e:
+            self.skipTest("cannot make a cgroup: %s" % e)
+        try:
+            px = cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML, name="admin-cgroup")
+
+            def enter():
+                with open(os.path.join(d, "cgroup.procs"), "w") as fh:
+                    fh.write(str(os.getpid()))
+            px.preexec_fn = enter
+            px.start()
+            try:
+                self.assertEqual(status(px)["workers"], 1)
+                self.assertIn("workers: 1, for a cgroup CPU limit of 1.00 CPUs", px.log_text())
+                self.assertEqual(
+                    dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["workers"],
+                    "1 (default)")
+                c = self.connect(px)
+                self.port_of(c)
+                c.close()
+            finally:
+                px.stop()
+        finally:
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
     def test_admin_reloads_and_pause_while_workers_are_busy(self):
         # Clients connect, run a read and a write and leave, as fast as pgbench -C can, on
