@@ -75,7 +75,7 @@ struct config {
     enum fallback fallback;         /* default primary */
     enum read_balance read_balance; /* default session */
     int max_client_conn;            /* default 10000 */
-    int workers;                    /* event-loop threads; 0 (default): one per CPU */
+    int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */
     int shutdown_timeout_ms;        /* default 30000 */
     int connect_timeout_ms;         /* backend connect timeout, default 5000 */

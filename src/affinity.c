@@ -188,10 +188,11 @@ int cgroup_cpu_dir(const char *mountinfo, const char *proc_cgroup, int v2, char 
     return -1;
 }
 
-/* Reads a small file into buf (NUL-terminated); returns buf, or NULL. */
-static char *read_small(const char *path, char *buf, size_t size)
+/* Reads the file at `path` into buf, at most size - 1 bytes, NUL-terminated; returns buf, or
+ * NULL when it cannot be opened (or buf is NULL). */
+static char *read_file(const char *path, char *buf, size_t size)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = buf ? fopen(path, "r") : NULL;
     if (f == NULL)
         return NULL;
     size_t n = fread(buf, 1, size - 1, f);
@@ -200,24 +201,12 @@ static char *read_small(const char *path, char *buf, size_t size)
     return buf;
 }
 
-/* Reads a whole file into a malloc'd NUL-terminated string, at most `max` bytes. */
-static char *read_all(const char *path, size_t max)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    char *buf = malloc(max + 1);
-    size_t n = buf ? fread(buf, 1, max, f) : 0;
-    fclose(f);
-    if (buf)
-        buf[n] = '\0';
-    return buf;
-}
-
 double affinity_cpu_quota(void)
 {
-    char *mountinfo = read_all("/proc/self/mountinfo", 1 << 20);
-    char *cgroup = read_all("/proc/self/cgroup", 1 << 16);
+    enum { MOUNTINFO_MAX = 1 << 20, CGROUP_MAX = 1 << 16 };
+    char *mbuf = malloc(MOUNTINFO_MAX), *cbuf = malloc(CGROUP_MAX);
+    const char *mountinfo = read_file("/proc/self/mountinfo", mbuf, MOUNTINFO_MAX);
+    const char *cgroup = read_file("/proc/self/cgroup", cbuf, CGROUP_MAX);
     double best = 0;
     for (int v2 = 1; v2 >= 0 && mountinfo && cgroup; v2--) {
         char dir[4096], file[4200], a[64], b[64];
@@ -228,12 +217,12 @@ double affinity_cpu_quota(void)
             double q = 0;
             if (v2) {
                 snprintf(file, sizeof(file), "%s/cpu.max", dir);
-                q = cgroup_cpu_max(read_small(file, a, sizeof(a)));
+                q = cgroup_cpu_max(read_file(file, a, sizeof(a)));
             } else {
                 snprintf(file, sizeof(file), "%s/cpu.cfs_quota_us", dir);
-                char *qt = read_small(file, a, sizeof(a));
+                char *qt = read_file(file, a, sizeof(a));
                 snprintf(file, sizeof(file), "%s/cpu.cfs_period_us", dir);
-                q = cgroup_cfs_quota(qt, read_small(file, b, sizeof(b)));
+                q = cgroup_cfs_quota(qt, read_file(file, b, sizeof(b)));
             }
             if (q > 0 && (best == 0 || q < best))
                 best = q;
@@ -243,7 +232,7 @@ double affinity_cpu_quota(void)
             *slash = '\0';
         }
     }
-    free(mountinfo);
-    free(cgroup);
+    free(mbuf);
+    free(cbuf);
     return best;
 }

@@ -764,7 +764,6 @@ class WorkersTest(Base):
         finally:
             px.stop()
 
-
     def test_sessions_spread_evenly_over_replicas_across_workers(self):
         # read_balance: session (the default): each new session takes the next replica of one
         # rotation for the whole process, whichever worker the kernel gave it to.
