@@ -56,7 +56,8 @@ struct config_monitor {
 
 struct config {
     char *path;
-    struct config_addr listen;       /* default 127.0.0.1:6432 */
+    struct config_addr listen; /* default 127.0.0.1:6432 */
+    char *unix_socket_dir;     /* also listen on DIR/.s.PGSQL.<listen port>; NULL (default): no */
     struct config_addr admin_listen; /* default 127.0.0.1:9930 */
     bool has_admin_listen;
     enum auth_method auth_method; /* default scram-sha-256 */
@@ -95,6 +96,11 @@ void config_free(struct config *c);
 /* Find a user by name; NULL when absent. */
 const struct config_user *config_find_user(const struct config *c, const char *name);
 const struct config_user *config_find_admin_user(const struct config *c, const char *name);
+
+/* Write the path of the PostgreSQL-style socket for `port` in directory `dir`
+ * ("DIR/.s.PGSQL.PORT", as libpq and PostgreSQL name it) into out[cap]. Returns 0, or -1 when
+ * it does not fit. */
+int config_socket_path(const char *dir, int port, char *out, size_t cap);
 
 /* Parse "host:port" / "[v6]:port" into a; returns 0 or -1. */
 int config_parse_addr(const char *s, struct config_addr *a);

@@ -79,6 +79,8 @@ struct proxy {
     struct proxy_shared *shared; /* the same for every worker */
     struct config *cfg;
     uv_tcp_t listener;
+    uv_pipe_t unix_listener; /* unix_socket_dir: every worker polls one listening socket */
+    bool has_unix_listener;
     uv_signal_t sigint, sigterm, sighup;
     uv_async_t monitor_wakeup;
     struct monitor *monitor;
@@ -151,7 +153,13 @@ struct expect {
 };
 
 struct backend {
-    uv_tcp_t tcp;
+    /* A node is reached over TCP, or over a Unix-domain socket when its host is a directory.
+     * Both handles start with uv_stream_t's fields, so code that only reads and writes uses
+     * `tcp` for either; what differs (set-up, TCP_NODELAY) looks at tcp.type. */
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     uv_connect_t connect_req;
     uv_write_t write_req;
     uv_write_t login_req;
@@ -230,7 +238,10 @@ struct session_change {
 };
 
 struct client {
-    uv_tcp_t tcp;
+    union { /* as in struct backend: TCP, or a Unix-domain socket (unix_socket_dir) */
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     uv_write_t write_req;
     struct proxy *px;
     struct client *prev, *next;
@@ -341,5 +352,13 @@ void proxy_each(struct proxy *px0, proxy_fn fn, void *arg);
 int proxy_post(struct proxy *w, proxy_fn fn, void *arg);
 /* Mark a node as failed by the loop for a short time (no reads go there). */
 void proxy_node_failed(struct proxy *px, int node);
+/* Initialise the handle at h, the union of a uv_tcp_t and a uv_pipe_t in struct backend and
+ * struct client, as the kind that reaches `addr`: a uv_pipe_t for AF_UNIX, a uv_tcp_t
+ * otherwise. The caller closes it with uv_close as usual. */
+void proxy_stream_init(uv_loop_t *loop, void *h, const struct sockaddr_storage *addr);
+/* Start connecting h (initialised by proxy_stream_init with the same addr) to addr. Returns 0,
+ * and cb runs once with the outcome, or a libuv error code, and cb does not run. */
+int proxy_stream_connect(uv_connect_t *req, void *h, const struct sockaddr_storage *addr,
+                         uv_connect_cb cb);
 
 #endif

@@ -1218,6 +1218,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "config_file", cfg->path), rows++;
     snprintf(v, sizeof(v), "%s:%d", cfg->listen.host, cfg->listen.port);
     kv_row(c, "listen", v), rows++;
+    kv_row(c, "unix_socket_dir", cfg->unix_socket_dir ? cfg->unix_socket_dir : "(none)"), rows++;
     snprintf(v, sizeof(v), "%s:%d", cfg->admin_listen.host, cfg->admin_listen.port);
     kv_row(c, "admin_listen", v), rows++;
     kv_row(c, "admin_token", cfg->admin_token ? "(set)" : "(unset)"), rows++;

@@ -264,7 +264,8 @@ static void backend_connect_cb(uv_connect_t *req, int status)
         return;
     }
     struct client *c = b->client;
-    uv_tcp_nodelay(&b->tcp, 1);
+    if (b->tcp.type == UV_TCP)
+        uv_tcp_nodelay(&b->tcp, 1);
     b->state = BACKEND_AUTH;
     /* StartupMessage: the client's own parameters, so each node's session starts the same. */
     const char *kv[2 * (CLIENT_MAX_PARAMS + 2)];
@@ -305,7 +306,7 @@ struct backend *backend_open(struct client *c, int node)
     buf_init(&b->writing);
     buf_init(&b->startup_params);
     buf_init(&b->login);
-    uv_tcp_init(px->loop, &b->tcp);
+    proxy_stream_init(px->loop, &b->tcp, &px->nodes[node].addr);
     uv_timer_init(px->loop, &b->timer);
     b->handles_open = 2;
     b->tcp.data = b;
@@ -315,8 +316,8 @@ struct backend *backend_open(struct client *c, int node)
     c->backend_mask |= 1u << node;
     px->nodes[node].backends++;
     uv_timer_start(&b->timer, backend_timeout_cb, (uint64_t)px->cfg->connect_timeout_ms, 0);
-    int rc = uv_tcp_connect(&b->connect_req, &b->tcp,
-                            (const struct sockaddr *)&px->nodes[node].addr, backend_connect_cb);
+    int rc =
+        proxy_stream_connect(&b->connect_req, &b->tcp, &px->nodes[node].addr, backend_connect_cb);
     if (rc < 0) {
         /* The connect callback will not run: fail on the next loop turn via the timer. */
         uv_timer_start(&b->timer, backend_timeout_cb, 0, 0);

@@ -332,13 +332,18 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     if (c == NULL)
         return;
     c->px = px;
-    uv_tcp_init(px->loop, &c->tcp);
+    bool tcp = server->type == UV_TCP;
+    if (tcp)
+        uv_tcp_init(px->loop, &c->tcp);
+    else
+        uv_pipe_init(px->loop, &c->pipe, 0);
     c->tcp.data = c;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         uv_close((uv_handle_t *)&c->tcp, client_close_cb);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    if (tcp)
+        uv_tcp_nodelay(&c->tcp, 1);
     /* Unique in the process, and the worker that owns the client is id % nworkers (a cancel
      * request may arrive on another worker). */
     c->id = ++px->next_client_id * (uint32_t)px->shared->nworkers + (uint32_t)px->worker;
@@ -382,7 +387,10 @@ static void cancel_close_cb(uv_handle_t *h)
 }
 
 struct cancel_req {
-    uv_tcp_t tcp;
+    union { /* as the node is reached */
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     uv_connect_t connect;
     uv_write_t write;
     char packet[16];
@@ -428,15 +436,14 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
         struct cancel_req *r = calloc(1, sizeof(*r));
         if (r == NULL)
             return;
-        uv_tcp_init(px->loop, &r->tcp);
+        proxy_stream_init(px->loop, &r->tcp, &px->nodes[i].addr);
         r->tcp.data = r;
         r->connect.data = r;
         proto_put_u32(r->packet, 16);
         proto_put_u32(r->packet + 4, PROTO_CANCEL_CODE);
         proto_put_u32(r->packet + 8, b->pid);
         proto_put_u32(r->packet + 12, b->key);
-        if (uv_tcp_connect(&r->connect, &r->tcp, (const struct sockaddr *)&px->nodes[i].addr,
-                           cancel_connect_cb) < 0)
+        if (proxy_stream_connect(&r->connect, &r->tcp, &px->nodes[i].addr, cancel_connect_cb) < 0)
             uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
         log_info("client %u: cancel request sent to node %s", target->id, px->cfg->nodes[i].name);
     }

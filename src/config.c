@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 #include <yaml.h>
 
 /* A config file is a few kilobytes; the limits keep a hostile or corrupt file from costing
@@ -717,6 +718,32 @@ static bool get_listen_addr(struct ctx *c, const struct ynode *v, const char *ke
     return why == NULL;
 }
 
+int config_socket_path(const char *dir, int port, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/.s.PGSQL.%d", dir, port);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+/* A directory that holds (or will hold) PostgreSQL-style sockets named .s.PGSQL.PORT: absolute,
+ * and short enough for the socket's path with any port to fit a sockaddr_un. For
+ * unix_socket_dir an empty text means no socket; *dir is then freed and set to NULL. */
+static void check_socket_dir(struct ctx *c, const struct ynode *v, const char *key, char **dir)
+{
+    if (**dir == '\0' && strcmp(key, "unix_socket_dir") == 0) {
+        free(*dir);
+        *dir = NULL;
+        return;
+    }
+    char t[48];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    if (**dir != '/')
+        report_at(c, v, "'%s' must be an absolute directory path, got '%s'", key,
+                  show(v, t, sizeof t));
+    else if (config_socket_path(*dir, 65535, path, sizeof path) < 0)
+        report_at(c, v, "'%s' is too long for a socket path (at most %zu bytes)", key,
+                  sizeof path - sizeof "/.s.PGSQL.65535");
+}
+
 /* Damerau-style edit distance (optimal string alignment) for "did you mean" hints: a swapped
  * pair of letters is one typo. Inputs are at most 64 bytes. */
 static size_t edit_distance(const char *a, size_t la, const char *b, size_t lb)
@@ -927,8 +954,8 @@ static void parse_node(struct ctx *c, const struct ynode *e, struct config_node 
         free(nd->name);
         nd->name = NULL;
     }
-    if (v[N_HOST])
-        get_text(c, v[N_HOST], "host", false, &nd->host);
+    if (v[N_HOST] && get_text(c, v[N_HOST], "host", false, &nd->host) && nd->host[0] == '/')
+        check_socket_dir(c, v[N_HOST], "host", &nd->host);
     if (v[N_PORT])
         get_int32(c, v[N_PORT], "port", 1, 65535, &nd->port);
     int role = 0;
@@ -1141,6 +1168,7 @@ static const char *const log_level_names[] = {"debug", "info", "warning", "error
 static void parse_root(struct ctx *c, const struct ynode *root, struct config *cfg)
 {
     static const char *const names[] = {"listen",
+                                        "unix_socket_dir",
                                         "admin_listen",
                                         "auth_method",
                                         "users",
@@ -1160,6 +1188,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "log_level"};
     enum {
         K_LISTEN,
+        K_UNIX_DIR,
         K_ADMIN_LISTEN,
         K_AUTH,
         K_USERS,
@@ -1190,6 +1219,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     int e = 0;
     if (v[K_LISTEN])
         get_listen_addr(c, v[K_LISTEN], "listen", &cfg->listen);
+    if (v[K_UNIX_DIR] && get_text(c, v[K_UNIX_DIR], "unix_socket_dir", true, &cfg->unix_socket_dir))
+        check_socket_dir(c, v[K_UNIX_DIR], "unix_socket_dir", &cfg->unix_socket_dir);
     if (v[K_ADMIN_LISTEN])
         get_listen_addr(c, v[K_ADMIN_LISTEN], "admin_listen", &cfg->admin_listen);
     if (v[K_AUTH] && get_enum(c, v[K_AUTH], "auth_method", auth_names, 3, &e))
@@ -1376,6 +1407,7 @@ void config_free(struct config *c)
         free(c->nodes[i].host);
         free(c->nodes[i].monitor_host);
     }
+    free(c->unix_socket_dir);
     free(c->nodes);
     for (size_t i = 0; i < c->nwrite_functions; i++)
         free(c->write_functions[i]);

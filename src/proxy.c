@@ -4,11 +4,15 @@
 #include "proxy.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "admin.h"
@@ -27,6 +31,11 @@ static struct config *boot_cfg;
 int64_t proxy_now_ms(void)
 {
     return (int64_t)(uv_hrtime() / 1000000);
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
 void proxy_node_failed(struct proxy *px, int node)
@@ -512,9 +521,21 @@ int proxy_reload(struct proxy *px, char **errors)
     if (strcmp(old->listen.host, nc->listen.host) != 0 || old->listen.port != nc->listen.port ||
         strcmp(old->admin_listen.host, nc->admin_listen.host) != 0 ||
         old->admin_listen.port != nc->admin_listen.port || old->workers != nc->workers ||
-        px->shared->cpu_affinity != nc->cpu_affinity)
-        log_warn("reload: listen, admin_listen, workers and cpu_affinity keep their old values "
-                 "until a restart");
+        px->shared->cpu_affinity != nc->cpu_affinity ||
+        !same_text(old->unix_socket_dir, nc->unix_socket_dir)) {
+        log_warn("reload: listen, unix_socket_dir, admin_listen, workers and cpu_affinity keep "
+                 "their old values until a restart");
+        /* The new configuration states what is in use (SHOW CONFIG, the next reload's check). */
+        char *dir = old->unix_socket_dir ? strdup(old->unix_socket_dir) : NULL;
+        if (dir != NULL || old->unix_socket_dir == NULL) {
+            free(nc->unix_socket_dir);
+            nc->unix_socket_dir = dir;
+        }
+        nc->listen = old->listen;
+        nc->admin_listen = old->admin_listen;
+        nc->workers = old->workers;
+        nc->cpu_affinity = px->shared->cpu_affinity;
+    }
     monitor_free(px->monitor);
     px->monitor = nm;
     int level = log_parse_level(nc->log_level ? nc->log_level : "info");
@@ -628,6 +649,8 @@ static void drain_begin(struct proxy *px, void *arg)
         return;
     px->shutting_down = true;
     uv_close((uv_handle_t *)&px->listener, NULL);
+    if (px->has_unix_listener)
+        uv_close((uv_handle_t *)&px->unix_listener, NULL);
     px->shutdown_deadline = proxy_now_ms() + px->cfg->shutdown_timeout_ms;
     uv_timer_init(px->loop, &px->shutdown_timer);
     px->shutdown_timer.data = px;
@@ -656,8 +679,16 @@ static void on_signal(uv_signal_t *s, int signum)
     }
 }
 
+/* A host that is a directory (it starts with '/') names the node's Unix-domain socket in it,
+ * as in libpq; anything else goes to getaddrinfo (blocking: startup and reload only). */
 static int resolve(const char *host, int port, struct sockaddr_storage *out)
 {
+    if (host[0] == '/') {
+        struct sockaddr_un *un = (struct sockaddr_un *)out;
+        memset(out, 0, sizeof(*out));
+        un->sun_family = AF_UNIX;
+        return config_socket_path(host, port, un->sun_path, sizeof(un->sun_path));
+    }
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -669,6 +700,91 @@ static int resolve(const char *host, int port, struct sockaddr_storage *out)
         return -1;
     memcpy(out, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
+    return 0;
+}
+
+void proxy_stream_init(uv_loop_t *loop, void *h, const struct sockaddr_storage *addr)
+{
+    if (addr->ss_family == AF_UNIX)
+        uv_pipe_init(loop, h, 0);
+    else
+        uv_tcp_init(loop, h);
+}
+
+int proxy_stream_connect(uv_connect_t *req, void *h, const struct sockaddr_storage *addr,
+                         uv_connect_cb cb)
+{
+    if (addr->ss_family == AF_UNIX) {
+        /* Reports every failure, even an immediate one, through cb. */
+        uv_pipe_connect(req, h, ((const struct sockaddr_un *)addr)->sun_path, cb);
+        return 0;
+    }
+    return uv_tcp_connect(req, h, (const struct sockaddr *)addr, cb);
+}
+
+/* Whether a server answers on the Unix-domain socket at `path`. A socket file that nobody
+ * answers on (ECONNREFUSED) is what a process that did not exit cleanly leaves behind. */
+static bool unix_socket_live(const char *path)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return false;
+    /* EAGAIN: a full backlog, so someone listens. */
+    bool live = connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0 || errno == EAGAIN;
+    close(fd);
+    return live;
+}
+
+/* unix_socket_dir: worker 0 creates DIR/.s.PGSQL.<listen port>, open to every local user as
+ * PostgreSQL's own socket is by default (clients still authenticate); libuv removes the file
+ * when that handle closes. Unix-domain sockets have no SO_REUSEPORT, so every other worker
+ * polls a duplicate of the same listening socket and whichever loop accepts first owns the
+ * client. Returns 0, or -1 after logging why. */
+static int unix_listen(struct proxy *px, const struct config *cfg)
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    if (config_socket_path(cfg->unix_socket_dir, cfg->listen.port, path, sizeof(path)) < 0) {
+        log_error("unix_socket_dir %s is too long for a socket path", cfg->unix_socket_dir);
+        return -1;
+    }
+    int rc;
+    uv_pipe_init(px->loop, &px->unix_listener, 0);
+    px->unix_listener.data = px;
+    px->has_unix_listener = true;
+    if (px->worker == 0) {
+        struct stat st;
+        if (lstat(path, &st) == 0) {
+            if (!S_ISSOCK(st.st_mode)) {
+                log_error("cannot listen on %s: the file exists and is not a socket", path);
+                return -1;
+            }
+            if (unix_socket_live(path)) {
+                log_error("cannot listen on %s: another server is listening there", path);
+                return -1;
+            }
+            log_info("removing %s, a stale socket file", path);
+            unlink(path);
+        }
+        rc = uv_pipe_bind(&px->unix_listener, path);
+        if (rc == 0 && chmod(path, 0777) < 0)
+            rc = uv_translate_sys_error(errno);
+    } else {
+        uv_os_fd_t fd0;
+        rc = uv_fileno((uv_handle_t *)&px->shared->workers[0]->unix_listener, &fd0);
+        int fd = rc == 0 ? fcntl(fd0, F_DUPFD_CLOEXEC, 0) : -1;
+        if (rc == 0 && fd < 0)
+            rc = uv_translate_sys_error(errno);
+        if (rc == 0 && (rc = uv_pipe_open(&px->unix_listener, fd)) < 0)
+            close(fd);
+    }
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&px->unix_listener, 1024, on_connection);
+    if (rc < 0) {
+        log_error("cannot listen on %s: %s", path, uv_strerror(rc));
+        return -1;
+    }
     return 0;
 }
 
@@ -722,6 +838,8 @@ static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_
                   uv_strerror(rc));
         return -1;
     }
+    if (cfg->unix_socket_dir != NULL)
+        return unix_listen(px, cfg);
     return 0;
 }
 
@@ -860,8 +978,11 @@ int proxy_run(struct config *cfg)
             return 1;
         }
     }
-    log_info("pgsteer listening on %s:%d with %zu nodes and %d worker%s", cfg->listen.host,
-             cfg->listen.port, cfg->nnodes, n, n == 1 ? "" : "s");
+    char sock[sizeof(((struct sockaddr_un *)0)->sun_path) + 8] = "";
+    if (cfg->unix_socket_dir != NULL)
+        snprintf(sock, sizeof(sock), " and %s/.s.PGSQL.%d", cfg->unix_socket_dir, cfg->listen.port);
+    log_info("pgsteer listening on %s:%d%s with %zu nodes and %d worker%s", cfg->listen.host,
+             cfg->listen.port, sock, cfg->nnodes, n, n == 1 ? "" : "s");
     worker_thread_setup(0, shared.cpu_affinity);
     uv_run(px.loop, UV_RUN_DEFAULT);
     uv_run(px.loop, UV_RUN_DEFAULT);

@@ -545,8 +545,10 @@ def pgsteer_binary():
 
 
 def config_yaml(cluster, port, admin_port, auth_method="scram-sha-256", extra_yaml="",
-                users=((APP_USER, APP_PASSWORD),), monitor="{interval_ms: 100}"):
-    """The YAML pgsteer is started with (see docs/configuration.md)."""
+                users=((APP_USER, APP_PASSWORD),), monitor="{interval_ms: 100}",
+                node_host="127.0.0.1"):
+    """The YAML pgsteer is started with (see docs/configuration.md). `node_host` is where every
+    node is reached: an address, or the cluster's socket directory (cluster.sockdir)."""
     lines = [
         "listen: 127.0.0.1:%d" % port,
         "admin_listen: 127.0.0.1:%d" % admin_port,
@@ -557,8 +559,8 @@ def config_yaml(cluster, port, admin_port, auth_method="scram-sha-256", extra_ya
     lines.append("nodes:")
     for n in cluster.nodes:
         w = ", weight: 1" if n.role == "replica" else ""
-        lines.append("  - {name: %s, host: 127.0.0.1, port: %d, role: %s%s}"
-                     % (n.name, n.port, n.role, w))
+        lines.append("  - {name: %s, host: %s, port: %d, role: %s%s}"
+                     % (n.name, node_host, n.port, n.role, w))
     if monitor:
         lines.append("monitor: %s" % monitor)
     text = "\n".join(lines) + "\n"
@@ -583,6 +585,8 @@ class Pgsteer:
         self.auth_method = auth_method
         self.extra_yaml = extra_yaml
         self.preexec_fn = None  # run in the child before exec (e.g. to enter a cgroup)
+        self.node_host = "127.0.0.1"  # or cluster.sockdir: the nodes over Unix-domain sockets
+        self.fixed_port = None  # listen on this port rather than a free one
         self.monitor_yaml = monitor  # the `monitor:` value (flow mapping); None leaves it out
         self.name = name or "pgsteer%d" % Pgsteer._seq
         self.start_timeout = start_timeout
@@ -625,11 +629,12 @@ class Pgsteer:
         _register(self)
         used = set(self.cluster.ports)
         for attempt in range(5):
-            self.port = free_port(exclude=used)
+            self.port = self.fixed_port or free_port(exclude=used)
             self.admin_port = free_port(exclude=used | {self.port})
             with open(self.config_path, "w") as f:
                 f.write(config_yaml(self.cluster, self.port, self.admin_port, self.auth_method,
-                                    self.extra_yaml, monitor=self.monitor_yaml))
+                                    self.extra_yaml, monitor=self.monitor_yaml,
+                                    node_host=self.node_host))
             logf = open(self.log_path, "ab")
             try:
                 self.proc = subprocess.Popen([self.binary, "-c", self.config_path],

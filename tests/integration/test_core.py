@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -829,6 +830,135 @@ def direct_dsn(port):
     return "host=127.0.0.1 port=%d user=app password=secret dbname=app" % port
 
 
+# ---- Unix-domain sockets ----------------------------------------------------------------
+class UnixSocketTest(Base):
+    """unix_socket_dir for clients, and nodes whose host is their socket directory: a
+    sidecar's local paths. Routing is told by cluster_name, since inet_server_port() is NULL
+    over a Unix-domain socket (which is also how the test knows the hop was one)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sockdir = os.path.join(CLUSTER.tmpdir, "pxsock")
+        os.makedirs(cls.sockdir, exist_ok=True)
+        cls.px = cl.Pgsteer(CLUSTER, name="unix", extra_yaml="unix_socket_dir: %s\nworkers: 2\n"
+                            "admin_users:\n  - {name: admin, password: adminpw}\n" % cls.sockdir)
+        cls.px.node_host = CLUSTER.sockdir
+        cls.px.start()
+        cls.names = {n.port: n.name for n in CLUSTER.nodes}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.px.stop()
+
+    def unix_conn(self, autocommit=True, **kw):
+        c = psycopg2.connect(self.px.dsn(host=self.sockdir, **kw))
+        c.autocommit = autocommit
+        self.addCleanup(c.close)
+        return c
+
+    def test_socket_file(self):
+        path = os.path.join(self.sockdir, ".s.PGSQL.%d" % self.px.port)
+        st = os.stat(path)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode), path)
+        self.assertEqual(st.st_mode & 0o777, 0o777)
+        self.assertIn("and %s with" % path, self.px.log_text())
+
+    def test_reads_and_writes_over_unix_sockets(self):
+        replicas = {self.names[p] for p in CLUSTER.replica_ports}
+        primary = self.names[CLUSTER.primary_port]
+        seen = set()
+        # Enough sessions that both workers, polling the one listening socket, take some.
+        for _ in range(12):
+            c = self.unix_conn()
+            name, server_port, client_addr = self.one(
+                c, "select current_setting('cluster_name'), inet_server_port(), "
+                   "inet_client_addr()")
+            self.assertIn(name, replicas)
+            self.assertIsNone(server_port, "pgsteer reached the node over TCP")
+            seen.add(name)
+            self.query(c, "insert into items (v) values ('unix')")
+            self.assertEqual(self.one(c, "select current_setting('cluster_name') "
+                                         "from items limit 1 for update")[0], primary)
+        self.assertEqual(seen, replicas, "sessions spread over both replicas")
+        # The clients arrived over the socket: psql tells which kind of connection it made.
+        out = cl.run_psql(self.px.port, ["\\conninfo"], host=self.sockdir,
+                          password=cl.APP_PASSWORD, bindir=CLUSTER.bindir).stdout
+        self.assertIn('via socket in "%s"' % self.sockdir, out)
+        self.assertHealthy(self.px)
+
+    def test_monitor_over_unix_sockets(self):
+        # The monitor reaches the nodes through their sockets too (libpq takes a directory
+        # as host): after a few rounds (100 ms apart) it reports every node up, where a node
+        # it cannot reach would be down.
+        time.sleep(0.5)
+        out = cl.run_psql(self.px.admin_port, "SHOW NODES", user="admin", db="pgsteer",
+                          password="adminpw", bindir=CLUSTER.bindir).stdout
+        states = {r.split("|")[0]: r.split("|")[2] for r in out.strip().splitlines()}
+        self.assertEqual(states, {n.name: "up" for n in CLUSTER.nodes}, out)
+
+    def test_cancel_over_unix_sockets(self):
+        c = self.unix_conn()
+        self.one(c, "select 1")
+        timer = threading.Timer(0.5, c.cancel)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        t0 = time.monotonic()
+        with self.assertRaises(psycopg2.errors.QueryCanceled):
+            self.query(c, "select pg_sleep(20)")
+        self.assertLess(time.monotonic() - t0, 10)
+
+    def test_pgbench_over_unix_sockets(self):
+        p = subprocess.run([os.path.join(CLUSTER.bindir, "pgbench"), "-n", "-h", self.sockdir,
+                            "-p", str(self.px.port), "-U", "app", "-c", "4", "-j", "2", "-T",
+                            "2", "-M", "extended", "-f", "-", "app"],
+                           input="select count(*) from items;\n", capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, PGPASSWORD="secret"))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"number of failed transactions: 0")
+
+    def test_stale_live_and_foreign_socket_files(self):
+        d = os.path.join(CLUSTER.tmpdir, "pxsock2")
+        os.makedirs(d, exist_ok=True)
+        port = cl.free_port(exclude=set(CLUSTER.ports) | {self.px.port, self.px.admin_port})
+        path = os.path.join(d, ".s.PGSQL.%d" % port)
+
+        def start():
+            px = cl.Pgsteer(CLUSTER, name="unix2", extra_yaml="unix_socket_dir: %s\n" % d)
+            px.fixed_port = port
+            return px
+
+        # Left behind by a process that did not exit cleanly: removed, then listened on.
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()
+        with start() as px:
+            self.assertIn("stale socket file", px.log_text())
+            c = psycopg2.connect(px.dsn(host=d))
+            c.close()
+        self.assertFalse(os.path.exists(path), "the socket file is removed at exit")
+        # Someone listens there: pgsteer refuses to start rather than steal the path.
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.listen(1)
+        try:
+            px = start()
+            with self.assertRaises(cl.ClusterError) as cm:
+                px.start()
+            self.assertIn("another server is listening there", str(cm.exception))
+        finally:
+            s.close()
+            os.unlink(path)
+        # Not a socket at all: never removed.
+        with open(path, "w") as f:
+            f.write("keep")
+        px = start()
+        with self.assertRaises(cl.ClusterError) as cm:
+            px.start()
+        self.assertIn("the file exists and is not a socket", str(cm.exception))
+        with open(path) as f:
+            self.assertEqual(f.read(), "keep")
+
+
 # ---- a replica goes away ----------------------------------------------------------------
 def attempt(fn, timeout=10):
     """Run fn in a thread: ('ok', value), ('error', psycopg2.Error), ('exception', e) or
@@ -916,7 +1046,7 @@ def load_tests(loader, standard_tests, pattern):
     """Cheap tests first, the disruptive one last."""
     suite = unittest.TestSuite()
     for cls in (CommandLineTest, RoutingTest, AuthTest, ProtocolTest, PsycopgTest, PgbenchTest,
-                ShutdownTest, ReplicaDownTest):
+                UnixSocketTest, ShutdownTest, ReplicaDownTest):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     return suite
 

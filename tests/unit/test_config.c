@@ -169,6 +169,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->max_client_conn, 10000);
     assert_int_equal(c->workers, 0); /* one per CPU */
     assert_int_equal(c->cpu_affinity, CPU_AFFINITY_OFF);
+    assert_null(c->unix_socket_dir);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->connect_timeout_ms, 5000);
     assert_string_equal(c->log_level, "info");
@@ -531,6 +532,57 @@ static void test_config_parse_reports_missing_keys(void **state)
     expect_errors("monitor:\n  user: bob\n" BASE,
                   "t.yaml:2:3: missing required key 'password' (monitor user 'bob' is not in "
                   "'users')\n");
+}
+
+static void test_config_unix_sockets(void **state)
+{
+    (void)state;
+    struct config *c = parse("unix_socket_dir: /run/pgsteer\n"
+                             "users:\n"
+                             "  - {name: app, password: secret}\n"
+                             "nodes:\n"
+                             "  - {name: p, host: /var/run/postgresql, port: 5432, role: primary}\n"
+                             "  - {name: r, host: 127.0.0.1, port: 5433, role: replica}\n");
+    assert_string_equal(c->unix_socket_dir, "/run/pgsteer");
+    assert_string_equal(c->nodes[0].host, "/var/run/postgresql");
+    assert_string_equal(c->nodes[0].monitor_host, "/var/run/postgresql");
+    config_free(c);
+    /* Empty: no socket, as when the key is absent. */
+    c = parse("unix_socket_dir: ''\n" BASE);
+    assert_null(c->unix_socket_dir);
+    config_free(c);
+
+    char path[32];
+    assert_int_equal(config_socket_path("/tmp", 6432, path, sizeof path), 0);
+    assert_string_equal(path, "/tmp/.s.PGSQL.6432");
+    assert_int_equal(config_socket_path("/tmp", 6432, path, 18), -1); /* no room for the NUL */
+    assert_int_equal(config_socket_path("/tmp", 6432, path, 19), 0);
+
+    /* 92 bytes of directory leave room for "/.s.PGSQL.65535" in a 108-byte sun_path; 93 not. */
+    char dir[200], text[600];
+    memset(dir, 'd', sizeof dir);
+    dir[0] = '/';
+    dir[92] = '\0';
+    snprintf(text, sizeof text, "unix_socket_dir: %s\n" BASE, dir);
+    c = parse(text);
+    assert_non_null(c);
+    config_free(c);
+    dir[92] = 'd';
+    dir[93] = '\0';
+    snprintf(text, sizeof text,
+             "unix_socket_dir: %s\n"
+             "users:\n"
+             "  - {name: app, password: secret}\n"
+             "nodes:\n"
+             "  - {name: p, host: %s, port: 5432, role: primary}\n"
+             "  - {name: r, host: 127.0.0.1, port: 5433, role: replica}\n",
+             dir, dir);
+    expect_errors(text, "t.yaml:1:18: 'unix_socket_dir' is too long for a socket path (at most "
+                        "92 bytes)\n"
+                        "t.yaml:5:21: 'host' is too long for a socket path (at most 92 bytes)\n");
+    expect_errors("unix_socket_dir: run/pgsteer\n" BASE,
+                  "t.yaml:1:18: 'unix_socket_dir' must be an absolute directory path, got "
+                  "'run/pgsteer'\n");
 }
 
 static void test_config_parse_reports_wrong_types(void **state)
@@ -1002,6 +1054,7 @@ int main(void)
         cmocka_unit_test(test_config_parse_reports_unknown_keys),
         cmocka_unit_test(test_config_parse_reports_missing_keys),
         cmocka_unit_test(test_config_parse_reports_wrong_types),
+        cmocka_unit_test(test_config_unix_sockets),
         cmocka_unit_test(test_config_parse_reports_bad_integers),
         cmocka_unit_test(test_config_parse_reports_out_of_range),
         cmocka_unit_test(test_config_parse_reports_bad_enums),
