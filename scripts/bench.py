@@ -228,6 +228,7 @@ class Service:
         self.proc = None
         self.version = None
         self.target_port = None  # PgBouncer: the node it fronts (default: the primary)
+        self.unix = False  # --unix: reach the nodes over their Unix-domain sockets
 
     def __enter__(self):
         try:
@@ -276,8 +277,9 @@ class PgBouncer(Service):
         self._write("userlist.txt", '"%s" "%s"\n' % (cl.APP_USER, cl.APP_PASSWORD))
         for attempt in range(5):
             self.port = cl.free_port(exclude=set(self.c.ports))
-            target = "host=127.0.0.1 port=%d dbname=%s" % (self.target_port or self.c.primary_port,
-                                                           cl.APP_DB)
+            target = "host=%s port=%d dbname=%s" % (
+                self.c.sockdir if self.unix else "127.0.0.1",
+                self.target_port or self.c.primary_port, cl.APP_DB)
             ini = self._write("pgbouncer.ini", "\n".join([
                 "[databases]",
                 "%s = %s" % (cl.APP_DB, target),
@@ -286,7 +288,7 @@ class PgBouncer(Service):
                 "[pgbouncer]",
                 "listen_addr = 127.0.0.1",
                 "listen_port = %d" % self.port,
-                "unix_socket_dir =",
+                "unix_socket_dir = %s" % (self.dir if self.unix else ""),
                 "auth_type = scram-sha-256",
                 "auth_file = %s" % os.path.join(self.dir, "userlist.txt"),
                 "pool_mode = transaction",
@@ -336,7 +338,8 @@ class Pgpool(Service):
                 "backend_clustering_mode = 'streaming_replication'",
                 "listen_addresses = '127.0.0.1'",
                 "port = %d" % self.port,
-                "unix_socket_directories = '%s'" % d,
+                "unix_socket_directories = '%s'" % d,  # Pgpool-II 4.4 and later
+                "socket_dir = '%s'" % d,  # the same setting's name before 4.4
                 "pcp_listen_addresses = '127.0.0.1'",
                 "pcp_port = %d" % pcp_port,
                 "pcp_socket_dir = '%s'" % d,
@@ -377,7 +380,8 @@ class Pgpool(Service):
             ]
             for i, n in enumerate(self.c.nodes):
                 lines += [
-                    "backend_hostname%d = '127.0.0.1'" % i,
+                    "backend_hostname%d = '%s'" % (i, self.c.sockdir if self.unix
+                                                   else "127.0.0.1"),
                     "backend_port%d = %d" % (i, n.port),
                     "backend_weight%d = 1" % i,
                     "backend_flag%d = 'ALLOW_TO_FAILOVER'" % i,
@@ -424,8 +428,10 @@ class Pgpool(Service):
 
 # ---- pgbench -------------------------------------------------------------------------------
 class Contender:
-    def __init__(self, name, port_for, dbname_for=None, service=None, proc=None):
+    def __init__(self, name, port_for, dbname_for=None, service=None, proc=None,
+                 host="127.0.0.1"):
         self.name = name
+        self.host = host  # where pgbench connects: an address, or a socket directory
         self.port_for = port_for  # script -> port
         self.dbname_for = dbname_for or (lambda mode: cl.APP_DB)
         self.service = service
@@ -446,8 +452,9 @@ class Contender:
         return None
 
 
-def pgbench_args(bindir, port, dbname, script, mode, clients, threads, duration, log_prefix):
-    args = [os.path.join(bindir, "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port),
+def pgbench_args(bindir, host, port, dbname, script, mode, clients, threads, duration,
+                 log_prefix):
+    args = [os.path.join(bindir, "pgbench"), "-n", "-h", host, "-p", str(port),
             "-U", cl.APP_USER, "-M", mode, "-c", str(clients), "-j", str(threads),
             "-T", str(duration), "--log", "--log-prefix=%s" % log_prefix]
     if script == "select-only":
@@ -495,7 +502,8 @@ def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
     prefix = os.path.join(logdir, "tx")
     for old in glob.glob(prefix + ".*"):
         os.unlink(old)
-    args = pgbench_args(c.bindir, port, dbname, script, mode, clients, threads, duration, prefix)
+    args = pgbench_args(c.bindir, contender.host, port, dbname, script, mode, clients, threads,
+                        duration, prefix)
     load = os.getloadavg()[0]
     cpu0 = contender.cpu()
     busy0 = system_busy_seconds()
@@ -828,13 +836,31 @@ def bench(args):
         bouncer = PgBouncer(c, max_clients)
         if args.one_replica:
             bouncer.target_port = c.replica_ports[0]
-        one_worker = cl.Pgsteer(c, extra_yaml="workers: 1\n" + args.pgsteer_yaml,
-                                name="pgsteer-1w")
-        first_replica = cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml, name="pgsteer-r1")
-        pinned = cl.Pgsteer(c, extra_yaml="cpu_affinity: auto\n" + args.pgsteer_yaml,
-                            name="pgsteer-pin")
-        with cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml) as px, bouncer, \
-                Pgpool(c, max_clients) as pool, \
+        pool = Pgpool(c, max_clients)
+        # --unix: every hop over Unix-domain sockets, for every contender (pgbench to the
+        # proxy, the proxy to the nodes); pgsteer instances share one socket directory, since
+        # each socket is named by its port.
+        sockdir = os.path.join(c.tmpdir, "pgsteer-sockets")
+        base_yaml = args.pgsteer_yaml
+        if args.unix:
+            os.makedirs(sockdir, exist_ok=True)
+            bouncer.unix = pool.unix = True
+            base_yaml = "unix_socket_dir: %s\n%s" % (sockdir, base_yaml)
+        host = {"direct": c.sockdir if args.unix else "127.0.0.1",
+                "pgsteer": sockdir if args.unix else "127.0.0.1",
+                "pgbouncer": bouncer.dir if args.unix else "127.0.0.1",
+                "pgpool": pool.dir if args.unix else "127.0.0.1"}
+
+        def pgsteer(extra, name=None):
+            px = cl.Pgsteer(c, extra_yaml=extra + base_yaml, name=name)
+            if args.unix:
+                px.node_host = c.sockdir
+            return px
+
+        one_worker = pgsteer("workers: 1\n", "pgsteer-1w")
+        first_replica = pgsteer("", "pgsteer-r1")
+        pinned = pgsteer("cpu_affinity: auto\n", "pgsteer-pin")
+        with pgsteer("") as px, bouncer, pool, \
                 (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()), \
                 (first_replica if "pgsteer-r1" in contenders else contextlib.nullcontext()), \
                 (pinned if "pgsteer-pin" in contenders else contextlib.nullcontext()):
@@ -849,16 +875,20 @@ def bench(args):
             replica = c.replica_ports[0]
             table = {
                 "direct": Contender("direct", lambda s: replica if s == "select-only"
-                                    else c.primary_port),
-                "pgsteer": Contender("pgsteer", lambda s: px.port, proc=px.proc),
+                                    else c.primary_port, host=host["direct"]),
+                "pgsteer": Contender("pgsteer", lambda s: px.port, proc=px.proc,
+                                     host=host["pgsteer"]),
                 "pgsteer-1w": Contender("pgsteer-1w", lambda s: one_worker.port,
-                                        proc=one_worker.proc),
+                                        proc=one_worker.proc, host=host["pgsteer"]),
                 "pgsteer-r1": Contender("pgsteer-r1", lambda s: first_replica.port,
-                                        proc=first_replica.proc),
-                "pgsteer-pin": Contender("pgsteer-pin", lambda s: pinned.port, proc=pinned.proc),
+                                        proc=first_replica.proc, host=host["pgsteer"]),
+                "pgsteer-pin": Contender("pgsteer-pin", lambda s: pinned.port, proc=pinned.proc,
+                                         host=host["pgsteer"]),
                 "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
-                                       dbname_for=bouncer.dbname, service=bouncer),
-                "pgpool": Contender("pgpool", lambda s: pool.port, service=pool),
+                                       dbname_for=bouncer.dbname, service=bouncer,
+                                       host=host["pgbouncer"]),
+                "pgpool": Contender("pgpool", lambda s: pool.port, service=pool,
+                                    host=host["pgpool"]),
             }
             versions = {"pgbouncer": bouncer.version, "pgpool": pool.version}
             # Warm-up, and a check that each contender routes select-only where it should.
@@ -927,7 +957,8 @@ def bench(args):
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "settings": {"duration_s": args.duration, "rounds": args.rounds, "clients": clients,
                      "threads": args.threads, "modes": modes, "scripts": scripts,
-                     "contenders": contenders, "scale": SCALE, "warmup_s": args.warmup},
+                     "contenders": contenders, "scale": SCALE, "warmup_s": args.warmup,
+                     "transport": "unix" if args.unix else "tcp"},
         "machine": machine_info(c),
         "versions": versions,
         "routing_check_select_only": routing,
@@ -939,9 +970,10 @@ def bench(args):
     }
     md = table_markdown(rows)
     print()
-    print("pgbench, scale %d, %ds x %d rounds (median), %s, %d cores, %s"
+    print("pgbench, scale %d, %ds x %d rounds (median), %s, %d cores, %s, over %s"
           % (SCALE, args.duration, args.rounds, started.strftime("%Y-%m-%d"),
-             os.cpu_count(), doc["machine"].get("postgresql", "")))
+             os.cpu_count(), doc["machine"].get("postgresql", ""),
+             "Unix-domain sockets" if args.unix else "loopback TCP"))
     print()
     print(md)
     print()
@@ -1274,6 +1306,9 @@ def main(argv=None):
     ap.add_argument("--one-replica", action="store_true",
                     help="pgsteer reads from the first replica only and PgBouncer fronts that "
                          "replica (select-only), so both serve one PostgreSQL instance")
+    ap.add_argument("--unix", action="store_true",
+                    help="every contender over Unix-domain sockets: pgbench to the proxy (or "
+                         "to PostgreSQL) and the proxy to the nodes")
     ap.add_argument("--pgsteer-yaml", default="", metavar="YAML",
                     help="extra configuration lines for pgsteer, e.g. 'workers: 1'")
     ap.add_argument("--idle-conns", type=int, default=0, metavar="N",
