@@ -722,6 +722,26 @@ int proxy_stream_connect(uv_connect_t *req, void *h, const struct sockaddr_stora
     return uv_tcp_connect(req, h, (const struct sockaddr *)addr, cb);
 }
 
+/* SO_REUSEPORT lets any process of the same user bind the address too, so a second pgsteer
+ * started by mistake would silently take half of the new connections. Before the workers
+ * bind, try the address without it: that fails with UV_EADDRINUSE while anyone listens there
+ * (SO_REUSEADDR, as libuv sets it, only lets it past connections in TIME_WAIT). A listener
+ * that appears between this check and the workers' binds is not caught. */
+static int port_taken(const struct sockaddr_storage *la)
+{
+    int fd = socket(la->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1, rc = 0;
+    socklen_t len =
+        la->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)la, len) < 0 || listen(fd, 1) < 0)
+        rc = uv_translate_sys_error(errno);
+    close(fd);
+    return rc;
+}
+
 /* Whether a server answers on the Unix-domain socket at `path`. A socket file that nobody
  * answers on (ECONNREFUSED) is what a process that did not exit cleanly leaves behind. */
 static bool unix_socket_live(const char *path)
@@ -822,7 +842,9 @@ static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_
     uv_tcp_init_ex(loop, &px->listener, la->ss_family);
     px->listener.data = px;
     int rc = 0;
-    if (sh->nworkers > 1) {
+    if (sh->nworkers > 1 && index == 0)
+        rc = port_taken(la);
+    if (rc == 0 && sh->nworkers > 1) {
         uv_os_fd_t fd;
         int one = 1;
         rc = uv_fileno((uv_handle_t *)&px->listener, &fd);

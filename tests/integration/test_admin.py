@@ -796,6 +796,30 @@ class WorkersTest(Base):
                 pass
         return out
 
+    def test_second_instance_cannot_share_the_port(self):
+        # The workers bind with SO_REUSEPORT, which would let another pgsteer of the same user
+        # bind the same port and take half of the new connections: it must refuse to start.
+        px = start_pgsteer(extra_yaml="workers: 2\n", name="admin-first")
+        try:
+            second = cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + "workers: 2\n",
+                                name="admin-second")
+            second.fixed_port = px.port
+            # start() sees the first one's port open and may return: the second must exit.
+            try:
+                second.start()
+            except cl.ClusterError:
+                pass
+            try:
+                self.assertNotEqual(second.proc.wait(timeout=15), 0)
+            finally:
+                second.stop()
+            self.assertIn("cannot listen on 127.0.0.1:%d: address already in use" % px.port,
+                          second.log_text())
+            self.assertFalse(second.alive())
+            self.assertIn(self.port_of(self.connect(px)), CLUSTER.replica_ports)
+        finally:
+            px.stop()
+
     def test_thread_names_and_cpu_affinity(self):
         cpus = sorted(os.sched_getaffinity(0))
         # Without cpu_affinity (the default) every thread may run anywhere; threads are named.
