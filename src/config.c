@@ -725,21 +725,15 @@ int config_socket_path(const char *dir, int port, char *out, size_t cap)
 }
 
 /* A directory that holds (or will hold) PostgreSQL-style sockets named .s.PGSQL.PORT: absolute,
- * and short enough for the socket's path with any port to fit a sockaddr_un. For
- * unix_socket_dir an empty text means no socket; *dir is then freed and set to NULL. */
-static void check_socket_dir(struct ctx *c, const struct ynode *v, const char *key, char **dir)
+ * and short enough for the socket's path with any port to fit a sockaddr_un. */
+static void check_socket_dir(struct ctx *c, const struct ynode *v, const char *key, const char *dir)
 {
-    if (**dir == '\0' && strcmp(key, "unix_socket_dir") == 0) {
-        free(*dir);
-        *dir = NULL;
-        return;
-    }
     char t[48];
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    if (**dir != '/')
+    if (dir[0] != '/')
         report_at(c, v, "'%s' must be an absolute directory path, got '%s'", key,
                   show(v, t, sizeof t));
-    else if (config_socket_path(*dir, 65535, path, sizeof path) < 0)
+    else if (config_socket_path(dir, 65535, path, sizeof path) < 0)
         report_at(c, v, "'%s' is too long for a socket path (at most %zu bytes)", key,
                   sizeof path - sizeof "/.s.PGSQL.65535");
 }
@@ -955,7 +949,7 @@ static void parse_node(struct ctx *c, const struct ynode *e, struct config_node 
         nd->name = NULL;
     }
     if (v[N_HOST] && get_text(c, v[N_HOST], "host", false, &nd->host) && nd->host[0] == '/')
-        check_socket_dir(c, v[N_HOST], "host", &nd->host);
+        check_socket_dir(c, v[N_HOST], "host", nd->host);
     if (v[N_PORT])
         get_int32(c, v[N_PORT], "port", 1, 65535, &nd->port);
     int role = 0;
@@ -1219,8 +1213,15 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     int e = 0;
     if (v[K_LISTEN])
         get_listen_addr(c, v[K_LISTEN], "listen", &cfg->listen);
-    if (v[K_UNIX_DIR] && get_text(c, v[K_UNIX_DIR], "unix_socket_dir", true, &cfg->unix_socket_dir))
-        check_socket_dir(c, v[K_UNIX_DIR], "unix_socket_dir", &cfg->unix_socket_dir);
+    if (v[K_UNIX_DIR] &&
+        get_text(c, v[K_UNIX_DIR], "unix_socket_dir", true, &cfg->unix_socket_dir)) {
+        if (cfg->unix_socket_dir[0] == '\0') { /* empty: no socket, as when absent */
+            free(cfg->unix_socket_dir);
+            cfg->unix_socket_dir = NULL;
+        } else {
+            check_socket_dir(c, v[K_UNIX_DIR], "unix_socket_dir", cfg->unix_socket_dir);
+        }
+    }
     if (v[K_ADMIN_LISTEN])
         get_listen_addr(c, v[K_ADMIN_LISTEN], "admin_listen", &cfg->admin_listen);
     if (v[K_AUTH] && get_enum(c, v[K_AUTH], "auth_method", auth_names, 3, &e))

@@ -742,19 +742,22 @@ static int port_taken(const struct sockaddr_storage *la)
     return rc;
 }
 
-/* Whether a server answers on the Unix-domain socket at `path`. A socket file that nobody
- * answers on (ECONNREFUSED) is what a process that did not exit cleanly leaves behind. */
-static bool unix_socket_live(const char *path)
+/* Whether the socket file at `path` is stale: nobody answers on it (ECONNREFUSED), which is
+ * what a process that did not exit cleanly leaves behind. Returns 1 when stale, 0 when a
+ * server listens there (a connection, or EAGAIN: a full backlog), or a libuv error code when
+ * it cannot tell, in which case the file must be left alone. */
+static int unix_socket_stale(const char *path)
 {
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
-        return false;
-    /* EAGAIN: a full backlog, so someone listens. */
-    bool live = connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0 || errno == EAGAIN;
+        return uv_translate_sys_error(errno);
+    int rc = 0;
+    if (connect(fd, (struct sockaddr *)&un, sizeof(un)) < 0 && errno != EAGAIN)
+        rc = errno == ECONNREFUSED ? 1 : uv_translate_sys_error(errno);
     close(fd);
-    return live;
+    return rc;
 }
 
 /* unix_socket_dir: worker 0 creates DIR/.s.PGSQL.<listen port>, open to every local user as
@@ -780,8 +783,14 @@ static int unix_listen(struct proxy *px, const struct config *cfg)
                 log_error("cannot listen on %s: the file exists and is not a socket", path);
                 return -1;
             }
-            if (unix_socket_live(path)) {
+            int stale = unix_socket_stale(path);
+            if (stale == 0) {
                 log_error("cannot listen on %s: another server is listening there", path);
+                return -1;
+            }
+            if (stale < 0) {
+                log_error("cannot listen on %s: cannot tell whether a server listens there (%s)",
+                          path, uv_strerror(stale));
                 return -1;
             }
             log_info("removing %s, a stale socket file", path);
@@ -1000,11 +1009,11 @@ int proxy_run(struct config *cfg)
             return 1;
         }
     }
-    char sock[sizeof(((struct sockaddr_un *)0)->sun_path) + 8] = "";
+    char sock[sizeof(((struct sockaddr_un *)0)->sun_path)] = "";
     if (cfg->unix_socket_dir != NULL)
-        snprintf(sock, sizeof(sock), " and %s/.s.PGSQL.%d", cfg->unix_socket_dir, cfg->listen.port);
-    log_info("pgsteer listening on %s:%d%s with %zu nodes and %d worker%s", cfg->listen.host,
-             cfg->listen.port, sock, cfg->nnodes, n, n == 1 ? "" : "s");
+        config_socket_path(cfg->unix_socket_dir, cfg->listen.port, sock, sizeof(sock));
+    log_info("pgsteer listening on %s:%d%s%s with %zu nodes and %d worker%s", cfg->listen.host,
+             cfg->listen.port, sock[0] ? " and " : "", sock, cfg->nnodes, n, n == 1 ? "" : "s");
     worker_thread_setup(0, shared.cpu_affinity);
     uv_run(px.loop, UV_RUN_DEFAULT);
     uv_run(px.loop, UV_RUN_DEFAULT);
