@@ -9,8 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CONFIG_MAX_NODES   32
-#define CONFIG_MAX_WORKERS 64
+#define CONFIG_MAX_NODES        32
+#define CONFIG_MAX_WORKERS      64
+#define CONFIG_MAX_BUSY_POLL_US 10000 /* 10 ms: longer is a spinning thread, not a poll */
 
 enum node_role { NODE_PRIMARY = 0, NODE_REPLICA = 1 };
 enum auth_method { AUTH_METHOD_SCRAM = 0, AUTH_METHOD_MD5 = 1, AUTH_METHOD_TRUST = 2 };
@@ -78,6 +79,7 @@ struct config {
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */
+    int busy_poll_us;               /* poll this long after input before sleeping; default 0 */
     int shutdown_timeout_ms;        /* default 30000 */
     int connect_timeout_ms;         /* backend connect timeout, default 5000 */
     char *log_level;                /* "debug" | "info" | "warning" | "error", default info */

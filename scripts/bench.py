@@ -58,11 +58,15 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "integration"))
 import cluster as cl  # noqa: E402  (after the path change on purpose)
 
 ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
-# Measured only when asked for with --contenders: pgsteer with one event-loop worker, to show
-# what the workers (one per CPU by default) add; pgsteer reading from the first replica only
-# (the others at weight 0), to show what spreading reads over replicas on this machine costs;
-# pgsteer with cpu_affinity: auto (each worker pinned to its own CPU).
-EXTRA_CONTENDERS = ("pgsteer-1w", "pgsteer-r1", "pgsteer-pin")
+# Measured only when asked for with --contenders: pgsteer with a setting added to its
+# configuration. pgsteer-1w has one event-loop worker, to show what the workers (one per CPU by
+# default) add; pgsteer-r1 reads from the first replica only (the others at weight 0, set by a
+# reload after start), to show what spreading reads over replicas on this machine costs;
+# pgsteer-pin pins each worker to its own CPU; pgsteer-poll polls for 100 µs after input
+# before it sleeps.
+EXTRA_PGSTEER = {"pgsteer-1w": "workers: 1\n", "pgsteer-r1": "",
+                 "pgsteer-pin": "cpu_affinity: auto\n", "pgsteer-poll": "busy_poll_us: 100\n"}
+EXTRA_CONTENDERS = tuple(EXTRA_PGSTEER)
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
 # Statements per transaction of pgbench's built-in scripts, to turn transactions into queries.
@@ -70,7 +74,8 @@ STATEMENTS = {"select-only": 1, "tpcb-like": 7}
 LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
          "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker",
          "pgsteer-r1": "pgsteer, 1st replica only",
-         "pgsteer-pin": "pgsteer, cpu_affinity: auto"}
+         "pgsteer-pin": "pgsteer, cpu_affinity: auto",
+         "pgsteer-poll": "pgsteer, busy_poll_us: 100"}
 SCALE = 10
 # The issue's goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -689,31 +694,50 @@ def summarise(runs, contenders, configs):
 
 def goals(rows, contenders):
     """The issue's goals, per script and mode: at the most clients, pgsteer's TPS at least
-    1.1x PgBouncer's and 2x Pgpool-II's; at 1 client, less added latency than PgBouncer."""
+    1.1x PgBouncer's and 2x Pgpool-II's; at 1 client, less added latency than PgBouncer.
+    Checked for pgsteer with its defaults; each entry's "variants" holds the same check for
+    every other pgsteer contender measured (pgsteer-pin, pgsteer-poll, ...)."""
     out = []
     idx = {(r["script"], r["mode"], r["clients"], r["contender"]): r for r in rows}
     clients = sorted({r["clients"] for r in rows})
     if not clients:
         return out
     hi = max(clients)
-    for script in sorted({r["script"] for r in rows}):
-        for mode in ALL_MODES:
-            s = idx.get((script, mode, hi, "pgsteer"))
-            for peer, want in (("pgbouncer", GOAL_VS_PGBOUNCER), ("pgpool", GOAL_VS_PGPOOL)):
-                p = idx.get((script, mode, hi, peer))
-                if s and p and hi > 1:
-                    ratio = s["tps"] / p["tps"]
-                    out.append({"script": script, "mode": mode, "clients": hi,
-                                "goal": "TPS >= %.1fx %s" % (want, LABEL[peer]),
-                                "value": "%.2fx" % ratio, "met": ratio >= want})
-            s1 = idx.get((script, mode, 1, "pgsteer"))
+    variants = [c for c in contenders if c in EXTRA_PGSTEER]
+
+    def check(script, mode, name, peer, want):
+        """(value, met) of one goal for contender `name`, or None when not measured."""
+        if peer == "latency":
+            s1 = idx.get((script, mode, 1, name))
             b1 = idx.get((script, mode, 1, "pgbouncer"))
             if s1 and b1 and "added_latency_us" in s1 and "added_latency_us" in b1:
-                out.append({"script": script, "mode": mode, "clients": 1,
-                            "goal": "added latency < PgBouncer's",
-                            "value": "%+.0f µs vs %+.0f µs" % (s1["added_latency_us"],
-                                                               b1["added_latency_us"]),
-                            "met": s1["added_latency_us"] < b1["added_latency_us"]})
+                return ("%+.0f µs vs %+.0f µs" % (s1["added_latency_us"], b1["added_latency_us"]),
+                        s1["added_latency_us"] < b1["added_latency_us"])
+            return None
+        s, p = idx.get((script, mode, hi, name)), idx.get((script, mode, hi, peer))
+        if s and p and hi > 1:
+            ratio = s["tps"] / p["tps"]
+            return "%.2fx" % ratio, ratio >= want
+        return None
+
+    for script in sorted({r["script"] for r in rows}):
+        for mode in ALL_MODES:
+            for peer, want, n, goal in (
+                    ("pgbouncer", GOAL_VS_PGBOUNCER, hi,
+                     "TPS >= %.1fx %s" % (GOAL_VS_PGBOUNCER, LABEL["pgbouncer"])),
+                    ("pgpool", GOAL_VS_PGPOOL, hi,
+                     "TPS >= %.1fx %s" % (GOAL_VS_PGPOOL, LABEL["pgpool"])),
+                    ("latency", None, 1, "added latency < PgBouncer's")):
+                got = check(script, mode, "pgsteer", peer, want)
+                if got is None:
+                    continue
+                g = {"script": script, "mode": mode, "clients": n, "goal": goal,
+                     "value": got[0], "met": got[1], "variants": {}}
+                for v in variants:
+                    vg = check(script, mode, v, peer, want)
+                    if vg is not None:
+                        g["variants"][v] = {"value": vg[0], "met": vg[1]}
+                out.append(g)
     return out
 
 
@@ -746,11 +770,20 @@ def table_markdown(rows):
 
 
 def goals_markdown(gs):
-    lines = ["| script | mode | clients | goal | measured | met |", "|---|---|---|---|---|---|"]
+    variants = []
     for g in gs:
-        lines.append("| %s | %s | %d | %s | %s | %s |" % (g["script"], g["mode"], g["clients"],
-                                                        g["goal"], g["value"],
-                                                        "yes" if g["met"] else "**NO**"))
+        variants += [v for v in g.get("variants", {}) if v not in variants]
+    head = (["script", "mode", "clients", "goal", "pgsteer", "met"] +
+            [LABEL[v] for v in variants])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in gs:
+        cells = [g["script"], g["mode"], "%d" % g["clients"], g["goal"], g["value"],
+                 "yes" if g["met"] else "**NO**"]
+        for v in variants:
+            vg = g.get("variants", {}).get(v)
+            cells.append("" if vg is None else
+                         "%s, %s" % (vg["value"], "yes" if vg["met"] else "**NO**"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -857,15 +890,13 @@ def bench(args):
                 px.node_host = c.sockdir
             return px
 
-        one_worker = pgsteer("workers: 1\n", "pgsteer-1w")
-        first_replica = pgsteer("", "pgsteer-r1")
-        pinned = pgsteer("cpu_affinity: auto\n", "pgsteer-pin")
-        with pgsteer("") as px, bouncer, pool, \
-                (one_worker if "pgsteer-1w" in contenders else contextlib.nullcontext()), \
-                (first_replica if "pgsteer-r1" in contenders else contextlib.nullcontext()), \
-                (pinned if "pgsteer-pin" in contenders else contextlib.nullcontext()):
-            if "pgsteer-r1" in contenders:
-                only_first_replica(c, first_replica)
+        extra = {name: pgsteer(yaml, name) for name, yaml in EXTRA_PGSTEER.items()
+                 if name in contenders}
+        with pgsteer("") as px, bouncer, pool, contextlib.ExitStack() as stack:
+            for name in extra:
+                stack.enter_context(extra[name])
+            if "pgsteer-r1" in extra:
+                only_first_replica(c, extra["pgsteer-r1"])
             if args.one_replica:
                 # Reads from the first replica only (the others at weight 0, by a reload), and
                 # PgBouncer in front of that same replica: both proxies serve one PostgreSQL
@@ -878,18 +909,15 @@ def bench(args):
                                     else c.primary_port, host=host["direct"]),
                 "pgsteer": Contender("pgsteer", lambda s: px.port, proc=px.proc,
                                      host=host["pgsteer"]),
-                "pgsteer-1w": Contender("pgsteer-1w", lambda s: one_worker.port,
-                                        proc=one_worker.proc, host=host["pgsteer"]),
-                "pgsteer-r1": Contender("pgsteer-r1", lambda s: first_replica.port,
-                                        proc=first_replica.proc, host=host["pgsteer"]),
-                "pgsteer-pin": Contender("pgsteer-pin", lambda s: pinned.port, proc=pinned.proc,
-                                         host=host["pgsteer"]),
                 "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
                                        dbname_for=bouncer.dbname, service=bouncer,
                                        host=host["pgbouncer"]),
                 "pgpool": Contender("pgpool", lambda s: pool.port, service=pool,
                                     host=host["pgpool"]),
             }
+            for name, p in extra.items():
+                table[name] = Contender(name, (lambda p: lambda s: p.port)(p), proc=p.proc,
+                                        host=host["pgsteer"])
             versions = {"pgbouncer": bouncer.version, "pgpool": pool.version}
             # Warm-up, and a check that each contender routes select-only where it should.
             routing = {}
@@ -1292,7 +1320,8 @@ def main(argv=None):
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
                     help="what to measure (direct,pgsteer,pgbouncer,pgpool; also pgsteer-1w: "
                          "pgsteer with workers: 1, pgsteer-r1: pgsteer reading from the first "
-                         "replica only, pgsteer-pin: pgsteer with cpu_affinity: auto)")
+                         "replica only, pgsteer-pin: pgsteer with cpu_affinity: auto, "
+                         "pgsteer-poll: pgsteer with busy_poll_us: 100)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",

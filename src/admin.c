@@ -483,6 +483,13 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
                       "Reads a replica refused (25006, 40001) that were retried on the primary.");
     rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
+    rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
+                      "Reads that arrived while a worker polled instead of sleeping "
+                      "(busy_poll_us).");
+    rc |= buf_printf(out, "pgsteer_busy_poll_reads_total %" PRIu64 "\n", st->busy_poll_reads);
+    rc |= prom_family(out, "pgsteer_busy_poll_sleeps_total", "counter",
+                      "Times a worker polled for busy_poll_us without input and went to sleep.");
+    rc |= buf_printf(out, "pgsteer_busy_poll_sleeps_total %" PRIu64 "\n", st->busy_poll_sleeps);
     rc |= prom_family(out, "pgsteer_config_reloads_total", "counter",
                       "Configuration reloads by result.");
     rc |= buf_printf(out, "pgsteer_config_reloads_total{result=\"success\"} %" PRIu64 "\n",
@@ -626,6 +633,8 @@ static void collect_worker(struct proxy *px, void *arg)
     for (int i = 0; i < ROUTE_REASON_COUNT; i++)
         st->route_reasons[i] += px->route_reasons[i];
     st->read_retries += px->retries_25006;
+    st->busy_poll_reads += px->busy_poll_reads;
+    st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
         st->lat_request.buckets[i] += px->lat_request.buckets[i];
         st->lat_response.buckets[i] += px->lat_response.buckets[i];
@@ -1114,6 +1123,8 @@ static void show_stats(struct admin_conn *c)
         kv_row(c, k, u64s(v, st->route_reasons[r])), rows++;
     }
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
+    kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
+    kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
     kv_row(c, "reload_failures", u64s(v, st->reload_failures)), rows++;
     kv_row(c, "paused", st->paused ? "yes" : "no"), rows++;
@@ -1132,11 +1143,44 @@ struct rows_arg {
     size_t rows;
 };
 
+/* The client's address: "unix" over a Unix-domain socket (whose peer has no name), else the
+ * peer's IP address and port; NULL where the socket is already gone. */
+static void client_peer(struct client *cl, char *addr, size_t acap, char *port, size_t pcap,
+                        const char **a, const char **p)
+{
+    *a = *p = NULL;
+    if (cl->tcp.type == UV_NAMED_PIPE) {
+        *a = "unix";
+        return;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&cl->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    int rc = -1, pn = 0;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        rc = uv_ip4_name(in, addr, acap);
+        pn = ntohs(in->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        rc = uv_ip6_name(in6, addr, acap);
+        pn = ntohs(in6->sin6_port);
+    }
+    if (rc == 0) {
+        snprintf(port, pcap, "%d", pn);
+        *a = addr;
+        *p = port;
+    }
+}
+
 static void client_rows(struct proxy *px, void *arg)
 {
     struct rows_arg *ra = arg;
     for (struct client *cl = px->clients; cl; cl = cl->next) {
-        char id[16], nodes[512];
+        char id[16], nodes[512], addr[64], port[8];
+        const char *a, *p;
+        client_peer(cl, addr, sizeof(addr), port, sizeof(port), &a, &p);
         snprintf(id, sizeof(id), "%u", cl->id);
         size_t off = 0;
         nodes[0] = 0;
@@ -1159,6 +1203,8 @@ static void client_rows(struct proxy *px, void *arg)
             cl->pinned ? "yes" : "no",
             cl->pinned ? cl->pin_reason : NULL,
             nodes,
+            a,
+            p,
         };
         pg_row(&ra->c->out, vals, NCOLS(vals));
         ra->rows++;
@@ -1167,8 +1213,8 @@ static void client_rows(struct proxy *px, void *arg)
 
 static void show_clients(struct admin_conn *c)
 {
-    static const char *const cols[] = {"id",      "user",   "database",   "state",
-                                       "tx_node", "pinned", "pin_reason", "backends"};
+    static const char *const cols[] = {"id",     "user",       "database", "state", "tx_node",
+                                       "pinned", "pin_reason", "backends", "addr",  "port"};
     pg_rowdesc(&c->out, cols, NCOLS(cols));
     struct rows_arg ra = {c, 0};
     proxy_each(c->a->px, client_rows, &ra);
@@ -1266,6 +1312,8 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "workers", v), rows++;
     kv_row(c, "cpu_affinity", c->a->px->shared->cpu_affinity == CPU_AFFINITY_AUTO ? "auto" : "off"),
         rows++;
+    snprintf(v, sizeof(v), "%d", cfg->busy_poll_us);
+    kv_row(c, "busy_poll_us", v), rows++;
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     pg_complete_rows(c, rows);
 }

@@ -212,6 +212,8 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         return;
     b->in.len += (size_t)nread;
     struct client *c = b->client;
+    if (c)
+        proxy_note_input(c->px);
     uint64_t t0 = uv_hrtime();
     bool ready = b->state == BACKEND_READY;
     backend_handle_input(b);

@@ -302,6 +302,7 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     }
     if (nread == 0)
         return;
+    proxy_note_input(c->px);
     c->in.len += (size_t)nread;
     if ((size_t)nread >= c->read_size && c->read_size < CLIENT_READ_CHUNK)
         c->read_size *= 2;

@@ -1177,6 +1177,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
+                                        "busy_poll_us",
                                         "shutdown_timeout_ms",
                                         "connect_timeout_ms",
                                         "log_level"};
@@ -1197,6 +1198,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
+        K_BUSY_POLL,
         K_SHUTDOWN,
         K_CONNECT,
         K_LOG_LEVEL,
@@ -1250,6 +1252,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_CPU_AFFINITY] &&
         get_enum(c, v[K_CPU_AFFINITY], "cpu_affinity", cpu_affinity_names, 2, &e))
         cfg->cpu_affinity = (enum cpu_affinity)e;
+    if (v[K_BUSY_POLL])
+        get_int32(c, v[K_BUSY_POLL], "busy_poll_us", 0, CONFIG_MAX_BUSY_POLL_US,
+                  &cfg->busy_poll_us);
     if (v[K_SHUTDOWN])
         get_int32(c, v[K_SHUTDOWN], "shutdown_timeout_ms", 0, INT_MAX, &cfg->shutdown_timeout_ms);
     if (v[K_CONNECT])

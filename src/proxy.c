@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,6 +352,7 @@ static void reload_apply(struct proxy *px, void *arg)
         px->snap->nnodes = plan->nslots;
     }
     px->cfg = plan->nc;
+    px->poll_ns = (uint64_t)plan->nc->busy_poll_us * 1000; /* a running poll ends by itself */
     px->cfg_gen++; /* write_functions may have changed: classify again */
     px->wfuncs.names = (const char *const *)plan->nc->write_functions;
     px->wfuncs.count = plan->nc->nwrite_functions;
@@ -584,6 +586,33 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
     (void)arg;
     if (!uv_is_closing(h))
         uv_close(h, NULL);
+}
+
+/* One turn of the loop while polling: the idle handle keeps uv_run from sleeping. sched_yield
+ * lets a runnable process on this CPU (PostgreSQL, the application) go first, so that polling
+ * takes only time nobody else wants; with the CPU to itself the call returns at once. */
+static void on_poll_idle(uv_idle_t *h)
+{
+    struct proxy *px = h->data;
+    uint64_t now = uv_hrtime();
+    if (px->poll_input) {
+        px->poll_input = false;
+        px->poll_last = now;
+    } else if (now - px->poll_last >= px->poll_ns) {
+        uv_idle_stop(h);
+        px->busy_poll_sleeps++;
+    } else {
+        sched_yield();
+    }
+}
+
+void proxy_poll_start(struct proxy *px)
+{
+    if (px->stopping)
+        return;
+    px->poll_input = false;
+    px->poll_last = uv_hrtime();
+    uv_idle_start(&px->poll_idle, on_poll_idle);
 }
 
 /* Close the worker's clients and every handle of its loop, so that the loop ends. Worker 0
@@ -846,6 +875,9 @@ static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_
     pthread_cond_init(&px->calls_cond, NULL);
     uv_async_init(loop, &px->calls_async, on_calls);
     px->calls_async.data = px;
+    uv_idle_init(loop, &px->poll_idle);
+    px->poll_idle.data = px;
+    px->poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
     /* Several workers each listen on the same address with SO_REUSEPORT, and the kernel
      * spreads new connections over them. */
     uv_tcp_init_ex(loop, &px->listener, la->ss_family);

@@ -402,6 +402,14 @@ class ConsoleTest(Base):
         cfg = dict(rows(admin_psql(PX, "SHOW CONFIG").stdout))
         self.assertEqual(cfg["listen"], "127.0.0.1:%d" % PX.port)
         self.assertNotIn("secret", admin_psql(PX, "SHOW CONFIG").stdout)
+        # A client is listed with its address: the port is its socket's own.
+        with socket.create_connection(("127.0.0.1", PX.port)) as s:
+            s.sendall(b"\0\0\0\x08\x04\xd2\x16\x2f")  # SSLRequest: answered 'N'
+            self.assertEqual(s.recv(1), b"N")
+            clients = rows(admin_psql(PX, "SHOW CLIENTS").stdout)
+            mine = [r for r in clients if r[8:10] == ["127.0.0.1", str(s.getsockname()[1])]]
+            self.assertEqual(len(mine), 1, clients)
+            self.assertEqual(mine[0][3], "login")
         c = self.connect(PX)
         c.cursor().execute("select 1")
         clients = rows(admin_psql(PX, "SHOW CLIENTS").stdout)
@@ -967,6 +975,74 @@ class WorkersTest(Base):
             px.stop()
 
 # ---- readiness follows the primary (last: stops and restarts the primary) -----------------
+class BusyPollTest(Base):
+    def stats(self, px):
+        return dict(r[:2] for r in rows(admin_psql(px, "SHOW STATS").stdout))
+
+    def cpu_seconds(self, px):
+        with open("/proc/%d/stat" % px.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def test_off_by_default(self):
+        cur = self.connect(PX).cursor()
+        for _ in range(50):
+            cur.execute("select 1")
+        config = dict(r[:2] for r in rows(admin_psql(PX, "SHOW CONFIG").stdout))
+        self.assertEqual(config["busy_poll_us"], "0")
+        stats = self.stats(PX)
+        self.assertEqual(stats["busy_poll_reads"], "0")
+        self.assertEqual(stats["busy_poll_sleeps"], "0")
+        self.assertEqual(sample(metrics(PX)[0], "pgsteer_busy_poll_reads_total"), 0)
+
+    def test_polls_after_input_and_sleeps_when_idle(self):
+        px = start_pgsteer(extra_yaml="busy_poll_us: 2000\n", name="admin-busy-poll")
+        try:
+            config = dict(r[:2] for r in rows(admin_psql(px, "SHOW CONFIG").stdout))
+            self.assertEqual(config["busy_poll_us"], "2000")
+            cur = self.connect(px).cursor()
+            # Answers arrive while the worker polls: the server answers a query, and the
+            # next query follows the answer, well within 2 ms.
+            for i in range(300):
+                cur.execute("select %s::int, inet_server_port()", (i,))
+                v, port = cur.fetchone()
+                self.assertEqual(v, i)
+                self.assertIn(port, CLUSTER.replica_ports)
+            cur.execute("insert into admin_t (v) values (1) returning v")
+            self.assertEqual(cur.fetchone()[0], 1)
+            stats = self.stats(px)
+            self.assertGreater(int(stats["busy_poll_reads"]), 0, stats)
+            # With no input the polling ends and the worker sleeps: the process uses almost
+            # no CPU while idle (a worker that kept polling would use a whole second).
+            wait_for(lambda: int(self.stats(px)["busy_poll_sleeps"]) > 0, what="a sleep")
+            time.sleep(0.2)
+            t0 = self.cpu_seconds(px)
+            time.sleep(1.0)
+            self.assertLess(self.cpu_seconds(px) - t0, 0.3)
+            ms = metrics(px)[0]
+            self.assertGreater(sample(ms, "pgsteer_busy_poll_reads_total"), 0)
+            self.assertGreater(sample(ms, "pgsteer_busy_poll_sleeps_total"), 0)
+
+            # A reload turns it off: no more polling reads.
+            before = status(px)["reloads"]["success"]
+            orig = px.extra_yaml
+            px.extra_yaml = orig.replace("busy_poll_us: 2000", "busy_poll_us: 0")
+            write_config(px, {"primary", "replica1", "replica2"})
+            px.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: status(px)["reloads"]["success"] > before, what="reload")
+            px.extra_yaml = orig
+            config = dict(r[:2] for r in rows(admin_psql(px, "SHOW CONFIG").stdout))
+            self.assertEqual(config["busy_poll_us"], "0")
+            time.sleep(0.1)  # any polling begun before the reload ends within 2 ms
+            reads = int(self.stats(px)["busy_poll_reads"])
+            for i in range(100):
+                cur.execute("select %s::int", (i,))
+                self.assertEqual(cur.fetchone()[0], i)
+            self.assertEqual(int(self.stats(px)["busy_poll_reads"]), reads)
+        finally:
+            px.stop()
+
+
 class ZReadinessTest(Base):
     def test_readyz_follows_the_primary(self):
         code, _, body = http(PX, "/readyz")

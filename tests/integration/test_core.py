@@ -896,6 +896,14 @@ class UnixSocketTest(Base):
         states = {r.split("|")[0]: r.split("|")[2] for r in out.strip().splitlines()}
         self.assertEqual(states, {n.name: "up" for n in CLUSTER.nodes}, out)
 
+    def test_show_clients_says_unix(self):
+        c = self.unix_conn()
+        self.one(c, "select 1")
+        out = cl.run_psql(self.px.admin_port, "SHOW CLIENTS", user="admin", db="pgsteer",
+                          password="adminpw", bindir=CLUSTER.bindir).stdout
+        rows = [r.split("|") for r in out.strip().splitlines()]
+        self.assertEqual([r[8:10] for r in rows if r[1] == cl.APP_USER], [["unix", ""]], out)
+
     def test_cancel_over_unix_sockets(self):
         c = self.unix_conn()
         self.one(c, "select 1")

@@ -131,6 +131,7 @@ static void test_config_load_sets_every_key(void **state)
     assert_int_equal(c->max_client_conn, 500);
     assert_int_equal(c->workers, 4);
     assert_int_equal(c->cpu_affinity, CPU_AFFINITY_AUTO);
+    assert_int_equal(c->busy_poll_us, 150);
     assert_int_equal(c->shutdown_timeout_ms, 0);
     assert_int_equal(c->connect_timeout_ms, 7000);
     assert_string_equal(c->log_level, "debug");
@@ -169,6 +170,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->max_client_conn, 10000);
     assert_int_equal(c->workers, 0); /* one per CPU */
     assert_int_equal(c->cpu_affinity, CPU_AFFINITY_OFF);
+    assert_int_equal(c->busy_poll_us, 0); /* sleep when idle */
     assert_null(c->unix_socket_dir);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->connect_timeout_ms, 5000);
@@ -675,6 +677,13 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "t.yaml:11:30: 'port' must be between 1 and 65535, got 65536\n"
                   "t.yaml:11:66: 'monitor_port' must be between 1 and 65535, got 0\n"
                   "t.yaml:12:56: 'weight' must be between 0 and 1000000, got 1000001\n");
+    expect_errors("busy_poll_us: 10001\n" BASE,
+                  "t.yaml:1:15: 'busy_poll_us' must be between 0 and 10000, got 10001\n");
+    expect_errors("busy_poll_us: -1\n" BASE,
+                  "t.yaml:1:15: 'busy_poll_us' must be between 0 and 10000, got -1\n");
+    struct config *c = parse("busy_poll_us: 10000\n" BASE);
+    assert_int_equal(c->busy_poll_us, 10000);
+    config_free(c);
 }
 
 static void test_config_parse_reports_bad_enums(void **state)
