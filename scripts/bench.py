@@ -717,6 +717,11 @@ def goals(rows, contenders):
         s, p = idx.get((script, mode, hi, name)), idx.get((script, mode, hi, peer))
         if s and p and hi > 1:
             ratio = s["tps"] / p["tps"]
+            # The two ran back to back in every round: the spread of the per-round ratios
+            # shows how far one run's verdict can be trusted on this machine.
+            pairs = [a / b for a, b in zip(s.get("tps_all", []), p.get("tps_all", []))]
+            if len(pairs) > 1:
+                return "%.2fx (%.2f-%.2f)" % (ratio, min(pairs), max(pairs)), ratio >= want
             return "%.2fx" % ratio, ratio >= want
         return None
 
@@ -1010,7 +1015,9 @@ def bench(args):
     if gs:
         print()
         print("Goals (issue): pgsteer at %d clients >= %.1fx PgBouncer and >= %.1fx Pgpool-II "
-              "TPS; at 1 client less added latency than PgBouncer." % (
+              "TPS; at 1 client less added latency than PgBouncer. A TPS ratio is of the "
+              "medians; in parentheses, the lowest and highest of the per-round ratios "
+              "(the two ran back to back in each round)." % (
                   max(clients), GOAL_VS_PGBOUNCER, GOAL_VS_PGPOOL))
         print()
         print(goals_markdown(gs))
