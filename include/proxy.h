@@ -129,6 +129,7 @@ struct proxy {
     uint64_t poll_ns;          /* busy_poll_us in ns; 0: off */
     uint64_t poll_last;        /* uv_hrtime() when the polling last saw input */
     bool poll_input;           /* input arrived since the last polling round */
+    bool poll_fresh;           /* polling began in this loop turn: its reads were not polled */
     uint64_t busy_poll_reads;  /* reads that arrived while the worker polled */
     uint64_t busy_poll_sleeps; /* polling ended with no input: the worker slept */
 };
@@ -377,7 +378,7 @@ static inline void proxy_note_input(struct proxy *px)
     if (px->poll_ns) {
         if (uv_is_active((uv_handle_t *)&px->poll_idle)) {
             px->poll_input = true;
-            px->busy_poll_reads++;
+            px->busy_poll_reads += !px->poll_fresh;
         } else {
             proxy_poll_start(px);
         }

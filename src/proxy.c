@@ -595,6 +595,7 @@ static void on_poll_idle(uv_idle_t *h)
 {
     struct proxy *px = h->data;
     uint64_t now = uv_hrtime();
+    px->poll_fresh = false;
     if (px->poll_input) {
         px->poll_input = false;
         px->poll_last = now;
@@ -611,6 +612,7 @@ void proxy_poll_start(struct proxy *px)
     if (px->stopping)
         return;
     px->poll_input = false;
+    px->poll_fresh = true;
     px->poll_last = uv_hrtime();
     uv_idle_start(&px->poll_idle, on_poll_idle);
 }
