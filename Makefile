@@ -27,7 +27,7 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all pgsteer deps test unit integration test-drivers demo bench bench-conns clean format \
+.PHONY: all pgsteer deps test unit integration test-drivers demo bench bench-conns bench-instructions clean format \
         format-check
 
 all: pgsteer
@@ -75,6 +75,11 @@ bench-conns:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	@/usr/bin/python3 scripts/bench.py --idle-conns 10000
+
+bench-instructions:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 scripts/bench.py --instructions $(BENCH_ARGS)
 
 demo:
 	@scripts/deps.sh demo

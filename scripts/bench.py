@@ -2,9 +2,11 @@
 """pgsteer's benchmark: pgbench through pgsteer, PgBouncer and Pgpool-II against direct access.
 
 `make bench` runs this with its defaults; `make bench-conns` runs the idle-connection test
-(`--idle-conns 10000`). Standard library only, plus PostgreSQL's programs, pgbouncer and pgpool
-(scripts/deps.sh bench installs them). Every server runs on free loopback ports inside one
-temporary directory, stopped and removed at the end, on errors and on SIGINT/SIGTERM/SIGHUP.
+(`--idle-conns 10000`); `make bench-instructions` counts user-space instructions per transaction
+in pgsteer and PgBouncer under callgrind (`--instructions`). Standard library only, plus
+PostgreSQL's programs, pgbouncer, pgpool and valgrind (scripts/deps.sh bench installs them).
+Every server runs on free loopback ports inside one temporary directory, stopped and removed at
+the end, on errors and on SIGINT/SIGTERM/SIGHUP.
 
 The set-up (docs/performance.md explains each choice):
 
@@ -234,6 +236,7 @@ class Service:
         self.version = None
         self.target_port = None  # PgBouncer: the node it fronts (default: the primary)
         self.unix = False  # --unix: reach the nodes over their Unix-domain sockets
+        self.command_prefix = []  # run the program under this command (valgrind, ...)
 
     def __enter__(self):
         try:
@@ -307,7 +310,8 @@ class PgBouncer(Service):
                 "stats_period = 60",
                 "",
             ]))
-            self.proc = spawn_as_postgres(self.c, ["pgbouncer", ini], self.log_path, self.dir)
+            self.proc = spawn_as_postgres(self.c, self.command_prefix + ["pgbouncer", ini],
+                                          self.log_path, self.dir)
             try:
                 wait_port(self.proc, self.port, "pgbouncer", self.log_path)
                 return self
@@ -474,6 +478,17 @@ def pgbench_env():
     env["PGAPPNAME"] = "pgsteer-bench"
     env.pop("PGSERVICE", None)
     return env
+
+
+def load_data(c):
+    """pgbench -i at SCALE straight on the primary, then wait until every replica has it."""
+    init = subprocess.run([os.path.join(c.bindir, "pgbench"), "-i", "-s", str(SCALE), "-q",
+                           "-h", c.sockdir, "-p", str(c.primary_port), "-U", cl.APP_USER,
+                           cl.APP_DB], capture_output=True, text=True, timeout=600,
+                          env=pgbench_env())
+    if init.returncode != 0:
+        raise BenchError("pgbench -i failed:\n%s" % (init.stdout + init.stderr))
+    c.wait_replay(timeout=300)
 
 
 def read_latencies(log_prefix):
@@ -861,13 +876,7 @@ def bench(args):
     with BenchCluster(replicas=2) as c:
         log("cluster up in %.1fs (%s); pgbench -i -s %d on the primary"
             % (c.start_seconds, c.tmpdir, SCALE))
-        init = subprocess.run([os.path.join(c.bindir, "pgbench"), "-i", "-s", str(SCALE), "-q",
-                               "-h", c.sockdir, "-p", str(c.primary_port), "-U", cl.APP_USER,
-                               cl.APP_DB], capture_output=True, text=True, timeout=600,
-                              env=pgbench_env())
-        if init.returncode != 0:
-            raise BenchError("pgbench -i failed:\n%s" % (init.stdout + init.stderr))
-        c.wait_replay(timeout=300)
+        load_data(c)
         logdir = os.path.join(c.tmpdir, "bench")
         os.makedirs(logdir, exist_ok=True)
 
@@ -1304,6 +1313,162 @@ def idle_conns(args):
     return 0
 
 
+# ---- user-space instructions per transaction (callgrind) -----------------------------------
+# pgbench clients and, per client, the transactions of the short and of the long run: the
+# difference between the two cancels the logins (SCRAM, backend connections), which both runs
+# have alike, and leaves what one more transaction costs.
+INSTR_CLIENTS = 4
+INSTR_TX = {"select-only": (500, 3000), "tpcb-like": (100, 600)}
+
+
+def callgrind_command(outdir, name, extra=()):
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise BenchError("valgrind is not installed (scripts/deps.sh bench installs it)")
+    # Names written out in every dump file, so that each file can be read on its own.
+    return [valgrind, "--tool=callgrind", "--compress-strings=no",
+            "--callgrind-out-file=%s/%s.%%p" % (outdir, name)] \
+        + list(extra)
+
+
+def callgrind_control(pid, what, as_postgres):
+    """Send `what` (--zero, --dump=LABEL) to the callgrind run of process `pid`. vgdb finds
+    only the runs of its own user, so a run as `postgres` is reached as `postgres`."""
+    cmd = ["callgrind_control", what, str(pid)]
+    if as_postgres and os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--"] + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 or "error" in (p.stdout + p.stderr).lower():
+        raise BenchError("callgrind_control %s %d failed:\n%s" % (what, pid, p.stdout + p.stderr))
+
+
+def callgrind_dump_total(outdir, name, pid, seen, timeout=60):
+    """The instruction total of the next dump file of `pid` (NAME.PID.N, N counting up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in glob.glob(os.path.join(outdir, "%s.%d.*" % (name, pid))):
+            if path in seen:
+                continue
+            try:
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith("totals:") or line.startswith("summary:"):
+                            seen.add(path)
+                            return int(line.split()[1])
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise BenchError("no callgrind dump of %s (pid %d) appeared in %s" % (name, pid, outdir))
+
+
+def pgbench_fixed(c, contender, script, mode, clients, per_client):
+    """pgbench with a fixed number of transactions per client; returns how many it ran."""
+    args = [os.path.join(c.bindir, "pgbench"), "-n", "-h", contender.host,
+            "-p", str(contender.port_for(script)), "-U", cl.APP_USER, "-M", mode,
+            "-c", str(clients), "-j", str(min(clients, 2)), "-t", str(per_client)]
+    if script == "select-only":
+        args.append("-S")
+    args.append(contender.dbname_for(mode))
+    p = subprocess.run(args, env=pgbench_env(), capture_output=True, text=True, timeout=900,
+                       stdin=subprocess.DEVNULL)
+    out = p.stdout + p.stderr
+    m = re.search(r"number of transactions actually processed: (\d+)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if p.returncode != 0 or m is None or (failed and int(failed.group(1)) != 0) \
+            or int(m.group(1)) != clients * per_client:
+        raise BenchError("pgbench %s -M %s via %s:\n$ %s\n%s"
+                         % (script, mode, contender.name, " ".join(args), out[-3000:]))
+    return int(m.group(1))
+
+
+def instructions(args):
+    """User-space instructions per transaction in pgsteer and in PgBouncer, each run under
+    callgrind: a count that is the same from run to run whatever else the machine does, unlike
+    time. pgsteer's count covers its event loops (`--toggle-collect=uv_run`), not the monitor
+    thread, whose polling is a cost per second, not per query; PgBouncer's covers the whole
+    process, which is one event loop."""
+    modes = parse_list(args.modes, ALL_MODES, "modes")
+    scripts = parse_list(args.scripts, ALL_SCRIPTS, "scripts")
+    names = ("pgsteer", "pgbouncer")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    result = {"benchmark": "user-space instructions per transaction (callgrind)",
+              "started": started.isoformat(timespec="seconds"),
+              "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+              "clients": INSTR_CLIENTS, "transactions_per_client": INSTR_TX, "rows": []}
+    with BenchCluster(replicas=2) as c:
+        load_data(c)
+        outdir = os.path.join(c.tmpdir, "callgrind")
+        os.makedirs(outdir)
+        os.chmod(outdir, 0o777)  # PgBouncer runs as postgres and writes its dumps here
+        px = cl.Pgsteer(c, extra_yaml=args.pgsteer_yaml, start_timeout=120)
+        px.command_prefix = callgrind_command(outdir, "pgsteer", ["--toggle-collect=uv_run"])
+        bouncer = PgBouncer(c, INSTR_CLIENTS)
+        bouncer.command_prefix = callgrind_command(outdir, "pgbouncer")
+        with px, bouncer:
+            table = {"pgsteer": Contender("pgsteer", lambda s: px.port),
+                     "pgbouncer": Contender("pgbouncer", lambda s: bouncer.port,
+                                            dbname_for=bouncer.dbname)}
+            pids = {"pgsteer": px.proc.pid, "pgbouncer": bouncer.proc.pid}
+            seen = set()
+            for script in scripts:
+                for mode in modes:
+                    row = {"script": script, "mode": mode}
+                    for name in names:
+                        # Unmeasured, as long as the long run: fills what only the first
+                        # sessions fill (SCRAM keys, startup parameters, PgBouncer's server
+                        # connections, opened as concurrency needs them) so that the two
+                        # measured runs differ only in their number of transactions.
+                        pgbench_fixed(c, table[name], script, mode, INSTR_CLIENTS,
+                                      INSTR_TX[script][1])
+                        counts = []
+                        for per_client in INSTR_TX[script]:
+                            callgrind_control(pids[name], "--zero", name == "pgbouncer")
+                            tx = pgbench_fixed(c, table[name], script, mode, INSTR_CLIENTS,
+                                               per_client)
+                            callgrind_control(pids[name], "--dump=%s-%s-%d" % (
+                                script, mode, per_client), name == "pgbouncer")
+                            counts.append((tx, callgrind_dump_total(outdir, name, pids[name],
+                                                                    seen)))
+                        (tx1, ir1), (tx2, ir2) = counts
+                        per_tx = (ir2 - ir1) / (tx2 - tx1)
+                        row[name] = {"runs": [{"transactions": t, "instructions": i}
+                                              for t, i in counts],
+                                     "per_transaction": round(per_tx),
+                                     "per_query": round(per_tx / STATEMENTS[script])}
+                        log("%s %s via %s: %.0f instructions per transaction"
+                            % (script, mode, name, per_tx))
+                    row["pgsteer_vs_pgbouncer"] = round(
+                        row["pgsteer"]["per_transaction"]
+                        / row["pgbouncer"]["per_transaction"], 2)
+                    result["rows"].append(row)
+            if args.callgrind_dir:
+                os.makedirs(args.callgrind_dir, exist_ok=True)
+                for path in sorted(seen):
+                    shutil.copy(path, args.callgrind_dir)
+                log("callgrind files in %s (callgrind_annotate FILE)" % args.callgrind_dir)
+            result["versions"] = {"pgbouncer": bouncer.version,
+                                  "valgrind": subprocess.run(
+                                      ["valgrind", "--version"], capture_output=True,
+                                      text=True).stdout.strip()}
+        result["machine"] = machine_info(c)
+    print()
+    print("User-space instructions per transaction under callgrind (%d clients; %s)"
+          % (INSTR_CLIENTS, started.strftime("%Y-%m-%d")))
+    print()
+    print("| script | mode | pgsteer | PgBouncer | pgsteer ÷ PgBouncer | pgsteer per query "
+          "| PgBouncer per query |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print("| %s | %s | %d | %d | %.2f | %d | %d |" % (
+            r["script"], r["mode"], r["pgsteer"]["per_transaction"],
+            r["pgbouncer"]["per_transaction"], r["pgsteer_vs_pgbouncer"],
+            r["pgsteer"]["per_query"], r["pgbouncer"]["per_query"]))
+    print()
+    save_json(result, args.out or os.path.join(REPO_ROOT, "build", "bench-instructions.json"),
+              args.save, "-instructions")
+    return 0
+
+
 # ---- main ----------------------------------------------------------------------------------
 def _on_signal(signum, frame):
     # Unwind through the context managers, which stop every server and remove the files.
@@ -1351,6 +1516,11 @@ def main(argv=None):
                     help="instead: hold N idle connections through pgsteer, report its memory")
     ap.add_argument("--hold", type=float, default=5,
                     help="with --idle-conns: seconds to hold them (5)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead: count pgsteer's and PgBouncer's user-space instructions "
+                         "per transaction under callgrind (--scripts, --modes apply)")
+    ap.add_argument("--callgrind-dir", metavar="DIR", default=None,
+                    help="with --instructions: keep the callgrind files in DIR")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.quick:
@@ -1368,6 +1538,8 @@ def main(argv=None):
     try:
         if args.idle_conns:
             return idle_conns(args)
+        if args.instructions:
+            return instructions(args)
         if args.out is None:
             args.out = os.path.join(REPO_ROOT, "build", "bench.json")
         return bench(args)

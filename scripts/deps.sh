@@ -8,7 +8,8 @@
 #                           `make test` runs
 #   scripts/deps.sh demo    build + PostgreSQL server/client/pgbench + python3
 #   scripts/deps.sh bench   build + PostgreSQL server/client/pgbench + python3 + pgbouncer and
-#                           pgpool2 (the proxies scripts/bench.py compares with)
+#                           pgpool2 (the proxies scripts/bench.py compares with) + valgrind
+#                           (callgrind, for `make bench-instructions`)
 #   scripts/deps.sh bindir  print PostgreSQL's bindir (15 preferred, else the newest)
 #   scripts/deps.sh drivers test + the drivers tests/drivers/run.sh uses (Python, Java, Node,
 #                           Perl, Ruby) and PgBouncer; npm packages come from tests/drivers/node
@@ -66,7 +67,7 @@ test)
     need_pg=1
     ;;
 demo) want="$build_pkgs python3" need_pg=1 ;;
-bench) want="$build_pkgs python3 pgbouncer pgpool2" need_pg=1 ;;
+bench) want="$build_pkgs python3 pgbouncer pgpool2 valgrind" need_pg=1 ;;
 drivers) # the driver tests (tests/drivers); npm ships with Debian's nodejs or as its own package
     want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format python3-psycopg \
 python3-asyncpg python3-pg8000 python3-sqlalchemy libpostgresql-jdbc-java default-jdk-headless \

@@ -587,6 +587,7 @@ class Pgsteer:
         self.preexec_fn = None  # run in the child before exec (e.g. to enter a cgroup)
         self.node_host = "127.0.0.1"  # or cluster.sockdir: the nodes over Unix-domain sockets
         self.fixed_port = None  # listen on this port rather than a free one
+        self.command_prefix = []  # run pgsteer under this command (e.g. valgrind and options)
         self.monitor_yaml = monitor  # the `monitor:` value (flow mapping); None leaves it out
         self.name = name or "pgsteer%d" % Pgsteer._seq
         self.start_timeout = start_timeout
@@ -637,7 +638,8 @@ class Pgsteer:
                                     node_host=self.node_host))
             logf = open(self.log_path, "ab")
             try:
-                self.proc = subprocess.Popen([self.binary, "-c", self.config_path],
+                self.proc = subprocess.Popen(self.command_prefix +
+                                             [self.binary, "-c", self.config_path],
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                              cwd=self.cluster.tmpdir, start_new_session=True,
                                              preexec_fn=self.preexec_fn)
