@@ -186,6 +186,7 @@ struct backend {
     struct expect *exp; /* ring of owed responses */
     size_t exp_head, exp_count, exp_cap;
     size_t fwd_outstanding;    /* owed responses the client will see */
+    bool cancel_pending;       /* a cancel came during the login: send it once logged in */
     uint64_t set_gen;          /* session changes replayed here up to this generation */
     struct buf startup_params; /* ParameterStatus messages from login */
     bool reading;
@@ -205,6 +206,11 @@ void backend_flush(struct backend *b);
 /* Close the connection: sends Terminate when logged in, detaches from the client, frees the
  * memory in the close callback. Safe to call more than once. */
 void backend_close(struct backend *b);
+/* Cancel what b runs for its client: a CancelRequest with the node's key for b, on a new
+ * connection to the node. Before b's login completes the node does not know that key, so the
+ * request is held and sent right after the statements queued meanwhile. Best effort, as in
+ * PostgreSQL: a cancel that reaches the node between statements does nothing. */
+void backend_cancel(struct backend *b);
 /* Stop/start reading the node (flow control for a slow client). */
 void backend_pause(struct backend *b);
 void backend_resume(struct backend *b);

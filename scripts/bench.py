@@ -104,22 +104,29 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def group_cpu_seconds(pgid):
-    """utime + stime of every live process in process group `pgid`, plus what the group's
-    leader collected from children it reaped (cutime + cstime)."""
-    total = 0.0
+def proc_stats():
+    """(pid, fields) for every process, fields being /proc/PID/stat after the command name:
+    fields[0] is the state (field 3 of proc(5)), fields[1] the parent, fields[2] the process
+    group, fields[11:15] utime, stime, cutime and cstime in clock ticks."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % d) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                yield int(d), f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
+
+
+def group_cpu_seconds(pgid):
+    """utime + stime of every live process in process group `pgid`, plus what the group's
+    leader collected from children it reaped (cutime + cstime)."""
+    total = 0.0
+    for pid, fields in proc_stats():
         if int(fields[2]) != pgid:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if int(d) == pgid:
+        if pid == pgid:
             total += (int(fields[13]) + int(fields[14])) / CLK_TCK
     return total
 
@@ -139,6 +146,27 @@ def system_busy_seconds():
         v = [int(x) for x in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal guest guest_nice; guests are in user.
     return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+
+
+def servers_cpu_seconds(c):
+    """CPU time of every PostgreSQL process of cluster `c`, in seconds: each postmaster's own and
+    what it collected from children it reaped (cutime + cstime), plus its live children
+    (backends, WAL sender and receiver, startup, checkpointer...), zombies included. A backend
+    is its own process group (PostgreSQL calls setsid), so the tree is followed by parent."""
+    postmasters = set()
+    for n in c.nodes:
+        try:
+            with open(os.path.join(n.datadir, "postmaster.pid")) as f:
+                postmasters.add(int(f.readline()))
+        except (OSError, ValueError):
+            pass
+    total = 0.0
+    for pid, fields in proc_stats():
+        if pid in postmasters:
+            total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+        elif int(fields[1]) in postmasters:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def children_cpu_seconds():
@@ -528,6 +556,7 @@ def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
     cpu0 = contender.cpu()
     busy0 = system_busy_seconds()
     kids0 = children_cpu_seconds()
+    servers0 = servers_cpu_seconds(c)
     t0 = time.monotonic()
     p = subprocess.run(args, env=pgbench_env(), capture_output=True, text=True,
                        timeout=duration + 120, stdin=subprocess.DEVNULL, cwd=logdir)
@@ -535,6 +564,10 @@ def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
     cpu1 = contender.cpu()
     busy1 = system_busy_seconds()
     kids1 = children_cpu_seconds()
+    # The backends of pgbench's sessions exit as it disconnects: let the postmasters reap them
+    # (their time then moves into cutime) or see them as zombies.
+    time.sleep(0.2)
+    servers1 = servers_cpu_seconds(c)
     out = p.stdout + p.stderr
     where = "%s -M %s -c %d via %s" % (script, mode, clients, contender.name)
     if p.returncode != 0:
@@ -576,6 +609,8 @@ def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
         # the proxy, the kernel and anything else running), and pgbench alone.
         "machine_cpu_us_per_tx": round((busy1 - busy0) / tx * 1e6, 1),
         "pgbench_cpu_us_per_tx": round((kids1 - kids0) / tx * 1e6, 1),
+        # Every PostgreSQL process of the cluster, per transaction.
+        "servers_cpu_us_per_tx": round((servers1 - servers0) / tx * 1e6, 1),
     }
     if cpu0 is not None and cpu1 is not None:
         queries = tx * STATEMENTS[script]
@@ -685,6 +720,7 @@ def summarise(runs, contenders, configs):
                 "latency_p99_us": med(rs, "latency_p99_us"),
                 "cpu_s_per_1k_queries": med(rs, "proxy_cpu_s_per_1k_queries"),
                 "machine_cpu_us_per_tx": med(rs, "machine_cpu_us_per_tx"),
+                "servers_cpu_us_per_tx": med(rs, "servers_cpu_us_per_tx"),
                 "peak_rss_kb": max((r["proxy_peak_rss_kb"] for r in rs
                                     if "proxy_peak_rss_kb" in r), default=None),
                 "rounds": len(rs),
@@ -767,7 +803,8 @@ def fmt(v, spec, none="–"):
 
 def table_markdown(rows):
     head = ["config", "contender", "TPS", "avg µs", "p99 µs", "× direct", "added µs",
-            "pgsteer ÷ this", "CPU s / 1k q", "peak RSS MB", "machine CPU µs / tx"]
+            "pgsteer ÷ this", "CPU s / 1k q", "peak RSS MB", "machine CPU µs / tx",
+            "servers CPU µs / tx"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     prev = None
     for r in rows:
@@ -784,6 +821,7 @@ def table_markdown(rows):
             fmt(r.get("cpu_s_per_1k_queries"), ".4f", ""),
             fmt(None if r.get("peak_rss_kb") is None else r["peak_rss_kb"] / 1024, ".1f", ""),
             fmt(r.get("machine_cpu_us_per_tx"), ".0f"),
+            fmt(r.get("servers_cpu_us_per_tx"), ".0f"),
         ]) + " |")
         prev = cfg
     return "\n".join(lines)

@@ -67,6 +67,72 @@ void backend_close(struct backend *b)
     uv_close((uv_handle_t *)&b->tcp, backend_close_cb);
 }
 
+/* ---- cancel requests ---- */
+
+struct cancel_req {
+    union { /* as the node is reached */
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
+    uv_connect_t connect;
+    uv_write_t write;
+    char packet[16];
+};
+
+static void cancel_close_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void cancel_write_cb(uv_write_t *w, int status)
+{
+    (void)status;
+    struct cancel_req *r = w->data;
+    uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+}
+
+static void cancel_connect_cb(uv_connect_t *req, int status)
+{
+    struct cancel_req *r = req->data;
+    if (status < 0) {
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        return;
+    }
+    uv_buf_t ub = uv_buf_init(r->packet, sizeof(r->packet));
+    r->write.data = r;
+    if (uv_write(&r->write, (uv_stream_t *)&r->tcp, &ub, 1, cancel_write_cb) < 0)
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+}
+
+/* A CancelRequest with b's key on a new connection to b's node; the request frees itself. */
+static void cancel_send(struct backend *b)
+{
+    struct proxy *px = b->client->px;
+    const struct sockaddr_storage *addr = &px->nodes[b->node].addr;
+    struct cancel_req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return;
+    proxy_stream_init(px->loop, &r->tcp, addr);
+    r->tcp.data = r;
+    r->connect.data = r;
+    proto_put_u32(r->packet, 16);
+    proto_put_u32(r->packet + 4, PROTO_CANCEL_CODE);
+    proto_put_u32(r->packet + 8, b->pid);
+    proto_put_u32(r->packet + 12, b->key);
+    if (proxy_stream_connect(&r->connect, &r->tcp, addr, cancel_connect_cb) < 0)
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+}
+
+void backend_cancel(struct backend *b)
+{
+    if (b->client == NULL || b->state == BACKEND_CLOSING)
+        return;
+    if (b->state == BACKEND_READY)
+        cancel_send(b);
+    else
+        b->cancel_pending = true; /* the node does not know this backend's key yet */
+}
+
 int backend_queue(struct backend *b, const void *p, size_t n)
 {
     return buf_append(&b->out, p, n);
@@ -617,6 +683,12 @@ static void backend_handle_input(struct backend *b)
                 if (b->state == BACKEND_CLOSING)
                     return;
                 backend_flush(b);
+                /* A cancel that came during the login: the statements are on their way now. */
+                if (b->cancel_pending) {
+                    b->cancel_pending = false;
+                    if (b->fwd_outstanding > 0)
+                        cancel_send(b);
+                }
             } else if (m.type == BE_ERROR) {
                 backend_fail_with_error(b, &m);
                 return;

@@ -382,43 +382,9 @@ void client_accept(struct proxy *px, uv_stream_t *server)
 
 /* ---- startup ---- */
 
-static void cancel_close_cb(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-struct cancel_req {
-    union { /* as the node is reached */
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    };
-    uv_connect_t connect;
-    uv_write_t write;
-    char packet[16];
-};
-
-static void cancel_write_cb(uv_write_t *w, int status)
-{
-    (void)status;
-    struct cancel_req *r = w->data;
-    uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
-}
-
-static void cancel_connect_cb(uv_connect_t *req, int status)
-{
-    struct cancel_req *r = req->data;
-    if (status < 0) {
-        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
-        return;
-    }
-    uv_buf_t ub = uv_buf_init(r->packet, sizeof(r->packet));
-    r->write.data = r;
-    if (uv_write(&r->write, (uv_stream_t *)&r->tcp, &ub, 1, cancel_write_cb) < 0)
-        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
-}
-
-/* CancelRequest: find the client by the key pgsteer gave it and cancel on the node that is
- * running its statement, with that backend's own key. On the worker that owns the client. */
+/* CancelRequest: find the client by the key pgsteer gave it and cancel on every node that owes
+ * it answers, with that backend's own key (backend_cancel; a backend still logging in sends it
+ * once its queued statements are out). On the worker that owns the client. */
 static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
 {
     struct client *target = NULL;
@@ -432,21 +398,12 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
         return;
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {
         struct backend *b = target->backends[i];
-        if (b == NULL || b->state != BACKEND_READY || b->fwd_outstanding == 0)
+        if (b == NULL || b->state == BACKEND_CLOSING || b->fwd_outstanding == 0)
             continue;
-        struct cancel_req *r = calloc(1, sizeof(*r));
-        if (r == NULL)
-            return;
-        proxy_stream_init(px->loop, &r->tcp, &px->nodes[i].addr);
-        r->tcp.data = r;
-        r->connect.data = r;
-        proto_put_u32(r->packet, 16);
-        proto_put_u32(r->packet + 4, PROTO_CANCEL_CODE);
-        proto_put_u32(r->packet + 8, b->pid);
-        proto_put_u32(r->packet + 12, b->key);
-        if (proxy_stream_connect(&r->connect, &r->tcp, &px->nodes[i].addr, cancel_connect_cb) < 0)
-            uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
-        log_info("client %u: cancel request sent to node %s", target->id, px->cfg->nodes[i].name);
+        backend_cancel(b);
+        log_info("client %u: cancel request %s node %s", target->id,
+                 b->state == BACKEND_READY ? "sent to" : "held until the login to",
+                 px->cfg->nodes[i].name);
     }
 }
 

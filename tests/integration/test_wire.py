@@ -4,6 +4,7 @@ directly and once through pgsteer (which spreads them over three nodes); the cli
 the same answers in the same order. Also asserts where statements ran."""
 
 import os
+import signal
 import socket
 import struct
 import sys
@@ -426,7 +427,16 @@ class WireTest(unittest.TestCase):
         c = Conn(proxy.port)
         try:
             c.send(Query("select pg_sleep(10)"))
-            time.sleep(0.3)
+            # A cancel only stops a statement the node is running: wait until one runs it
+            # (pgsteer may first have to log in to the replica, which can take a while on a
+            # loaded machine), instead of guessing a delay.
+            deadline = time.time() + 10
+            while not any(cluster.psql(n.port, "select count(*) from pg_stat_activity where "
+                                       "state = 'active' and query = 'select pg_sleep(10)'",
+                                       user="postgres", db="postgres") != "0"
+                          for n in cluster.nodes):
+                self.assertLess(time.time(), deadline, "the statement never started")
+                time.sleep(0.05)
             s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
             s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
             s.close()
@@ -435,6 +445,43 @@ class WireTest(unittest.TestCase):
             self.assertLess(time.time() - t0, 5)
             self.assertIn(("E", "57014"), out)
         finally:
+            c.close()
+
+    def test_cancel_during_the_login_to_the_node_is_not_lost(self):
+        # The replicas' postmasters are stopped, so pgsteer's login to the replica this client's
+        # first read goes to hangs, with the statement queued behind it. A cancel that comes
+        # meanwhile is held and sent once the login completes and the statement is out, as a
+        # client pressing Ctrl-C would expect, instead of being dropped because the node did
+        # not know the backend yet.
+        postmasters = []
+        for n in cluster.nodes:
+            if n.port != cluster.primary_port:
+                with open(os.path.join(n.datadir, "postmaster.pid")) as f:
+                    postmasters.append(int(f.readline()))
+        c = Conn(proxy.port)
+        stopped = []
+        try:
+            for pid in postmasters:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            c.send(Query("select pg_sleep(10)"))
+            time.sleep(0.3)
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
+            s.close()
+            deadline = time.time() + 5
+            while "held until the login to node replica" not in proxy.log_text():
+                self.assertLess(time.time(), deadline, "pgsteer did not hold the cancel")
+                time.sleep(0.05)
+            while stopped:
+                os.kill(stopped.pop(), signal.SIGCONT)
+            t0 = time.time()
+            out = c.until_ready()
+            self.assertLess(time.time() - t0, 5)
+            self.assertIn(("E", "57014"), out)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
             c.close()
 
     def test_read_balance_session_keeps_a_session_on_one_replica(self):
