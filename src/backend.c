@@ -686,7 +686,7 @@ static void backend_handle_input(struct backend *b)
                 /* A cancel that came during the login: the statements are on their way now. */
                 if (b->cancel_pending) {
                     b->cancel_pending = false;
-                    if (b->fwd_outstanding > 0)
+                    if (b->client != NULL && b->fwd_outstanding > 0)
                         cancel_send(b);
                 }
             } else if (m.type == BE_ERROR) {
