@@ -490,10 +490,17 @@ class Contender:
 
 
 def pgbench_args(bindir, host, port, dbname, script, mode, clients, threads, duration,
-                 log_prefix):
+                 log_prefix=None, transactions=None):
+    """pgbench for `duration` seconds, or for `transactions` per client when that is given;
+    with a per-transaction log when `log_prefix` is given."""
     args = [os.path.join(bindir, "pgbench"), "-n", "-h", host, "-p", str(port),
-            "-U", cl.APP_USER, "-M", mode, "-c", str(clients), "-j", str(threads),
-            "-T", str(duration), "--log", "--log-prefix=%s" % log_prefix]
+            "-U", cl.APP_USER, "-M", mode, "-c", str(clients), "-j", str(threads)]
+    if transactions is not None:
+        args += ["-t", str(transactions)]
+    else:
+        args += ["-T", str(duration)]
+    if log_prefix is not None:
+        args += ["--log", "--log-prefix=%s" % log_prefix]
     if script == "select-only":
         args.append("-S")
     return args + [dbname]
@@ -1401,12 +1408,9 @@ def callgrind_dump_total(outdir, name, pid, seen, timeout=60):
 
 def pgbench_fixed(c, contender, script, mode, clients, per_client):
     """pgbench with a fixed number of transactions per client; returns how many it ran."""
-    args = [os.path.join(c.bindir, "pgbench"), "-n", "-h", contender.host,
-            "-p", str(contender.port_for(script)), "-U", cl.APP_USER, "-M", mode,
-            "-c", str(clients), "-j", str(min(clients, 2)), "-t", str(per_client)]
-    if script == "select-only":
-        args.append("-S")
-    args.append(contender.dbname_for(mode))
+    args = pgbench_args(c.bindir, contender.host, contender.port_for(script),
+                        contender.dbname_for(mode), script, mode, clients, min(clients, 2), None,
+                        transactions=per_client)
     p = subprocess.run(args, env=pgbench_env(), capture_output=True, text=True, timeout=900,
                        stdin=subprocess.DEVNULL)
     out = p.stdout + p.stderr
