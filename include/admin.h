@@ -52,6 +52,9 @@ struct admin_node_stats {
     int64_t changed_at_ms; /* unix ms of the last state change; 0 when unknown */
     const char *reason;    /* why it is in its state; "" when unknown */
     uint64_t reads, writes, backends, evictions;
+    uint64_t idle_backends;   /* in the pool now */
+    uint64_t backends_opened; /* logins to the node since start */
+    uint64_t backends_reused; /* backends a client took from the pool since start */
 };
 
 struct admin_stats {
@@ -77,7 +80,8 @@ struct admin_stats {
     struct admin_node_stats nodes[CONFIG_MAX_NODES];
     /* per node slot, summed over the workers (admin_collect's scratch) */
     uint64_t node_reads[CONFIG_MAX_NODES], node_writes[CONFIG_MAX_NODES];
-    uint64_t node_backends[CONFIG_MAX_NODES];
+    uint64_t node_backends[CONFIG_MAX_NODES], node_idle[CONFIG_MAX_NODES];
+    uint64_t node_opened[CONFIG_MAX_NODES], node_reused[CONFIG_MAX_NODES];
 };
 
 /* The Prometheus text exposition (format 0.0.4) of st. Returns 0 or -1 (out of memory). */

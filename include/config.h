@@ -82,7 +82,12 @@ struct config {
     int busy_poll_us;               /* poll this long after input before sleeping; default 0 */
     int shutdown_timeout_ms;        /* default 30000 */
     int connect_timeout_ms;         /* backend connect timeout, default 5000 */
-    char *log_level;                /* "debug" | "info" | "warning" | "error", default info */
+    /* A client's backend that is idle when the client leaves is reset and kept for the next
+     * client with the same user, database and startup parameters (backend.c, "the pool") */
+    int backend_idle_max;        /* kept per node in the whole process; default 20; 0: none */
+    int backend_idle_timeout_ms; /* closed after this long unused; default 60000 */
+    int backend_lifetime_ms;     /* not kept once this old; default 3600000; 0: no limit */
+    char *log_level;             /* "debug" | "info" | "warning" | "error", default info */
 };
 
 /* Load and validate `path`. On success returns a new config (free with config_free) and

@@ -29,7 +29,10 @@ struct node_rt {
     int64_t failed_until_ms;      /* a backend connect/read failed: no reads until then */
     uint64_t reads;               /* routing units sent here as reads */
     uint64_t writes;              /* routing units sent here for any other reason */
-    uint64_t backends;            /* backends open now */
+    uint64_t backends;            /* backends open now for clients */
+    uint64_t idle;                /* backends in the pool now (reset or being reset) */
+    uint64_t opened;              /* backends opened (each a login to the node) */
+    uint64_t reused;              /* backends a client took from the pool */
     uint64_t evictions;           /* times the monitor took it out of reads (UP -> LAGGING/DOWN) */
     bool removed;                 /* dropped by a reload but still used by a session: kept as a
                                      weight-0 replica so indices stay stable; not reported */
@@ -62,6 +65,8 @@ struct proxy_shared {
     int nworkers;
     enum cpu_affinity cpu_affinity; /* as started: a reload does not change it */
     atomic_uint_fast64_t clients;   /* client connections open in all workers */
+    /* backends in the pools of all workers, per node: bounded by backend_idle_max */
+    atomic_int idle[CONFIG_MAX_NODES];
     /* read_balance: session: the replica a session starts on comes from one rotation for the
      * whole process (a pick is once per session, so the lock is cold), so that sessions spread
      * evenly however the kernel spreads connections over the workers */
@@ -88,6 +93,8 @@ struct proxy {
     struct router router;
     struct node_rt nodes[CONFIG_MAX_NODES];
     struct client *clients; /* doubly linked list of live clients */
+    /* the pool: backends whose clients left, per node, newest first (backend.c) */
+    struct backend *pool[CONFIG_MAX_NODES];
     uint64_t nclients;
     uint32_t next_client_id;
     struct param_cache *params;
@@ -175,6 +182,7 @@ struct backend {
     struct buf login;      /* the login message in flight */
     uv_timer_t timer;      /* connect/login timeout */
     struct client *client; /* NULL once the client is gone */
+    struct proxy *px;      /* the worker whose loop owns it */
     int node;
     enum backend_state state;
     struct buf in;
@@ -190,6 +198,16 @@ struct backend {
     uint64_t set_gen;          /* session changes replayed here up to this generation */
     struct buf startup_params; /* ParameterStatus messages from login */
     bool reading;
+    char tx_status; /* from the node's last ReadyForQuery: 'I', 'T', 'E' */
+    /* the pool: a backend whose client left idle is reset and kept for the next client with
+     * the same user, database and startup parameters (as the client's param_key) */
+    char *pool_key;
+    size_t pool_keylen;
+    uint64_t opened_ns; /* uv_hrtime() at open: backend_lifetime_ms counts from it */
+    uint64_t cfg_gen;   /* px->cfg_gen at open: a reload since makes it unfit for reuse */
+    bool parked;        /* in px->pool[node], without a client */
+    bool resetting;     /* parked, and the reset (DISCARD ALL) not answered yet */
+    struct backend *pool_prev, *pool_next;
     int handles_open; /* tcp + timer; freed when both closed */
 };
 
@@ -197,6 +215,17 @@ struct backend {
  * Returns the backend (owned by the client until backend_close) or NULL on allocation failure.
  * Messages may be queued with backend_queue at once; they are sent after login. */
 struct backend *backend_open(struct client *c, int node);
+/* A backend to `node` from the worker's pool, logged in as c's user with c's database and
+ * startup parameters and reset, now attached to c as backend_open's would be (ready at once,
+ * set_gen 0); NULL when the pool holds none (the caller opens one). */
+struct backend *backend_pool_take(struct client *c, int node);
+/* b's client is leaving: b goes to the pool when it is idle and may be reused (logged in,
+ * nothing owed, outside a transaction, opened under the current configuration, not too old,
+ * room in backend_idle_max), where it is reset with DISCARD ALL; otherwise it is closed.
+ * Either way b no longer belongs to the client. */
+void backend_release(struct backend *b);
+/* Close the backends in px's pool to `node`, or to every node when node < 0. */
+void backend_pool_flush(struct proxy *px, int node);
 /* Queue raw protocol bytes for the node. Returns 0 or -1 (out of memory). */
 int backend_queue(struct backend *b, const void *p, size_t n);
 /* Record that the node owes a response of `kind`. Returns 0 or -1 (out of memory). */

@@ -376,8 +376,10 @@ int admin_write_status_json(struct buf *out, const struct admin_stats *st)
         rc |= json_str(out, n->reason);
         rc |= buf_printf(out,
                          ", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"backends\": %" PRIu64
-                         ", \"evictions\": %" PRIu64 "}",
-                         n->reads, n->writes, n->backends, n->evictions);
+                         ", \"idle_backends\": %" PRIu64 ", \"backends_opened\": %" PRIu64
+                         ", \"backends_reused\": %" PRIu64 ", \"evictions\": %" PRIu64 "}",
+                         n->reads, n->writes, n->backends, n->idle_backends, n->backends_opened,
+                         n->backends_reused, n->evictions);
     }
     rc |= bputs(out, st->nnodes ? "\n  ]\n}\n" : "]\n}\n");
     return rc ? -1 : 0;
@@ -563,10 +565,28 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                         u64s(v, st->nodes[i].writes));
     }
     rc |= prom_family(out, "pgsteer_node_backend_connections", "gauge",
-                      "Connections from pgsteer to the node open now.");
+                      "Connections from pgsteer to the node open now for clients.");
     for (size_t i = 0; i < st->nnodes; i++) {
         rc |= prom_node(out, "pgsteer_node_backend_connections", &st->nodes[i], NULL,
                         u64s(v, st->nodes[i].backends));
+    }
+    rc |= prom_family(out, "pgsteer_node_idle_backend_connections", "gauge",
+                      "Connections from pgsteer to the node kept for reuse, without a client.");
+    for (size_t i = 0; i < st->nnodes; i++) {
+        rc |= prom_node(out, "pgsteer_node_idle_backend_connections", &st->nodes[i], NULL,
+                        u64s(v, st->nodes[i].idle_backends));
+    }
+    rc |= prom_family(out, "pgsteer_node_backends_opened_total", "counter",
+                      "Connections pgsteer opened to the node (each a login).");
+    for (size_t i = 0; i < st->nnodes; i++) {
+        rc |= prom_node(out, "pgsteer_node_backends_opened_total", &st->nodes[i], NULL,
+                        u64s(v, st->nodes[i].backends_opened));
+    }
+    rc |= prom_family(out, "pgsteer_node_backends_reused_total", "counter",
+                      "Kept connections to the node handed to a new client instead of a login.");
+    for (size_t i = 0; i < st->nnodes; i++) {
+        rc |= prom_node(out, "pgsteer_node_backends_reused_total", &st->nodes[i], NULL,
+                        u64s(v, st->nodes[i].backends_reused));
     }
     rc |= prom_family(out, "pgsteer_node_evictions_total", "counter",
                       "Times the monitor took the node out of service (up to lagging or down).");
@@ -647,6 +667,9 @@ static void collect_worker(struct proxy *px, void *arg)
         st->node_reads[i] += px->nodes[i].reads;
         st->node_writes[i] += px->nodes[i].writes;
         st->node_backends[i] += px->nodes[i].backends;
+        st->node_idle[i] += px->nodes[i].idle;
+        st->node_opened[i] += px->nodes[i].opened;
+        st->node_reused[i] += px->nodes[i].reused;
     }
 }
 
@@ -680,6 +703,9 @@ void admin_collect(struct proxy *px, struct admin_stats *st)
         n->reads = st->node_reads[i];
         n->writes = st->node_writes[i];
         n->backends = st->node_backends[i];
+        n->idle_backends = st->node_idle[i];
+        n->backends_opened = st->node_opened[i];
+        n->backends_reused = st->node_reused[i];
         n->evictions = px->nodes[i].evictions; /* counted by worker 0 only */
         if (snap == NULL || i >= snap->nnodes) {
             n->state = "unknown";
@@ -1060,8 +1086,21 @@ static void pg_complete_rows(struct admin_conn *c, size_t rows)
 static void show_nodes(struct admin_conn *c)
 {
     static const char *const cols[] = {
-        "node",  "role",   "state",    "eligible",  "lag_bytes",        "lag_ms",
-        "reads", "writes", "backends", "evictions", "state_changed_at", "state_reason",
+        "node",
+        "role",
+        "state",
+        "eligible",
+        "lag_bytes",
+        "lag_ms",
+        "reads",
+        "writes",
+        "backends",
+        "idle_backends",
+        "backends_opened",
+        "backends_reused",
+        "evictions",
+        "state_changed_at",
+        "state_reason",
     };
     struct admin_stats *st = malloc(sizeof(*st));
     if (st == NULL)
@@ -1070,7 +1109,7 @@ static void show_nodes(struct admin_conn *c)
     pg_rowdesc(&c->out, cols, NCOLS(cols));
     for (size_t i = 0; i < st->nnodes; i++) {
         const struct admin_node_stats *n = &st->nodes[i];
-        char lb[24], lm[24], r[24], w[24], b[24], e[24], t[80];
+        char lb[24], lm[24], r[24], w[24], b[24], ib[24], bo[24], br[24], e[24], t[80];
         snprintf(lb, sizeof(lb), "%" PRId64, n->lag_bytes);
         snprintf(lm, sizeof(lm), "%" PRId64, n->lag_ms);
         format_time(n->changed_at_ms, t, sizeof(t));
@@ -1083,6 +1122,9 @@ static void show_nodes(struct admin_conn *c)
                               u64s(r, n->reads),
                               u64s(w, n->writes),
                               u64s(b, n->backends),
+                              u64s(ib, n->idle_backends),
+                              u64s(bo, n->backends_opened),
+                              u64s(br, n->backends_reused),
                               u64s(e, n->evictions),
                               n->changed_at_ms > 0 ? t : NULL,
                               n->reason};
@@ -1225,6 +1267,18 @@ static void server_rows(struct proxy *px, void *arg)
 {
     static const char *const states[] = {"connecting", "login", "startup", "ready", "closing"};
     struct rows_arg *ra = arg;
+    /* The pool's backends first: no client, state "pooled" (or "resetting" until the node
+     * answered the reset). */
+    for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
+        for (struct backend *b = px->pool[i]; b; b = b->pool_next) {
+            char pid[16];
+            snprintf(pid, sizeof(pid), "%u", b->pid);
+            const char *vals[] = {NULL, px->cfg->nodes[i].name,
+                                  b->resetting ? "resetting" : "pooled", pid, "0"};
+            pg_row(&ra->c->out, vals, NCOLS(vals));
+            ra->rows++;
+        }
+    }
     for (struct client *cl = px->clients; cl; cl = cl->next) {
         for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
             struct backend *b = cl->backends[i];
@@ -1305,6 +1359,12 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "shutdown_timeout_ms", v), rows++;
     snprintf(v, sizeof(v), "%d", cfg->connect_timeout_ms);
     kv_row(c, "connect_timeout_ms", v), rows++;
+    snprintf(v, sizeof(v), "%d", cfg->backend_idle_max);
+    kv_row(c, "backend_idle_max", v), rows++;
+    snprintf(v, sizeof(v), "%d", cfg->backend_idle_timeout_ms);
+    kv_row(c, "backend_idle_timeout_ms", v), rows++;
+    snprintf(v, sizeof(v), "%d", cfg->backend_lifetime_ms);
+    kv_row(c, "backend_lifetime_ms", v), rows++;
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else

@@ -15,6 +15,7 @@
 
 static void backend_fail(struct backend *b, const char *sqlstate, const char *message);
 static void backend_handle_input(struct backend *b);
+static void backend_pool_input(struct backend *b);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -25,6 +26,7 @@ static void backend_free_if_closed(struct backend *b)
     buf_destroy(&b->writing);
     buf_destroy(&b->startup_params);
     buf_destroy(&b->login);
+    free(b->pool_key);
     free(b->scram);
     free(b->exp);
     free(b);
@@ -33,6 +35,21 @@ static void backend_free_if_closed(struct backend *b)
 static void backend_close_cb(uv_handle_t *h)
 {
     backend_free_if_closed(h->data);
+}
+
+static void pool_unlink(struct backend *b)
+{
+    struct proxy *px = b->px;
+    if (b->pool_prev)
+        b->pool_prev->pool_next = b->pool_next;
+    else
+        px->pool[b->node] = b->pool_next;
+    if (b->pool_next)
+        b->pool_next->pool_prev = b->pool_prev;
+    b->pool_prev = b->pool_next = NULL;
+    b->parked = false;
+    px->nodes[b->node].idle--;
+    atomic_fetch_sub(&px->shared->idle[b->node], 1);
 }
 
 static void backend_detach(struct backend *b)
@@ -62,6 +79,8 @@ void backend_close(struct backend *b)
         (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
     }
     b->state = BACKEND_CLOSING;
+    if (b->parked)
+        pool_unlink(b);
     backend_detach(b);
     uv_close((uv_handle_t *)&b->timer, backend_close_cb);
     uv_close((uv_handle_t *)&b->tcp, backend_close_cb);
@@ -107,7 +126,7 @@ static void cancel_connect_cb(uv_connect_t *req, int status)
 /* A CancelRequest with b's key on a new connection to b's node; the request frees itself. */
 static void cancel_send(struct backend *b)
 {
-    struct proxy *px = b->client->px;
+    struct proxy *px = b->px;
     const struct sockaddr_storage *addr = &px->nodes[b->node].addr;
     struct cancel_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -277,6 +296,10 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (nread == 0)
         return;
     b->in.len += (size_t)nread;
+    if (b->parked) {
+        backend_pool_input(b);
+        return;
+    }
     struct client *c = b->client;
     if (c)
         proxy_note_input(c->px);
@@ -367,8 +390,19 @@ struct backend *backend_open(struct client *c, int node)
     if (b == NULL)
         return NULL;
     b->client = c;
+    b->px = px;
     b->node = node;
     b->state = BACKEND_CONNECTING;
+    b->tx_status = 'I';
+    b->opened_ns = uv_hrtime();
+    b->cfg_gen = px->cfg_gen;
+    b->pool_key = malloc(c->param_keylen);
+    if (b->pool_key == NULL) {
+        free(b);
+        return NULL;
+    }
+    memcpy(b->pool_key, c->param_key, c->param_keylen);
+    b->pool_keylen = c->param_keylen;
     buf_init(&b->in);
     buf_init(&b->out);
     buf_init(&b->writing);
@@ -383,6 +417,7 @@ struct backend *backend_open(struct client *c, int node)
     c->backends[node] = b;
     c->backend_mask |= 1u << node;
     px->nodes[node].backends++;
+    px->nodes[node].opened++;
     uv_timer_start(&b->timer, backend_timeout_cb, (uint64_t)px->cfg->connect_timeout_ms, 0);
     int rc =
         proxy_stream_connect(&b->connect_req, &b->tcp, &px->nodes[node].addr, backend_connect_cb);
@@ -605,6 +640,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         struct expect e = backend_pop(b);
         char status = m->len >= 1 ? m->body[0] : 'I';
+        b->tx_status = status;
         if (e.swallow && e.retryable) {
             client_retry_on_primary(c);
             return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
@@ -735,4 +771,159 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     int node = b->node;
     backend_close(b);
     client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready);
+}
+
+/* ---- the pool ----
+ * A client's backend outlives the client when it is idle as the client leaves: it is reset
+ * with DISCARD ALL (prepared statements, portals, temporary tables, LISTEN, advisory locks,
+ * settings back to the login's) and parked in its worker's pool, to be handed to the next
+ * client of that worker that needs the node and logged in the same way (same `key`: user,
+ * database, startup parameters: `pool_key`). So a client that connects anew does not cost the node
+ * a new server process each time. A parked backend is read as usual: the answer to the reset makes
+ * it available, and anything unexpected (an error, the node closing it) closes it. */
+
+#define POOL_RESET_QUERY "DISCARD ALL"
+
+static void pool_idle_timeout_cb(uv_timer_t *t)
+{
+    struct backend *b = t->data;
+    log_debug("node %s: closing a backend unused for %d ms", b->px->cfg->nodes[b->node].name,
+              b->px->cfg->backend_idle_timeout_ms);
+    backend_close(b);
+}
+
+static bool pool_too_old(const struct backend *b)
+{
+    int lifetime = b->px->cfg->backend_lifetime_ms;
+    return lifetime > 0 && uv_hrtime() - b->opened_ns >= (uint64_t)lifetime * 1000000u;
+}
+
+/* Whether b, whose client c is leaving, may serve another client after a reset. */
+static bool pool_fit(const struct backend *b, const struct client *c)
+{
+    const struct proxy *px = b->px;
+    const struct config *cfg = px->cfg;
+    int node = b->node;
+    return cfg->backend_idle_max > 0 && !px->shutting_down && !px->stopping &&
+           b->state == BACKEND_READY && b->tx_status == 'I' && b->exp_count == 0 &&
+           !b->write_pending && !b->cancel_pending && buf_avail(&b->out) == 0 &&
+           buf_avail(&b->in) == 0 && b->cfg_gen == px->cfg_gen && (size_t)node < cfg->nnodes &&
+           !cfg->nodes[node].pooled && !px->nodes[node].removed &&
+           px->nodes[node].failed_until_ms <= proxy_now_ms() && c->tx_node != node &&
+           c->batch_node != node && c->copy_node != node && !pool_too_old(b);
+}
+
+void backend_release(struct backend *b)
+{
+    struct client *c = b->client;
+    struct proxy *px = b->px;
+    int node = b->node;
+    if (c == NULL || !pool_fit(b, c)) {
+        backend_close(b);
+        return;
+    }
+    if (atomic_fetch_add(&px->shared->idle[node], 1) >= px->cfg->backend_idle_max) {
+        atomic_fetch_sub(&px->shared->idle[node], 1);
+        backend_close(b);
+        return;
+    }
+    int rc = proto_write_Query(&b->out, POOL_RESET_QUERY); /* out is empty (pool_fit) */
+    backend_detach(b);
+    b->parked = true;
+    b->resetting = true;
+    b->pool_prev = NULL;
+    b->pool_next = px->pool[node];
+    if (b->pool_next)
+        b->pool_next->pool_prev = b;
+    px->pool[node] = b;
+    px->nodes[node].idle++;
+    if (rc < 0) {
+        backend_close(b);
+        return;
+    }
+    uv_timer_start(&b->timer, pool_idle_timeout_cb, (uint64_t)px->cfg->backend_idle_timeout_ms, 0);
+    if (!b->reading) {
+        uv_read_start((uv_stream_t *)&b->tcp, backend_alloc_cb, backend_read_cb);
+        b->reading = true;
+    }
+    backend_flush(b); /* on failure b is closed */
+}
+
+struct backend *backend_pool_take(struct client *c, int node)
+{
+    struct proxy *px = c->px;
+    for (struct backend *b = px->pool[node], *next; b; b = next) {
+        next = b->pool_next;
+        if (b->resetting || b->pool_keylen != c->param_keylen ||
+            memcmp(b->pool_key, c->param_key, b->pool_keylen) != 0)
+            continue;
+        if (b->cfg_gen != px->cfg_gen || pool_too_old(b)) {
+            backend_close(b);
+            continue;
+        }
+        pool_unlink(b);
+        uv_timer_stop(&b->timer);
+        b->client = c;
+        b->set_gen = 0;
+        c->backends[node] = b;
+        c->backend_mask |= 1u << node;
+        px->nodes[node].backends++;
+        px->nodes[node].reused++;
+        return b;
+    }
+    return NULL;
+}
+
+void backend_pool_flush(struct proxy *px, int node)
+{
+    for (int i = node < 0 ? 0 : node; i < (node < 0 ? CONFIG_MAX_NODES : node + 1); i++) {
+        while (px->pool[i])
+            backend_close(px->pool[i]);
+    }
+}
+
+/* Input on a parked backend: the answer to the reset, or a node telling it is going. */
+static void backend_pool_input(struct backend *b)
+{
+    const char *name = b->px->cfg->nodes[b->node].name;
+    while (b->state != BACKEND_CLOSING) {
+        struct proto_msg m;
+        int rc = proto_frame(buf_head(&b->in), buf_avail(&b->in), PROTO_MAX_MESSAGE, &m);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            log_warn("node %s: invalid message length on a pooled backend", name);
+            backend_close(b);
+            return;
+        }
+        buf_consume(&b->in, m.total);
+        switch (m.type) {
+        case BE_PARAM_STATUS: /* settings going back to the login's */
+        case BE_NOTICE:
+        case BE_NOTIFICATION: /* sent before the reset's UNLISTEN took effect */
+            break;
+        case BE_COMMAND_COMPLETE:
+            if (!b->resetting)
+                goto unexpected;
+            break;
+        case BE_READY_FOR_QUERY:
+            if (!b->resetting || m.len < 1 || m.body[0] != 'I')
+                goto unexpected;
+            b->resetting = false;
+            b->tx_status = 'I';
+            break;
+        case BE_ERROR: {
+            const char *text = proto_error_field(m.body, m.len, 'M');
+            log_info("node %s: closing a pooled backend: %s", name, text ? text : "error");
+            backend_close(b);
+            return;
+        }
+        default:
+            goto unexpected;
+        }
+    }
+    return;
+unexpected:
+    log_warn("node %s: unexpected message on a pooled backend", name);
+    backend_close(b);
 }

@@ -164,7 +164,7 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         param_cache_unwait(c);
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {
         if (c->backends[i])
-            backend_close(c->backends[i]);
+            backend_release(c->backends[i]);
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -954,6 +954,9 @@ static void client_count_route(struct client *c, struct route rt, unsigned flags
 static struct backend *client_backend(struct client *c, int node)
 {
     struct backend *b = c->backends[node];
+    if (b)
+        return b;
+    b = backend_pool_take(c, node);
     if (b)
         return b;
     b = backend_open(c, node);

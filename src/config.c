@@ -1180,6 +1180,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "busy_poll_us",
                                         "shutdown_timeout_ms",
                                         "connect_timeout_ms",
+                                        "backend_idle_max",
+                                        "backend_idle_timeout_ms",
+                                        "backend_lifetime_ms",
                                         "log_level"};
     enum {
         K_LISTEN,
@@ -1201,6 +1204,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_BUSY_POLL,
         K_SHUTDOWN,
         K_CONNECT,
+        K_IDLE_MAX,
+        K_IDLE_TIMEOUT,
+        K_LIFETIME,
         K_LOG_LEVEL,
         K_COUNT
     };
@@ -1259,6 +1265,13 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_int32(c, v[K_SHUTDOWN], "shutdown_timeout_ms", 0, INT_MAX, &cfg->shutdown_timeout_ms);
     if (v[K_CONNECT])
         get_int32(c, v[K_CONNECT], "connect_timeout_ms", 1, INT_MAX, &cfg->connect_timeout_ms);
+    if (v[K_IDLE_MAX])
+        get_int32(c, v[K_IDLE_MAX], "backend_idle_max", 0, 100000, &cfg->backend_idle_max);
+    if (v[K_IDLE_TIMEOUT])
+        get_int32(c, v[K_IDLE_TIMEOUT], "backend_idle_timeout_ms", 1, INT_MAX,
+                  &cfg->backend_idle_timeout_ms);
+    if (v[K_LIFETIME])
+        get_int32(c, v[K_LIFETIME], "backend_lifetime_ms", 0, INT_MAX, &cfg->backend_lifetime_ms);
     if (v[K_LOG_LEVEL] && get_enum(c, v[K_LOG_LEVEL], "log_level", log_level_names, 4, &e)) {
         free(cfg->log_level);
         if (!(cfg->log_level = strdup(log_level_names[e])))
@@ -1287,6 +1300,9 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->cpu_affinity = CPU_AFFINITY_OFF;
     cfg->shutdown_timeout_ms = 30000;
     cfg->connect_timeout_ms = 5000;
+    cfg->backend_idle_max = 20;
+    cfg->backend_idle_timeout_ms = 60000;
+    cfg->backend_lifetime_ms = 3600000;
     cfg->monitor.dbname = strdup("postgres");
     cfg->log_level = strdup("info");
     if (!cfg->monitor.dbname || !cfg->log_level)

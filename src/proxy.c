@@ -44,6 +44,8 @@ void proxy_node_failed(struct proxy *px, int node)
     /* Until the monitor's next rounds say otherwise, keep reads off a node we just failed to
      * use, so one dead replica costs one error, not one per statement. */
     px->nodes[node].failed_until_ms = proxy_now_ms() + NODE_FAIL_HOLD_MS;
+    /* The pooled backends there are likely broken too: the next client opens a fresh one. */
+    backend_pool_flush(px, node);
 }
 
 /* ---- calls between workers ---- */
@@ -200,6 +202,13 @@ static void apply_snapshot(struct proxy *px, struct monitor_snapshot *s)
         }
     }
     px->eligible_mask = mask;
+    /* A node the monitor cannot reach keeps no pooled backends: they would fail their client's
+     * first statement, where a new connection after the node's return would not. */
+    for (size_t i = 0; i < s->nnodes && i < CONFIG_MAX_NODES; i++) {
+        bool down = (int)i == px->cfg->primary ? !s->primary_up : s->nodes[i].state == LAG_DOWN;
+        if (down && px->pool[i])
+            backend_pool_flush(px, (int)i);
+    }
     drain_sweep(px);
     for (struct client *c = px->clients, *next; c; c = next) {
         next = c->next;
@@ -316,6 +325,9 @@ struct reload_plan {
 static void reload_apply(struct proxy *px, void *arg)
 {
     const struct reload_plan *plan = arg;
+    /* Pooled backends logged in under the old configuration (addresses, passwords) go. */
+    if (!px->loop_done)
+        backend_pool_flush(px, -1);
     for (size_t s = 0; s < plan->nslots; s++) {
         struct node_rt *rt = &px->nodes[s];
         if (plan->occupant[s] < 0) {
@@ -627,6 +639,7 @@ static void stop_worker(struct proxy *px, void *arg)
     px->stopping = true;
     px->shutting_down = true;
     close_all_clients(px, "terminating connection due to administrator command");
+    backend_pool_flush(px, -1);
     if (px->worker == 0) {
         admin_stop(px);
         if (px->monitor) {
@@ -679,6 +692,7 @@ static void drain_begin(struct proxy *px, void *arg)
     if (px->stopping || px->loop_done || px->shutdown_deadline != 0)
         return;
     px->shutting_down = true;
+    backend_pool_flush(px, -1);
     uv_close((uv_handle_t *)&px->listener, NULL);
     if (px->has_unix_listener)
         uv_close((uv_handle_t *)&px->unix_listener, NULL);

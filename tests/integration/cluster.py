@@ -11,6 +11,7 @@ SIGTERM/SIGHUP/SIGINT. When run as root, PostgreSQL runs as the `postgres` user.
 """
 
 import atexit
+import json
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -684,6 +686,25 @@ class Pgsteer:
             pass
         _unregister(self)
         return rc
+
+    def wait_replicas_eligible(self, token=None, timeout=10):
+        """Wait until /status on the admin port says every replica is eligible (the first
+        monitor rounds are done and reads reach them all); `token` is the admin_token, if
+        set. Returns self."""
+        req = urllib.request.Request("http://127.0.0.1:%d/status" % self.admin_port)
+        if token:
+            req.add_header("Authorization", "Bearer " + token)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    doc = json.loads(r.read())
+                if all(n["eligible"] for n in doc["nodes"] if n["role"] == "replica"):
+                    return self
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise ClusterError("pgsteer %s: replicas not eligible within %ss" % (self.name, timeout))
 
     def log_text(self):
         try:

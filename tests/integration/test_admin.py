@@ -62,16 +62,7 @@ def start_pgsteer(extra_yaml="", name=None):
     px = cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + extra_yaml, name=name)
     px.start()
     _started.append(px)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            doc = json.loads(http(px, "/status", token=TOKEN)[2])
-            if all(n["eligible"] for n in doc["nodes"] if n["role"] == "replica"):
-                return px
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("pgsteer %s: replicas not eligible within 10s" % px.name)
+    return px.wait_replicas_eligible(token=TOKEN)
 
 
 def http(px, path, method="GET", token=None, body=None, timeout=5):

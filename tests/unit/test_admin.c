@@ -189,6 +189,9 @@ static void fill_stats(struct admin_stats *st)
         .reason = "lag 48 MB > 16 MB",
         .reads = 10,
         .backends = 1,
+        .idle_backends = 4,
+        .backends_opened = 5,
+        .backends_reused = 17,
         .evictions = 3,
     };
 }
@@ -291,6 +294,9 @@ static void test_admin_metrics_format(void **state)
     assert_non_null(strstr(t, "pgsteer_node_writes_total{node=\"pg1\"} 6\n"));
     assert_non_null(strstr(t, "pgsteer_node_backend_connections{node=\"pg1\"} 2\n"));
     assert_non_null(strstr(t, "pgsteer_node_evictions_total{node=\"pg\\\"2\"} 3\n"));
+    assert_non_null(strstr(t, "pgsteer_node_idle_backend_connections{node=\"pg\\\"2\"} 4\n"));
+    assert_non_null(strstr(t, "pgsteer_node_backends_opened_total{node=\"pg\\\"2\"} 5\n"));
+    assert_non_null(strstr(t, "pgsteer_node_backends_reused_total{node=\"pg\\\"2\"} 17\n"));
     assert_non_null(strstr(t, "pgsteer_node_info{node=\"pg1\",role=\"primary\"} 1\n"));
     free(t);
 }

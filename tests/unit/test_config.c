@@ -134,6 +134,9 @@ static void test_config_load_sets_every_key(void **state)
     assert_int_equal(c->busy_poll_us, 150);
     assert_int_equal(c->shutdown_timeout_ms, 0);
     assert_int_equal(c->connect_timeout_ms, 7000);
+    assert_int_equal(c->backend_idle_max, 5);
+    assert_int_equal(c->backend_idle_timeout_ms, 30000);
+    assert_int_equal(c->backend_lifetime_ms, 0); /* no limit */
     assert_string_equal(c->log_level, "debug");
     config_free(c);
 }
@@ -174,6 +177,9 @@ static void test_config_parse_applies_defaults(void **state)
     assert_null(c->unix_socket_dir);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->connect_timeout_ms, 5000);
+    assert_int_equal(c->backend_idle_max, 20);
+    assert_int_equal(c->backend_idle_timeout_ms, 60000);
+    assert_int_equal(c->backend_lifetime_ms, 3600000);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -683,6 +689,15 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "t.yaml:1:15: 'busy_poll_us' must be between 0 and 10000, got -1\n");
     struct config *c = parse("busy_poll_us: 10000\n" BASE);
     assert_int_equal(c->busy_poll_us, 10000);
+    config_free(c);
+    expect_errors("backend_idle_max: -1\n"
+                  "backend_idle_timeout_ms: 0\n"
+                  "backend_lifetime_ms: -1\n" BASE,
+                  "t.yaml:1:19: 'backend_idle_max' must be between 0 and 100000, got -1\n"
+                  "t.yaml:2:26: 'backend_idle_timeout_ms' must be at least 1, got 0\n"
+                  "t.yaml:3:22: 'backend_lifetime_ms' must be at least 0, got -1\n");
+    c = parse("backend_idle_max: 0\n" BASE);
+    assert_int_equal(c->backend_idle_max, 0); /* no reuse */
     config_free(c);
 }
 

@@ -1,0 +1,396 @@
+# SPDX-License-Identifier: MIT
+"""Integration tests of the pool: a backend whose client leaves while it is idle is reset and
+handed to the next client of the same user, database and startup parameters, and nothing of the
+first session reaches the second. Each test asserts on server process ids (pg_backend_pid())
+and on what the node reports about them.
+
+Run: tests/integration/run.sh test_pool"""
+
+import contextlib
+import faulthandler
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster as cl  # noqa: E402
+
+import psycopg2  # noqa: E402
+import psycopg2.errors  # noqa: E402
+
+ADMIN_YAML = "admin_users:\n  - {name: admin, password: admin-secret}\n"
+
+CLUSTER = None
+PX = None  # one worker, so that every client meets the same pool
+_started = []
+
+
+def setUpModule():
+    global CLUSTER, PX
+    CLUSTER = cl.Cluster(replicas=2)
+    try:
+        CLUSTER.start()
+        CLUSTER.psql(CLUSTER.primary_port, [
+            "create table pool_t (id serial primary key, v text)",
+            "create table pool_other (v int)",
+        ])
+        CLUSTER.wait_replay()
+        PX = start_pgsteer("workers: 1\n", name="pool")
+    except BaseException:
+        tearDownModule()
+        raise
+
+
+def tearDownModule():
+    for px in _started:
+        px.stop()
+    if CLUSTER is not None:
+        CLUSTER.stop()
+
+
+def status(px):
+    with urllib.request.urlopen("http://127.0.0.1:%d/status" % px.admin_port, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def node_stats(px, name):
+    for n in status(px)["nodes"]:
+        if n["name"] == name:
+            return n
+    raise AssertionError("no node %s" % name)
+
+
+def start_pgsteer(extra_yaml, name=None):
+    """A pgsteer with an admin user, started and ready (both replicas eligible)."""
+    px = cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + extra_yaml, name=name)
+    px.start()
+    _started.append(px)
+    return px.wait_replicas_eligible()
+
+
+def connect(px, **kw):
+    conn = psycopg2.connect(px.dsn(**kw))
+    conn.autocommit = True
+    return conn
+
+
+def one(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()
+
+
+def primary_pid(conn):
+    """The pid of the connection's backend on the primary (a write goes there)."""
+    return one(conn, "insert into pool_t (v) values ('pid') returning pg_backend_pid()")[0]
+
+
+def on_primary(sql, args=None):
+    """Run sql directly on the primary (not through pgsteer); the first row."""
+    conn = psycopg2.connect(host="127.0.0.1", port=CLUSTER.primary_port, user=cl.APP_USER,
+                            password=cl.APP_PASSWORD, dbname=cl.APP_DB)
+    conn.autocommit = True
+    try:
+        return one(conn, sql, args)
+    finally:
+        conn.close()
+
+
+def wait_for(pred, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def wait_gone(pid, what):
+    """Wait until the primary has no server process `pid` any more."""
+    wait_for(lambda: on_primary("select count(*) = 0 from pg_stat_activity where pid = %s",
+                                (pid,))[0], what=what)
+
+
+def pooled(px, node="primary"):
+    """Wait until `node` has an idle backend in px's pool whose reset is answered, and return
+    the number of them."""
+    def ready():
+        out = cl.run_psql(px.admin_port, "SHOW SERVERS", user="admin", db="pgsteer",
+                          password="admin-secret", bindir=CLUSTER.bindir).stdout
+        return sum(1 for r in out.strip().splitlines()
+                   if r.split("|")[1] == node and r.split("|")[2] == "pooled")
+    return wait_for(ready, what="a pooled backend to %s" % node)
+
+
+class PoolTest(unittest.TestCase):
+    def setUp(self):
+        faulthandler.dump_traceback_later(120, exit=True)
+
+    def tearDown(self):
+        faulthandler.cancel_dump_traceback_later()
+
+    def test_the_next_client_gets_the_backend_of_the_one_before(self):
+        before = node_stats(PX, "primary")
+        c1 = connect(PX)
+        pid1 = primary_pid(c1)
+        c1.close()
+        pooled(PX)
+        self.assertGreaterEqual(node_stats(PX, "primary")["idle_backends"], 1)
+        c2 = connect(PX)
+        pid2 = primary_pid(c2)
+        self.assertEqual(pid1, pid2)
+        after = node_stats(PX, "primary")
+        c2.close()
+        self.assertGreaterEqual(after["backends_reused"], before["backends_reused"] + 1)
+        # The backend stays in one session: reused, not opened again.
+        self.assertLessEqual(after["backends_opened"], before["backends_opened"] + 1)
+
+    def test_nothing_of_a_session_reaches_the_next(self):
+        c1 = connect(PX)
+        pid = primary_pid(c1)
+        with c1.cursor() as cur:
+            # A transaction keeps every statement on the primary's backend seen above.
+            cur.execute("begin")
+            self.assertEqual(primary_pid(c1), pid)
+            cur.execute("set search_path to pg_catalog")
+            cur.execute("set work_mem = '7MB'")
+            cur.execute("prepare pool_p as select 1")
+            cur.execute("create temp table pool_tmp (v int)")
+            cur.execute("listen pool_channel")
+            cur.execute("select pg_advisory_lock(4242)")
+            cur.execute("commit")
+        self.assertEqual(on_primary("select count(*) from pg_locks where locktype = 'advisory' "
+                                    "and pid = %s", (pid,))[0], 1)
+        c1.close()
+        pooled(PX)
+        c2 = connect(PX)
+        with c2.cursor() as cur:
+            cur.execute("begin")
+            self.assertEqual(primary_pid(c2), pid, "the pool should hand out the same backend")
+            cur.execute("show search_path")
+            self.assertEqual(cur.fetchone()[0], '"$user", public')
+            cur.execute("show work_mem")
+            self.assertEqual(cur.fetchone()[0], "4MB")
+            cur.execute("select count(*) from pg_prepared_statements")
+            self.assertEqual(cur.fetchone()[0], 0)
+            cur.execute("select to_regclass('pg_temp.pool_tmp') is null")
+            self.assertTrue(cur.fetchone()[0])
+            cur.execute("select count(*) from pg_listening_channels()")
+            self.assertEqual(cur.fetchone()[0], 0)
+            cur.execute("commit")
+        self.assertEqual(on_primary("select count(*) from pg_locks where locktype = 'advisory' "
+                                    "and pid = %s", (pid,))[0], 0)
+        c2.close()
+
+    def test_an_open_transaction_is_not_kept(self):
+        c1 = connect(PX)
+        with c1.cursor() as cur:
+            cur.execute("begin")
+            cur.execute("insert into pool_t (v) values ('rolled back') returning pg_backend_pid()")
+            pid1 = cur.fetchone()[0]
+        c1.close()  # without commit
+        wait_gone(pid1, "the backend of the open transaction to end")
+        self.assertEqual(on_primary("select count(*) from pool_t where v = 'rolled back'")[0], 0)
+        c2 = connect(PX)
+        self.assertNotEqual(primary_pid(c2), pid1)
+        c2.close()
+
+    def test_a_busy_backend_is_not_kept(self):
+        # The client leaves while its statement runs: that backend must not serve anyone.
+        c1 = connect(PX)
+        pid1 = primary_pid(c1)
+        sock = socket.fromfd(c1.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        c1.cursor().execute("set statement_timeout = 0")
+        with c1.cursor() as cur:
+            t = threading.Thread(target=lambda: self._swallow(cur, "select pg_sleep(3), "
+                                                              "txid_current()"))
+            t.start()
+            wait_for(lambda: on_primary("select count(*) from pg_stat_activity where pid = %s "
+                                        "and query like 'select pg_sleep%%'", (pid1,))[0],
+                     what="the statement to run")
+            sock.shutdown(socket.SHUT_RDWR)
+            t.join(10)
+        sock.close()
+        c1.close()
+        c2 = connect(PX)
+        start = time.monotonic()
+        self.assertNotEqual(primary_pid(c2), pid1)
+        self.assertLess(time.monotonic() - start, 2.5, "the new client waited for the old statement")
+        c2.close()
+
+    @staticmethod
+    def _swallow(cur, sql):
+        try:
+            cur.execute(sql)
+        except psycopg2.Error:
+            pass
+
+    def test_other_startup_parameters_get_other_backends(self):
+        c1 = connect(PX, application_name="pool-a")
+        pid1 = primary_pid(c1)
+        c1.close()
+        pooled(PX)
+        c2 = connect(PX, application_name="pool-b")
+        pid2 = primary_pid(c2)
+        self.assertNotEqual(pid1, pid2)
+        self.assertEqual(one(c2, "select application_name from pg_stat_activity "
+                                 "where pid = pg_backend_pid() and txid_current() > 0")[0],
+                         "pool-b")
+        c2.close()
+        c3 = connect(PX, application_name="pool-a")
+        self.assertEqual(primary_pid(c3), pid1)
+        c3.close()
+
+    def test_reads_reuse_replica_backends(self):
+        names = {n.port: n.name for n in CLUSTER.nodes}
+        seen = {}
+        before = {n: node_stats(PX, n)["backends_reused"] for n in ("replica1", "replica2")}
+        for _ in range(6):
+            c = connect(PX)
+            port, pid = one(c, "select inet_server_port(), pg_backend_pid()")
+            c.close()
+            name = names[port]
+            self.assertIn(name, ("replica1", "replica2"))
+            pooled(PX, name)
+            seen.setdefault(name, set()).add(pid)
+        # Sessions spread over both replicas, each replica with one server process for all.
+        for name, pids in seen.items():
+            self.assertEqual(len(pids), 1, seen)
+        reused = sum(node_stats(PX, n)["backends_reused"] - before[n]
+                     for n in ("replica1", "replica2"))
+        self.assertGreaterEqual(reused, 6 - len(seen))
+
+    def test_cancel_reaches_a_reused_backend(self):
+        c1 = connect(PX)
+        pid = primary_pid(c1)
+        c1.close()
+        pooled(PX)
+        c2 = connect(PX)
+        self.assertEqual(primary_pid(c2), pid)
+        timer = threading.Timer(0.5, c2.cancel)
+        timer.start()
+        start = time.monotonic()
+        with self.assertRaises(psycopg2.errors.QueryCanceled):
+            one(c2, "select pg_sleep(10), txid_current()")
+        timer.join()
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(primary_pid(c2), pid)
+        c2.close()
+
+    def test_node_restart_while_pooled(self):
+        # The pool must not hand out a backend the node has closed.
+        c1 = connect(PX)
+        pid1 = primary_pid(c1)
+        c1.close()
+        pooled(PX)
+        CLUSTER.stop_node(0, mode="fast")
+        CLUSTER.start_node(0)
+        wait_for(lambda: node_stats(PX, "primary")["state"] == "up", what="the primary to be up")
+        self.assertEqual(node_stats(PX, "primary")["idle_backends"], 0)
+        c2 = connect(PX)
+        self.assertNotEqual(primary_pid(c2), pid1)
+        c2.close()
+
+    def test_admin_shows_the_pool(self):
+        c1 = connect(PX)
+        primary_pid(c1)
+        c1.close()
+        pooled(PX)
+        out = cl.run_psql(PX.admin_port, "SHOW NODES", user="admin", db="pgsteer",
+                          password="admin-secret", bindir=CLUSTER.bindir,
+                          extra_args=["-P", "tuples_only=off"]).stdout
+        lines = out.strip().splitlines()
+        cols = lines[0].split("|")
+        primary = dict(zip(cols, next(r.split("|") for r in lines[1:]
+                                      if r.startswith("primary|"))))
+        self.assertGreaterEqual(int(primary["idle_backends"]), 1, out)
+        self.assertGreaterEqual(int(primary["backends_opened"]), 1, out)
+        self.assertIn("backends_reused", primary)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % PX.admin_port,
+                                    timeout=5) as r:
+            text = r.read().decode()
+        self.assertRegex(text, r'pgsteer_node_idle_backend_connections\{node="primary"[^}]*\} [1-9]')
+        self.assertRegex(text, r'pgsteer_node_backends_reused_total\{node="primary"[^}]*\} \d')
+        self.assertRegex(text, r'pgsteer_node_backends_opened_total\{node="primary"[^}]*\} [1-9]')
+        cfg = cl.run_psql(PX.admin_port, "SHOW CONFIG", user="admin", db="pgsteer",
+                          password="admin-secret", bindir=CLUSTER.bindir).stdout
+        self.assertIn("backend_idle_max|20", cfg)
+
+
+@contextlib.contextmanager
+def settings(extra_yaml):
+    """A pgsteer of its own with `extra_yaml`, its replicas eligible, stopped at the end."""
+    with cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + extra_yaml) as px:
+        yield px.wait_replicas_eligible()
+
+
+class PoolSettingsTest(unittest.TestCase):
+    def setUp(self):
+        faulthandler.dump_traceback_later(120, exit=True)
+
+    def tearDown(self):
+        faulthandler.cancel_dump_traceback_later()
+
+    def test_idle_timeout_closes_pooled_backends(self):
+        with settings("workers: 1\nbackend_idle_timeout_ms: 300\n") as px:
+            c = connect(px)
+            pid = primary_pid(c)
+            c.close()
+            pooled(px)
+            wait_gone(pid, "the idle backend to be closed")
+            self.assertEqual(node_stats(px, "primary")["idle_backends"], 0)
+
+    def test_backend_idle_max_0_keeps_none(self):
+        with settings("workers: 1\nbackend_idle_max: 0\n") as px:
+            c = connect(px)
+            pid1 = primary_pid(c)
+            c.close()
+            wait_gone(pid1, "the backend to be closed")
+            c = connect(px)
+            self.assertNotEqual(primary_pid(c), pid1)
+            c.close()
+            self.assertEqual(node_stats(px, "primary")["backends_reused"], 0)
+
+    def test_idle_max_bounds_the_pool(self):
+        with settings("workers: 1\nbackend_idle_max: 2\n") as px:
+            conns = [connect(px) for _ in range(4)]
+            pids = [primary_pid(c) for c in conns]
+            for c in conns:
+                c.close()
+            wait_for(lambda: on_primary("select count(*) from pg_stat_activity "
+                                        "where pid = any(%s)", (pids,))[0] == 2,
+                     what="two of four backends to be closed")
+            self.assertEqual(node_stats(px, "primary")["idle_backends"], 2)
+
+    def test_lifetime_ends_reuse(self):
+        with settings("workers: 1\nbackend_lifetime_ms: 1\n") as px:
+            c = connect(px)
+            pid1 = primary_pid(c)
+            c.close()
+            wait_gone(pid1, "the backend past its lifetime to be closed")
+            c = connect(px)
+            self.assertNotEqual(primary_pid(c), pid1)
+            c.close()
+
+    def test_reload_empties_the_pool(self):
+        with settings("workers: 1\n") as px:
+            c = connect(px)
+            pid1 = primary_pid(c)
+            c.close()
+            pooled(px)
+            cl.run_psql(px.admin_port, "RELOAD", user="admin", db="pgsteer",
+                        password="admin-secret", bindir=CLUSTER.bindir)
+            wait_gone(pid1, "the pooled backend to be closed")
+            c = connect(px)
+            self.assertNotEqual(primary_pid(c), pid1)
+            c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
