@@ -65,9 +65,11 @@ ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
 # default) add; pgsteer-r1 reads from the first replica only (the others at weight 0, set by a
 # reload after start), to show what spreading reads over replicas on this machine costs;
 # pgsteer-pin pins each worker to its own CPU; pgsteer-poll polls for 100 µs after input
-# before it sleeps.
+# before it sleeps; pgsteer-nopool keeps no backend once its client leaves, so every pgbench
+# run (and, with --connect, every transaction) logs in to the nodes anew.
 EXTRA_PGSTEER = {"pgsteer-1w": "workers: 1\n", "pgsteer-r1": "",
-                 "pgsteer-pin": "cpu_affinity: auto\n", "pgsteer-poll": "busy_poll_us: 100\n"}
+                 "pgsteer-pin": "cpu_affinity: auto\n", "pgsteer-poll": "busy_poll_us: 100\n",
+                 "pgsteer-nopool": "backend_idle_max: 0\n"}
 EXTRA_CONTENDERS = tuple(EXTRA_PGSTEER)
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
@@ -77,7 +79,8 @@ LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
          "pgpool": "Pgpool-II", "pgsteer-1w": "pgsteer, 1 worker",
          "pgsteer-r1": "pgsteer, 1st replica only",
          "pgsteer-pin": "pgsteer, cpu_affinity: auto",
-         "pgsteer-poll": "pgsteer, busy_poll_us: 100"}
+         "pgsteer-poll": "pgsteer, busy_poll_us: 100",
+         "pgsteer-nopool": "pgsteer, backend_idle_max: 0"}
 SCALE = 10
 # The issue's goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -490,11 +493,14 @@ class Contender:
 
 
 def pgbench_args(bindir, host, port, dbname, script, mode, clients, threads, duration,
-                 log_prefix=None, transactions=None):
+                 log_prefix=None, transactions=None, connect=False):
     """pgbench for `duration` seconds, or for `transactions` per client when that is given;
-    with a per-transaction log when `log_prefix` is given."""
+    with a per-transaction log when `log_prefix` is given; with a new connection for every
+    transaction when `connect`."""
     args = [os.path.join(bindir, "pgbench"), "-n", "-h", host, "-p", str(port),
             "-U", cl.APP_USER, "-M", mode, "-c", str(clients), "-j", str(threads)]
+    if connect:
+        args.append("-C")
     if transactions is not None:
         args += ["-t", str(transactions)]
     else:
@@ -551,14 +557,14 @@ def percentile(sorted_values, q):
     return sorted_values[k]
 
 
-def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir):
+def run_pgbench(c, contender, script, mode, clients, threads, duration, logdir, connect=False):
     port = contender.port_for(script)
     dbname = contender.dbname_for(mode)
     prefix = os.path.join(logdir, "tx")
     for old in glob.glob(prefix + ".*"):
         os.unlink(old)
     args = pgbench_args(c.bindir, contender.host, port, dbname, script, mode, clients, threads,
-                        duration, prefix)
+                        duration, prefix, connect=connect)
     load = os.getloadavg()[0]
     cpu0 = contender.cpu()
     busy0 = system_busy_seconds()
@@ -983,6 +989,10 @@ def bench(args):
             for name in contenders:
                 before = xact_counts(c)
                 run_pgbench(c, table[name], "select-only", "simple", 1, 1, args.warmup, logdir)
+                if name.startswith("pgsteer"):
+                    # Its kept backends (backend_idle_max) sit idle with their last second of
+                    # statistics unreported until they exit: a reload closes them.
+                    table[name].proc.send_signal(signal.SIGHUP)
                 routing[name] = routing_share(c, before)
                 log("warm-up %-9s select-only served by %s" % (
                     name, ", ".join("%s %.0f%%" % (k, v * 100) for k, v in
@@ -1014,7 +1024,8 @@ def bench(args):
                                 perf_dir, "%s-%s-c%d-r%d.data" % (script, mode, n, rnd + 1)))
                         try:
                             r = run_pgbench(c, table[name], script, mode, n,
-                                            min(n, args.threads), args.duration, logdir)
+                                            min(n, args.threads), args.duration, logdir,
+                                            connect=args.connect)
                         finally:
                             stop_perf(perf)
                         r["round"] = rnd + 1
@@ -1045,7 +1056,8 @@ def bench(args):
         "settings": {"duration_s": args.duration, "rounds": args.rounds, "clients": clients,
                      "threads": args.threads, "modes": modes, "scripts": scripts,
                      "contenders": contenders, "scale": SCALE, "warmup_s": args.warmup,
-                     "transport": "unix" if args.unix else "tcp"},
+                     "transport": "unix" if args.unix else "tcp",
+                     "connection_per_transaction": args.connect},
         "machine": machine_info(c),
         "versions": versions,
         "routing_check_select_only": routing,
@@ -1535,7 +1547,8 @@ def main(argv=None):
                     help="what to measure (direct,pgsteer,pgbouncer,pgpool; also pgsteer-1w: "
                          "pgsteer with workers: 1, pgsteer-r1: pgsteer reading from the first "
                          "replica only, pgsteer-pin: pgsteer with cpu_affinity: auto, "
-                         "pgsteer-poll: pgsteer with busy_poll_us: 100)")
+                         "pgsteer-poll: pgsteer with busy_poll_us: 100, pgsteer-nopool: "
+                         "pgsteer with backend_idle_max: 0)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",
@@ -1549,6 +1562,9 @@ def main(argv=None):
     ap.add_argument("--one-replica", action="store_true",
                     help="pgsteer reads from the first replica only and PgBouncer fronts that "
                          "replica (select-only), so both serve one PostgreSQL instance")
+    ap.add_argument("--connect", action="store_true",
+                    help="a new connection for every transaction (pgbench -C), as applications "
+                         "that connect per request do")
     ap.add_argument("--unix", action="store_true",
                     help="every contender over Unix-domain sockets: pgbench to the proxy (or "
                          "to PostgreSQL) and the proxy to the nodes")
