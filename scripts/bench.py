@@ -27,6 +27,10 @@ The set-up (docs/performance.md explains each choice):
              delay_threshold 16MB (the same lag limit as pgsteer), num_init_children = the most
              clients + 2, max_pool 1, no query cache. pool_hba trusts 127.0.0.1; pgpool logs in
              to the nodes with the password in pool_passwd.
+With --connect (a new connection per transaction) the clients log in to pgsteer and PgBouncer
+without a password too (trust, as Pgpool-II's pool_hba), so that the proxies' connection
+handling is measured rather than pgbench's SCRAM computation; each proxy still logs in to the
+nodes with SCRAM. direct keeps SCRAM (the servers' pg_hba).
 
 Each configuration (script x protocol mode x clients) runs every contender in turn, rotating
 the order, and the whole sweep repeats --rounds times, so that drift (autovacuum, caches, table
@@ -267,6 +271,7 @@ class Service:
         self.version = None
         self.target_port = None  # PgBouncer: the node it fronts (default: the primary)
         self.unix = False  # --unix: reach the nodes over their Unix-domain sockets
+        self.client_auth = "scram-sha-256"  # PgBouncer: how clients log in (--connect: trust)
         self.command_prefix = []  # run the program under this command (valgrind, ...)
 
     def __enter__(self):
@@ -328,7 +333,7 @@ class PgBouncer(Service):
                 "listen_addr = 127.0.0.1",
                 "listen_port = %d" % self.port,
                 "unix_socket_dir = %s" % (self.dir if self.unix else ""),
-                "auth_type = scram-sha-256",
+                "auth_type = %s" % self.client_auth,
                 "auth_file = %s" % os.path.join(self.dir, "userlist.txt"),
                 "pool_mode = transaction",
                 # Every client gets a server connection without queueing, as with the others.
@@ -949,8 +954,12 @@ def bench(args):
                 "pgbouncer": bouncer.dir if args.unix else "127.0.0.1",
                 "pgpool": pool.dir if args.unix else "127.0.0.1"}
 
+        # --connect: clients log in without a password to every proxy (see the top).
+        client_auth = "trust" if args.connect else "scram-sha-256"
+        bouncer.client_auth = client_auth
+
         def pgsteer(extra, name=None):
-            px = cl.Pgsteer(c, extra_yaml=extra + base_yaml, name=name)
+            px = cl.Pgsteer(c, extra_yaml=extra + base_yaml, name=name, auth_method=client_auth)
             if args.unix:
                 px.node_host = c.sockdir
             return px
@@ -1057,7 +1066,9 @@ def bench(args):
                      "threads": args.threads, "modes": modes, "scripts": scripts,
                      "contenders": contenders, "scale": SCALE, "warmup_s": args.warmup,
                      "transport": "unix" if args.unix else "tcp",
-                     "connection_per_transaction": args.connect},
+                     "connection_per_transaction": args.connect,
+                     "proxy_client_auth": "trust" if args.connect else "scram-sha-256 "
+                                          "(Pgpool-II: trust)"},
         "machine": machine_info(c),
         "versions": versions,
         "routing_check_select_only": routing,

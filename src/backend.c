@@ -777,10 +777,10 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
  * A client's backend outlives the client when it is idle as the client leaves: it is reset
  * with DISCARD ALL (prepared statements, portals, temporary tables, LISTEN, advisory locks,
  * settings back to the login's) and parked in its worker's pool, to be handed to the next
- * client of that worker that needs the node and logged in the same way (same `key`: user,
- * database, startup parameters: `pool_key`). So a client that connects anew does not cost the node
- * a new server process each time. A parked backend is read as usual: the answer to the reset makes
- * it available, and anything unexpected (an error, the node closing it) closes it. */
+ * client of that worker that needs the node and would log in the same way (`pool_key`: user,
+ * database and startup parameters). So a client that connects anew does not cost the node a
+ * new server process each time. A parked backend is read as usual: the answer to the reset
+ * makes it available, and anything unexpected (an error, the node closing it) closes it. */
 
 #define POOL_RESET_QUERY "DISCARD ALL"
 
