@@ -352,7 +352,7 @@ static void format_duration(double s, char *out, size_t cap)
         snprintf(out, cap, "%" PRIu64 "s", sec);
 }
 
-#define NCOL 9
+#define NCOL 10
 
 int status_render_table(const struct json *st, struct buf *out)
 {
@@ -373,7 +373,7 @@ int status_render_table(const struct json *st, struct buf *out)
                    jbool(st, "paused") ? ", PAUSED" : "", jnum(q, "total", 0), jnum(q, "reads", 0),
                    jnum(q, "writes", 0), jnum(st, "read_retries_on_primary", 0));
     static const char *const head[NCOL] = {"NODE",  "ROLE",   "STATE",    "ELIGIBLE", "LAG",
-                                           "READS", "WRITES", "BACKENDS", "REASON"};
+                                           "READS", "WRITES", "BACKENDS", "IDLE",     "REASON"};
     /* Cells first, then widths, then the lines. */
     size_t rows = nodes->n + 1;
     char(*cells)[NCOL][160] = calloc(rows, sizeof(*cells));
@@ -404,8 +404,9 @@ int status_render_table(const struct json *st, struct buf *out)
         snprintf(row[5], 160, "%.0f", jnum(n, "reads", 0));
         snprintf(row[6], 160, "%.0f", jnum(n, "writes", 0));
         snprintf(row[7], 160, "%.0f", jnum(n, "backends", 0));
+        snprintf(row[8], 160, "%.0f", jnum(n, "idle_backends", 0));
         const char *since = jstr(n, "state_changed_at", "");
-        snprintf(row[8], 160, "%s%s%s%s", jstr(n, "state_reason", ""), since[0] ? " (since " : "",
+        snprintf(row[9], 160, "%s%s%s%s", jstr(n, "state_reason", ""), since[0] ? " (since " : "",
                  since, since[0] ? ")" : "");
     }
     size_t w[NCOL] = {0};
@@ -418,7 +419,7 @@ int status_render_table(const struct json *st, struct buf *out)
     }
     for (size_t r = 0; r < rows; r++) {
         for (int c = 0; c < NCOL; c++) {
-            bool num = c >= 5 && c <= 7;
+            bool num = c >= 5 && c <= 8;
             if (c == NCOL - 1)
                 rc |= buf_printf(out, "%s", cells[r][c]);
             else if (num)

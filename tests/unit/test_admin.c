@@ -446,6 +446,7 @@ static void test_status_render_table(void **state)
     assert_non_null(strstr(t, "pgsteer 9.9.9"));
     assert_non_null(strstr(t, "NODE"));
     assert_non_null(strstr(t, "ELIGIBLE"));
+    assert_non_null(strstr(t, "BACKENDS  IDLE"));
     assert_non_null(strstr(t, "pg1"));
     assert_non_null(strstr(t, "lagging"));
     assert_non_null(strstr(t, "48 MB, 1500 ms"));
