@@ -32,7 +32,8 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 all: pgsteer
 
-# ./pgsteer is a copy of the flavour built last (release or SAN=1), refreshed whenever it differs.
+# ./pgsteer is a copy of the flavour built last (release, SAN=1 or SAN=thread), refreshed whenever
+# it differs: run `make` after a sanitizer build before measuring anything.
 pgsteer: $(BUILD)/pgsteer
 	@cmp -s $< $@ || cp -f $< $@
 

@@ -975,8 +975,9 @@ def bench(args):
                 # Reads from the first replica only (the others at weight 0, by a reload), and
                 # PgBouncer in front of that same replica: both proxies serve one PostgreSQL
                 # instance, which takes the cost of spreading reads over several instances that
-                # share this machine's cores out of the comparison.
-                only_first_replica(c, px)
+                # share this machine's cores out of the comparison. Every pgsteer contender.
+                for p in [px] + [p for name, p in extra.items() if name != "pgsteer-r1"]:
+                    only_first_replica(c, p)
             replica = c.replica_ports[0]
             table = {
                 "direct": Contender("direct", lambda s: replica if s == "select-only"
@@ -1540,6 +1541,20 @@ def _on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def check_release_binary(path):
+    """Refuse to measure a sanitizer build: `make SAN=1` and `make SAN=thread` leave theirs as
+    ./pgsteer, and it runs several times slower with more memory (`make bench` rebuilds the
+    release binary first; running this script directly does not)."""
+    try:
+        p = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return
+    for lib in ("libasan", "libtsan", "libubsan"):
+        if lib in p.stdout:
+            raise BenchError("%s is a sanitizer build (it links %s): run make first"
+                             % (path, lib))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Benchmark pgsteer against direct access, PgBouncer and Pgpool-II with "
@@ -1571,8 +1586,9 @@ def main(argv=None):
     ap.add_argument("--perf", metavar="DIR", default=None,
                     help="perf record pgsteer during each of its runs into DIR")
     ap.add_argument("--one-replica", action="store_true",
-                    help="pgsteer reads from the first replica only and PgBouncer fronts that "
-                         "replica (select-only), so both serve one PostgreSQL instance")
+                    help="every pgsteer contender reads from the first replica only and "
+                         "PgBouncer fronts that replica (select-only), so both serve one "
+                         "PostgreSQL instance")
     ap.add_argument("--connect", action="store_true",
                     help="a new connection for every transaction (pgbench -C), as applications "
                          "that connect per request do")
@@ -1605,6 +1621,7 @@ def main(argv=None):
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     try:
+        check_release_binary(cl.pgsteer_binary())
         if args.idle_conns:
             return idle_conns(args)
         if args.instructions:
