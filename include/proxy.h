@@ -221,7 +221,8 @@ struct backend *backend_open(struct client *c, int node);
 struct backend *backend_pool_take(struct client *c, int node);
 /* b's client is leaving: b goes to the pool when it is idle and may be reused (logged in,
  * nothing owed, outside a transaction, opened under the current configuration, not too old,
- * room in backend_idle_max), where it is reset with DISCARD ALL; otherwise it is closed.
+ * backend_idle_max not reached by the other workers' pools: the oldest of this worker's makes
+ * room), where it is reset with DISCARD ALL; otherwise it is closed.
  * Either way b no longer belongs to the client. */
 void backend_release(struct backend *b);
 /* Close the backends in px's pool to `node`, or to every node when node < 0. */

@@ -823,9 +823,18 @@ void backend_release(struct backend *b)
         return;
     }
     if (atomic_fetch_add(&px->shared->idle[node], 1) >= px->cfg->backend_idle_max) {
-        atomic_fetch_sub(&px->shared->idle[node], 1);
-        backend_close(b);
-        return;
+        /* Full: the least recently parked backend of this worker gives b its place (its
+         * unlink takes back one count, so the one just added stands for b). Without one here
+         * (the others' pools hold them all), b is closed. */
+        struct backend *oldest = px->pool[node];
+        while (oldest && oldest->pool_next)
+            oldest = oldest->pool_next;
+        if (oldest == NULL) {
+            atomic_fetch_sub(&px->shared->idle[node], 1);
+            backend_close(b);
+            return;
+        }
+        backend_close(oldest);
     }
     int rc = proto_write_Query(&b->out, POOL_RESET_QUERY); /* out is empty (pool_fit) */
     backend_detach(b);

@@ -368,6 +368,22 @@ class PoolSettingsTest(unittest.TestCase):
                      what="two of four backends to be closed")
             self.assertEqual(node_stats(px, "primary")["idle_backends"], 2)
 
+    def test_a_full_pool_makes_room_for_the_newest(self):
+        with settings("workers: 1\nbackend_idle_max: 1\n") as px:
+            a = connect(px, application_name="pool-old")
+            pid_a = primary_pid(a)
+            a.close()
+            pooled(px)
+            b = connect(px, application_name="pool-new")
+            pid_b = primary_pid(b)
+            b.close()
+            wait_gone(pid_a, "the older kept backend to make room")
+            pooled(px)
+            b = connect(px, application_name="pool-new")
+            self.assertEqual(primary_pid(b), pid_b)
+            b.close()
+            self.assertEqual(node_stats(px, "primary")["idle_backends"], 1)
+
     def test_lifetime_ends_reuse(self):
         with settings("workers: 1\nbackend_lifetime_ms: 1\n") as px:
             c = connect(px)
