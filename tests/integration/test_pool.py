@@ -248,6 +248,7 @@ class PoolTest(unittest.TestCase):
         c3.close()
 
     def test_reads_reuse_replica_backends(self):
+        PX.wait_replicas_eligible()  # an earlier test restarted the primary
         names = {n.port: n.name for n in CLUSTER.nodes}
         seen = {}
         before = {n: node_stats(PX, n)["backends_reused"] for n in ("replica1", "replica2")}
@@ -292,6 +293,7 @@ class PoolTest(unittest.TestCase):
         CLUSTER.stop_node(0, mode="fast")
         CLUSTER.start_node(0)
         wait_for(lambda: node_stats(PX, "primary")["state"] == "up", what="the primary to be up")
+        PX.wait_replicas_eligible(timeout=30)  # the replicas reconnect to it
         self.assertEqual(node_stats(PX, "primary")["idle_backends"], 0)
         c2 = connect(PX)
         self.assertNotEqual(primary_pid(c2), pid1)
