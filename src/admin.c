@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -427,6 +428,34 @@ static const char *u64s(char *tmp, uint64_t v)
     return tmp;
 }
 
+/* The per-node counts exported as they are: a uint64_t field of struct admin_node_stats each. */
+struct node_count {
+    const char *name, *type, *help;
+    size_t field; /* offsetof(struct admin_node_stats, ...) */
+};
+static const struct node_count node_counts[] = {
+    {"pgsteer_node_reads_total", "counter", "Routing units sent to the node as reads.",
+     offsetof(struct admin_node_stats, reads)},
+    {"pgsteer_node_writes_total", "counter",
+     "Routing units sent to the node for any reason other than a read.",
+     offsetof(struct admin_node_stats, writes)},
+    {"pgsteer_node_backend_connections", "gauge",
+     "Connections from pgsteer to the node open now for clients.",
+     offsetof(struct admin_node_stats, backends)},
+    {"pgsteer_node_idle_backend_connections", "gauge",
+     "Connections from pgsteer to the node kept for reuse, without a client.",
+     offsetof(struct admin_node_stats, idle_backends)},
+    {"pgsteer_node_backends_opened_total", "counter",
+     "Connections pgsteer opened to the node (each a login).",
+     offsetof(struct admin_node_stats, backends_opened)},
+    {"pgsteer_node_backends_reused_total", "counter",
+     "Kept connections to the node handed to a new client instead of a login.",
+     offsetof(struct admin_node_stats, backends_reused)},
+    {"pgsteer_node_evictions_total", "counter",
+     "Times the monitor took the node out of service (up to lagging or down).",
+     offsetof(struct admin_node_stats, evictions)},
+};
+
 int admin_write_metrics(struct buf *out, const struct admin_stats *st)
 {
     char v[64];
@@ -552,47 +581,14 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
         rc |=
             prom_node(out, "pgsteer_node_state_changed_timestamp_seconds", &st->nodes[i], NULL, v);
     }
-    rc |= prom_family(out, "pgsteer_node_reads_total", "counter",
-                      "Routing units sent to the node as reads.");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_reads_total", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].reads));
-    }
-    rc |= prom_family(out, "pgsteer_node_writes_total", "counter",
-                      "Routing units sent to the node for any reason other than a read.");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_writes_total", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].writes));
-    }
-    rc |= prom_family(out, "pgsteer_node_backend_connections", "gauge",
-                      "Connections from pgsteer to the node open now for clients.");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_backend_connections", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].backends));
-    }
-    rc |= prom_family(out, "pgsteer_node_idle_backend_connections", "gauge",
-                      "Connections from pgsteer to the node kept for reuse, without a client.");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_idle_backend_connections", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].idle_backends));
-    }
-    rc |= prom_family(out, "pgsteer_node_backends_opened_total", "counter",
-                      "Connections pgsteer opened to the node (each a login).");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_backends_opened_total", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].backends_opened));
-    }
-    rc |= prom_family(out, "pgsteer_node_backends_reused_total", "counter",
-                      "Kept connections to the node handed to a new client instead of a login.");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_backends_reused_total", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].backends_reused));
-    }
-    rc |= prom_family(out, "pgsteer_node_evictions_total", "counter",
-                      "Times the monitor took the node out of service (up to lagging or down).");
-    for (size_t i = 0; i < st->nnodes; i++) {
-        rc |= prom_node(out, "pgsteer_node_evictions_total", &st->nodes[i], NULL,
-                        u64s(v, st->nodes[i].evictions));
+    for (size_t k = 0; k < sizeof(node_counts) / sizeof(node_counts[0]); k++) {
+        const struct node_count *f = &node_counts[k];
+        rc |= prom_family(out, f->name, f->type, f->help);
+        for (size_t i = 0; i < st->nnodes; i++) {
+            uint64_t x;
+            memcpy(&x, (const char *)&st->nodes[i] + f->field, sizeof(x));
+            rc |= prom_node(out, f->name, &st->nodes[i], NULL, u64s(v, x));
+        }
     }
     return rc ? -1 : 0;
 }

@@ -90,6 +90,22 @@ def primary_pid(conn):
     return one(conn, "insert into pool_t (v) values ('pid') returning pg_backend_pid()")[0]
 
 
+def session_pid(px, **kw):
+    """Open a session through px, write once and leave: the pid of the primary backend it
+    used."""
+    c = connect(px, **kw)
+    try:
+        return primary_pid(c)
+    finally:
+        c.close()
+
+
+def admin(px, sql, **kw):
+    """Run sql on px's admin console; the CompletedProcess."""
+    return cl.run_psql(px.admin_port, sql, user="admin", db="pgsteer", password="admin-secret",
+                       bindir=CLUSTER.bindir, **kw)
+
+
 def on_primary(sql, args=None):
     """Run sql directly on the primary (not through pgsteer); the first row."""
     conn = psycopg2.connect(host="127.0.0.1", port=CLUSTER.primary_port, user=cl.APP_USER,
@@ -121,8 +137,7 @@ def pooled(px, node="primary"):
     """Wait until `node` has an idle backend in px's pool whose reset is answered, and return
     the number of them."""
     def ready():
-        out = cl.run_psql(px.admin_port, "SHOW SERVERS", user="admin", db="pgsteer",
-                          password="admin-secret", bindir=CLUSTER.bindir).stdout
+        out = admin(px, "SHOW SERVERS").stdout
         return sum(1 for r in out.strip().splitlines()
                    if r.split("|")[1] == node and r.split("|")[2] == "pooled")
     return wait_for(ready, what="a pooled backend to %s" % node)
@@ -137,9 +152,7 @@ class PoolTest(unittest.TestCase):
 
     def test_the_next_client_gets_the_backend_of_the_one_before(self):
         before = node_stats(PX, "primary")
-        c1 = connect(PX)
-        pid1 = primary_pid(c1)
-        c1.close()
+        pid1 = session_pid(PX)
         pooled(PX)
         self.assertGreaterEqual(node_stats(PX, "primary")["idle_backends"], 1)
         c2 = connect(PX)
@@ -197,9 +210,7 @@ class PoolTest(unittest.TestCase):
         c1.close()  # without commit
         wait_gone(pid1, "the backend of the open transaction to end")
         self.assertEqual(on_primary("select count(*) from pool_t where v = 'rolled back'")[0], 0)
-        c2 = connect(PX)
-        self.assertNotEqual(primary_pid(c2), pid1)
-        c2.close()
+        self.assertNotEqual(session_pid(PX), pid1)
 
     def test_a_busy_backend_is_not_kept(self):
         # The client leaves while its statement runs: that backend must not serve anyone.
@@ -232,9 +243,7 @@ class PoolTest(unittest.TestCase):
             pass
 
     def test_other_startup_parameters_get_other_backends(self):
-        c1 = connect(PX, application_name="pool-a")
-        pid1 = primary_pid(c1)
-        c1.close()
+        pid1 = session_pid(PX, application_name="pool-a")
         pooled(PX)
         c2 = connect(PX, application_name="pool-b")
         pid2 = primary_pid(c2)
@@ -243,9 +252,7 @@ class PoolTest(unittest.TestCase):
                                  "where pid = pg_backend_pid() and txid_current() > 0")[0],
                          "pool-b")
         c2.close()
-        c3 = connect(PX, application_name="pool-a")
-        self.assertEqual(primary_pid(c3), pid1)
-        c3.close()
+        self.assertEqual(session_pid(PX, application_name="pool-a"), pid1)
 
     def test_reads_reuse_replica_backends(self):
         PX.wait_replicas_eligible()  # an earlier test restarted the primary
@@ -268,9 +275,7 @@ class PoolTest(unittest.TestCase):
         self.assertGreaterEqual(reused, 6 - len(seen))
 
     def test_cancel_reaches_a_reused_backend(self):
-        c1 = connect(PX)
-        pid = primary_pid(c1)
-        c1.close()
+        pid = session_pid(PX)
         pooled(PX)
         c2 = connect(PX)
         self.assertEqual(primary_pid(c2), pid)
@@ -286,27 +291,21 @@ class PoolTest(unittest.TestCase):
 
     def test_node_restart_while_pooled(self):
         # The pool must not hand out a backend the node has closed.
-        c1 = connect(PX)
-        pid1 = primary_pid(c1)
-        c1.close()
+        pid1 = session_pid(PX)
         pooled(PX)
         CLUSTER.stop_node(0, mode="fast")
         CLUSTER.start_node(0)
         wait_for(lambda: node_stats(PX, "primary")["state"] == "up", what="the primary to be up")
         PX.wait_replicas_eligible(timeout=30)  # the replicas reconnect to it
         self.assertEqual(node_stats(PX, "primary")["idle_backends"], 0)
-        c2 = connect(PX)
-        self.assertNotEqual(primary_pid(c2), pid1)
-        c2.close()
+        self.assertNotEqual(session_pid(PX), pid1)
 
     def test_admin_shows_the_pool(self):
         c1 = connect(PX)
         primary_pid(c1)
         c1.close()
         pooled(PX)
-        out = cl.run_psql(PX.admin_port, "SHOW NODES", user="admin", db="pgsteer",
-                          password="admin-secret", bindir=CLUSTER.bindir,
-                          extra_args=["-P", "tuples_only=off"]).stdout
+        out = admin(PX, "SHOW NODES", extra_args=["-P", "tuples_only=off"]).stdout
         lines = out.strip().splitlines()
         cols = lines[0].split("|")
         primary = dict(zip(cols, next(r.split("|") for r in lines[1:]
@@ -320,8 +319,7 @@ class PoolTest(unittest.TestCase):
         self.assertRegex(text, r'pgsteer_node_idle_backend_connections\{node="primary"[^}]*\} [1-9]')
         self.assertRegex(text, r'pgsteer_node_backends_reused_total\{node="primary"[^}]*\} \d')
         self.assertRegex(text, r'pgsteer_node_backends_opened_total\{node="primary"[^}]*\} [1-9]')
-        cfg = cl.run_psql(PX.admin_port, "SHOW CONFIG", user="admin", db="pgsteer",
-                          password="admin-secret", bindir=CLUSTER.bindir).stdout
+        cfg = admin(PX, "SHOW CONFIG").stdout
         self.assertIn("backend_idle_max|20", cfg)
 
 
@@ -340,23 +338,17 @@ class PoolSettingsTest(unittest.TestCase):
         faulthandler.cancel_dump_traceback_later()
 
     def test_idle_timeout_closes_pooled_backends(self):
-        with settings("workers: 1\nbackend_idle_timeout_ms: 300\n") as px:
-            c = connect(px)
-            pid = primary_pid(c)
-            c.close()
+        with settings("workers: 1\nbackend_idle_timeout_ms: 2000\n") as px:
+            pid = session_pid(px)
             pooled(px)
             wait_gone(pid, "the idle backend to be closed")
             self.assertEqual(node_stats(px, "primary")["idle_backends"], 0)
 
     def test_backend_idle_max_0_keeps_none(self):
         with settings("workers: 1\nbackend_idle_max: 0\n") as px:
-            c = connect(px)
-            pid1 = primary_pid(c)
-            c.close()
+            pid1 = session_pid(px)
             wait_gone(pid1, "the backend to be closed")
-            c = connect(px)
-            self.assertNotEqual(primary_pid(c), pid1)
-            c.close()
+            self.assertNotEqual(session_pid(px), pid1)
             self.assertEqual(node_stats(px, "primary")["backends_reused"], 0)
 
     def test_idle_max_bounds_the_pool(self):
@@ -372,42 +364,27 @@ class PoolSettingsTest(unittest.TestCase):
 
     def test_a_full_pool_makes_room_for_the_newest(self):
         with settings("workers: 1\nbackend_idle_max: 1\n") as px:
-            a = connect(px, application_name="pool-old")
-            pid_a = primary_pid(a)
-            a.close()
+            pid_a = session_pid(px, application_name="pool-old")
             pooled(px)
-            b = connect(px, application_name="pool-new")
-            pid_b = primary_pid(b)
-            b.close()
+            pid_b = session_pid(px, application_name="pool-new")
             wait_gone(pid_a, "the older kept backend to make room")
             pooled(px)
-            b = connect(px, application_name="pool-new")
-            self.assertEqual(primary_pid(b), pid_b)
-            b.close()
+            self.assertEqual(session_pid(px, application_name="pool-new"), pid_b)
             self.assertEqual(node_stats(px, "primary")["idle_backends"], 1)
 
     def test_lifetime_ends_reuse(self):
         with settings("workers: 1\nbackend_lifetime_ms: 1\n") as px:
-            c = connect(px)
-            pid1 = primary_pid(c)
-            c.close()
+            pid1 = session_pid(px)
             wait_gone(pid1, "the backend past its lifetime to be closed")
-            c = connect(px)
-            self.assertNotEqual(primary_pid(c), pid1)
-            c.close()
+            self.assertNotEqual(session_pid(px), pid1)
 
     def test_reload_empties_the_pool(self):
         with settings("workers: 1\n") as px:
-            c = connect(px)
-            pid1 = primary_pid(c)
-            c.close()
+            pid1 = session_pid(px)
             pooled(px)
-            cl.run_psql(px.admin_port, "RELOAD", user="admin", db="pgsteer",
-                        password="admin-secret", bindir=CLUSTER.bindir)
+            admin(px, "RELOAD")
             wait_gone(pid1, "the pooled backend to be closed")
-            c = connect(px)
-            self.assertNotEqual(primary_pid(c), pid1)
-            c.close()
+            self.assertNotEqual(session_pid(px), pid1)
 
 
 if __name__ == "__main__":
