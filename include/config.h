@@ -9,9 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CONFIG_MAX_NODES        32
-#define CONFIG_MAX_WORKERS      64
-#define CONFIG_MAX_BUSY_POLL_US 10000 /* 10 ms: longer is a spinning thread, not a poll */
+#define CONFIG_MAX_NODES           32
+#define CONFIG_MAX_WORKERS         64
+#define CONFIG_MAX_BUSY_POLL_US    10000 /* 10 ms: longer is a spinning thread, not a poll */
+#define CONFIG_MAX_KEEPALIVE_S     32767 /* Linux's bound for TCP_KEEPIDLE and TCP_KEEPINTVL */
+#define CONFIG_MAX_KEEPALIVE_COUNT 127   /* and for TCP_KEEPCNT */
 
 enum node_role { NODE_PRIMARY = 0, NODE_REPLICA = 1 };
 enum auth_method { AUTH_METHOD_SCRAM = 0, AUTH_METHOD_MD5 = 1, AUTH_METHOD_TRUST = 2 };
@@ -87,7 +89,13 @@ struct config {
     int backend_idle_max;        /* kept per node in the whole process; default 20; 0: none */
     int backend_idle_timeout_ms; /* closed after this long unused; default 60000 */
     int backend_lifetime_ms;     /* not kept once this old; default 3600000; 0: no limit */
-    char *log_level;             /* "debug" | "info" | "warning" | "error", default info */
+    /* TCP keepalive on client and node sockets (proxy_tcp_tune): a peer that vanished without
+     * closing (host gone, network cut) is dropped after idle + interval * count seconds. */
+    bool tcp_keepalive;           /* default true ("on") */
+    int tcp_keepalive_idle_s;     /* idle time before the first probe; default 60 */
+    int tcp_keepalive_interval_s; /* between probes; default 10 */
+    int tcp_keepalive_count;      /* unanswered probes that drop the connection; default 6 */
+    char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
 };
 
 /* Load and validate `path`. On success returns a new config (free with config_free) and

@@ -405,6 +405,12 @@ void proxy_stream_init(uv_loop_t *loop, void *h, const struct sockaddr_storage *
  * and cb runs once with the outcome, or a libuv error code, and cb does not run. */
 int proxy_stream_connect(uv_connect_t *req, void *h, const struct sockaddr_storage *addr,
                          uv_connect_cb cb);
+/* Set up a connected TCP handle (a client's, a backend's, an admin connection's): no Nagle
+ * delay, and TCP keepalive as cfg says (tcp_keepalive and its timings), so that a peer that
+ * vanished without closing is noticed. Best effort: an option the kernel refuses stays at its
+ * default (logged at debug). Options apply to this socket only; a reload changes them for
+ * connections made after it. */
+void proxy_tcp_tune(uv_tcp_t *h, const struct config *cfg);
 
 /* Called by the read callbacks with every input: with busy_poll_us set, keep the loop polling
  * instead of sleeping for that long after it. Hot path: a load and a branch when off. */

@@ -1411,21 +1411,51 @@ def callgrind_control(pid, what, as_postgres):
         raise BenchError("callgrind_control %s %d failed:\n%s" % (what, pid, p.stdout + p.stderr))
 
 
+# The heap functions whose calls a dump counts: what "no allocation per message" is checked by.
+HEAP_FUNCTIONS = ("malloc", "calloc", "realloc", "free")
+
+
+def callgrind_read_dump(path):
+    """(instruction total, {heap function: calls}) of a complete callgrind dump, or None while
+    the file is still being written (its totals line comes last). Calls are those made while
+    collection was on (for pgsteer: inside its event loops), from any caller."""
+    calls = dict.fromkeys(HEAP_FUNCTIONS, 0)
+    names = {}  # "(id)" -> name: the same dump may name a function once and then only by id
+    callee = None
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("cfn="):
+                    ref = line[4:].strip()
+                    m = re.match(r"(\(\d+\))\s*(.*)", ref)
+                    if m:
+                        if m.group(2):
+                            names[m.group(1)] = m.group(2)
+                        ref = names.get(m.group(1), "")
+                    callee = ref
+                elif line.startswith("calls="):
+                    if callee in calls:
+                        calls[callee] += int(line[6:].split()[0])
+                    callee = None
+                elif line.startswith("totals:"):  # "summary:", in the header, is the same
+                    return int(line.split()[1]), calls
+    except OSError:
+        pass
+    return None
+
+
 def callgrind_dump_total(outdir, name, pid, seen, timeout=60):
-    """The instruction total of the next dump file of `pid` (NAME.PID.N, N counting up)."""
+    """(instruction total, heap calls) of the next dump file of `pid` (NAME.PID.N, N counting
+    up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in glob.glob(os.path.join(outdir, "%s.%d.*" % (name, pid))):
             if path in seen:
                 continue
-            try:
-                with open(path) as f:
-                    for line in f:
-                        if line.startswith("totals:") or line.startswith("summary:"):
-                            seen.add(path)
-                            return int(line.split()[1])
-            except OSError:
-                pass
+            got = callgrind_read_dump(path)
+            if got is not None:
+                seen.add(path)
+                return got
         time.sleep(0.1)
     raise BenchError("no callgrind dump of %s (pid %d) appeared in %s" % (name, pid, outdir))
 
@@ -1495,14 +1525,21 @@ def instructions(args):
                                 script, mode, per_client), name == "pgbouncer")
                             counts.append((tx, callgrind_dump_total(outdir, name, pids[name],
                                                                     seen)))
-                        (tx1, ir1), (tx2, ir2) = counts
+                        (tx1, (ir1, heap1)), (tx2, (ir2, heap2)) = counts
                         per_tx = (ir2 - ir1) / (tx2 - tx1)
-                        row[name] = {"runs": [{"transactions": t, "instructions": i}
-                                              for t, i in counts],
+                        # Heap calls per transaction, logins cancelled out as for instructions.
+                        heap = {fn: round((heap2[fn] - heap1[fn]) / (tx2 - tx1), 3)
+                                for fn in HEAP_FUNCTIONS}
+                        allocs = heap["malloc"] + heap["calloc"] + heap["realloc"]
+                        row[name] = {"runs": [{"transactions": t, "instructions": i,
+                                               "heap_calls": h}
+                                              for t, (i, h) in counts],
                                      "per_transaction": round(per_tx),
-                                     "per_query": round(per_tx / STATEMENTS[script])}
-                        log("%s %s via %s: %.0f instructions per transaction"
-                            % (script, mode, name, per_tx))
+                                     "per_query": round(per_tx / STATEMENTS[script]),
+                                     "heap_calls_per_transaction": heap,
+                                     "allocations_per_transaction": round(allocs, 3)}
+                        log("%s %s via %s: %.0f instructions, %.3f allocations per transaction"
+                            % (script, mode, name, per_tx, allocs))
                     row["pgsteer_vs_pgbouncer"] = round(
                         row["pgsteer"]["per_transaction"]
                         / row["pgbouncer"]["per_transaction"], 2)
@@ -1522,13 +1559,15 @@ def instructions(args):
           % (INSTR_CLIENTS, started.strftime("%Y-%m-%d")))
     print()
     print("| script | mode | pgsteer | PgBouncer | pgsteer ÷ PgBouncer | pgsteer per query "
-          "| PgBouncer per query |")
-    print("|---|---|---|---|---|---|---|")
+          "| PgBouncer per query | heap allocations per transaction: pgsteer, PgBouncer |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
-        print("| %s | %s | %d | %d | %.2f | %d | %d |" % (
+        print("| %s | %s | %d | %d | %.2f | %d | %d | %.3f, %.3f |" % (
             r["script"], r["mode"], r["pgsteer"]["per_transaction"],
             r["pgbouncer"]["per_transaction"], r["pgsteer_vs_pgbouncer"],
-            r["pgsteer"]["per_query"], r["pgbouncer"]["per_query"]))
+            r["pgsteer"]["per_query"], r["pgbouncer"]["per_query"],
+            r["pgsteer"]["allocations_per_transaction"],
+            r["pgbouncer"]["allocations_per_transaction"]))
     print()
     save_json(result, args.out or os.path.join(REPO_ROOT, "build", "bench-instructions.json"),
               args.save, "-instructions")

@@ -1136,6 +1136,13 @@ static void kv_row(struct admin_conn *c, const char *k, const char *v)
     pg_row(&c->out, vals, 2);
 }
 
+static void kv_int(struct admin_conn *c, const char *k, int v)
+{
+    char text[16];
+    snprintf(text, sizeof(text), "%d", v);
+    kv_row(c, k, text);
+}
+
 static void show_stats(struct admin_conn *c)
 {
     static const char *const cols[] = {"stat", "value"};
@@ -1339,28 +1346,23 @@ static void show_config(struct admin_conn *c)
         off += (size_t)snprintf(v + off, sizeof(v) - off, "%s%s", i ? "," : "",
                                 cfg->write_functions[i]);
     kv_row(c, "write_functions", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->monitor.interval_ms);
-    kv_row(c, "monitor.interval_ms", v), rows++;
+    kv_int(c, "monitor.interval_ms", cfg->monitor.interval_ms), rows++;
     snprintf(v, sizeof(v), "%" PRId64, cfg->monitor.max_lag_bytes);
     kv_row(c, "monitor.max_lag_bytes", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->monitor.max_lag_ms);
-    kv_row(c, "monitor.max_lag_ms", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->monitor.recover_checks);
-    kv_row(c, "monitor.recover_checks", v), rows++;
+    kv_int(c, "monitor.max_lag_ms", cfg->monitor.max_lag_ms), rows++;
+    kv_int(c, "monitor.recover_checks", cfg->monitor.recover_checks), rows++;
     kv_row(c, "consistency", cons[cfg->consistency]), rows++;
     kv_row(c, "fallback", cfg->fallback == FALLBACK_ERROR ? "error" : "primary"), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->max_client_conn);
-    kv_row(c, "max_client_conn", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->shutdown_timeout_ms);
-    kv_row(c, "shutdown_timeout_ms", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->connect_timeout_ms);
-    kv_row(c, "connect_timeout_ms", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->backend_idle_max);
-    kv_row(c, "backend_idle_max", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->backend_idle_timeout_ms);
-    kv_row(c, "backend_idle_timeout_ms", v), rows++;
-    snprintf(v, sizeof(v), "%d", cfg->backend_lifetime_ms);
-    kv_row(c, "backend_lifetime_ms", v), rows++;
+    kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
+    kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;
+    kv_int(c, "connect_timeout_ms", cfg->connect_timeout_ms), rows++;
+    kv_int(c, "backend_idle_max", cfg->backend_idle_max), rows++;
+    kv_int(c, "backend_idle_timeout_ms", cfg->backend_idle_timeout_ms), rows++;
+    kv_int(c, "backend_lifetime_ms", cfg->backend_lifetime_ms), rows++;
+    kv_row(c, "tcp_keepalive", cfg->tcp_keepalive ? "on" : "off"), rows++;
+    kv_int(c, "tcp_keepalive_idle_s", cfg->tcp_keepalive_idle_s), rows++;
+    kv_int(c, "tcp_keepalive_interval_s", cfg->tcp_keepalive_interval_s), rows++;
+    kv_int(c, "tcp_keepalive_count", cfg->tcp_keepalive_count), rows++;
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else
@@ -1368,8 +1370,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "workers", v), rows++;
     kv_row(c, "cpu_affinity", c->a->px->shared->cpu_affinity == CPU_AFFINITY_AUTO ? "auto" : "off"),
         rows++;
-    snprintf(v, sizeof(v), "%d", cfg->busy_poll_us);
-    kv_row(c, "busy_poll_us", v), rows++;
+    kv_int(c, "busy_poll_us", cfg->busy_poll_us), rows++;
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     pg_complete_rows(c, rows);
 }
@@ -1819,7 +1820,7 @@ static void on_admin_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    proxy_tcp_tune(&c->tcp, a->px->cfg);
     uv_timer_start(&c->timer, conn_timeout_cb, ADMIN_HTTP_TIMEOUT_MS, 0);
     if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb) < 0)
         conn_close(c);

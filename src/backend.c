@@ -356,7 +356,7 @@ static void backend_connect_cb(uv_connect_t *req, int status)
     }
     struct client *c = b->client;
     if (b->tcp.type == UV_TCP)
-        uv_tcp_nodelay(&b->tcp, 1);
+        proxy_tcp_tune(&b->tcp, b->px->cfg);
     b->state = BACKEND_AUTH;
     /* StartupMessage: the client's own parameters, so each node's session starts the same. */
     const char *kv[2 * (CLIENT_MAX_PARAMS + 2)];

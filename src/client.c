@@ -344,7 +344,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
         return;
     }
     if (tcp)
-        uv_tcp_nodelay(&c->tcp, 1);
+        proxy_tcp_tune(&c->tcp, px->cfg);
     /* Unique in the process, and the worker that owns the client is id % nworkers (a cancel
      * request may arrive on another worker). */
     c->id = ++px->next_client_id * (uint32_t)px->shared->nworkers + (uint32_t)px->worker;

@@ -1157,6 +1157,7 @@ static const char *const consistency_names[] = {"session", "eventual", "strong"}
 static const char *const fallback_names[] = {"primary", "error"};
 static const char *const read_balance_names[] = {"session", "statement"};
 static const char *const cpu_affinity_names[] = {"off", "auto"};
+static const char *const on_off_names[] = {"off", "on"};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error"};
 
 static void parse_root(struct ctx *c, const struct ynode *root, struct config *cfg)
@@ -1183,6 +1184,10 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "backend_idle_max",
                                         "backend_idle_timeout_ms",
                                         "backend_lifetime_ms",
+                                        "tcp_keepalive",
+                                        "tcp_keepalive_idle_s",
+                                        "tcp_keepalive_interval_s",
+                                        "tcp_keepalive_count",
                                         "log_level"};
     enum {
         K_LISTEN,
@@ -1207,6 +1212,10 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_IDLE_MAX,
         K_IDLE_TIMEOUT,
         K_LIFETIME,
+        K_KEEPALIVE,
+        K_KEEPALIVE_IDLE,
+        K_KEEPALIVE_INTERVAL,
+        K_KEEPALIVE_COUNT,
         K_LOG_LEVEL,
         K_COUNT
     };
@@ -1272,6 +1281,17 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                   &cfg->backend_idle_timeout_ms);
     if (v[K_LIFETIME])
         get_int32(c, v[K_LIFETIME], "backend_lifetime_ms", 0, INT_MAX, &cfg->backend_lifetime_ms);
+    if (v[K_KEEPALIVE] && get_enum(c, v[K_KEEPALIVE], "tcp_keepalive", on_off_names, 2, &e))
+        cfg->tcp_keepalive = e == 1;
+    if (v[K_KEEPALIVE_IDLE])
+        get_int32(c, v[K_KEEPALIVE_IDLE], "tcp_keepalive_idle_s", 1, CONFIG_MAX_KEEPALIVE_S,
+                  &cfg->tcp_keepalive_idle_s);
+    if (v[K_KEEPALIVE_INTERVAL])
+        get_int32(c, v[K_KEEPALIVE_INTERVAL], "tcp_keepalive_interval_s", 1, CONFIG_MAX_KEEPALIVE_S,
+                  &cfg->tcp_keepalive_interval_s);
+    if (v[K_KEEPALIVE_COUNT])
+        get_int32(c, v[K_KEEPALIVE_COUNT], "tcp_keepalive_count", 1, CONFIG_MAX_KEEPALIVE_COUNT,
+                  &cfg->tcp_keepalive_count);
     if (v[K_LOG_LEVEL] && get_enum(c, v[K_LOG_LEVEL], "log_level", log_level_names, 4, &e)) {
         free(cfg->log_level);
         if (!(cfg->log_level = strdup(log_level_names[e])))
@@ -1303,6 +1323,10 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->backend_idle_max = 20;
     cfg->backend_idle_timeout_ms = 60000;
     cfg->backend_lifetime_ms = 3600000;
+    cfg->tcp_keepalive = true;
+    cfg->tcp_keepalive_idle_s = 60;
+    cfg->tcp_keepalive_interval_s = 10;
+    cfg->tcp_keepalive_count = 6;
     cfg->monitor.dbname = strdup("postgres");
     cfg->log_level = strdup("info");
     if (!cfg->monitor.dbname || !cfg->log_level)

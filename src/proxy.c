@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -765,6 +767,26 @@ int proxy_stream_connect(uv_connect_t *req, void *h, const struct sockaddr_stora
         return 0;
     }
     return uv_tcp_connect(req, h, (const struct sockaddr *)addr, cb);
+}
+
+static void set_tcp_option(int fd, int level, int name, int value, const char *what)
+{
+    if (setsockopt(fd, level, name, &value, sizeof(value)) < 0)
+        log_debug("setsockopt %s: %s", what, strerror(errno));
+}
+
+void proxy_tcp_tune(uv_tcp_t *h, const struct config *cfg)
+{
+    uv_tcp_nodelay(h, 1);
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)h, &fd) < 0)
+        return;
+    set_tcp_option(fd, SOL_SOCKET, SO_KEEPALIVE, cfg->tcp_keepalive, "SO_KEEPALIVE");
+    if (!cfg->tcp_keepalive)
+        return;
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, cfg->tcp_keepalive_idle_s, "TCP_KEEPIDLE");
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, cfg->tcp_keepalive_interval_s, "TCP_KEEPINTVL");
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPCNT, cfg->tcp_keepalive_count, "TCP_KEEPCNT");
 }
 
 /* SO_REUSEPORT lets any process of the same user bind the address too, so a second pgsteer

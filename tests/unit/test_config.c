@@ -137,6 +137,10 @@ static void test_config_load_sets_every_key(void **state)
     assert_int_equal(c->backend_idle_max, 5);
     assert_int_equal(c->backend_idle_timeout_ms, 30000);
     assert_int_equal(c->backend_lifetime_ms, 0); /* no limit */
+    assert_false(c->tcp_keepalive);
+    assert_int_equal(c->tcp_keepalive_idle_s, 300);
+    assert_int_equal(c->tcp_keepalive_interval_s, 30);
+    assert_int_equal(c->tcp_keepalive_count, 3);
     assert_string_equal(c->log_level, "debug");
     config_free(c);
 }
@@ -180,6 +184,10 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->backend_idle_max, 20);
     assert_int_equal(c->backend_idle_timeout_ms, 60000);
     assert_int_equal(c->backend_lifetime_ms, 3600000);
+    assert_true(c->tcp_keepalive);
+    assert_int_equal(c->tcp_keepalive_idle_s, 60);
+    assert_int_equal(c->tcp_keepalive_interval_s, 10);
+    assert_int_equal(c->tcp_keepalive_count, 6);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -698,6 +706,22 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "t.yaml:3:22: 'backend_lifetime_ms' must be at least 0, got -1\n");
     c = parse("backend_idle_max: 0\n" BASE);
     assert_int_equal(c->backend_idle_max, 0); /* no reuse */
+    config_free(c);
+    expect_errors("tcp_keepalive_idle_s: 0\n"
+                  "tcp_keepalive_interval_s: 32768\n"
+                  "tcp_keepalive_count: 128\n"
+                  "tcp_keepalive: yes\n" BASE,
+                  "t.yaml:1:23: 'tcp_keepalive_idle_s' must be between 1 and 32767, got 0\n"
+                  "t.yaml:2:27: 'tcp_keepalive_interval_s' must be between 1 and 32767, got "
+                  "32768\n"
+                  "t.yaml:3:22: 'tcp_keepalive_count' must be between 1 and 127, got 128\n"
+                  "t.yaml:4:16: invalid value for 'tcp_keepalive': 'yes' (expected off or on)\n");
+    c = parse("tcp_keepalive_idle_s: 32767\ntcp_keepalive_interval_s: 1\n"
+              "tcp_keepalive_count: 1\ntcp_keepalive: on\n" BASE);
+    assert_true(c->tcp_keepalive);
+    assert_int_equal(c->tcp_keepalive_idle_s, 32767);
+    assert_int_equal(c->tcp_keepalive_interval_s, 1);
+    assert_int_equal(c->tcp_keepalive_count, 1);
     config_free(c);
 }
 
