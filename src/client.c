@@ -297,6 +297,9 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (c->state == CLIENT_CLOSING)
         return;
     if (nread < 0) {
+        /* A reset or a keepalive timeout: the client's host or network failed, worth a line. */
+        if (nread != UV_EOF)
+            log_info("client %u: connection lost: %s", c->id, uv_strerror((int)nread));
         client_close(c, NULL, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread));
         return;
     }

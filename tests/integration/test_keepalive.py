@@ -1,17 +1,22 @@
 # SPDX-License-Identifier: MIT
 """Integration tests of TCP keepalive (tcp_keepalive and its timings): pgsteer's sockets to
 clients and to nodes carry the configured keepalive timer, read from the kernel
-(/proc/net/tcp), and a client that vanishes without closing its connection (its socket gone
-with no FIN or RST, as when its host dies) is dropped, and the transaction it left open ends.
+(/proc/net/tcp); a client that vanishes without closing its connection (its socket gone with no
+FIN or RST, as when its host dies) is dropped, and the transaction it left open ends; a node
+that vanishes in the middle of a statement fails the statement instead of leaving the client
+waiting.
 
 Run: tests/integration/run.sh test_keepalive"""
 
 import faulthandler
 import json
 import os
+import selectors
 import socket
 import sys
+import threading
 import time
+import types
 import unittest
 import urllib.request
 
@@ -128,6 +133,90 @@ def vanish(sock):
     sock.close()
 
 
+class Relay:
+    """A TCP relay to the node at `target_port`, in a thread: what pgsteer sees as the node.
+    The connection on which a statement containing `marker` passes is remembered
+    (`marked`, set once), and `vanish()` makes the relay's end of it disappear silently."""
+
+    def __init__(self, target_port, marker=b"pg_sleep"):
+        self.target_port = target_port
+        self.marker = marker
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ)
+        self.peer = {}  # socket -> the socket its data goes to
+        self.marked = None
+        self.seen = threading.Event()
+        self.to_vanish = None
+        self.done = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _drop(self, s):
+        for x in (s, self.peer.pop(s, None)):
+            if x is not None:
+                self.peer.pop(x, None)
+                self.sel.unregister(x)
+                x.close()
+
+    def _run(self):
+        while not self.done:
+            if self.to_vanish is not None:
+                down, self.to_vanish = self.to_vanish, None
+                self.sel.unregister(down)
+                up = self.peer.pop(down)
+                self.peer.pop(up)
+                self.sel.unregister(up)
+                up.close()
+                vanish(down)
+            for key, _ in self.sel.select(0.02):
+                s = key.fileobj
+                if s is self.listener:
+                    down, _ = s.accept()
+                    up = socket.create_connection(("127.0.0.1", self.target_port))
+                    self.peer[down], self.peer[up] = up, down
+                    self.sel.register(down, selectors.EVENT_READ)
+                    self.sel.register(up, selectors.EVENT_READ)
+                    continue
+                if s not in self.peer:
+                    continue
+                try:
+                    data = s.recv(65536)
+                    if data:
+                        self.peer[s].sendall(data)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(s)
+                elif self.marker in data and self.marked is None and s.getsockname()[1] == \
+                        self.port:
+                    self.marked = s
+                    self.seen.set()
+
+    def vanish(self):
+        """Make the relay's end of the marked connection disappear (see vanish())."""
+        self.to_vanish = self.marked
+        while self.to_vanish is not None:
+            time.sleep(0.01)
+
+    def close(self):
+        self.done = True
+        self.thread.join(5)
+        for s in list(self.peer):
+            s.close()
+        self.listener.close()
+
+
+def through(cluster, port):
+    """The cluster as pgsteer's configuration sees it, its primary reached at `port`."""
+    view = types.SimpleNamespace(**vars(cluster))
+    view.nodes = [types.SimpleNamespace(name=n.name, role=n.role, port=port)
+                  for n in cluster.nodes]
+    view.ports = cluster.ports + [port]  # not to be picked for pgsteer's own
+    return view
+
+
 class KeepaliveTest(unittest.TestCase):
     def setUp(self):
         faulthandler.dump_traceback_later(120, exit=True)
@@ -210,6 +299,45 @@ class KeepaliveTest(unittest.TestCase):
             cur.execute("select v from ka_t where id = 1")
             self.assertEqual(cur.fetchone()[0], "committed")
         self.assertEqual(clients(px), 0)
+        self.assertIn("connection lost: connection reset by peer", px.log_text())
+
+    def test_a_vanished_node_fails_the_statement(self):
+        relay = Relay(CLUSTER.primary_port)
+        self.addCleanup(relay.close)
+        px = cl.Pgsteer(through(CLUSTER, relay.port),
+                        extra_yaml="tcp_keepalive_idle_s: 1\ntcp_keepalive_interval_s: 1\n"
+                        "tcp_keepalive_count: 2\n")
+        px.start()
+        self.addCleanup(px.stop)
+        conn = psycopg2.connect(px.dsn())
+        self.addCleanup(conn.close)
+        conn.autocommit = True
+        outcome = {}
+
+        def sleep():
+            t0 = time.monotonic()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("select pg_sleep(20)")
+                outcome["error"] = None
+            except psycopg2.Error as e:
+                outcome["error"] = e
+            outcome["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=sleep, daemon=True)
+        t.start()
+        # Should the statement still wait, stopping pgsteer ends it before conn is closed
+        # (closing a connection another thread uses can crash libpq).
+        self.addCleanup(t.join, 10)
+        self.addCleanup(px.stop)
+        self.assertTrue(relay.seen.wait(10), "the statement did not reach the relay")
+        settled(px.proc.pid, (relay.marked.getpeername()[1], relay.port))
+        relay.vanish()
+        t.join(15)
+        self.assertFalse(t.is_alive(), "the statement is still waiting for the vanished node")
+        self.assertIsInstance(outcome["error"], psycopg2.OperationalError)
+        self.assertIn("connection reset by peer", str(outcome["error"]))
+        self.assertLess(outcome["took"], 12)
 
     def test_without_keepalive_a_vanished_client_keeps_its_locks(self):
         px = self.pgsteer("tcp_keepalive: off\n")
