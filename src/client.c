@@ -1195,7 +1195,8 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (session_sync_backend(c, b) < 0 || backend_queue(b, m->body - 5, m->total) < 0 ||
+    if (session_sync_backend(c, b) < 0 || session_before_deallocate(c, b, sql, &cr, true) < 0 ||
+        backend_queue(b, m->body - 5, m->total) < 0 ||
         backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
@@ -1371,6 +1372,10 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
              * parameters, so the text alone replays it. */
             struct classify_result cr;
             classify_sql(st->query, st->query_len, &c->px->wfuncs, &cr);
+            if (session_before_deallocate(c, b, st->query, &cr, false) < 0) {
+                client_close(c, "53200", "out of memory");
+                return -1;
+            }
             session_track(c, st->query, st->query_len, &cr, b);
         }
         break;

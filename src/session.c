@@ -332,8 +332,15 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
         snprintf(key, sizeof(key), "prepare:%s", name);
         struct session_change *ch = session_change_find(c, key);
-        if (ch == NULL)
+        if (ch == NULL) {
+            /* A statement made with Parse (session_before_deallocate made it exist on b). */
+            struct stmt *s = session_stmt_find(c, name, strlen(name));
+            if (s != NULL) {
+                session_close_elsewhere(c, b, s);
+                session_stmt_remove(c, name, strlen(name));
+            }
             return;
+        }
         /* Backends that replayed the PREPARE drop it too; later ones never get it. */
         char dsql[160];
         int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
@@ -371,6 +378,31 @@ int session_ensure_prepared(struct client *c, struct backend *b, const char *nam
         rc = backend_expect(b, EXP_PARSE, true, false);
     buf_destroy(&q);
     s->nodes |= bit;
+    return rc;
+}
+
+int session_before_deallocate(struct client *c, struct backend *b, const char *sql,
+                              const struct classify_result *cr, bool sync)
+{
+    if (!(cr->flags & CL_DEALLOCATE) || cr->name_all || c->px->cfg->nodes[b->node].pooled)
+        return 0;
+    char name[128];
+    session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+    size_t nlen = strlen(name);
+    struct stmt *s = session_stmt_find(c, name, nlen);
+    if (s == NULL || (s->nodes & (1u << b->node)))
+        return 0;
+    int rc = session_ensure_prepared(c, b, name, nlen);
+    if (rc == 0 && sync) {
+        struct buf q;
+        buf_init(&q);
+        rc = proto_write_Sync(&q);
+        if (rc == 0)
+            rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+        if (rc == 0)
+            rc = backend_expect(b, EXP_SYNC, true, false);
+        buf_destroy(&q);
+    }
     return rc;
 }
 

@@ -386,6 +386,36 @@ class WireTest(unittest.TestCase):
         out = both(self, s)
         self.assertIn(("E", "26000"), out)  # q1 gone after DEALLOCATE, wherever it runs
 
+    def test_sql_deallocate_of_a_parsed_statement(self):
+        # A statement made with Parse, used on both replicas (and so prepared on both), then
+        # dropped with SQL DEALLOCATE, which runs on one node only: the name must be free
+        # again on every node, and a DEALLOCATE must find the statement wherever it runs.
+        def s(c):
+            out = []
+            for name in ("s_dealloc", "s_dealloc2"):
+                c.send(Parse("select v from w where id = $1", name=name) + Sync)
+                out += c.until_ready()
+            for i in range(1, 7):  # round robin spreads these over both replicas
+                c.send(Bind("s_dealloc", [i]) + Execute() + Sync)
+                out += c.until_ready()
+            c.send(Query("deallocate s_dealloc"))
+            out += c.until_ready()
+            c.send(Parse("select v + 1 from w where id = $1", name="s_dealloc") + Sync)
+            out += c.until_ready()
+            for i in range(1, 7):
+                c.send(Bind("s_dealloc", [i]) + Execute() + Sync)
+                out += c.until_ready()
+            for _ in range(2):  # never bound: prepared on the node the DEALLOCATE takes
+                c.send(Query("deallocate s_dealloc2"))
+                out += c.until_ready()
+            c.send(Query("deallocate s_dealloc"))
+            out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertEqual(out.count(("C", "DEALLOCATE")), 3, out)
+        self.assertIn(("D", ("61",)), out)  # the second text
+        self.assertEqual([m for m in out if m[0] == "E"], [("E", "26000")])
+
     def test_protocol_violation_gets_08P01(self):
         c = Conn(proxy.port)
         try:
