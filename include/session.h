@@ -57,6 +57,10 @@ int session_add_set_config_bind(struct client *c, const struct stmt *s, const ch
  * pins, SET/RESET/DISCARD, PREPARE/DEALLOCATE, set_config. */
 void session_track(struct client *c, const char *sql, size_t len, const struct classify_result *cr,
                    struct backend *b);
+/* The client dropped SQL-prepared statement `name` (lower-cased as session_copy_name does) on
+ * b: drop it on every other backend that replayed its PREPARE, and stop replaying it. Returns
+ * false when no SQL PREPARE of that name is recorded. */
+bool session_forget_sql_prepare(struct client *c, struct backend *b, const char *name);
 /* Replay on b every change it has not had yet. Returns 0 or -1 (out of memory). */
 int session_sync_backend(struct client *c, struct backend *b);
 

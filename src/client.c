@@ -1413,6 +1413,12 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             if (s) {
                 session_close_elsewhere(c, b, s);
                 session_stmt_remove(c, sname, slen);
+            } else if (slen < 128) {
+                /* The protocol closes SQL-prepared statements too. */
+                char name[128];
+                memcpy(name, sname, slen);
+                name[slen] = 0;
+                session_forget_sql_prepare(c, b, name);
             }
             if (pooled) {
                 /* Nothing named exists there: closing the unnamed slot answers the same. */

@@ -330,36 +330,43 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
             return;
         }
         session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
-        snprintf(key, sizeof(key), "prepare:%s", name);
-        struct session_change *ch = session_change_find(c, key);
-        if (ch == NULL) {
-            /* A statement made with Parse (session_before_deallocate made it exist on b). */
-            struct stmt *s = session_stmt_find(c, name, strlen(name));
-            if (s != NULL) {
-                session_close_elsewhere(c, b, s);
-                session_stmt_remove(c, name, strlen(name));
-            }
+        if (session_forget_sql_prepare(c, b, name))
             return;
+        /* A statement made with Parse (session_before_deallocate made it exist on b). */
+        struct stmt *s = session_stmt_find(c, name, strlen(name));
+        if (s != NULL) {
+            session_close_elsewhere(c, b, s);
+            session_stmt_remove(c, name, strlen(name));
         }
-        /* Backends that replayed the PREPARE drop it too; later ones never get it. */
-        char dsql[160];
-        int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
-        for (int i = 0; i < CONFIG_MAX_NODES; i++) {
-            struct backend *o = c->backends[i];
-            if (o == NULL || o == b || o->set_gen < ch->gen)
-                continue;
-            struct buf q;
-            buf_init(&q);
-            size_t st = proto_begin(&q, FE_QUERY);
-            proto_put_bytes(&q, dsql, (size_t)dn);
-            proto_put_u8(&q, 0);
-            if (proto_end(&q, st) == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0)
-                backend_expect(o, EXP_QUERY, true, false);
-            buf_destroy(&q);
-            backend_flush(o);
-        }
-        session_change_remove(c, key);
     }
+}
+
+bool session_forget_sql_prepare(struct client *c, struct backend *b, const char *name)
+{
+    char key[160];
+    snprintf(key, sizeof(key), "prepare:%s", name);
+    struct session_change *ch = session_change_find(c, key);
+    if (ch == NULL)
+        return false;
+    /* Backends that replayed the PREPARE drop it too; later ones never get it. */
+    char dsql[160];
+    int dn = snprintf(dsql, sizeof(dsql), "DEALLOCATE \"%s\"", name);
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *o = c->backends[i];
+        if (o == NULL || o == b || o->set_gen < ch->gen)
+            continue;
+        struct buf q;
+        buf_init(&q);
+        size_t st = proto_begin(&q, FE_QUERY);
+        proto_put_bytes(&q, dsql, (size_t)dn);
+        proto_put_u8(&q, 0);
+        if (proto_end(&q, st) == 0 && backend_queue(o, buf_head(&q), buf_avail(&q)) == 0)
+            backend_expect(o, EXP_QUERY, true, false);
+        buf_destroy(&q);
+        backend_flush(o);
+    }
+    session_change_remove(c, key);
+    return true;
 }
 
 /* Make statement `name` exist on backend b before a Bind or Describe uses it there. */

@@ -416,6 +416,30 @@ class WireTest(unittest.TestCase):
         self.assertIn(("D", ("61",)), out)  # the second text
         self.assertEqual([m for m in out if m[0] == "E"], [("E", "26000")])
 
+    def test_protocol_close_of_a_sql_prepared_statement(self):
+        # The other way round: PREPARE in SQL, used on both replicas, closed with the
+        # protocol's Close: the name must be free again on every node.
+        def s(c):
+            out = []
+            c.send(Query("prepare q_close(int) as select v from w where id = $1"))
+            out += c.until_ready()
+            for i in range(1, 7):
+                c.send(Query("execute q_close(%d)" % i))
+                out += c.until_ready()
+            c.send(Close(b"S", "q_close") + Sync)
+            out += c.until_ready()
+            c.send(Query("prepare q_close(int) as select v + 1 from w where id = $1"))
+            out += c.until_ready()
+            for i in range(1, 7):
+                c.send(Query("execute q_close(%d)" % i))
+                out += c.until_ready()
+            c.send(Query("deallocate q_close"))
+            out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertIn(("D", ("61",)), out)  # the second text
+        self.assertEqual([m for m in out if m[0] == "E"], [])
+
     def test_protocol_violation_gets_08P01(self):
         c = Conn(proxy.port)
         try:
