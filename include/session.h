@@ -28,14 +28,14 @@ struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, c
 int session_ensure_prepared(struct client *c, struct backend *b, const char *name, size_t nlen);
 /* Close statement s on every backend but b that has it, answers swallowed. */
 void session_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s);
-/* Before a SQL `DEALLOCATE name` (classified as cr) is queued to b: when `name` is a statement
- * the client made with Parse and b does not have it, prepare it there (a Parse, and a Sync when
- * `sync`, as before a simple Query; answers swallowed), so that the DEALLOCATE finds it
- * wherever it runs; session_track then closes it on the other nodes and forgets it. Nothing on
- * a `pooler: transaction` node, which holds no named statements. Returns 0 or -1 (out of
- * memory). */
-int session_before_deallocate(struct client *c, struct backend *b, const char *sql,
-                              const struct classify_result *cr, bool sync);
+/* Before a SQL `EXECUTE name` or `DEALLOCATE name` (classified as cr) is queued to b: when
+ * `name` is a statement the client made with Parse and b does not have it, prepare it there (a
+ * Parse, and a Sync when `sync`, as before a simple Query; answers swallowed), so that the
+ * statement finds it wherever it runs (after a DEALLOCATE, session_track closes it on the
+ * other nodes and forgets it). Nothing on a `pooler: transaction` node, which holds no named
+ * statements. Returns 0 or -1 (out of memory). */
+int session_before_named_sql(struct client *c, struct backend *b, const char *sql,
+                             const struct classify_result *cr, bool sync);
 /* Behind a transaction pooler: put statement `name` in b's unnamed slot unless it holds it in
  * this batch already; and rewrite message m with its statement name (at name_off, nlen bytes)
  * made "" into c->scratch. Both return 0 or -1. */

@@ -1172,7 +1172,9 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         session_copy_name(name, sizeof(name), sql + cr.name.off, cr.name.len, cr.name_quoted);
         snprintf(key, sizeof(key), "prepare:%s", name);
         struct session_change *ch = session_change_find(c, key);
-        flags |= ch ? ch->flags : CL_WRITE;
+        /* Or one made with Parse (session_before_named_sql prepares it where it runs). */
+        struct stmt *s = ch ? NULL : session_stmt_find(c, name, strlen(name));
+        flags |= ch ? ch->flags : s ? s->flags : CL_WRITE;
     }
     struct route rt = client_route(c, flags);
     if (rt.node < 0) {
@@ -1195,7 +1197,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (session_sync_backend(c, b) < 0 || session_before_deallocate(c, b, sql, &cr, true) < 0 ||
+    if (session_sync_backend(c, b) < 0 || session_before_named_sql(c, b, sql, &cr, true) < 0 ||
         backend_queue(b, m->body - 5, m->total) < 0 ||
         backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
         client_close(c, "53200", "out of memory");
@@ -1316,6 +1318,9 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             client_close(c, "08P01", "invalid Parse message");
             return -1;
         }
+        kind = EXP_PARSE;
+        if (b->tx_status == 'E' && !pooled)
+            break; /* in a failed transaction it fails (25P02): nothing to record */
         struct classify_result cr;
         client_classify(c, q, qlen, &cr);
         struct stmt *s = session_stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
@@ -1366,13 +1371,13 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             }
             b->set_gen = c->change_gen;
         }
-        if (st && (st->flags & (CL_SET_SESSION | CL_PREPARE | CL_DEALLOCATE))) {
+        if (st && (st->flags & (CL_SET_SESSION | CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE))) {
             /* A SET (or SQL PREPARE) sent as Parse/Bind/Execute is a session change like
              * any other: recorded when bound, on the node it runs on. SET takes no
              * parameters, so the text alone replays it. */
             struct classify_result cr;
             classify_sql(st->query, st->query_len, &c->px->wfuncs, &cr);
-            if (session_before_deallocate(c, b, st->query, &cr, false) < 0) {
+            if (session_before_named_sql(c, b, st->query, &cr, false) < 0) {
                 client_close(c, "53200", "out of memory");
                 return -1;
             }

@@ -240,6 +240,8 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
 {
     char key[160], name[128];
     unsigned f = cr->flags;
+    if (b->tx_status == 'E' && !(f & CL_END_TX))
+        return; /* in a failed transaction every statement but its end fails, changing nothing */
     if (f & CL_PIN) {
         c->pinned = true;
         c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
@@ -266,6 +268,8 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         while (i < len && isspace((unsigned char)sql[i]))
             i++;
         bool discard = len - i >= 7 && strncasecmp(sql + i, "discard", 7) == 0;
+        if (discard && (c->tx_node >= 0 || c->tx_status != 'I'))
+            return; /* DISCARD ALL fails inside a transaction block, and changes nothing */
         for (struct session_change **pp = &c->changes; *pp;) {
             if (discard || strncmp((*pp)->key, "prepare:", 8) != 0) {
                 struct session_change *ch = *pp;
@@ -332,7 +336,7 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
         if (session_forget_sql_prepare(c, b, name))
             return;
-        /* A statement made with Parse (session_before_deallocate made it exist on b). */
+        /* A statement made with Parse (session_before_named_sql made it exist on b). */
         struct stmt *s = session_stmt_find(c, name, strlen(name));
         if (s != NULL) {
             session_close_elsewhere(c, b, s);
@@ -384,15 +388,17 @@ int session_ensure_prepared(struct client *c, struct backend *b, const char *nam
     if (rc == 0)
         rc = backend_expect(b, EXP_PARSE, true, false);
     buf_destroy(&q);
-    s->nodes |= bit;
+    if (b->tx_status != 'E') /* in a failed transaction the Parse fails (25P02), as it should */
+        s->nodes |= bit;
     return rc;
 }
 
-int session_before_deallocate(struct client *c, struct backend *b, const char *sql,
-                              const struct classify_result *cr, bool sync)
+int session_before_named_sql(struct client *c, struct backend *b, const char *sql,
+                             const struct classify_result *cr, bool sync)
 {
-    if (!(cr->flags & CL_DEALLOCATE) || cr->name_all || c->px->cfg->nodes[b->node].pooled)
-        return 0;
+    if (!(cr->flags & (CL_EXECUTE | CL_DEALLOCATE)) || cr->name_all || cr->name.len == 0 ||
+        c->px->cfg->nodes[b->node].pooled || b->tx_status == 'E')
+        return 0; /* in a failed transaction the statement fails anyway (25P02) */
     char name[128];
     session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
     size_t nlen = strlen(name);

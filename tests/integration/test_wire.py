@@ -4,6 +4,7 @@ directly and once through pgsteer (which spreads them over three nodes); the cli
 the same answers in the same order. Also asserts where statements ran."""
 
 import os
+import random
 import signal
 import socket
 import struct
@@ -27,6 +28,7 @@ def setUpModule():
     cluster.start()
     cluster.psql(cluster.primary_port,
                  "create table w (id int primary key, v int); "
+                 "create table wlog (x int); "
                  "insert into w select g, g * 10 from generate_series(1, 100) g; "
                  "create table big as select g as id, md5(g::text) as t "
                  "from generate_series(1, 20000) g")
@@ -439,6 +441,71 @@ class WireTest(unittest.TestCase):
         out = both(self, s)
         self.assertIn(("D", ("61",)), out)  # the second text
         self.assertEqual([m for m in out if m[0] == "E"], [])
+
+    def test_random_session_sequences_match_the_primary(self):
+        # Random sequences of what creates, uses and drops prepared statements, by protocol
+        # and by SQL, inside and outside transactions, reads and writes between them, sent
+        # one step at a time to the primary and through pgsteer (every statement to the next
+        # replica): every answer must be the same. A name is created again only once the
+        # primary says it is gone (pgsteer does not know whether a Parse succeeded, so it
+        # lets a Parse of a name it recorded replace it where PostgreSQL refuses: 42P05).
+        texts = ("select v from w where id = $1", "select v + 1 from w where id = $1")
+
+        def step(rng, live):
+            n = rng.choice(("a", "b", "c"))
+            t, i = rng.choice(texts), rng.randint(1, 9)
+            free = [x for x in ("a", "b", "c") if x not in live]
+            k = rng.randrange(14)
+            if k < 2 and free:
+                f = rng.choice(free)
+                if k == 0:
+                    return ("create", f, Parse(t, name=f) + Sync)
+                return ("create", f, Query("prepare %s(int) as %s" % (f, t)))
+            if k == 2 and free:
+                f = rng.choice(free)
+                return ("create", f, Parse(t, name=f) + Bind(f, [i]) + Execute() + Sync)
+            if k in (3, 4):
+                return ("use", n, Bind(n, [i]) + Execute() + Sync)
+            if k in (5, 6):
+                return ("use", n, Query("execute %s(%d)" % (n, i)))
+            if k == 7:
+                return ("use", n, Describe(b"S", n) + Sync)
+            if k == 8:
+                return ("drop", n, Close(b"S", n) + Sync)
+            if k == 9:
+                return ("drop", n, Query("deallocate %s" % n))
+            if k == 10:
+                return ("drop all", None, Query(rng.choice(("deallocate all", "discard all"))))
+            if k == 11:
+                return ("tx", None, Query(rng.choice(("begin", "begin read only", "commit",
+                                                      "rollback", "select 1/0"))))
+            # A write that takes no lock the other connection's open transaction could hold.
+            return ("sql", None, Query(rng.choice(("insert into wlog values (%d)" % i,
+                                                   "select v from w where id = %d" % i))))
+
+        for seed in range(60):
+            rng = random.Random(seed)
+            direct, via = Conn(cluster.primary_port), Conn(proxy.port)
+            live, done = set(), []
+            try:
+                for _ in range(rng.randint(5, 25)):
+                    kind, name, data = step(rng, live)
+                    direct.send(data)
+                    a = direct.until_ready()
+                    via.send(data)
+                    b = via.until_ready()
+                    done.append(data)
+                    self.assertEqual(a, b, "seed %d, after %r" % (seed, done))
+                    ok = not any(m[0] == "E" for m in a)
+                    if kind == "create" and ok:
+                        live.add(name)
+                    elif kind == "drop" and ok:
+                        live.discard(name)
+                    elif kind == "drop all" and ok:
+                        live.clear()
+            finally:
+                direct.close()
+                via.close()
 
     def test_protocol_violation_gets_08P01(self):
         c = Conn(proxy.port)
