@@ -166,6 +166,7 @@ struct expect {
     bool swallow;   /* injected by pgsteer: the client must not see the answer */
     bool retryable; /* a read on a replica that may be retried on the primary on 25006 */
     bool write;     /* the unit needed the primary for a write: completes read-your-writes */
+    uint32_t stmt;  /* the client's own Parse: its statement's id, forgotten if the Parse fails */
 };
 
 struct backend {
@@ -231,6 +232,9 @@ void backend_pool_flush(struct proxy *px, int node);
 int backend_queue(struct backend *b, const void *p, size_t n);
 /* Record that the node owes a response of `kind`. Returns 0 or -1 (out of memory). */
 int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write);
+/* Mark the response last expected as the answer to the client's Parse of statement `id`
+ * (struct stmt's id): should the Parse fail, the client's record of it is dropped. */
+void backend_expect_stmt(struct backend *b, uint32_t id);
 /* Send queued bytes now (when logged in). */
 void backend_flush(struct backend *b);
 /* Close the connection: sends Terminate when logged in, detaches from the client, frees the

@@ -17,6 +17,8 @@
 struct stmt *session_stmt_find(struct client *c, const char *name, size_t len);
 void session_stmt_remove(struct client *c, const char *name, size_t len);
 void session_stmt_clear(struct client *c);
+/* Drop the statement whose id is `id`, if the client still has it (its Parse failed). */
+void session_stmt_forget(struct client *c, uint32_t id);
 void session_stmt_free(struct stmt *s);
 /* Record a Parse: replaces a statement of the same name; the parameter type OIDs are read from
  * `types` (ntypes of them). Returns the statement (owned by the client) or NULL when out of
@@ -28,12 +30,13 @@ struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, c
 int session_ensure_prepared(struct client *c, struct backend *b, const char *name, size_t nlen);
 /* Close statement s on every backend but b that has it, answers swallowed. */
 void session_close_elsewhere(struct client *c, struct backend *b, const struct stmt *s);
-/* Before a SQL `EXECUTE name` or `DEALLOCATE name` (classified as cr) is queued to b: when
- * `name` is a statement the client made with Parse and b does not have it, prepare it there (a
- * Parse, and a Sync when `sync`, as before a simple Query; answers swallowed), so that the
- * statement finds it wherever it runs (after a DEALLOCATE, session_track closes it on the
- * other nodes and forgets it). Nothing on a `pooler: transaction` node, which holds no named
- * statements. Returns 0 or -1 (out of memory). */
+/* Before a SQL `EXECUTE name`, `DEALLOCATE name` or `PREPARE name` (classified as cr) is queued
+ * to b: when `name` is a statement the client made with Parse and b does not have it, prepare
+ * it there (a Parse, and a Sync when `sync`, as before a simple Query; answers swallowed), so
+ * that the statement finds it wherever it runs, as on one server: EXECUTE runs it, DEALLOCATE
+ * drops it (and session_track closes it on the other nodes and forgets it), PREPARE is refused
+ * (42P05). Nothing on a `pooler: transaction` node, which holds no named statements. Returns 0
+ * or -1 (out of memory). */
 int session_before_named_sql(struct client *c, struct backend *b, const char *sql,
                              const struct classify_result *cr, bool sync);
 /* Behind a transaction pooler: put statement `name` in b's unnamed slot unless it holds it in

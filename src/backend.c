@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "protocol.h"
+#include "session.h"
 
 #define BACKEND_READ_CHUNK (64 * 1024)
 #define BACKEND_OUT_HIGH   (4 * 1024 * 1024)
@@ -176,10 +177,16 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->swallow = swallow;
     e->retryable = false;
     e->write = write;
+    e->stmt = 0;
     b->exp_count++;
     if (!swallow)
         b->fwd_outstanding++;
     return 0;
+}
+
+void backend_expect_stmt(struct backend *b, uint32_t id)
+{
+    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].stmt = id;
 }
 
 static struct expect *backend_head(struct backend *b)
@@ -661,6 +668,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         if (head->swallow && head->kind == EXP_PARSE)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
+        if (head->stmt != 0)
+            session_stmt_forget(c, head->stmt); /* the statement was not made */
         if (is_extended(head->kind)) {
             /* The node skips everything up to the next Sync: so do the owed responses. */
             while (b->exp_count && is_extended(backend_head(b)->kind))

@@ -1303,6 +1303,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     }
     struct backend *b = c->backends[c->batch_node];
     bool pooled = c->px->cfg->nodes[b->node].pooled, rewritten = false;
+    uint32_t parsed = 0; /* the statement this Parse records */
     struct proto_reader r;
     proto_reader_init(&r, m->body, m->len);
     enum expect_kind kind = EXP_EXECUTE;
@@ -1321,6 +1322,19 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         kind = EXP_PARSE;
         if (b->tx_status == 'E' && !pooled)
             break; /* in a failed transaction it fails (25P02): nothing to record */
+        if (nlen > 0 && !pooled) {
+            /* A name in use: PostgreSQL refuses the Parse (42P05) and keeps the statement.
+             * It is made to exist here, so that this node refuses it too; the record stays.
+             * A SQL-prepared one is there already (session_sync_backend). */
+            char key[160];
+            snprintf(key, sizeof(key), "prepare:%.*s", (int)(nlen < 128 ? nlen : 128), name);
+            if (session_stmt_find(c, name, nlen) != NULL) {
+                rc = session_ensure_prepared(c, b, name, nlen);
+                break;
+            }
+            if (nlen < 128 && session_change_find(c, key) != NULL)
+                break;
+        }
         struct classify_result cr;
         client_classify(c, q, qlen, &cr);
         struct stmt *s = session_stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
@@ -1329,6 +1343,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         s->nodes = 1u << b->node;
+        parsed = s->id;
         if (cr.flags & CL_PIN) {
             c->pinned = true;
             c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
@@ -1459,6 +1474,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         rc = backend_queue(b, m->body - 5, m->total);
     if (rc == 0 && expect)
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
+    if (rc == 0 && parsed != 0)
+        backend_expect_stmt(b, parsed);
     if (rc < 0) {
         client_close(c, "53200", "out of memory");
         return -1;

@@ -60,6 +60,18 @@ void session_stmt_remove(struct client *c, const char *name, size_t len)
     }
 }
 
+void session_stmt_forget(struct client *c, uint32_t id)
+{
+    for (struct stmt **pp = &c->stmts; *pp; pp = &(*pp)->next) {
+        if ((*pp)->id == id) {
+            struct stmt *s = *pp;
+            *pp = s->next;
+            session_stmt_free(s);
+            return;
+        }
+    }
+}
+
 void session_stmt_clear(struct client *c)
 {
     while (c->stmts) {
@@ -314,6 +326,8 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         classify_sql(sql + cr->prepare_body.off, cr->prepare_body.len, &c->px->wfuncs, &body);
         session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
         snprintf(key, sizeof(key), "prepare:%s", name);
+        if (session_change_find(c, key) != NULL || session_stmt_find(c, name, strlen(name)))
+            return; /* the name is taken: PostgreSQL refuses it (42P05) on b, which has it */
         session_change_add(c, key, sql, len, body.flags);
         b->set_gen = c->change_gen;
     } else if (f & CL_DEALLOCATE) {
@@ -396,8 +410,8 @@ int session_ensure_prepared(struct client *c, struct backend *b, const char *nam
 int session_before_named_sql(struct client *c, struct backend *b, const char *sql,
                              const struct classify_result *cr, bool sync)
 {
-    if (!(cr->flags & (CL_EXECUTE | CL_DEALLOCATE)) || cr->name_all || cr->name.len == 0 ||
-        c->px->cfg->nodes[b->node].pooled || b->tx_status == 'E')
+    if (!(cr->flags & (CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE)) || cr->name_all ||
+        cr->name.len == 0 || c->px->cfg->nodes[b->node].pooled || b->tx_status == 'E')
         return 0; /* in a failed transaction the statement fails anyway (25P02) */
     char name[128];
     session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
