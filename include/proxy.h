@@ -162,11 +162,13 @@ enum expect_kind {
     EXP_QUERY, /* simple Query or FunctionCall: ends with ReadyForQuery */
 };
 struct expect {
-    uint8_t kind;   /* enum expect_kind */
-    bool swallow;   /* injected by pgsteer: the client must not see the answer */
-    bool retryable; /* a read on a replica that may be retried on the primary on 25006 */
-    bool write;     /* the unit needed the primary for a write: completes read-your-writes */
-    uint32_t stmt;  /* the client's own Parse: its statement's id, forgotten if the Parse fails */
+    uint8_t kind;    /* enum expect_kind */
+    bool swallow;    /* injected by pgsteer: the client must not see the answer */
+    bool retryable;  /* a read on a replica that may be retried on the primary on 25006 */
+    bool write;      /* the unit needed the primary for a write: completes read-your-writes */
+    uint32_t stmt;   /* the client's own Parse: its statement's id, forgotten if the Parse fails */
+    uint64_t change; /* the client's Query recorded session change `change` (its gen): undone
+                        if the Query fails, since then it changed nothing */
 };
 
 struct backend {
@@ -199,7 +201,9 @@ struct backend {
     uint64_t set_gen;          /* session changes replayed here up to this generation */
     struct buf startup_params; /* ParameterStatus messages from login */
     bool reading;
-    char tx_status; /* from the node's last ReadyForQuery: 'I', 'T', 'E' */
+    char tx_status;   /* from the node's last ReadyForQuery: 'I', 'T', 'E' */
+    bool rolled_back; /* a CommandComplete "ROLLBACK" since the last ReadyForQuery (only
+                         looked for while the client has tx_saved) */
     /* the pool: a backend whose client left idle is reset and kept for the next client with
      * the same user, database and startup parameters (as the client's param_key) */
     char *pool_key;
@@ -235,6 +239,9 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
 /* Mark the response last expected as the answer to the client's Parse of statement `id`
  * (struct stmt's id): should the Parse fail, the client's record of it is dropped. */
 void backend_expect_stmt(struct backend *b, uint32_t id);
+/* Mark the response last expected as the answer to the client's Query that recorded session
+ * change `gen`: should the Query fail, the change is undone (session_change_undo). */
+void backend_expect_change(struct backend *b, uint64_t gen);
 /* Send queued bytes now (when logged in). */
 void backend_flush(struct backend *b);
 /* Close the connection: sends Terminate when logged in, detaches from the client, frees the
@@ -284,6 +291,8 @@ struct session_change {
     char *raw; /* or these extended-protocol messages (Parse, Bind, Execute, Sync) */
     size_t rawlen;
     unsigned flags; /* for "prepare:": the classify flags of the prepared statement's body */
+    struct session_change *replaced; /* the older change of the same key this one replaced,
+                                        put back should this one turn out to have failed */
 };
 
 struct client {
@@ -330,6 +339,10 @@ struct client {
     struct stmt *stmts;     /* protocol-level prepared statements */
     struct session_change *changes;
     uint64_t change_gen;
+    /* The session's settings as they were when the open transaction first changed one (a copy
+     * of the transactional changes, session_tx_save): put back if it rolls back. */
+    struct session_change *tx_saved;
+    bool tx_saved_valid;
     /* the routing unit in progress */
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */

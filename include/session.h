@@ -53,6 +53,12 @@ struct session_change *session_change_find(struct client *c, const char *key);
  * Returns 0 or -1 (out of memory). */
 int session_change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
                        unsigned flags);
+/* The statement that recorded change `gen` failed, so it changed nothing: drop the change and
+ * put back the older change of the same key it replaced, if any. Nothing when `gen` is gone. */
+void session_change_undo(struct client *c, uint64_t gen);
+/* The transaction that saved the session's settings (session_track, at its first change of
+ * one) ended: rolled back, its changes to them are undone; either way the copy goes. */
+void session_tx_end(struct client *c, bool rolled_back);
 /* Record a set_config() call sent with Parse/Bind: `bind` is the client's Bind body. */
 int session_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
                                 size_t bindlen);

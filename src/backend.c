@@ -178,6 +178,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->retryable = false;
     e->write = write;
     e->stmt = 0;
+    e->change = 0;
     b->exp_count++;
     if (!swallow)
         b->fwd_outstanding++;
@@ -187,6 +188,11 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
 void backend_expect_stmt(struct backend *b, uint32_t id)
 {
     b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].stmt = id;
+}
+
+void backend_expect_change(struct backend *b, uint64_t gen)
+{
+    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].change = gen;
 }
 
 static struct expect *backend_head(struct backend *b)
@@ -629,6 +635,10 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         done = head->kind == EXP_DESCRIBE;
         break;
     case BE_COMMAND_COMPLETE:
+        if (c->tx_saved_valid && m->len >= 8 && memcmp(m->body, "ROLLBACK", 8) == 0)
+            b->rolled_back = true;
+        done = head->kind == EXP_EXECUTE;
+        break;
     case BE_EMPTY_QUERY:
     case BE_PORTAL_SUSPENDED:
         done = head->kind == EXP_EXECUTE;
@@ -647,7 +657,10 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         struct expect e = backend_pop(b);
         char status = m->len >= 1 ? m->body[0] : 'I';
+        if (c->tx_saved_valid && status == 'I' && b->tx_status != 'I')
+            session_tx_end(c, b->rolled_back); /* the transaction on b ended */
         b->tx_status = status;
+        b->rolled_back = false;
         if (e.swallow && e.retryable) {
             client_retry_on_primary(c);
             return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
@@ -670,6 +683,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
         if (head->stmt != 0)
             session_stmt_forget(c, head->stmt); /* the statement was not made */
+        if (head->change != 0)
+            session_change_undo(c, head->change); /* nor the session change */
         if (is_extended(head->kind)) {
             /* The node skips everything up to the next Sync: so do the owed responses. */
             while (b->exp_count && is_extended(backend_head(b)->kind))

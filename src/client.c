@@ -132,6 +132,7 @@ static void client_free(struct client *c)
         c->stmts = n;
     }
     session_changes_free(c->changes);
+    session_changes_free(c->tx_saved);
     free(c);
 }
 
@@ -1208,7 +1209,10 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].retryable = true;
         c->retry_inflight = true;
     }
+    uint64_t gen = c->change_gen;
     session_track(c, sql, len, &cr, b);
+    if (c->change_gen != gen) /* session_track queues nothing on b: the Query's is last */
+        backend_expect_change(b, c->change_gen);
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;

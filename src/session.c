@@ -31,6 +31,7 @@ void session_changes_free(struct session_change *ch)
 {
     while (ch) {
         struct session_change *next = ch->next;
+        session_changes_free(ch->replaced); /* one level: a replaced change replaces none */
         free(ch->key);
         free(ch->sql);
         free(ch->raw);
@@ -154,10 +155,22 @@ static void session_change_remove(struct client *c, const char *key)
 int session_change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
                        unsigned flags)
 {
-    session_change_remove(c, key);
     struct session_change *ch = calloc(1, sizeof(*ch));
     if (ch == NULL)
         return -1;
+    /* The older change of this key leaves the list but is kept, to be put back should the
+     * statement that made this one fail (session_change_undo). */
+    for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            struct session_change *old = *pp;
+            *pp = old->next;
+            old->next = NULL;
+            session_changes_free(old->replaced);
+            old->replaced = NULL;
+            ch->replaced = old;
+            break;
+        }
+    }
     ch->key = strdup(key);
     ch->sql = strndup(sql, sqllen);
     if (ch->key == NULL || ch->sql == NULL) {
@@ -171,6 +184,106 @@ int session_change_add(struct client *c, const char *key, const char *sql, size_
         pp = &(*pp)->next;
     *pp = ch;
     return 0;
+}
+
+void session_change_undo(struct client *c, uint64_t gen)
+{
+    for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
+        struct session_change *ch = *pp;
+        if (ch->gen != gen)
+            continue;
+        *pp = ch->next;
+        ch->next = NULL;
+        struct session_change *old = ch->replaced;
+        ch->replaced = NULL;
+        session_changes_free(ch);
+        if (old != NULL) { /* back in its place: the list is in the order of gen */
+            struct session_change **at = &c->changes;
+            while (*at && (*at)->gen < old->gen)
+                at = &(*at)->next;
+            old->next = *at;
+            *at = old;
+        }
+        return;
+    }
+}
+
+/* Undone by a rollback: everything but prepared statements (PREPARE and DEALLOCATE are not
+ * transactional) and DISCARD ALL (which cannot run in a transaction). */
+static bool change_transactional(const struct session_change *ch)
+{
+    return strncmp(ch->key, "prepare:", 8) != 0 && strcmp(ch->key, "deallocate-all") != 0 &&
+           strcmp(ch->key, "discard") != 0;
+}
+
+static struct session_change *change_copy(const struct session_change *ch)
+{
+    struct session_change *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return NULL;
+    n->gen = ch->gen;
+    n->flags = ch->flags;
+    n->rawlen = ch->rawlen;
+    n->key = strdup(ch->key);
+    n->sql = ch->sql ? strdup(ch->sql) : NULL;
+    n->raw = ch->raw ? malloc(ch->rawlen) : NULL;
+    if (n->key == NULL || (ch->sql && n->sql == NULL) || (ch->raw && n->raw == NULL)) {
+        session_changes_free(n);
+        return NULL;
+    }
+    if (ch->raw)
+        memcpy(n->raw, ch->raw, ch->rawlen);
+    return n;
+}
+
+/* Inside a transaction, before its first change to the settings: keep a copy of them. Out of
+ * memory, nothing is kept and a rollback leaves the changes recorded. */
+static void session_tx_save(struct client *c)
+{
+    struct session_change **tail = &c->tx_saved;
+    for (const struct session_change *ch = c->changes; ch; ch = ch->next) {
+        if (!change_transactional(ch))
+            continue;
+        struct session_change *n = change_copy(ch);
+        if (n == NULL) {
+            session_changes_free(c->tx_saved);
+            c->tx_saved = NULL;
+            return;
+        }
+        *tail = n;
+        tail = &n->next;
+    }
+    c->tx_saved_valid = true;
+}
+
+void session_tx_end(struct client *c, bool rolled_back)
+{
+    if (rolled_back) {
+        /* The node is back to the settings of the copy: so is the record. The copies keep
+         * their generations, which every backend that had them has replayed. */
+        for (struct session_change **pp = &c->changes; *pp;) {
+            struct session_change *ch = *pp;
+            if (change_transactional(ch)) {
+                *pp = ch->next;
+                ch->next = NULL;
+                session_changes_free(ch);
+            } else {
+                pp = &ch->next;
+            }
+        }
+        while (c->tx_saved) {
+            struct session_change *n = c->tx_saved;
+            c->tx_saved = n->next;
+            struct session_change **at = &c->changes;
+            while (*at && (*at)->gen < n->gen)
+                at = &(*at)->next;
+            n->next = *at;
+            *at = n;
+        }
+    }
+    session_changes_free(c->tx_saved);
+    c->tx_saved = NULL;
+    c->tx_saved_valid = false;
 }
 
 static void session_limit_set_config(struct client *c)
@@ -254,6 +367,9 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
     unsigned f = cr->flags;
     if (b->tx_status == 'E' && !(f & CL_END_TX))
         return; /* in a failed transaction every statement but its end fails, changing nothing */
+    if ((f & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)) && !c->tx_saved_valid &&
+        (c->tx_node >= 0 || b->tx_status == 'T' || (f & (CL_BEGIN | CL_BEGIN_READ_ONLY))))
+        session_tx_save(c);
     if (f & CL_PIN) {
         c->pinned = true;
         c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
@@ -283,7 +399,11 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         if (discard && (c->tx_node >= 0 || c->tx_status != 'I'))
             return; /* DISCARD ALL fails inside a transaction block, and changes nothing */
         for (struct session_change **pp = &c->changes; *pp;) {
-            if (discard || strncmp((*pp)->key, "prepare:", 8) != 0) {
+            /* RESET ALL keeps what is not a setting: prepared statements, and a DISCARD ALL or
+             * DEALLOCATE ALL that a backend may not have replayed yet. */
+            const char *k = (*pp)->key;
+            if (discard || (strncmp(k, "prepare:", 8) != 0 && strcmp(k, "discard") != 0 &&
+                            strcmp(k, "deallocate-all") != 0)) {
                 struct session_change *ch = *pp;
                 *pp = ch->next;
                 ch->next = NULL;

@@ -442,12 +442,56 @@ class WireTest(unittest.TestCase):
         self.assertIn(("D", ("61",)), out)  # the second text
         self.assertEqual([m for m in out if m[0] == "E"], [])
 
+    def test_settings_after_failures_and_rollbacks(self):
+        # A SET that fails, a SET in a transaction that rolls back (or fails and commits,
+        # which rolls back) and one in a transaction that commits: SHOW on every replica
+        # (each statement goes to the next one) must say what the server says.
+        def s(c):
+            out = []
+            for sql in ("set statement_timeout = 1000", "set statement_timeout = 'abc'",
+                        "show statement_timeout", "show statement_timeout",
+                        "begin", "set statement_timeout = 2000", "rollback",
+                        "show statement_timeout", "show statement_timeout",
+                        "begin", "set statement_timeout = 3000", "select 1/0", "commit",
+                        "show statement_timeout", "show statement_timeout",
+                        "begin", "reset all", "rollback",
+                        "show statement_timeout", "show statement_timeout",
+                        "begin", "set statement_timeout = 4000", "commit",
+                        "show statement_timeout", "show statement_timeout",
+                        "set statement_timeout = 5000; select 1/0",
+                        "show statement_timeout", "show statement_timeout"):
+                c.send(Query(sql))
+                out += c.until_ready()
+            return out
+        out = both(self, s)
+        shown = [m[1][0] for m in out if m[0] == "D"]
+        self.assertEqual(shown, ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "4s", "4s",
+                                 "4s", "4s"])
+
+    def test_reset_all_keeps_a_discard_not_yet_replayed(self):
+        # DISCARD ALL drops statements everywhere, also on nodes that see it only later,
+        # after a RESET ALL: a statement parsed before it can be parsed again on any node.
+        def s(c):
+            out = []
+            for _ in range(4):
+                c.send(Parse("select v from w where id = $1", name="s_discard") + Sync)
+                out += c.until_ready()
+                for sql in ("discard all", "reset all", "select 1"):
+                    c.send(Query(sql))
+                    out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertEqual([m for m in out if m[0] == "E"], [])
+
     def test_random_session_sequences_match_the_primary(self):
         # Random sequences of what creates, uses and drops prepared statements, by protocol
-        # and by SQL, inside and outside transactions, reads and writes between them, sent
-        # one step at a time to the primary and through pgsteer (every statement to the next
-        # replica): every answer must be the same, including a Parse or PREPARE of a name
-        # that is taken (42P05) and everything in a failed transaction (25P02).
+        # and by SQL, and of what changes settings (SET, RESET, set_config, some of them
+        # failing), inside and outside transactions that commit, fail and roll back, reads
+        # and writes between them, sent one step at a time to the primary and through pgsteer
+        # (every statement to the next replica): every answer must be the same, including a
+        # Parse or PREPARE of a name that is taken (42P05), everything in a failed
+        # transaction (25P02) and SHOW after a rollback. Settings keep `w` visible: a
+        # statement re-prepared on another node under another search_path is a known limit.
         texts = ("select v from w where id = $1", "select v + 1 from w where id = $1")
 
         def step(rng, live):
@@ -456,7 +500,15 @@ class WireTest(unittest.TestCase):
             free = [x for x in ("a", "b", "c") if x not in live]
             # Mostly a free name, as drivers do; now and then one that is taken.
             f = rng.choice(free) if free and rng.random() < 0.8 else n
-            k = rng.randrange(14)
+            k = rng.randrange(20)
+            if k >= 14:
+                return ("sql", None, Query(rng.choice((
+                    "set search_path = public", "set search_path = pg_catalog, public",
+                    "reset search_path", "show search_path", "set search_path = 'x",
+                    "set statement_timeout = 1000", "show statement_timeout", "reset all",
+                    "set statement_timeout = 'abc'", "set statement_timeout = 2000; select 1/0",
+                    "select set_config('statement_timeout', '3000', false)",
+                    "set local statement_timeout = 4000", "savepoint s", "release s"))))
             if k == 0:
                 return ("create", f, Parse(t, name=f) + Sync)
             if k == 1:
