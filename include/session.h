@@ -19,6 +19,8 @@ void session_stmt_remove(struct client *c, const char *name, size_t len);
 void session_stmt_clear(struct client *c);
 /* Drop the statement whose id is `id`, if the client still has it (its Parse failed). */
 void session_stmt_forget(struct client *c, uint32_t id);
+/* The statement whose id is `id` is not on `node` (its re-prepare there failed). */
+void session_stmt_unplace(struct client *c, uint32_t id, int node);
 void session_stmt_free(struct stmt *s);
 /* Record a Parse: replaces a statement of the same name; the parameter type OIDs are read from
  * `types` (ntypes of them). Returns the statement (owned by the client) or NULL when out of

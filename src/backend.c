@@ -177,6 +177,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->swallow = swallow;
     e->retryable = false;
     e->write = write;
+    e->quiet = false;
     e->stmt = 0;
     e->change = 0;
     b->exp_count++;
@@ -188,6 +189,11 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
 void backend_expect_stmt(struct backend *b, uint32_t id)
 {
     b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].stmt = id;
+}
+
+void backend_expect_quiet(struct backend *b)
+{
+    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].quiet = true;
 }
 
 void backend_expect_change(struct backend *b, uint64_t gen)
@@ -679,10 +685,12 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
                      c->px->cfg->nodes[b->node].name, text ? text : "?");
             forward = true;
         }
-        if (head->swallow && head->kind == EXP_PARSE)
+        if (head->swallow && head->kind == EXP_PARSE && !head->quiet)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
-        if (head->stmt != 0)
-            session_stmt_forget(c, head->stmt); /* the statement was not made */
+        if (head->stmt != 0 && head->swallow) /* a re-prepare: b does not have it after all */
+            session_stmt_unplace(c, head->stmt, b->node);
+        else if (head->stmt != 0)
+            session_stmt_forget(c, head->stmt); /* the client's Parse: it was not made */
         if (head->change != 0)
             session_change_undo(c, head->change); /* nor the session change */
         if (is_extended(head->kind)) {

@@ -73,6 +73,16 @@ void session_stmt_forget(struct client *c, uint32_t id)
     }
 }
 
+void session_stmt_unplace(struct client *c, uint32_t id, int node)
+{
+    for (struct stmt *s = c->stmts; s; s = s->next) {
+        if (s->id == id) {
+            s->nodes &= ~(1u << node);
+            return;
+        }
+    }
+}
+
 void session_stmt_clear(struct client *c)
 {
     while (c->stmts) {
@@ -522,8 +532,9 @@ int session_ensure_prepared(struct client *c, struct backend *b, const char *nam
     if (rc == 0)
         rc = backend_expect(b, EXP_PARSE, true, false);
     buf_destroy(&q);
-    if (b->tx_status != 'E') /* in a failed transaction the Parse fails (25P02), as it should */
-        s->nodes |= bit;
+    if (rc == 0)
+        backend_expect_stmt(b, s->id); /* should it fail, b is not marked as having it */
+    s->nodes |= bit;
     return rc;
 }
 
@@ -541,6 +552,9 @@ int session_before_named_sql(struct client *c, struct backend *b, const char *sq
         return 0;
     int rc = session_ensure_prepared(c, b, name, nlen);
     if (rc == 0 && sync) {
+        /* The client's Query runs after the Sync whatever became of the Parse (in a failed
+         * transaction both fail): one error is the Query's to give. */
+        backend_expect_quiet(b);
         struct buf q;
         buf_init(&q);
         rc = proto_write_Sync(&q);
