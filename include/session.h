@@ -17,6 +17,10 @@
 struct stmt *session_stmt_find(struct client *c, const char *name, size_t len);
 void session_stmt_remove(struct client *c, const char *name, size_t len);
 void session_stmt_clear(struct client *c);
+/* Whether what the client sends b now runs in a failed transaction, where everything but its
+ * end fails (25P02) and changes nothing: b's last ReadyForQuery said so and no end of that
+ * transaction has been sent since (c->tx_node, predicted). */
+bool session_in_failed_tx(const struct client *c, const struct backend *b);
 /* Drop the statement whose id is `id`, if the client still has it (its Parse failed). */
 void session_stmt_forget(struct client *c, uint32_t id);
 /* The statement whose id is `id` is not on `node` (its re-prepare there failed). */

@@ -1324,7 +1324,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         kind = EXP_PARSE;
-        if (b->tx_status == 'E' && !pooled)
+        if (session_in_failed_tx(c, b) && !pooled)
             break; /* in a failed transaction it fails (25P02): nothing to record */
         if (nlen > 0 && !pooled) {
             /* A name in use: PostgreSQL refuses the Parse (42P05) and keeps the statement.

@@ -61,6 +61,11 @@ void session_stmt_remove(struct client *c, const char *name, size_t len)
     }
 }
 
+bool session_in_failed_tx(const struct client *c, const struct backend *b)
+{
+    return b->tx_status == 'E' && c->tx_node == b->node;
+}
+
 void session_stmt_forget(struct client *c, uint32_t id)
 {
     for (struct stmt **pp = &c->stmts; *pp; pp = &(*pp)->next) {
@@ -375,7 +380,7 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
 {
     char key[160], name[128];
     unsigned f = cr->flags;
-    if (b->tx_status == 'E' && !(f & CL_END_TX))
+    if (session_in_failed_tx(c, b) && !(f & CL_END_TX))
         return; /* in a failed transaction every statement but its end fails, changing nothing */
     if ((f & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)) && !c->tx_saved_valid &&
         (c->tx_node >= 0 || b->tx_status == 'T' || (f & (CL_BEGIN | CL_BEGIN_READ_ONLY))))
@@ -542,7 +547,7 @@ int session_before_named_sql(struct client *c, struct backend *b, const char *sq
                              const struct classify_result *cr, bool sync)
 {
     if (!(cr->flags & (CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE)) || cr->name_all ||
-        cr->name.len == 0 || c->px->cfg->nodes[b->node].pooled || b->tx_status == 'E')
+        cr->name.len == 0 || c->px->cfg->nodes[b->node].pooled || session_in_failed_tx(c, b))
         return 0; /* in a failed transaction the statement fails anyway (25P02) */
     char name[128];
     session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
