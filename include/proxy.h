@@ -167,7 +167,8 @@ struct expect {
     bool retryable;  /* a read on a replica that may be retried on the primary on 25006 */
     bool write;      /* the unit needed the primary for a write: completes read-your-writes */
     bool quiet;      /* swallowed even when an error: the client's own statement follows */
-    uint32_t stmt;   /* the client's own Parse: its statement's id, forgotten if the Parse fails */
+    uint32_t stmt;   /* a Parse of statement `stmt` (its id): if the client's own fails, the
+                        statement is forgotten; if a re-prepare fails, its node is unmarked */
     uint64_t change; /* the client's Query recorded session change `change` (its gen): undone
                         if the Query fails, since then it changed nothing */
 };
@@ -237,16 +238,9 @@ void backend_pool_flush(struct proxy *px, int node);
 int backend_queue(struct backend *b, const void *p, size_t n);
 /* Record that the node owes a response of `kind`. Returns 0 or -1 (out of memory). */
 int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write);
-/* Mark the response last expected as the answer to a Parse of statement `id` (struct stmt's
- * id): should the client's Parse fail, the record of the statement is dropped; should a
- * re-prepare of pgsteer's fail, the node is no longer marked as having it. */
-void backend_expect_stmt(struct backend *b, uint32_t id);
-/* Mark the response last expected as the answer to the client's Query that recorded session
- * change `gen`: should the Query fail, the change is undone (session_change_undo). */
-void backend_expect_change(struct backend *b, uint64_t gen);
-/* Swallow the response last expected even when it is an error: the statement it prepares for
- * runs after it anyway, and reports its own outcome. */
-void backend_expect_quiet(struct backend *b);
+/* The response last expected (after a successful backend_expect), to mark it: `quiet`, `stmt`
+ * or `change` (see struct expect). Owned by b; valid until the next backend_expect. */
+struct expect *backend_expect_last(struct backend *b);
 /* Send queued bytes now (when logged in). */
 void backend_flush(struct backend *b);
 /* Close the connection: sends Terminate when logged in, detaches from the client, frees the

@@ -186,19 +186,9 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     return 0;
 }
 
-void backend_expect_stmt(struct backend *b, uint32_t id)
+struct expect *backend_expect_last(struct backend *b)
 {
-    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].stmt = id;
-}
-
-void backend_expect_quiet(struct backend *b)
-{
-    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].quiet = true;
-}
-
-void backend_expect_change(struct backend *b, uint64_t gen)
-{
-    b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].change = gen;
+    return &b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap];
 }
 
 static struct expect *backend_head(struct backend *b)

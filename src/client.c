@@ -1212,7 +1212,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     uint64_t gen = c->change_gen;
     session_track(c, sql, len, &cr, b);
     if (c->change_gen != gen) /* session_track queues nothing on b: the Query's is last */
-        backend_expect_change(b, c->change_gen);
+        backend_expect_last(b)->change = c->change_gen; /* undone if the Query fails */
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;
@@ -1330,12 +1330,12 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             /* A name in use: PostgreSQL refuses the Parse (42P05) and keeps the statement.
              * It is made to exist here, so that this node refuses it too; the record stays.
              * A SQL-prepared one is there already (session_sync_backend). */
-            char key[160];
-            snprintf(key, sizeof(key), "prepare:%.*s", (int)(nlen < 128 ? nlen : 128), name);
             if (session_stmt_find(c, name, nlen) != NULL) {
                 rc = session_ensure_prepared(c, b, name, nlen);
                 break;
             }
+            char key[160];
+            snprintf(key, sizeof(key), "prepare:%.*s", (int)(nlen < 128 ? nlen : 128), name);
             if (nlen < 128 && session_change_find(c, key) != NULL)
                 break;
         }
@@ -1479,7 +1479,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     if (rc == 0 && expect)
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
     if (rc == 0 && parsed != 0)
-        backend_expect_stmt(b, parsed);
+        backend_expect_last(b)->stmt = parsed; /* forgotten if the Parse fails */
     if (rc < 0) {
         client_close(c, "53200", "out of memory");
         return -1;

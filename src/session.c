@@ -538,7 +538,7 @@ int session_ensure_prepared(struct client *c, struct backend *b, const char *nam
         rc = backend_expect(b, EXP_PARSE, true, false);
     buf_destroy(&q);
     if (rc == 0)
-        backend_expect_stmt(b, s->id); /* should it fail, b is not marked as having it */
+        backend_expect_last(b)->stmt = s->id; /* should it fail, b is unmarked */
     s->nodes |= bit;
     return rc;
 }
@@ -559,7 +559,7 @@ int session_before_named_sql(struct client *c, struct backend *b, const char *sq
     if (rc == 0 && sync) {
         /* The client's Query runs after the Sync whatever became of the Parse (in a failed
          * transaction both fail): one error is the Query's to give. */
-        backend_expect_quiet(b);
+        backend_expect_last(b)->quiet = true;
         struct buf q;
         buf_init(&q);
         rc = proto_write_Sync(&q);
