@@ -34,7 +34,9 @@ enum classify_flag {
     CL_TX_READ_WRITE = 1u << 22,  /* READ WRITE written explicitly in transaction modes */
     CL_ROLLBACK = 1u << 21,       /* the END_TX is ROLLBACK or ABORT: nothing of it commits */
     CL_SET_CONFIG = 1u << 20,     /* calls set_config(): may change the session (also a write) */
-    CL_COPY = 1u << 19,           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */
+    CL_COPY = 1u << 19,
+    CL_SAVEPOINT = 1u << 23,      /* SAVEPOINT, ROLLBACK TO SAVEPOINT or RELEASE SAVEPOINT
+                                     (which one: classify_result.savepoint) */           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */
 };
 
 /* A span of the classified text: [off, off+len). len == 0 when absent. */
@@ -43,10 +45,17 @@ struct classify_span {
     size_t len;
 };
 
+/* What a CL_SAVEPOINT statement does with its savepoint. */
+enum classify_savepoint { CL_SP_NONE = 0, CL_SP_DEFINE, CL_SP_ROLLBACK_TO, CL_SP_RELEASE };
+
 struct classify_result {
     unsigned flags;
     unsigned nstatements;
-    /* For CL_PREPARE, CL_EXECUTE, CL_DEALLOCATE (first such statement): the statement name,
+    /* For CL_SAVEPOINT (first such statement): SAVEPOINT, ROLLBACK TO or RELEASE; its name is
+     * in `name`. */
+    enum classify_savepoint savepoint;
+    /* For CL_PREPARE, CL_EXECUTE, CL_DEALLOCATE, CL_SAVEPOINT (first such statement): the
+     * statement's or savepoint's name,
      * as written (unquoted identifiers are to be lower-cased by the caller; quoted ones are
      * given without the quotes). For DEALLOCATE ALL, name_all is true. */
     struct classify_span name;

@@ -204,8 +204,10 @@ struct backend {
     struct buf startup_params; /* ParameterStatus messages from login */
     bool reading;
     char tx_status;   /* from the node's last ReadyForQuery: 'I', 'T', 'E' */
-    bool rolled_back; /* a CommandComplete "ROLLBACK" since the last ReadyForQuery (only
-                         looked for while the client has tx_saved) */
+    bool rolled_back; /* the last end of a transaction since the last ReadyForQuery said
+                         ROLLBACK (only looked for while the client has tx_saved) */
+    bool batch_error; /* an ErrorResponse since the last ReadyForQuery: an extended batch
+                         outside a transaction block was rolled back as a whole */
     /* the pool: a backend whose client left idle is reset and kept for the next client with
      * the same user, database and startup parameters (as the client's param_key) */
     char *pool_key;
@@ -294,6 +296,15 @@ struct session_change {
                                         put back should this one turn out to have failed */
 };
 
+/* A savepoint of the open transaction: the session's transactional changes as they were when
+ * it was set (session_track), put back by a ROLLBACK TO it. */
+struct savepoint {
+    struct savepoint *next; /* the one set before it */
+    struct session_change *saved;
+    bool valid;    /* false when the copy could not be made: a ROLLBACK TO it changes nothing */
+    char name[64]; /* as the server compares it: lower-cased unless quoted, at most 63 bytes */
+};
+
 struct client {
     union { /* as in struct backend: TCP, or a Unix-domain socket (unix_socket_dir) */
         uv_tcp_t tcp;
@@ -342,6 +353,10 @@ struct client {
      * of the transactional changes, session_tx_save): put back if it rolls back. */
     struct session_change *tx_saved;
     bool tx_saved_valid;
+    bool tx_saved_implicit;       /* taken for the implicit transaction of an extended batch outside
+                                     a transaction block: it ends at the batch's Sync */
+    struct savepoint *savepoints; /* of the open transaction, the newest first */
+    uint64_t bound_change;        /* the change a bound SET recorded: its Execute carries it */
     /* the routing unit in progress */
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */

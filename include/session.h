@@ -65,11 +65,17 @@ void session_change_undo(struct client *c, uint64_t gen);
 /* The transaction that saved the session's settings (session_track, at its first change of
  * one) ended: rolled back, its changes to them are undone; either way the copy goes. */
 void session_tx_end(struct client *c, bool rolled_back);
+/* Before a bound statement that changes a setting runs on b: outside a transaction block it
+ * runs in the implicit transaction of its batch, which an error before the batch's Sync rolls
+ * back; keep a copy of the settings for that (ended by session_tx_end at the Sync's answer). */
+void session_batch_save(struct client *c, const struct backend *b);
+/* The transaction ended (or the client is gone): forget its savepoints. */
+void session_savepoints_clear(struct client *c);
 /* Record a set_config() call sent with Parse/Bind: `bind` is the client's Bind body. */
 int session_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
                                 size_t bindlen);
 /* Record what a Query (or a bound statement's text) about to run on b changes in the session:
- * pins, SET/RESET/DISCARD, PREPARE/DEALLOCATE, set_config. */
+ * pins, SET/RESET/DISCARD, PREPARE/DEALLOCATE, set_config, savepoints. */
 void session_track(struct client *c, const char *sql, size_t len, const struct classify_result *cr,
                    struct backend *b);
 /* The client dropped SQL-prepared statement `name` (lower-cased as session_copy_name does) on

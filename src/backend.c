@@ -631,8 +631,15 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         done = head->kind == EXP_DESCRIBE;
         break;
     case BE_COMMAND_COMPLETE:
-        if (c->tx_saved_valid && m->len >= 8 && memcmp(m->body, "ROLLBACK", 8) == 0)
-            b->rolled_back = true;
+        if (c->tx_saved_valid) {
+            /* How the transaction ended, if it did: the tag of its end. ROLLBACK TO SAVEPOINT
+             * also says ROLLBACK, but a transaction it stays in ends later, by a COMMIT (the
+             * tag of a failed transaction's COMMIT is ROLLBACK) or a ROLLBACK. */
+            if (m->len >= 9 && memcmp(m->body, "ROLLBACK", 9) == 0)
+                b->rolled_back = true;
+            else if (m->len >= 7 && memcmp(m->body, "COMMIT", 7) == 0)
+                b->rolled_back = false;
+        }
         done = head->kind == EXP_EXECUTE;
         break;
     case BE_EMPTY_QUERY:
@@ -653,10 +660,19 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         struct expect e = backend_pop(b);
         char status = m->len >= 1 ? m->body[0] : 'I';
-        if (c->tx_saved_valid && status == 'I' && b->tx_status != 'I')
-            session_tx_end(c, b->rolled_back); /* the transaction on b ended */
+        if (status == 'I' && b->tx_status != 'I') { /* the transaction on b ended */
+            if (c->tx_saved_valid)
+                session_tx_end(c, b->rolled_back);
+            session_savepoints_clear(c);
+        } else if (c->tx_saved_implicit && e.kind == EXP_SYNC) {
+            if (status == 'I') /* the batch's implicit transaction ended */
+                session_tx_end(c, b->batch_error);
+            else /* it began a transaction block, which the settings' copy now belongs to */
+                c->tx_saved_implicit = false;
+        }
         b->tx_status = status;
         b->rolled_back = false;
+        b->batch_error = false;
         if (e.swallow && e.retryable) {
             client_retry_on_primary(c);
             return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
@@ -683,10 +699,14 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             session_stmt_forget(c, head->stmt); /* the client's Parse: it was not made */
         if (head->change != 0)
             session_change_undo(c, head->change); /* nor the session change */
+        b->batch_error = true;
         if (is_extended(head->kind)) {
             /* The node skips everything up to the next Sync: so do the owed responses. */
-            while (b->exp_count && is_extended(backend_head(b)->kind))
-                backend_pop(b);
+            while (b->exp_count && is_extended(backend_head(b)->kind)) {
+                struct expect e = backend_pop(b);
+                if (e.change != 0) /* an Execute skipped: its statement changed nothing */
+                    session_change_undo(c, e.change);
+            }
         }
         return forward ? client_queue(c, m->body - 5, m->total) : 0;
     }

@@ -726,6 +726,7 @@ struct cctx {
 /* What one statement does. Spans are offsets into the whole text. */
 struct stmt {
     unsigned flags;
+    enum classify_savepoint savepoint;
     struct classify_span name;
     bool name_quoted;
     bool name_all;
@@ -1382,6 +1383,37 @@ static void stmt_declare(struct cctx *c, struct stmt *st, int nest)
     skip_to_end(c, st, t);
 }
 
+/* After SAVEPOINT, RELEASE or ROLLBACK TO: [SAVEPOINT] name, as the grammar has it (SAVEPOINT
+ * takes no SAVEPOINT keyword; a savepoint may be named "savepoint"). Anything else is left to
+ * the server to refuse, and is not a CL_SAVEPOINT. */
+static void stmt_savepoint(struct cctx *c, struct stmt *st, enum classify_savepoint op)
+{
+    struct tok t = lex_next(&c->lx);
+    if (op != CL_SP_DEFINE && t.kw == KW_SAVEPOINT) {
+        struct tok t2 = lex_next(&c->lx);
+        if (!tok_is_term(&t2)) {
+            t = t2;
+        } else {
+            stmt_set_name(st, &t);
+            st->flags |= CL_SAVEPOINT;
+            st->savepoint = op;
+            skip_to_end(c, st, t2);
+            return;
+        }
+    }
+    if (!tok_is_name(&t)) {
+        skip_to_end(c, st, t);
+        return;
+    }
+    struct tok end = lex_next(&c->lx);
+    if (tok_is_term(&end)) {
+        stmt_set_name(st, &t);
+        st->flags |= CL_SAVEPOINT;
+        st->savepoint = op;
+    }
+    skip_to_end(c, st, end);
+}
+
 /* COMMIT, END, ROLLBACK, ABORT and their PREPARED / TO SAVEPOINT forms. */
 static void stmt_end_tx(struct cctx *c, struct stmt *st, enum kw head)
 {
@@ -1392,11 +1424,14 @@ static void stmt_end_tx(struct cctx *c, struct stmt *st, enum kw head)
     } else {
         if (head == KW_ROLLBACK && (t.kw == KW_WORK || t.kw == KW_TRANSACTION))
             t = lex_next(&c->lx);
-        if (!(head == KW_ROLLBACK && t.kw == KW_TO)) {
-            st->flags |= CL_END_TX; /* ROLLBACK TO SAVEPOINT stays in the transaction */
-            if (head == KW_ROLLBACK || head == KW_ABORT)
-                st->flags |= CL_ROLLBACK;
+        if (head == KW_ROLLBACK && t.kw == KW_TO) {
+            /* ROLLBACK TO [SAVEPOINT] name stays in the transaction. */
+            stmt_savepoint(c, st, CL_SP_ROLLBACK_TO);
+            return;
         }
+        st->flags |= CL_END_TX;
+        if (head == KW_ROLLBACK || head == KW_ABORT)
+            st->flags |= CL_ROLLBACK;
     }
     skip_to_end(c, st, t);
 }
@@ -1498,7 +1533,11 @@ static void classify_stmt(struct cctx *c, struct tok t, struct stmt *st, int nes
         stmt_end_tx(c, st, t.kw);
         return;
     case KW_SAVEPOINT:
+        stmt_savepoint(c, st, CL_SP_DEFINE);
+        return;
     case KW_RELEASE:
+        stmt_savepoint(c, st, CL_SP_RELEASE);
+        return;
     case KW_FETCH:
     case KW_MOVE:
     case KW_CLOSE:
@@ -1609,8 +1648,9 @@ void classify_sql(const char *sql, size_t len, const struct classify_functions *
         }
         n++;
         out->flags |= st.flags;
-        if (!have_name && (st.flags & (CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE))) {
+        if (!have_name && (st.flags & (CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE | CL_SAVEPOINT))) {
             have_name = true;
+            out->savepoint = st.savepoint;
             out->name = st.name;
             out->name_quoted = st.name_quoted;
             out->name_all = st.name_all;
@@ -1665,6 +1705,8 @@ const char *classify_describe(unsigned flags)
         return "execute";
     if (flags & CL_DEALLOCATE)
         return "deallocate";
+    if (flags & CL_SAVEPOINT)
+        return "savepoint";
     if (flags & CL_PIN)
         return "pin";
     if (flags & CL_WRITE_FUNCTION)

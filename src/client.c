@@ -133,6 +133,7 @@ static void client_free(struct client *c)
     }
     session_changes_free(c->changes);
     session_changes_free(c->tx_saved);
+    session_savepoints_clear(c);
     free(c);
 }
 
@@ -1308,6 +1309,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     struct backend *b = c->backends[c->batch_node];
     bool pooled = c->px->cfg->nodes[b->node].pooled, rewritten = false;
     uint32_t parsed = 0; /* the statement this Parse records */
+    uint64_t change = 0; /* the session change this Execute's statement recorded */
     struct proto_reader r;
     proto_reader_init(&r, m->body, m->len);
     enum expect_kind kind = EXP_EXECUTE;
@@ -1324,8 +1326,12 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             return -1;
         }
         kind = EXP_PARSE;
-        if (session_in_failed_tx(c, b) && !pooled)
-            break; /* in a failed transaction it fails (25P02): nothing to record */
+        struct classify_result cr;
+        client_classify(c, q, qlen, &cr);
+        if (session_in_failed_tx(c, b) && !pooled && !(cr.flags & (CL_END_TX | CL_EMPTY)) &&
+            cr.savepoint != CL_SP_ROLLBACK_TO)
+            break; /* in a failed transaction it fails (25P02), but for what ends the
+                      failure (COMMIT, ROLLBACK, ROLLBACK TO): nothing to record */
         if (nlen > 0 && !pooled) {
             /* A name in use: PostgreSQL refuses the Parse (42P05) and keeps the statement.
              * It is made to exist here, so that this node refuses it too; the record stays.
@@ -1339,8 +1345,6 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             if (nlen < 128 && session_change_find(c, key) != NULL)
                 break;
         }
-        struct classify_result cr;
-        client_classify(c, q, qlen, &cr);
         struct stmt *s = session_stmt_put(c, name, nlen, q, qlen, &r, ntypes, cr.flags);
         if (s == NULL) {
             client_close(c, "53200", "out of memory");
@@ -1382,7 +1386,10 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         }
         kind = EXP_BIND;
         c->batch_executed = true;
+        uint64_t gen = c->change_gen;
         struct stmt *st = rc == 0 ? session_stmt_find(c, sname, slen) : NULL;
+        if (st && (st->flags & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)))
+            session_batch_save(c, b);
         if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {
             if (session_add_set_config_bind(c, st, m->body, m->len) < 0) {
                 client_close(c, "53200", "out of memory");
@@ -1390,7 +1397,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             }
             b->set_gen = c->change_gen;
         }
-        if (st && (st->flags & (CL_SET_SESSION | CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE))) {
+        if (st && (st->flags &
+                   (CL_SET_SESSION | CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE | CL_SAVEPOINT))) {
             /* A SET (or SQL PREPARE) sent as Parse/Bind/Execute is a session change like
              * any other: recorded when bound, on the node it runs on. SET takes no
              * parameters, so the text alone replays it. */
@@ -1402,6 +1410,9 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             }
             session_track(c, st->query, st->query_len, &cr, b);
         }
+        /* A change recorded here is undone if the statement fails: the portal's Execute
+         * carries it (and an error before it, which skips the Execute, undoes it too). */
+        c->bound_change = c->change_gen != gen ? c->change_gen : 0;
         break;
     }
     case FE_DESCRIBE: {
@@ -1457,6 +1468,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     case FE_EXECUTE:
         kind = EXP_EXECUTE;
         c->batch_executed = true;
+        change = c->bound_change;
+        c->bound_change = 0;
         break;
     case FE_FLUSH:
         expect = false;
@@ -1464,6 +1477,7 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         break;
     case FE_SYNC:
         kind = EXP_SYNC;
+        c->bound_change = 0;
         break;
     case FE_FUNCTION:
         kind = EXP_QUERY;
@@ -1480,6 +1494,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
     if (rc == 0 && parsed != 0)
         backend_expect_last(b)->stmt = parsed; /* forgotten if the Parse fails */
+    if (rc == 0 && change != 0)
+        backend_expect_last(b)->change = change; /* undone if the Execute fails */
     if (rc < 0) {
         client_close(c, "53200", "out of memory");
         return -1;

@@ -251,54 +251,139 @@ static struct session_change *change_copy(const struct session_change *ch)
     return n;
 }
 
-/* Inside a transaction, before its first change to the settings: keep a copy of them. Out of
- * memory, nothing is kept and a rollback leaves the changes recorded. */
-static void session_tx_save(struct client *c)
+/* A copy of the transactional changes of list `from` into *out. Returns 0, or -1 out of memory
+ * (nothing copied). */
+static int copy_transactional(const struct session_change *from, struct session_change **out)
 {
-    struct session_change **tail = &c->tx_saved;
-    for (const struct session_change *ch = c->changes; ch; ch = ch->next) {
+    struct session_change *head = NULL, **tail = &head;
+    for (const struct session_change *ch = from; ch; ch = ch->next) {
         if (!change_transactional(ch))
             continue;
         struct session_change *n = change_copy(ch);
         if (n == NULL) {
-            session_changes_free(c->tx_saved);
-            c->tx_saved = NULL;
-            return;
+            session_changes_free(head);
+            return -1;
         }
         *tail = n;
         tail = &n->next;
     }
-    c->tx_saved_valid = true;
+    *out = head;
+    return 0;
+}
+
+/* The node is back to the settings of `copy` (rolled back to them): so is the record, and the
+ * copy's changes move into it. They keep their generations, which every backend that had them
+ * has replayed. */
+static void restore_transactional(struct client *c, struct session_change *copy)
+{
+    for (struct session_change **pp = &c->changes; *pp;) {
+        struct session_change *ch = *pp;
+        if (change_transactional(ch)) {
+            *pp = ch->next;
+            ch->next = NULL;
+            session_changes_free(ch);
+        } else {
+            pp = &ch->next;
+        }
+    }
+    while (copy) {
+        struct session_change *n = copy;
+        copy = n->next;
+        struct session_change **at = &c->changes;
+        while (*at && (*at)->gen < n->gen)
+            at = &(*at)->next;
+        n->next = *at;
+        *at = n;
+    }
+}
+
+/* Inside a transaction, before its first change to the settings: keep a copy of them. Out of
+ * memory, nothing is kept and a rollback leaves the changes recorded. */
+static void session_tx_save(struct client *c)
+{
+    if (copy_transactional(c->changes, &c->tx_saved) == 0)
+        c->tx_saved_valid = true;
+}
+
+void session_batch_save(struct client *c, const struct backend *b)
+{
+    if (c->tx_saved_valid || c->tx_node >= 0 || b->tx_status != 'I')
+        return; /* saved already, or in a transaction block (session_track saves for it) */
+    session_tx_save(c);
+    c->tx_saved_implicit = c->tx_saved_valid;
 }
 
 void session_tx_end(struct client *c, bool rolled_back)
 {
     if (rolled_back) {
-        /* The node is back to the settings of the copy: so is the record. The copies keep
-         * their generations, which every backend that had them has replayed. */
-        for (struct session_change **pp = &c->changes; *pp;) {
-            struct session_change *ch = *pp;
-            if (change_transactional(ch)) {
-                *pp = ch->next;
-                ch->next = NULL;
-                session_changes_free(ch);
-            } else {
-                pp = &ch->next;
-            }
-        }
-        while (c->tx_saved) {
-            struct session_change *n = c->tx_saved;
-            c->tx_saved = n->next;
-            struct session_change **at = &c->changes;
-            while (*at && (*at)->gen < n->gen)
-                at = &(*at)->next;
-            n->next = *at;
-            *at = n;
-        }
+        restore_transactional(c, c->tx_saved);
+        c->tx_saved = NULL;
     }
     session_changes_free(c->tx_saved);
     c->tx_saved = NULL;
     c->tx_saved_valid = false;
+    c->tx_saved_implicit = false;
+}
+
+void session_savepoints_clear(struct client *c)
+{
+    while (c->savepoints) {
+        struct savepoint *sp = c->savepoints;
+        c->savepoints = sp->next;
+        session_changes_free(sp->saved);
+        free(sp);
+    }
+}
+
+/* Drop the savepoints set after `keep` (all of them when NULL). */
+static void savepoints_pop_to(struct client *c, const struct savepoint *keep)
+{
+    while (c->savepoints && c->savepoints != keep) {
+        struct savepoint *sp = c->savepoints;
+        c->savepoints = sp->next;
+        session_changes_free(sp->saved);
+        free(sp);
+    }
+}
+
+/* SAVEPOINT, ROLLBACK TO or RELEASE (cr) about to run in the transaction open on b. As on the
+ * server, a name refers to the newest savepoint of that name; one the record does not know
+ * changes nothing here (the server refuses it, or it was set where pgsteer does not look: in a
+ * Query of several statements). A ROLLBACK TO one it knows ends a failure of the transaction,
+ * which b's status says at once (its ReadyForQuery confirms it), so that statements pipelined
+ * behind it are recorded. */
+static void session_savepoint(struct client *c, struct backend *b, const char *sql,
+                              const struct classify_result *cr)
+{
+    char name[64];
+    session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
+    if (cr->savepoint == CL_SP_DEFINE) {
+        struct savepoint *sp = calloc(1, sizeof(*sp));
+        if (sp == NULL)
+            return; /* out of memory: a ROLLBACK TO it will leave the settings recorded */
+        memcpy(sp->name, name, sizeof(name));
+        sp->valid = copy_transactional(c->changes, &sp->saved) == 0;
+        sp->next = c->savepoints;
+        c->savepoints = sp;
+        return;
+    }
+    struct savepoint *sp = c->savepoints;
+    while (sp && strcmp(sp->name, name) != 0)
+        sp = sp->next;
+    if (sp == NULL)
+        return;
+    if (cr->savepoint == CL_SP_RELEASE) {
+        savepoints_pop_to(c, sp->next); /* it and the ones set after it */
+        return;
+    }
+    /* ROLLBACK TO: the savepoint stays, the ones after it go, and the settings are those it
+     * saved. Unchanged since the transaction began (no copy for it yet), they are already. */
+    savepoints_pop_to(c, sp);
+    if (b->tx_status == 'E')
+        b->tx_status = 'T'; /* no longer failed: what follows before its answer runs */
+    struct session_change *copy;
+    if (sp->valid && c->tx_saved_valid && copy_transactional(sp->saved, &copy) == 0)
+        restore_transactional(c, copy);
 }
 
 static void session_limit_set_config(struct client *c)
@@ -380,6 +465,13 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
 {
     char key[160], name[128];
     unsigned f = cr->flags;
+    if ((f & CL_SAVEPOINT) && !(f & CL_MULTI)) {
+        /* Outside a transaction block they fail; in a failed one all but ROLLBACK TO do. */
+        if ((c->tx_node >= 0 || b->tx_status == 'T' || b->tx_status == 'E') &&
+            (cr->savepoint == CL_SP_ROLLBACK_TO || !session_in_failed_tx(c, b)))
+            session_savepoint(c, b, sql, cr);
+        return;
+    }
     if (session_in_failed_tx(c, b) && !(f & CL_END_TX))
         return; /* in a failed transaction every statement but its end fails, changing nothing */
     if ((f & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)) && !c->tx_saved_valid &&

@@ -20,10 +20,11 @@ from wire import (Bind, Close, Conn, Describe, Execute, Flush, Parse, Query, Syn
 
 cluster = None
 proxy = None
+eventual = None
 
 
 def setUpModule():
-    global cluster, proxy
+    global cluster, proxy, eventual
     cluster = Cluster(replicas=2)
     cluster.start()
     cluster.psql(cluster.primary_port,
@@ -37,19 +38,26 @@ def setUpModule():
     # follow the session to every node.
     proxy = Pgsteer(cluster, extra_yaml="read_balance: statement\n")
     proxy.start()
+    # The same without read-your-writes: after a transaction's write a session's reads still
+    # go to the replicas, so that what a session change left there shows.
+    eventual = Pgsteer(cluster, extra_yaml="read_balance: statement\nconsistency: eventual\n")
+    eventual.start()
 
 
 def tearDownModule():
+    if eventual:
+        eventual.stop()
     if proxy:
         proxy.stop()
     if cluster:
         cluster.stop()
 
 
-def both(test, script):
-    """Run script(conn) against the primary directly and through pgsteer; return both."""
+def both(test, script, port=None):
+    """Run script(conn) against the primary directly and through pgsteer (at `port`, by
+    default the module's proxy); assert that both answer the same and return the answers."""
     direct = Conn(cluster.primary_port)
-    via = Conn(proxy.port)
+    via = Conn(port or proxy.port)
     try:
         a = script(direct)
         b = script(via)
@@ -463,10 +471,89 @@ class WireTest(unittest.TestCase):
                 c.send(Query(sql))
                 out += c.until_ready()
             return out
-        out = both(self, s)
+        out = both(self, s, eventual.port)
         shown = [m[1][0] for m in out if m[0] == "D"]
         self.assertEqual(shown, ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "4s", "4s",
                                  "4s", "4s"])
+
+    def test_settings_after_rollback_to_savepoint(self):
+        # ROLLBACK TO a savepoint undoes the settings changed after it and keeps the ones
+        # before; RELEASE keeps them all; a COMMIT after a ROLLBACK TO commits. SHOW on every
+        # replica afterwards (each statement goes to the next one) must say what the server
+        # says, whether the savepoints come as Query or as Parse/Bind/Execute.
+        def ext(sql):
+            return Parse(sql) + Bind() + Execute() + Sync
+
+        def s(c):
+            out = []
+            show = ["show statement_timeout"] * 2
+            for sql in (["begin", "set statement_timeout = 1000", "savepoint a",
+                         "set statement_timeout = 2000", "savepoint b",
+                         "set statement_timeout = 3000", "rollback to savepoint b",
+                         "show statement_timeout", "rollback to a", "show statement_timeout",
+                         "set statement_timeout = 4000", "release a", "commit"] + show +
+                        ["begin", "savepoint a", "set statement_timeout = 5000", "select 1/0",
+                         "rollback to a", "commit"] + show +
+                        ["begin", "set statement_timeout = 6000", "savepoint a",
+                         "rollback to a", "commit"] + show +
+                        ["begin", "set statement_timeout = 7000", "savepoint a",
+                         "rollback to a; commit"] + show +
+                        ["begin", "savepoint \"A\"", "savepoint a",
+                         "set statement_timeout = 8000", "rollback to \"A\"", "release a",
+                         "commit"] + show +
+                        ["begin", ext("savepoint a"), ext("set statement_timeout = 9000"),
+                         ext("savepoint b"), ext("set statement_timeout = 10000"),
+                         ext("rollback to savepoint b"), "show statement_timeout",
+                         ext("rollback to a"), ext("commit")] + show +
+                        ["begin", "savepoint a", "savepoint a", "set statement_timeout = 11000",
+                         "rollback to a", "release a", "rollback to a", "commit"] + show):
+                c.send(Query(sql) if isinstance(sql, str) else sql)
+                out += c.until_ready()
+            return out
+        out = both(self, s, eventual.port)
+        shown = [m[1][0] for m in out if m[0] == "D"]
+        self.assertEqual(shown, ["2s", "1s", "4s", "4s", "4s", "4s", "6s", "6s", "7s", "7s",
+                                 "7s", "7s", "9s", "7s", "7s", "7s", "7s"])
+
+    def test_set_pipelined_behind_rollback_to_savepoint_is_kept(self):
+        # A ROLLBACK TO ends the transaction's failure before its answer comes back: a SET
+        # sent right behind it runs, and must follow the session to the replicas.
+        def s(c):
+            out = []
+            for sql in ("begin", "savepoint a", "select 1/0"):
+                c.send(Query(sql))
+                out += c.until_ready()
+            c.send(Query("rollback to a") + Query("set statement_timeout = 7000") +
+                   Query("commit"))
+            for _ in range(3):
+                out += c.until_ready()
+            for _ in range(2):
+                c.send(Query("show statement_timeout"))
+                out += c.until_ready()
+            return out
+        out = both(self, s, eventual.port)
+        self.assertEqual([m[1][0] for m in out if m[0] == "D"], ["7s", "7s"])
+
+    def test_failed_set_through_the_extended_protocol_changes_nothing(self):
+        # A SET sent as Parse/Bind/Execute that the server refuses (or that runs after an
+        # error in its batch) changes nothing; one that runs is kept on every replica.
+        def s(c):
+            out = []
+            for data in (Parse("set statement_timeout = 1000") + Bind() + Execute() + Sync,
+                         Parse("set statement_timeout = 'abc'") + Bind() + Execute() + Sync,
+                         Query("show statement_timeout"), Query("show statement_timeout"),
+                         Parse("select 1/0") + Bind() + Execute() +
+                         Parse("set statement_timeout = 2000") + Bind() + Execute() + Sync,
+                         Query("show statement_timeout"), Query("show statement_timeout"),
+                         Parse("set statement_timeout = 3000") + Bind() + Execute() +
+                         Parse("select 1/0") + Bind() + Execute() + Sync,
+                         Query("show statement_timeout"), Query("show statement_timeout")):
+                c.send(data)
+                out += c.until_ready()
+            return out
+        out = both(self, s, eventual.port)
+        shown = [m[1][0] for m in out if m[0] == "D"]
+        self.assertEqual(shown, ["1s", "1s", "1s", "1s", "1s", "1s"])
 
     def test_reset_all_keeps_a_discard_not_yet_replayed(self):
         # DISCARD ALL drops statements everywhere, also on nodes that see it only later,
@@ -508,7 +595,16 @@ class WireTest(unittest.TestCase):
                     "set statement_timeout = 1000", "show statement_timeout", "reset all",
                     "set statement_timeout = 'abc'", "set statement_timeout = 2000; select 1/0",
                     "select set_config('statement_timeout', '3000', false)",
-                    "set local statement_timeout = 4000", "savepoint s", "release s"))))
+                    "set local statement_timeout = 4000", "savepoint s", "release s",
+                    "rollback to s", "savepoint t", "rollback to savepoint t",
+                    "release savepoint t", "set statement_timeout = 5000"))))
+            if k == 13 and rng.random() < 0.5:
+                # The same through the extended protocol, one in eight failing.
+                return ("sql", None, Parse(rng.choice((
+                    "set statement_timeout = 6000", "set statement_timeout = 'abc'",
+                    "savepoint s", "rollback to s", "release s", "show statement_timeout",
+                    "rollback", "commit"))) +
+                    Bind() + Execute() + Sync)
             if k == 0:
                 return ("create", f, Parse(t, name=f) + Sync)
             if k == 1:
@@ -534,9 +630,12 @@ class WireTest(unittest.TestCase):
             return ("sql", None, Query(rng.choice(("insert into wlog values (%d)" % i,
                                                    "select v from w where id = %d" % i))))
 
-        for seed in range(100):
+        for seed in range(int(os.environ.get("SEEDS", "150"))):
             rng = random.Random(seed)
-            direct, via = Conn(cluster.primary_port), Conn(proxy.port)
+            # Two in three without read-your-writes, whose reads after a write would go to
+            # the primary and hide what a replica's session holds.
+            direct = Conn(cluster.primary_port)
+            via = Conn(proxy.port if seed % 3 == 0 else eventual.port)
             live, done = set(), []
             try:
                 for _ in range(rng.randint(5, 25)):

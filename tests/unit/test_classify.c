@@ -55,12 +55,13 @@ static const struct {
     {"SET_CONFIG", CL_SET_CONFIG},
     {"ROLLBACK", CL_ROLLBACK},
     {"TX_READ_WRITE", CL_TX_READ_WRITE},
+    {"SAVEPOINT", CL_SAVEPOINT},
 };
 
 static const char *const describe_words[] = {
-    "empty",      "begin",       "begin-read-only", "end-tx",  "set",
-    "set-local",  "pgsteer-set", "pgsteer-show",    "prepare", "execute",
-    "deallocate", "pin",         "write-function",  "write",   "read",
+    "empty",       "begin",          "begin-read-only", "end-tx",  "set",        "set-local",
+    "pgsteer-set", "pgsteer-show",   "prepare",         "execute", "deallocate", "savepoint",
+    "pin",         "write-function", "write",           "read",
 };
 
 static void format_flags(unsigned flags, char *buf, size_t size)
@@ -157,6 +158,15 @@ static const char *check_item(const char *item, size_t ilen, const char *sql, si
     if (klen == 1 && item[0] == 'n') {
         if (r->nstatements != (unsigned)strtoul(val, NULL, 10)) {
             snprintf(why, sizeof why, "nstatements is %u", r->nstatements);
+            return why;
+        }
+        return NULL;
+    }
+    if (klen == 2 && memcmp(item, "sp", 2) == 0) {
+        static const char *const ops[] = {"none", "define", "rollback-to", "release"};
+        const char *got = (unsigned)r->savepoint < 4 ? ops[r->savepoint] : "?";
+        if (strcmp(got, val) != 0) {
+            snprintf(why, sizeof why, "savepoint is %s", got);
             return why;
         }
         return NULL;
