@@ -356,6 +356,8 @@ struct client {
     bool tx_saved_implicit;       /* taken for the implicit transaction of an extended batch outside
                                      a transaction block: it ends at the batch's Sync */
     struct savepoint *savepoints; /* of the open transaction, the newest first */
+    struct savepoint *spare_savepoints; /* freed ones kept for reuse (session.c) */
+    unsigned nspare_savepoints;
     uint64_t bound_change;        /* the change a bound SET recorded: its Execute carries it */
     /* the routing unit in progress */
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */

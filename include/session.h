@@ -69,8 +69,10 @@ void session_tx_end(struct client *c, bool rolled_back);
  * runs in the implicit transaction of its batch, which an error before the batch's Sync rolls
  * back; keep a copy of the settings for that (ended by session_tx_end at the Sync's answer). */
 void session_batch_save(struct client *c, const struct backend *b);
-/* The transaction ended (or the client is gone): forget its savepoints. */
+/* The transaction ended: forget its savepoints. */
 void session_savepoints_clear(struct client *c);
+/* The client is gone: free its savepoints and the spare ones. */
+void session_savepoints_free(struct client *c);
 /* Record a set_config() call sent with Parse/Bind: `bind` is the client's Bind body. */
 int session_add_set_config_bind(struct client *c, const struct stmt *s, const char *bind,
                                 size_t bindlen);

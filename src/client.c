@@ -133,7 +133,7 @@ static void client_free(struct client *c)
     }
     session_changes_free(c->changes);
     session_changes_free(c->tx_saved);
-    session_savepoints_clear(c);
+    session_savepoints_free(c);
     free(c);
 }
 
@@ -387,9 +387,48 @@ void client_accept(struct proxy *px, uv_stream_t *server)
 
 /* ---- startup ---- */
 
+static bool client_busy(const struct client *c);
+
+/* A cancel for a client that no node owes anything: a unit that PAUSE holds is dropped with
+ * the error of a cancelled statement (57014) and a ReadyForQuery, as a server answers a
+ * statement cancelled while it waits, instead of running after RESUME. An extended batch is
+ * dropped when its Sync is in; until then it stays held. Returns true when one was dropped. */
+static bool client_cancel_held(struct client *c)
+{
+    if (c->state != CLIENT_READY || !c->stalled || !c->px->paused || c->batch_node >= 0 ||
+        c->tx_node >= 0 || client_busy(c))
+        return false;
+    const char *p = buf_head(&c->in);
+    size_t n = buf_avail(&c->in), off = 0;
+    struct proto_msg m;
+    if (proto_frame(p, n, PROTO_MAX_MESSAGE, &m) <= 0)
+        return false;
+    if (m.type == FE_QUERY || m.type == FE_FUNCTION) {
+        off = m.total;
+    } else if (m.type == FE_PARSE || m.type == FE_BIND || m.type == FE_DESCRIBE ||
+               m.type == FE_EXECUTE || m.type == FE_CLOSE || m.type == FE_SYNC ||
+               m.type == FE_FLUSH) {
+        for (;;) {
+            if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) <= 0)
+                return false; /* its Sync has not come yet */
+            off += m.total;
+            if (m.type == FE_SYNC)
+                break;
+        }
+    } else {
+        return false;
+    }
+    buf_consume(&c->in, off);
+    client_send_error(c, "57014", "canceling statement due to user request");
+    client_send_ready(c);
+    client_flush(c);
+    return true;
+}
+
 /* CancelRequest: find the client by the key pgsteer gave it and cancel on every node that owes
  * it answers, with that backend's own key (backend_cancel; a backend still logging in sends it
- * once its queued statements are out). On the worker that owns the client. */
+ * once its queued statements are out), or the unit PAUSE holds (client_cancel_held). On the
+ * worker that owns the client. */
 static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
 {
     struct client *target = NULL;
@@ -410,6 +449,8 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
                  b->state == BACKEND_READY ? "sent to" : "held until the login to",
                  px->cfg->nodes[i].name);
     }
+    if (client_cancel_held(target))
+        log_info("client %u: cancel request dropped a statement held by PAUSE", target->id);
 }
 
 struct cancel_args {
@@ -1714,8 +1755,10 @@ void client_process(struct client *c)
             if (buf_avail(&c->backends[__builtin_ctz(m)]->out) > 4 * 1024 * 1024)
                 backlog = true;
         }
-        /* Also while stalled with a long unprocessed input: a pipelining client waits. */
-        if (backlog || buf_avail(&c->in) > CLIENT_IN_HIGH || (c->stalled && c->px->paused))
+        /* Also while stalled with a long unprocessed input: a pipelining client waits. A
+         * client held by PAUSE is still read, so that its cancel request finds the statement
+         * held (client_cancel_held) and its going away is seen. */
+        if (backlog || buf_avail(&c->in) > CLIENT_IN_HIGH)
             client_read_stop(c);
         else
             client_read_start(c);

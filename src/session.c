@@ -325,15 +325,9 @@ void session_tx_end(struct client *c, bool rolled_back)
     c->tx_saved_implicit = false;
 }
 
-void session_savepoints_clear(struct client *c)
-{
-    while (c->savepoints) {
-        struct savepoint *sp = c->savepoints;
-        c->savepoints = sp->next;
-        session_changes_free(sp->saved);
-        free(sp);
-    }
-}
+/* Savepoints that went are kept for the next ones, up to SAVEPOINT_SPARE per client: drivers
+ * that set one before every statement (pgJDBC's autosave) then allocate nothing for them. */
+#define SAVEPOINT_SPARE 8
 
 /* Drop the savepoints set after `keep` (all of them when NULL). */
 static void savepoints_pop_to(struct client *c, const struct savepoint *keep)
@@ -342,8 +336,31 @@ static void savepoints_pop_to(struct client *c, const struct savepoint *keep)
         struct savepoint *sp = c->savepoints;
         c->savepoints = sp->next;
         session_changes_free(sp->saved);
+        sp->saved = NULL;
+        if (c->nspare_savepoints < SAVEPOINT_SPARE) {
+            sp->next = c->spare_savepoints;
+            c->spare_savepoints = sp;
+            c->nspare_savepoints++;
+        } else {
+            free(sp);
+        }
+    }
+}
+
+void session_savepoints_clear(struct client *c)
+{
+    savepoints_pop_to(c, NULL);
+}
+
+void session_savepoints_free(struct client *c)
+{
+    session_savepoints_clear(c);
+    while (c->spare_savepoints) {
+        struct savepoint *sp = c->spare_savepoints;
+        c->spare_savepoints = sp->next;
         free(sp);
     }
+    c->nspare_savepoints = 0;
 }
 
 /* SAVEPOINT, ROLLBACK TO or RELEASE (cr) about to run in the transaction open on b. As on the
@@ -358,10 +375,15 @@ static void session_savepoint(struct client *c, struct backend *b, const char *s
     char name[64];
     session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
     if (cr->savepoint == CL_SP_DEFINE) {
-        struct savepoint *sp = calloc(1, sizeof(*sp));
-        if (sp == NULL)
+        struct savepoint *sp = c->spare_savepoints;
+        if (sp != NULL) {
+            c->spare_savepoints = sp->next;
+            c->nspare_savepoints--;
+        } else if ((sp = malloc(sizeof(*sp))) == NULL) {
             return; /* out of memory: a ROLLBACK TO it will leave the settings recorded */
+        }
         memcpy(sp->name, name, sizeof(name));
+        sp->saved = NULL;
         sp->valid = copy_transactional(c->changes, &sp->saved) == 0;
         sp->next = c->savepoints;
         c->savepoints = sp;

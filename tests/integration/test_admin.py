@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -448,6 +449,51 @@ class ConsoleTest(Base):
         self.assertTrue(held, "PAUSE did not hold the statement")
         self.assertNotIsInstance(result[0], Exception)
         self.assertEqual(status(PX)["paused"], False)
+
+    def test_cancel_drops_a_statement_held_by_pause(self):
+        # A statement that PAUSE holds can be cancelled (a driver's statement timeout, Ctrl-C):
+        # the client gets the error of a cancelled statement (57014) while pgsteer is still
+        # paused, by Query and by Parse/Bind/Execute, and its connection works after RESUME.
+        from wire import Bind, Conn, Execute, Parse, Query, Sync
+        c = Conn(PX.port)
+        self.addCleanup(c.close)
+        c.send(Query("select 1"))
+        c.until_ready()
+        admin_psql(PX, "PAUSE")
+        self.addCleanup(admin_psql, PX, "RESUME")
+        for unit in (Query("select 42"), Parse("select 43") + Bind() + Execute() + Sync):
+            c.send(unit)
+            stop = threading.Event()
+
+            def cancel():
+                # Until the answer comes: a cancel that overtakes the statement finds nothing.
+                while not stop.wait(0.2):
+                    with socket.create_connection(("127.0.0.1", PX.port), timeout=5) as s:
+                        s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
+            t = threading.Thread(target=cancel, daemon=True)
+            t.start()
+            try:
+                out = c.until_ready()
+            finally:
+                stop.set()
+                t.join()
+            self.assertEqual(out, [("E", "57014"), ("Z", "I")])
+            self.assertEqual(status(PX)["paused"], True)
+        # A client that goes away while its statement is held is seen going.
+        before = status(PX)["client_connections"]
+        gone = Conn(PX.port)
+        gone.send(Query("select 45"))
+        deadline = time.time() + 10
+        while status(PX)["client_connections"] != before + 1:
+            self.assertLess(time.time(), deadline, "the new client never showed")
+            time.sleep(0.05)
+        gone.sock.close()
+        while status(PX)["client_connections"] != before:
+            self.assertLess(time.time(), deadline, "a client gone during PAUSE is still counted")
+            time.sleep(0.05)
+        admin_psql(PX, "RESUME")
+        c.send(Query("select 44"))
+        self.assertIn(("D", ("44",)), c.until_ready())
 
 
 # ---- pgsteer status -----------------------------------------------------------------------
