@@ -358,7 +358,7 @@ struct client {
     struct savepoint *savepoints; /* of the open transaction, the newest first */
     struct savepoint *spare_savepoints; /* freed ones kept for reuse (session.c) */
     unsigned nspare_savepoints;
-    uint64_t bound_change;        /* the change a bound SET recorded: its Execute carries it */
+    uint64_t bound_change; /* the change a bound SET recorded: its Execute carries it */
     /* the routing unit in progress */
     int batch_node;    /* extended batch bound to this node until Sync, or -1 */
     bool batch_failed; /* the batch's backend failed: drop messages until Sync */
