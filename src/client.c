@@ -1085,54 +1085,60 @@ static void client_answer_tag(struct client *c, const char *tag)
     client_send_ready(c);
 }
 
-/* SET/SHOW pgsteer.<name>: pgsteer's own session settings. Returns 1 when the answer must
- * wait (stalled), 0 when answered. */
-static int client_pgsteer_setting(struct client *c, const char *sql,
-                                  const struct classify_result *cr)
+/* The outcome of a SET, RESET or SHOW of a pgsteer.<name> setting (pgsteer_setting_eval). */
+struct pgsteer_answer {
+    const char *tag;      /* SET, RESET or SHOW */
+    char column[64];      /* SHOW: the setting's name */
+    char value[64];       /* SHOW: its value */
+    const char *sqlstate; /* an error: its code, and the message */
+    char message[160];
+};
+
+/* Carry out SET/RESET/SHOW pgsteer.<name> (`sql`, classified as cr): pgsteer's own session
+ * settings. Returns 0 with the answer in *a (a->sqlstate set for an error the client made), or
+ * 1 when SHOW pgsteer.last_write_lsn must wait for the next monitor round. */
+static int pgsteer_setting_eval(struct client *c, const char *sql, const struct classify_result *cr,
+                                struct pgsteer_answer *a)
 {
     char name[64], value[128];
+    memset(a, 0, sizeof(*a));
     session_copy_name(name, sizeof(name), sql + cr->setting.off, cr->setting.len, false);
     session_copy_name(value, sizeof(value), sql + cr->value.off, cr->value.len, false);
+    snprintf(a->column, sizeof(a->column), "%s", name);
     if (cr->flags & CL_PGSTEER_SHOW) {
-        char out[64];
+        a->tag = "SHOW";
         if (strcmp(name, "pgsteer.consistency") == 0) {
             static const char *const modes[] = {"session", "eventual", "strong"};
-            client_answer_row(c, name, modes[c->consistency]);
+            snprintf(a->value, sizeof(a->value), "%s", modes[c->consistency]);
         } else if (strcmp(name, "pgsteer.last_write_lsn") == 0) {
             client_bound_write(c);
             if (c->write_done_ns != 0 && c->px->snap && !c->px->snap->primary_up) {
-                client_send_error(c, "08006",
-                                  "cannot bound the last write's LSN: the primary is not "
-                                  "answering the monitor");
-                client_send_ready(c);
-                return 0;
+                a->sqlstate = "08006";
+                snprintf(a->message, sizeof(a->message),
+                         "cannot bound the last write's LSN: the primary is not answering the "
+                         "monitor");
+            } else if (c->write_done_ns != 0) {
+                return 1; /* the write's LSN is bounded by the next monitor round */
+            } else {
+                lsn_format(c->rw_lsn, a->value, sizeof(a->value));
             }
-            if (c->write_done_ns != 0) {
-                /* The write's LSN is bounded by the next monitor round: wait for it. */
-                c->wait_snapshot = true;
-                c->stalled = true;
-                return 1;
-            }
-            lsn_format(c->rw_lsn, out, sizeof(out));
-            client_answer_row(c, name, out);
         } else if (strcmp(name, "pgsteer.min_lsn") == 0) {
-            lsn_format(c->min_lsn, out, sizeof(out));
-            client_answer_row(c, name, out);
+            lsn_format(c->min_lsn, a->value, sizeof(a->value));
         } else if (strcmp(name, "pgsteer.node") == 0) {
-            client_answer_row(c, name,
-                              c->last_route.node >= 0 && c->cur_node >= 0
-                                  ? c->px->cfg->nodes[c->cur_node].name
-                                  : "");
+            snprintf(a->value, sizeof(a->value), "%s",
+                     c->last_route.node >= 0 && c->cur_node >= 0
+                         ? c->px->cfg->nodes[c->cur_node].name
+                         : "");
         } else {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "unrecognized configuration parameter \"%s\"", name);
-            client_send_error(c, "42704", msg);
-            client_send_ready(c);
+            a->sqlstate = "42704";
+            snprintf(a->message, sizeof(a->message), "unrecognized configuration parameter \"%s\"",
+                     name);
         }
         return 0;
     }
     /* SET / RESET */
     bool reset = cr->value.len == 0 || strcmp(value, "default") == 0;
+    a->tag = reset && cr->value.len == 0 ? "RESET" : "SET";
     if (strcmp(name, "pgsteer.consistency") == 0) {
         if (reset)
             c->consistency = c->px->cfg->consistency;
@@ -1143,28 +1149,46 @@ static int client_pgsteer_setting(struct client *c, const char *sql,
         else if (strcmp(value, "strong") == 0)
             c->consistency = CONSISTENCY_STRONG;
         else {
-            client_send_error(c, "22023",
-                              "invalid value for pgsteer.consistency: use session, eventual or "
-                              "strong");
-            client_send_ready(c);
-            return 0;
+            a->sqlstate = "22023";
+            snprintf(a->message, sizeof(a->message),
+                     "invalid value for pgsteer.consistency: use session, eventual or strong");
         }
     } else if (strcmp(name, "pgsteer.min_lsn") == 0) {
         lsn_t l = LSN_INVALID;
         if (!reset && lsn_parse(sql + cr->value.off, cr->value.len, &l) < 0) {
-            client_send_error(c, "22P02", "invalid LSN for pgsteer.min_lsn (expected X/Y)");
-            client_send_ready(c);
-            return 0;
+            a->sqlstate = "22P02";
+            snprintf(a->message, sizeof(a->message),
+                     "invalid LSN for pgsteer.min_lsn (expected X/Y)");
+        } else {
+            c->min_lsn = l;
         }
-        c->min_lsn = l;
     } else {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "unrecognized configuration parameter \"%s\"", name);
-        client_send_error(c, "42704", msg);
-        client_send_ready(c);
-        return 0;
+        a->sqlstate = "42704";
+        snprintf(a->message, sizeof(a->message), "unrecognized configuration parameter \"%s\"",
+                 name);
     }
-    client_answer_tag(c, reset && cr->value.len == 0 ? "RESET" : "SET");
+    return 0;
+}
+
+/* SET/SHOW pgsteer.<name> sent as a Query. Returns 1 when the answer must wait (stalled), 0
+ * when answered. */
+static int client_pgsteer_setting(struct client *c, const char *sql,
+                                  const struct classify_result *cr)
+{
+    struct pgsteer_answer a;
+    if (pgsteer_setting_eval(c, sql, cr, &a) == 1) {
+        c->wait_snapshot = true;
+        c->stalled = true;
+        return 1;
+    }
+    if (a.sqlstate) {
+        client_send_error(c, a.sqlstate, a.message);
+        client_send_ready(c);
+    } else if (strcmp(a.tag, "SHOW") == 0) {
+        client_answer_row(c, a.column, a.value);
+    } else {
+        client_answer_tag(c, a.tag);
+    }
     return 0;
 }
 
@@ -1575,6 +1599,331 @@ static int client_maybe_rebind(struct client *c)
     return 0;
 }
 
+/* ---- pgsteer's own settings through the extended protocol ---- */
+
+#define LOCAL_WINDOW 8 /* statements and portals a local batch may name */
+
+/* A statement of pgsteer's own settings: SET, RESET or SHOW of pgsteer.<name>, alone. */
+static bool local_text(struct client *c, const char *q, size_t qlen)
+{
+    if (strcasestr(q, "pgsteer") == NULL) /* what most texts are told by, without a lookup */
+        return false;
+    struct classify_result cr;
+    client_classify(c, q, qlen, &cr);
+    return (cr.flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(cr.flags & CL_MULTI);
+}
+
+/* Whether a local statement is SHOW pgsteer.last_write_lsn, whose answer may wait. */
+static bool local_shows_lsn(struct client *c, const char *q, size_t qlen)
+{
+    struct classify_result cr;
+    client_classify(c, q, qlen, &cr);
+    char name[64];
+    session_copy_name(name, sizeof(name), q + cr.setting.off, cr.setting.len, false);
+    return (cr.flags & CL_PGSTEER_SHOW) && strcmp(name, "pgsteer.last_write_lsn") == 0;
+}
+
+struct local_name {
+    const char *name;
+    size_t len;
+};
+
+static bool local_name_in(const struct local_name *v, size_t n, const char *name, size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].len == len && memcmp(v[i].name, name, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Whether the extended messages buffered from the client, up to the next Sync or Flush, all
+ * concern statements of pgsteer's own settings (prepared in this batch or before, and the
+ * portals bound to them here): such a batch is answered by pgsteer, as the same statements
+ * sent as a Query are, and no node sees it. Returns 1 when it is and is complete (*len: its
+ * bytes, *shows_lsn: it executes SHOW pgsteer.last_write_lsn), 0 when it is not, 2 when it may
+ * be but its end has not arrived. */
+static int local_batch_scan(struct client *c, size_t *len, bool *shows_lsn)
+{
+    const char *p = buf_head(&c->in);
+    size_t n = buf_avail(&c->in), off = 0;
+    struct local_name stmts[LOCAL_WINDOW], portals[LOCAL_WINDOW];
+    size_t nstmts = 0, nportals = 0;
+    bool any = false;
+    *shows_lsn = false;
+    for (;;) {
+        struct proto_msg m;
+        int rc = proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m);
+        if (rc <= 0)
+            return rc < 0 || !any ? 0 : 2; /* a bad frame is the normal path's to refuse */
+        off += m.total;
+        struct proto_reader r;
+        proto_reader_init(&r, m.body, m.len);
+        size_t alen, blen;
+        const char *a, *b;
+        switch (m.type) {
+        case FE_PARSE:
+            a = proto_read_str(&r, &alen);
+            b = proto_read_str(&r, &blen);
+            if (r.err || !local_text(c, b, blen) || nstmts == LOCAL_WINDOW)
+                return 0;
+            stmts[nstmts++] = (struct local_name){a, alen};
+            if (local_shows_lsn(c, b, blen))
+                *shows_lsn = true;
+            break;
+        case FE_BIND: {
+            a = proto_read_str(&r, &alen);
+            b = proto_read_str(&r, &blen);
+            if (r.err || nportals == LOCAL_WINDOW)
+                return 0;
+            if (!local_name_in(stmts, nstmts, b, blen)) {
+                const struct stmt *st = session_stmt_find(c, b, blen);
+                if (st == NULL || !(st->flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) ||
+                    (st->flags & CL_MULTI))
+                    return 0;
+                if (local_shows_lsn(c, st->query, st->query_len))
+                    *shows_lsn = true;
+            }
+            portals[nportals++] = (struct local_name){a, alen};
+            break;
+        }
+        case FE_DESCRIBE:
+        case FE_CLOSE: {
+            uint8_t what = proto_read_u8(&r);
+            a = proto_read_str(&r, &alen);
+            if (r.err)
+                return 0;
+            if (what == 'P' && !local_name_in(portals, nportals, a, alen))
+                return 0;
+            if (what == 'S' && !local_name_in(stmts, nstmts, a, alen)) {
+                const struct stmt *st = session_stmt_find(c, a, alen);
+                if (st == NULL || !(st->flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)))
+                    return 0;
+            }
+            if (what != 'P' && what != 'S')
+                return 0;
+            break;
+        }
+        case FE_EXECUTE:
+            a = proto_read_str(&r, &alen);
+            if (r.err || !local_name_in(portals, nportals, a, alen))
+                return 0;
+            break;
+        case FE_SYNC:
+        case FE_FLUSH:
+            if (!any)
+                return 0;
+            *len = off;
+            return 1;
+        default:
+            return 0;
+        }
+        any = true;
+    }
+}
+
+static void local_put(struct client *c, char type, const void *body, uint32_t blen)
+{
+    char h[5] = {type};
+    proto_put_u32(h + 1, blen + 4);
+    client_queue(c, h, 5);
+    if (blen)
+        client_queue(c, body, blen);
+}
+
+/* Answer the local batch of `len` bytes (local_batch_scan): as a server would, message by
+ * message; after an error the rest up to the Sync is skipped. Returns 0, or -1 (closed). */
+static int local_batch_run(struct client *c, size_t len)
+{
+    const char *p = buf_head(&c->in);
+    size_t off = 0;
+    bool failed = false;
+    /* The unnamed portal, or the last one named, and its statement's id. */
+    char portal[64] = "";
+    uint64_t portal_stmt = 0;
+    bool portal_bound = false;
+    while (off < len && c->state == CLIENT_READY) {
+        struct proto_msg m;
+        proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m);
+        off += m.total;
+        struct proto_reader r;
+        proto_reader_init(&r, m.body, m.len);
+        if (failed && m.type != FE_SYNC)
+            continue;
+        char msg[200];
+        size_t alen, blen;
+        const char *a, *b;
+        switch (m.type) {
+        case FE_PARSE: {
+            a = proto_read_str(&r, &alen);
+            b = proto_read_str(&r, &blen);
+            uint16_t ntypes = (uint16_t)proto_read_i16(&r);
+            if (r.err || (size_t)ntypes * 4 > r.n - r.pos) {
+                client_close(c, "08P01", "invalid Parse message");
+                return -1;
+            }
+            if (alen > 0 && session_stmt_find(c, a, alen) != NULL) {
+                snprintf(msg, sizeof(msg), "prepared statement \"%.*s\" already exists",
+                         (int)(alen < 63 ? alen : 63), a);
+                client_send_error(c, "42P05", msg);
+                failed = true;
+                break;
+            }
+            struct classify_result cr;
+            client_classify(c, b, blen, &cr);
+            struct stmt *st = session_stmt_put(c, a, alen, b, blen, &r, ntypes, cr.flags);
+            if (st == NULL) {
+                client_close(c, "53200", "out of memory");
+                return -1;
+            }
+            st->nodes = 0; /* on no node: pgsteer answers it */
+            c->local_stmts = true;
+            local_put(c, BE_PARSE_COMPLETE, NULL, 0);
+            break;
+        }
+        case FE_BIND: {
+            a = proto_read_str(&r, &alen);
+            b = proto_read_str(&r, &blen);
+            uint16_t nformats = (uint16_t)proto_read_i16(&r);
+            r.pos += (size_t)nformats * 2;
+            uint16_t nparams = r.pos + 2 <= r.n ? (uint16_t)proto_read_i16(&r) : 0;
+            const struct stmt *st = session_stmt_find(c, b, blen);
+            if (r.err || r.pos > r.n) {
+                client_close(c, "08P01", "invalid Bind message");
+                return -1;
+            }
+            if (st == NULL) {
+                snprintf(msg, sizeof(msg), "prepared statement \"%.*s\" does not exist",
+                         (int)(blen < 63 ? blen : 63), b);
+                client_send_error(c, "26000", msg);
+                failed = true;
+                break;
+            }
+            if (nparams != 0) {
+                client_send_error(c, "42601",
+                                  "SET and SHOW of pgsteer.* settings take no parameters: write "
+                                  "the value into the statement");
+                failed = true;
+                break;
+            }
+            snprintf(portal, sizeof(portal), "%.*s", (int)(alen < 63 ? alen : 63), a);
+            portal_stmt = st->id;
+            portal_bound = true;
+            local_put(c, BE_BIND_COMPLETE, NULL, 0);
+            break;
+        }
+        case FE_DESCRIBE:
+        case FE_EXECUTE: {
+            uint8_t what = m.type == FE_DESCRIBE ? proto_read_u8(&r) : 'P';
+            a = proto_read_str(&r, &alen);
+            const struct stmt *st = NULL;
+            if (what == 'S') {
+                st = session_stmt_find(c, a, alen);
+            } else if (portal_bound && strlen(portal) == alen && memcmp(portal, a, alen) == 0) {
+                for (st = c->stmts; st && st->id != portal_stmt; st = st->next)
+                    ;
+            }
+            if (st == NULL) {
+                snprintf(msg, sizeof(msg), "%s \"%.*s\" does not exist",
+                         what == 'S' ? "prepared statement" : "portal",
+                         (int)(alen < 63 ? alen : 63), a);
+                client_send_error(c, what == 'S' ? "26000" : "34000", msg);
+                failed = true;
+                break;
+            }
+            struct classify_result cr;
+            client_classify(c, st->query, st->query_len, &cr);
+            struct pgsteer_answer ans;
+            struct buf out;
+            buf_init(&out);
+            if (m.type == FE_DESCRIBE) {
+                if (what == 'S')
+                    local_put(c, BE_PARAM_DESCRIPTION, "\0\0", 2);
+                if (cr.flags & CL_PGSTEER_SHOW) {
+                    char column[64];
+                    session_copy_name(column, sizeof(column), st->query + cr.setting.off,
+                                      cr.setting.len, false);
+                    proto_write_RowDescription1(&out, column);
+                } else {
+                    local_put(c, BE_NO_DATA, NULL, 0);
+                }
+            } else if (pgsteer_setting_eval(c, st->query, &cr, &ans) == 0 && ans.sqlstate) {
+                client_send_error(c, ans.sqlstate, ans.message);
+                failed = true;
+            } else if (strcmp(ans.tag, "SHOW") == 0) {
+                proto_write_DataRow1(&out, ans.value);
+                proto_write_CommandComplete(&out, "SHOW");
+            } else {
+                proto_write_CommandComplete(&out, ans.tag);
+            }
+            if (buf_avail(&out))
+                client_queue(c, buf_head(&out), buf_avail(&out));
+            buf_destroy(&out);
+            break;
+        }
+        case FE_CLOSE: {
+            uint8_t what = proto_read_u8(&r);
+            a = proto_read_str(&r, &alen);
+            if (what == 'S')
+                session_stmt_remove(c, a, alen);
+            else if (strlen(portal) == alen && memcmp(portal, a, alen) == 0)
+                portal_bound = false;
+            local_put(c, BE_CLOSE_COMPLETE, NULL, 0);
+            break;
+        }
+        case FE_SYNC:
+            client_send_ready(c);
+            break;
+        default: /* FE_FLUSH */
+            break;
+        }
+    }
+    buf_consume(&c->in, len);
+    client_flush(c);
+    return c->state == CLIENT_READY ? 0 : -1;
+}
+
+/* Before an extended batch is routed: answer it here when it is one of pgsteer's own settings
+ * (local_batch_scan). Returns 0 when answered, 1 when waiting (for more input, for the answers
+ * other nodes owe first, or for the monitor round that bounds the last write), 2 when it is not
+ * such a batch, -1 when closed. */
+static int client_local_batch(struct client *c)
+{
+    const char *p = buf_head(&c->in);
+    if (p[0] == FE_PARSE) {
+        /* The common case, told cheaply: a Parse whose text does not name pgsteer. */
+        struct proto_msg m;
+        if (proto_frame(p, buf_avail(&c->in), PROTO_MAX_MESSAGE, &m) <= 0)
+            return 2;
+        const char *q = memchr(m.body, 0, m.len);
+        if (q == NULL || memchr(q + 1, 0, m.len - (size_t)(q + 1 - m.body)) == NULL ||
+            strcasestr(q + 1, "pgsteer") == NULL)
+            return 2;
+    } else if (!c->local_stmts) {
+        return 2;
+    }
+    size_t len;
+    bool shows_lsn;
+    int rc = local_batch_scan(c, &len, &shows_lsn);
+    if (rc == 0)
+        return 2;
+    if (rc == 2)
+        return 1;
+    if (client_busy(c)) {
+        c->stalled = true;
+        return 1;
+    }
+    if (shows_lsn) {
+        client_bound_write(c);
+        if (c->write_done_ns != 0 && !(c->px->snap && !c->px->snap->primary_up)) {
+            c->wait_snapshot = true; /* client_on_snapshot goes on with it */
+            c->stalled = true;
+            return 1;
+        }
+    }
+    return local_batch_run(c, len);
+}
+
 /* Start an extended batch: route it and bind it to a node. Returns 1 to wait, 0 when bound,
  * -1 when closed. */
 static int client_start_batch(struct client *c)
@@ -1728,7 +2077,9 @@ void client_process(struct client *c)
         case FE_SYNC:
         case FE_FLUSH:
         case FE_FUNCTION:
-            rc = client_start_batch(c);
+            rc = m.type == FE_FUNCTION ? 2 : client_local_batch(c);
+            if (rc == 2)
+                rc = client_start_batch(c);
             if (rc == 0)
                 latency_observe(&c->px->lat_request, uv_hrtime() - t0);
             break;

@@ -555,6 +555,58 @@ class WireTest(unittest.TestCase):
         shown = [m[1][0] for m in out if m[0] == "D"]
         self.assertEqual(shown, ["1s", "1s", "1s", "1s", "1s", "1s"])
 
+    def test_pgsteer_settings_through_the_extended_protocol(self):
+        # SET and SHOW of pgsteer.* sent as Parse/Bind/Execute (pgJDBC, psycopg 3, asyncpg)
+        # are answered by pgsteer as they are when sent as a Query: no node sees them.
+        c = Conn(eventual.port)
+        try:
+            c.send(Parse("set pgsteer.consistency = strong") + Bind() + Describe(b"P") +
+                   Execute() + Sync)
+            self.assertEqual(c.until_ready(), [("1", None), ("2", None), ("n", None),
+                                               ("C", "SET"), ("Z", "I")])
+            c.send(Parse("show pgsteer.consistency") + Bind() + Describe(b"P") + Execute() +
+                   Sync)
+            self.assertEqual(c.until_ready(), [("1", None), ("2", None),
+                                               ("T", ("pgsteer.consistency",)),
+                                               ("D", ("strong",)), ("C", "SHOW"), ("Z", "I")])
+            # strong: reads go to the primary
+            c.send(Parse("select inet_server_port()") + Bind() + Execute() + Sync)
+            self.assertEqual(c.until_ready()[2], ("D", (str(cluster.primary_port),)))
+            # Prepared by name in one batch and run in later ones, as asyncpg does.
+            c.send(Parse("show pgsteer.last_write_lsn", name="lsn") + Describe(b"S", "lsn") +
+                   Sync)
+            self.assertEqual(c.until_ready(), [("1", None), ("t", None),
+                                               ("T", ("pgsteer.last_write_lsn",)), ("Z", "I")])
+            c.send(Query("insert into wlog values (1)"))
+            c.until_ready()
+            c.send(Bind("lsn") + Execute() + Sync)
+            out = c.until_ready()
+            self.assertEqual([m[0] for m in out], ["2", "D", "C", "Z"])
+            self.assertRegex(out[1][1][0], r"^[0-9A-F]+/[0-9A-F]+$")
+            self.assertNotEqual(out[1][1][0], "0/0")
+            c.send(Close(b"S", "lsn") + Sync)
+            self.assertEqual(c.until_ready(), [("3", None), ("Z", "I")])
+            c.send(Bind("lsn") + Execute() + Sync)
+            self.assertEqual(c.until_ready(), [("E", "26000"), ("Z", "I")])
+            # An error skips the rest of its batch, as on a server.
+            c.send(Parse("set pgsteer.consistency = sometimes") + Bind() + Execute() +
+                   Parse("set pgsteer.consistency = session") + Bind() + Execute() + Sync)
+            self.assertEqual(c.until_ready(), [("1", None), ("2", None), ("E", "22023"),
+                                               ("Z", "I")])
+            c.send(Parse("set pgsteer.consistency = eventual") + Bind() + Execute() + Sync)
+            self.assertEqual(c.until_ready(), [("1", None), ("2", None), ("C", "SET"),
+                                               ("Z", "I")])
+            # eventual: a read right after a write still goes to a replica
+            c.send(Query("insert into wlog values (2)"))
+            c.until_ready()
+            c.send(Parse("select inet_server_port()") + Bind() + Execute() + Sync)
+            self.assertIn(int(c.until_ready()[2][1][0]), cluster.replica_ports)
+            # The statement after them is the client's own again.
+            c.send(Parse("select $1::int + 1") + Bind(params=[1]) + Execute() + Sync)
+            self.assertEqual(c.until_ready()[2], ("D", ("2",)))
+        finally:
+            c.close()
+
     def test_reset_all_keeps_a_discard_not_yet_replayed(self):
         # DISCARD ALL drops statements everywhere, also on nodes that see it only later,
         # after a RESET ALL: a statement parsed before it can be parsed again on any node.

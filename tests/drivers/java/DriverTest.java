@@ -457,6 +457,42 @@ public class DriverTest {
         }
     }
 
+    // pgJDBC's autosave sets a savepoint before every statement of a transaction and rolls
+    // back to it when one fails, so that the transaction goes on. Settings changed in such a
+    // transaction follow the session to the replicas once it commits: the one that ran, not
+    // the one rolled back with its savepoint.
+    static void autosave() throws Exception {
+        try (Connection c = connect("autosave=always")) {
+            try (Statement st = c.createStatement()) {
+                st.execute("set pgsteer.consistency = eventual"); // reads stay on replicas
+            }
+            c.setAutoCommit(false);
+            try (Statement st = c.createStatement()) {
+                st.execute("set statement_timeout = '7s'");
+                try {
+                    st.executeQuery("select 1/0");
+                    check(false, "1/0 did not fail");
+                } catch (SQLException e) {
+                    expectState(e, "22012", "1/0 with autosave");
+                }
+                st.execute("set statement_timeout = '8s'");
+                try {
+                    st.execute("set statement_timeout = 'abc'");
+                    check(false, "a bad statement_timeout was taken");
+                } catch (SQLException e) {
+                    expectState(e, "22023", "bad setting with autosave");
+                }
+                eq(row(c, "show statement_timeout")[0], "8s", "setting inside the transaction");
+            }
+            c.commit();
+            c.setAutoCommit(true);
+            for (int i = 0; i < 6; i++) {
+                onReplica(port(c, "select inet_server_port()"), "read after autosave");
+                eq(row(c, "show statement_timeout")[0], "8s", "setting after the commit, " + i);
+            }
+        }
+    }
+
     static void readOnlyTx() throws Exception {
         try (Connection c = connect()) {
             c.setAutoCommit(false);
@@ -494,6 +530,7 @@ public class DriverTest {
         cases.put("copy", DriverTest::copy);
         cases.put("pipeline", DriverTest::pipeline);
         cases.put("read_only_tx", DriverTest::readOnlyTx);
+        cases.put("autosave", DriverTest::autosave);
         Set<String> only = new HashSet<>(Arrays.asList(args));
         long timeout = (long) (Double.parseDouble(env("DRIVER_CASE_TIMEOUT", "30")) * 1000);
         ExecutorService ex = Executors.newCachedThreadPool(r -> {

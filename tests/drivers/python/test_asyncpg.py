@@ -268,4 +268,25 @@ async def t_read_only_tx():
                                     "returning inet_server_port()" % S), "insert after")
 
 
+async def t_causal_token():
+    # The causal token through a driver that prepares every statement it fetches, SET and SHOW
+    # of pgsteer.* included: session B, given session A's last write position, reads A's row.
+    async with conn() as a, conn() as b:
+        await a.execute("insert into %s.items (k, v) values (7771, 'token')" % S)
+        token = await a.fetchval("show pgsteer.last_write_lsn")
+        check(isinstance(token, str) and "/" in token and token != "0/0", "token %r" % token)
+        await b.fetch("set pgsteer.min_lsn = '%s'" % token)
+        eq(await b.fetchval("show pgsteer.min_lsn"), token, "min_lsn as set")
+        eq(await b.fetchval("select count(*) from %s.items where k = 7771" % S), 1,
+           "the row, read with the token")
+        await b.fetch("set pgsteer.consistency = eventual")
+        eq(await b.fetchval("show pgsteer.consistency"), "eventual", "consistency as set")
+        try:
+            await b.fetch("set pgsteer.consistency = sometimes")
+            check(False, "a bad pgsteer.consistency was taken")
+        except asyncpg.PostgresError as e:
+            expect_sqlstate(e, "22023", "bad pgsteer.consistency")
+        eq(await b.fetchval("select $1::int + 1", 41), 42, "session goes on")
+
+
 run_cases_async([(n[2:], f) for n, f in list(globals().items()) if n.startswith("t_")])

@@ -339,4 +339,23 @@ def t_read_only_tx():
             eq(one(c, "select 1")[0], 1, "set transaction read only")
 
 
+def t_causal_token():
+    # The causal token through psycopg 3, which sends every statement with Parse/Bind/Execute:
+    # session B, given session A's last write position, reads A's row.
+    with connect() as a, connect() as b:
+        a.execute("insert into %s.items (k, v) values (7772, 'token')" % S)
+        token = one(a, "show pgsteer.last_write_lsn")[0]
+        check("/" in token and token != "0/0", "token %r" % token)
+        b.execute("set pgsteer.min_lsn = '%s'" % token)
+        eq(one(b, "show pgsteer.min_lsn")[0], token, "min_lsn as set")
+        eq(one(b, "select count(*) from %s.items where k = 7772" % S)[0], 1,
+           "the row, read with the token")
+        try:
+            b.execute("set pgsteer.min_lsn = %s", (token,))
+            check(False, "a parameter in SET pgsteer.min_lsn was taken")
+        except psycopg.Error as e:
+            expect_sqlstate(e, "42601", "parameter in SET pgsteer.min_lsn")
+        eq(one(b, "select %s::int + 1", (41,))[0], 42, "session goes on")
+
+
 run_cases([(n[2:], f) for n, f in list(globals().items()) if n.startswith("t_")])
