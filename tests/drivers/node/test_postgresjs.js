@@ -251,6 +251,22 @@ const cases = {
       onPrimary((await sql`insert into ${sql(S)}.items (k, v) values (701, 'rw') returning inet_server_port() as p`)[0].p, 'insert after');
     });
   },
+
+  // The causal token through a driver that prepares every query under a name, SET and SHOW
+  // of pgsteer.* included: session B, given session A's last write position, reads A's row.
+  async causal_token() {
+    await withSql(async (a) => {
+      await withSql(async (b) => {
+        await a`insert into ${a(S)}.items (k, v) values (7773, 'token')`;
+        const token = (await a`show pgsteer.last_write_lsn`)[0]['pgsteer.last_write_lsn'];
+        check(/^[0-9A-F]+\/[0-9A-F]+$/.test(token) && token !== '0/0', `token ${token}`);
+        await b.unsafe(`set pgsteer.min_lsn = '${token}'`, [], { prepare: true });
+        eq((await b`show pgsteer.min_lsn`)[0]['pgsteer.min_lsn'], token, 'min_lsn as set');
+        eq((await b`select count(*)::int as n from ${b(S)}.items where k = 7773`)[0].n, 1,
+           'the row, read with the token');
+      });
+    });
+  },
 };
 
 h.runCases(cases);
