@@ -340,7 +340,6 @@ struct client {
     int tx_node;    /* node of the open transaction (predicted while in flight), or -1 */
     bool pinned;
     bool default_read_only; /* default_transaction_read_only is on for the session */
-    bool local_stmts;       /* a statement of pgsteer's own settings was prepared (Parse) */
     bool tx_read_only;      /* the open transaction began READ ONLY */
     const char *pin_reason;
     enum consistency consistency;

@@ -1606,8 +1606,6 @@ static int client_maybe_rebind(struct client *c)
 /* A statement of pgsteer's own settings: SET, RESET or SHOW of pgsteer.<name>, alone. */
 static bool local_text(struct client *c, const char *q, size_t qlen)
 {
-    if (strcasestr(q, "pgsteer") == NULL) /* what most texts are told by, without a lookup */
-        return false;
     struct classify_result cr;
     client_classify(c, q, qlen, &cr);
     return (cr.flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(cr.flags & CL_MULTI);
@@ -1777,7 +1775,6 @@ static int local_batch_run(struct client *c, size_t len)
                 return -1;
             }
             st->nodes = 0; /* on no node: pgsteer answers it */
-            c->local_stmts = true;
             local_put(c, BE_PARSE_COMPLETE, NULL, 0);
             break;
         }
@@ -1883,25 +1880,13 @@ static int local_batch_run(struct client *c, size_t len)
     return c->state == CLIENT_READY ? 0 : -1;
 }
 
-/* Before an extended batch is routed: answer it here when it is one of pgsteer's own settings
- * (local_batch_scan). Returns 0 when answered, 1 when waiting (for more input, for the answers
- * other nodes owe first, or for the monitor round that bounds the last write), 2 when it is not
- * such a batch, -1 when closed. */
+/* Before an extended batch that names pgsteer's own settings (client_scan_batch's flags say
+ * so, at no cost to other batches) is routed: answer it here when it concerns nothing else
+ * (local_batch_scan). Returns 0 when answered, 1 when waiting (for the answers other nodes owe
+ * first, or for the monitor round that bounds the last write), 2 when it is not such a batch,
+ * -1 when closed. */
 static int client_local_batch(struct client *c)
 {
-    const char *p = buf_head(&c->in);
-    if (p[0] == FE_PARSE) {
-        /* The common case, told cheaply: a Parse whose text does not name pgsteer. */
-        struct proto_msg m;
-        if (proto_frame(p, buf_avail(&c->in), PROTO_MAX_MESSAGE, &m) <= 0)
-            return 2;
-        const char *q = memchr(m.body, 0, m.len);
-        if (q == NULL || memchr(q + 1, 0, m.len - (size_t)(q + 1 - m.body)) == NULL ||
-            strcasestr(q + 1, "pgsteer") == NULL)
-            return 2;
-    } else if (!c->local_stmts) {
-        return 2;
-    }
     size_t len;
     bool shows_lsn;
     int rc = local_batch_scan(c, &len, &shows_lsn);
@@ -1932,6 +1917,11 @@ static int client_start_batch(struct client *c)
     int rc = client_scan_batch(c, &flags);
     if (rc <= 0)
         return rc < 0 ? -1 : 1;
+    if (flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) {
+        rc = client_local_batch(c);
+        if (rc != 2)
+            return rc;
+    }
     flags = client_unit_flags(c, flags);
     struct route rt = client_route(c, flags);
     if (rt.node < 0) {
@@ -2077,9 +2067,7 @@ void client_process(struct client *c)
         case FE_SYNC:
         case FE_FLUSH:
         case FE_FUNCTION:
-            rc = m.type == FE_FUNCTION ? 2 : client_local_batch(c);
-            if (rc == 2)
-                rc = client_start_batch(c);
+            rc = client_start_batch(c);
             if (rc == 0)
                 latency_observe(&c->px->lat_request, uv_hrtime() - t0);
             break;
