@@ -198,10 +198,12 @@ struct backend {
     struct scram_client *scram;
     struct expect *exp; /* ring of owed responses */
     size_t exp_head, exp_count, exp_cap;
-    size_t fwd_outstanding;    /* owed responses the client will see */
-    bool cancel_pending;       /* a cancel came during the login: send it once logged in */
-    uint64_t set_gen;          /* session changes replayed here up to this generation */
-    struct buf startup_params; /* ParameterStatus messages from login */
+    size_t fwd_outstanding;     /* owed responses the client will see */
+    bool cancel_pending;        /* a cancel came during the login: send it once logged in */
+    uint64_t set_gen;           /* session changes replayed here up to this generation */
+    struct buf startup_params;  /* ParameterStatus messages from login */
+    struct buf reprepare_error; /* a failed re-prepare's ErrorResponse, given to the client in
+                                   place of its EXECUTE's (backend_on_message) */
     bool reading;
     char tx_status;   /* from the node's last ReadyForQuery: 'I', 'T', 'E' */
     bool rolled_back; /* the last end of a transaction since the last ReadyForQuery said

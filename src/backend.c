@@ -26,6 +26,7 @@ static void backend_free_if_closed(struct backend *b)
     buf_destroy(&b->out);
     buf_destroy(&b->writing);
     buf_destroy(&b->startup_params);
+    buf_destroy(&b->reprepare_error);
     buf_destroy(&b->login);
     free(b->pool_key);
     free(b->scram);
@@ -416,6 +417,7 @@ struct backend *backend_open(struct client *c, int node)
     buf_init(&b->out);
     buf_init(&b->writing);
     buf_init(&b->startup_params);
+    buf_init(&b->reprepare_error);
     buf_init(&b->login);
     proxy_stream_init(px->loop, &b->tcp, &px->nodes[node].addr);
     uv_timer_init(px->loop, &b->timer);
@@ -677,6 +679,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             client_retry_on_primary(c);
             return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
         }
+        if (!e.swallow)
+            buf_reset(&b->reprepare_error); /* held for the client's statement, now done */
         if (!e.swallow && client_queue(c, m->body - 5, m->total) < 0)
             return -1;
         client_on_ready_for_query(c, b, status, &e);
@@ -693,6 +697,20 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         if (head->swallow && head->kind == EXP_PARSE && !head->quiet)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
+        if (head->swallow && head->kind == EXP_PARSE && head->quiet && head->stmt != 0) {
+            /* A re-prepare before a SQL EXECUTE failed (its text does not parse under the
+             * settings of now): the EXECUTE will fail for want of the statement (26000),
+             * where one server, re-parsing the statement to run it, gives this error. */
+            buf_reset(&b->reprepare_error);
+            if (buf_append(&b->reprepare_error, m->body - 5, m->total) < 0)
+                buf_reset(&b->reprepare_error);
+        }
+        if (!head->swallow && head->kind == EXP_QUERY && buf_avail(&b->reprepare_error)) {
+            forward = false;
+            if (client_queue(c, buf_head(&b->reprepare_error), buf_avail(&b->reprepare_error)) < 0)
+                return -1;
+            buf_reset(&b->reprepare_error);
+        }
         if (head->stmt != 0 && head->swallow) /* a re-prepare: b does not have it after all */
             session_stmt_unplace(c, head->stmt, b->node);
         else if (head->stmt != 0)

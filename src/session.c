@@ -669,7 +669,23 @@ int session_before_named_sql(struct client *c, struct backend *b, const char *sq
     struct stmt *s = session_stmt_find(c, name, nlen);
     if (s == NULL || (s->nodes & (1u << b->node)))
         return 0;
-    int rc = session_ensure_prepared(c, b, name, nlen);
+    int rc;
+    if (cr->flags & CL_DEALLOCATE) {
+        /* DEALLOCATE needs only the name, which it drops: a text that parses under any
+         * settings, so that it succeeds as on one server even where the statement's own text
+         * would not parse now (a search_path that hides its tables; a server re-parses a
+         * statement only when it is run). */
+        struct buf q;
+        buf_init(&q);
+        rc = proto_write_Parse(&q, s->name, "SELECT NULL", 11, NULL, 0);
+        if (rc == 0)
+            rc = backend_queue(b, buf_head(&q), buf_avail(&q));
+        if (rc == 0)
+            rc = backend_expect(b, EXP_PARSE, true, false);
+        buf_destroy(&q);
+    } else {
+        rc = session_ensure_prepared(c, b, name, nlen);
+    }
     if (rc == 0 && sync) {
         /* The client's Query runs after the Sync whatever became of the Parse (in a failed
          * transaction both fail): one error is the Query's to give. */
