@@ -954,6 +954,11 @@ class UnixSocketTest(Base):
         s.bind(path)
         s.close()
         with start() as px:
+            # start() returns once the TCP port answers; the socket is there once pgsteer
+            # says it listens (after every listener is set up).
+            deadline = time.time() + 15
+            while "pgsteer listening on" not in px.log_text() and time.time() < deadline:
+                time.sleep(0.02)
             self.assertIn("stale socket file", px.log_text())
             c = psycopg2.connect(px.dsn(host=d))
             c.close()
