@@ -171,6 +171,8 @@ struct expect {
                         statement is forgotten; if a re-prepare fails, its node is unmarked */
     uint64_t change; /* the client's Query recorded session change `change` (its gen): undone
                         if the Query fails, since then it changed nothing */
+    uint64_t gen_at; /* the client's change generation once the unit was queued: a transaction
+                        this answer ends holds no change recorded after it (pipelined) */
 };
 
 struct backend {
@@ -295,7 +297,8 @@ struct session_change {
     size_t rawlen;
     unsigned flags; /* for "prepare:": the classify flags of the prepared statement's body */
     struct session_change *replaced; /* the older change of the same key this one replaced,
-                                        put back should this one turn out to have failed */
+                                        put back should this one turn out to have failed; a
+                                        chain (through `replaced`) until confirmed */
 };
 
 /* A savepoint of the open transaction: the session's transactional changes as they were when

@@ -60,11 +60,17 @@ struct session_change *session_change_find(struct client *c, const char *key);
 int session_change_add(struct client *c, const char *key, const char *sql, size_t sqllen,
                        unsigned flags);
 /* The statement that recorded change `gen` failed, so it changed nothing: drop the change and
- * put back the older change of the same key it replaced, if any. Nothing when `gen` is gone. */
+ * put back the older change of the same key it replaced, if any; when a newer change of the key
+ * replaced it meanwhile, just drop it from that change's chain. Nothing when `gen` is gone. */
 void session_change_undo(struct client *c, uint64_t gen);
+/* The statement that recorded change `gen` succeeded: the older changes it replaced are no
+ * longer needed for an undo. */
+void session_change_confirm(struct client *c, uint64_t gen);
 /* The transaction that saved the session's settings (session_track, at its first change of
- * one) ended: rolled back, its changes to them are undone; either way the copy goes. */
-void session_tx_end(struct client *c, bool rolled_back);
+ * one) ended: rolled back, its changes to them (those up to generation `gen_at`, when its end
+ * was sent; a pipelining client may have made more since) are undone; either way the copy
+ * goes. */
+void session_tx_end(struct client *c, bool rolled_back, uint64_t gen_at);
 /* Before a bound statement that changes a setting runs on b: outside a transaction block it
  * runs in the implicit transaction of its batch, which an error before the batch's Sync rolls
  * back; keep a copy of the settings for that (ended by session_tx_end at the Sync's answer). */

@@ -181,6 +181,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->quiet = false;
     e->stmt = 0;
     e->change = 0;
+    e->gen_at = b->client ? b->client->change_gen : 0;
     b->exp_count++;
     if (!swallow)
         b->fwd_outstanding++;
@@ -664,14 +665,16 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         char status = m->len >= 1 ? m->body[0] : 'I';
         if (status == 'I' && b->tx_status != 'I') { /* the transaction on b ended */
             if (c->tx_saved_valid)
-                session_tx_end(c, b->rolled_back);
+                session_tx_end(c, b->rolled_back, e.gen_at);
             session_savepoints_clear(c);
         } else if (c->tx_saved_implicit && e.kind == EXP_SYNC) {
             if (status == 'I') /* the batch's implicit transaction ended */
-                session_tx_end(c, b->batch_error);
+                session_tx_end(c, b->batch_error, e.gen_at);
             else /* it began a transaction block, which the settings' copy now belongs to */
                 c->tx_saved_implicit = false;
         }
+        if (e.change != 0 && !b->batch_error)
+            session_change_confirm(c, e.change); /* the Query that recorded it succeeded */
         b->tx_status = status;
         b->rolled_back = false;
         b->batch_error = false;
@@ -731,8 +734,11 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
     default:
         break;
     }
-    if (done)
-        backend_pop(b);
+    if (done) {
+        struct expect e = backend_pop(b);
+        if (e.change != 0) /* the Execute that recorded it completed */
+            session_change_confirm(c, e.change);
+    }
     return forward ? client_queue(c, m->body - 5, m->total) : 0;
 }
 

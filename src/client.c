@@ -1277,8 +1277,10 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     }
     uint64_t gen = c->change_gen;
     session_track(c, sql, len, &cr, b);
-    if (c->change_gen != gen) /* session_track queues nothing on b: the Query's is last */
+    if (c->change_gen != gen) { /* session_track queues nothing on b: the Query's is last */
         backend_expect_last(b)->change = c->change_gen; /* undone if the Query fails */
+        backend_expect_last(b)->gen_at = c->change_gen;
+    }
     client_predict_tx(c, flags, rt.node);
     c->cur_node = rt.node;
     return 0;

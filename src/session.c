@@ -31,7 +31,7 @@ void session_changes_free(struct session_change *ch)
 {
     while (ch) {
         struct session_change *next = ch->next;
-        session_changes_free(ch->replaced); /* one level: a replaced change replaces none */
+        session_changes_free(ch->replaced); /* the changes it replaced, oldest last */
         free(ch->key);
         free(ch->sql);
         free(ch->raw);
@@ -174,14 +174,13 @@ int session_change_add(struct client *c, const char *key, const char *sql, size_
     if (ch == NULL)
         return -1;
     /* The older change of this key leaves the list but is kept, to be put back should the
-     * statement that made this one fail (session_change_undo). */
+     * statement that made this one fail (session_change_undo), with the ones it replaced in
+     * turn while their statements' answers are still to come (session_change_confirm). */
     for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->key, key) == 0) {
             struct session_change *old = *pp;
             *pp = old->next;
             old->next = NULL;
-            session_changes_free(old->replaced);
-            old->replaced = NULL;
             ch->replaced = old;
             break;
         }
@@ -201,17 +200,76 @@ int session_change_add(struct client *c, const char *key, const char *sql, size_
     return 0;
 }
 
+static struct session_change *change_copy(const struct session_change *ch);
+
+/* Change `gen` failed: in a copy of the settings (`*list`: the transaction's or a savepoint's)
+ * taken while it was recorded, it gives way to a copy of `back`, the change it had replaced
+ * (none: it just goes), so that putting the copy back does not bring the failed change back.
+ * Out of memory, it just goes. */
+static void copy_undo(struct session_change **list, uint64_t gen, const struct session_change *back)
+{
+    for (struct session_change **pp = list; *pp; pp = &(*pp)->next) {
+        if ((*pp)->gen != gen)
+            continue;
+        struct session_change *dead = *pp;
+        struct session_change *n = back ? change_copy(back) : NULL;
+        if (n != NULL) {
+            n->next = dead->next;
+            *pp = n;
+        } else {
+            *pp = dead->next;
+        }
+        dead->next = NULL;
+        session_changes_free(dead);
+        return;
+    }
+}
+
+static void copies_undo(struct client *c, uint64_t gen, const struct session_change *back)
+{
+    copy_undo(&c->tx_saved, gen, back);
+    for (struct savepoint *sp = c->savepoints; sp; sp = sp->next)
+        copy_undo(&sp->saved, gen, back);
+}
+
+void session_change_confirm(struct client *c, uint64_t gen)
+{
+    for (struct session_change *ch = c->changes; ch; ch = ch->next) {
+        for (struct session_change *n = ch; n; n = n->replaced) {
+            if (n->gen == gen) {
+                session_changes_free(n->replaced);
+                n->replaced = NULL;
+                return;
+            }
+        }
+    }
+}
+
 void session_change_undo(struct client *c, uint64_t gen)
 {
     for (struct session_change **pp = &c->changes; *pp; pp = &(*pp)->next) {
         struct session_change *ch = *pp;
-        if (ch->gen != gen)
+        if (ch->gen != gen) {
+            /* Replaced already by a newer change of its key, sent before this one's answer
+             * came (a pipelining client): it leaves the chain, the newer one stays. */
+            for (struct session_change **rp = &ch->replaced; *rp; rp = &(*rp)->replaced) {
+                if ((*rp)->gen == gen) {
+                    struct session_change *dead = *rp;
+                    copies_undo(c, gen, dead->replaced);
+                    *rp = dead->replaced;
+                    dead->replaced = NULL;
+                    session_changes_free(dead);
+                    return;
+                }
+            }
             continue;
+        }
         *pp = ch->next;
         ch->next = NULL;
         struct session_change *old = ch->replaced;
         ch->replaced = NULL;
         session_changes_free(ch);
+        copies_undo(c, gen, old);
         if (old != NULL) { /* back in its place: the list is in the order of gen */
             struct session_change **at = &c->changes;
             while (*at && (*at)->gen < old->gen)
@@ -274,11 +332,11 @@ static int copy_transactional(const struct session_change *from, struct session_
 /* The node is back to the settings of `copy` (rolled back to them): so is the record, and the
  * copy's changes move into it. They keep their generations, which every backend that had them
  * has replayed. */
-static void restore_transactional(struct client *c, struct session_change *copy)
+static void restore_transactional(struct client *c, struct session_change *copy, uint64_t upto)
 {
     for (struct session_change **pp = &c->changes; *pp;) {
         struct session_change *ch = *pp;
-        if (change_transactional(ch)) {
+        if (change_transactional(ch) && ch->gen <= upto) {
             *pp = ch->next;
             ch->next = NULL;
             session_changes_free(ch);
@@ -289,6 +347,11 @@ static void restore_transactional(struct client *c, struct session_change *copy)
     while (copy) {
         struct session_change *n = copy;
         copy = n->next;
+        if (upto != UINT64_MAX && session_change_find(c, n->key) != NULL) {
+            n->next = NULL; /* a change of the key made after the transaction ended wins */
+            session_changes_free(n);
+            continue;
+        }
         struct session_change **at = &c->changes;
         while (*at && (*at)->gen < n->gen)
             at = &(*at)->next;
@@ -313,10 +376,10 @@ void session_batch_save(struct client *c, const struct backend *b)
     c->tx_saved_implicit = c->tx_saved_valid;
 }
 
-void session_tx_end(struct client *c, bool rolled_back)
+void session_tx_end(struct client *c, bool rolled_back, uint64_t gen_at)
 {
     if (rolled_back) {
-        restore_transactional(c, c->tx_saved);
+        restore_transactional(c, c->tx_saved, gen_at);
         c->tx_saved = NULL;
     }
     session_changes_free(c->tx_saved);
@@ -405,7 +468,7 @@ static void session_savepoint(struct client *c, struct backend *b, const char *s
         b->tx_status = 'T'; /* no longer failed: what follows before its answer runs */
     struct session_change *copy;
     if (sp->valid && c->tx_saved_valid && copy_transactional(sp->saved, &copy) == 0)
-        restore_transactional(c, copy);
+        restore_transactional(c, copy, UINT64_MAX);
 }
 
 static void session_limit_set_config(struct client *c)
@@ -525,8 +588,9 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         while (i < len && isspace((unsigned char)sql[i]))
             i++;
         bool discard = len - i >= 7 && strncasecmp(sql + i, "discard", 7) == 0;
-        if (discard && (c->tx_node >= 0 || c->tx_status != 'I'))
-            return; /* DISCARD ALL fails inside a transaction block, and changes nothing */
+        if (discard && c->tx_node >= 0)
+            return; /* DISCARD ALL fails inside a transaction block, and changes nothing (the
+                       block as predicted: its end may be on its way, pipelined before it) */
         for (struct session_change **pp = &c->changes; *pp;) {
             /* RESET ALL keeps what is not a setting: prepared statements, and a DISCARD ALL or
              * DEALLOCATE ALL that a backend may not have replayed yet. */
