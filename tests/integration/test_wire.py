@@ -125,6 +125,42 @@ def random_step(rng, live):
                                            "select v from w where id = %d" % i))))
 
 
+def run_random_sequences(test, seeds, steps, most_at_once, same):
+    """For every seed, send random_step()s to the primary and through pgsteer, up to
+    `most_at_once` of them before reading the answers; fail at the first answers that are not
+    `same(direct's, pgsteer's)`."""
+    for seed in seeds:
+        rng = random.Random(seed)
+        # Two in three without read-your-writes, whose reads after a write would go to the
+        # primary and hide what a replica's session holds.
+        direct = Conn(cluster.primary_port)
+        via = Conn(proxy.port if seed % 3 == 0 else eventual.port)
+        live, done = set(), []
+        try:
+            for _ in range(rng.randint(*steps)):
+                n = rng.randint(1, most_at_once) if most_at_once > 1 else 1
+                chunk = [random_step(rng, live) for _ in range(n)]
+                data = b"".join(d for _, _, d in chunk)
+                direct.send(data)
+                a = direct.until_ready(n)
+                via.send(data)
+                b = via.until_ready(n)
+                done.extend(d for _, _, d in chunk)
+                test.assertTrue(same(a, b), "seed %d: %r != %r, after %r" % (seed, a, b, done))
+                # The names in use, to pick free ones (for several steps at once, roughly).
+                ok = n > 1 or not any(m[0] == "E" for m in a)
+                for kind, name, _ in chunk:
+                    if kind == "create" and ok:
+                        live.add(name)
+                    elif kind == "drop" and ok:
+                        live.discard(name)
+                    elif kind == "drop all" and ok:
+                        live.clear()
+        finally:
+            direct.close()
+            via.close()
+
+
 class WireTest(unittest.TestCase):
     def test_extended_unnamed_roundtrip(self):
         def s(c):
@@ -713,32 +749,8 @@ class WireTest(unittest.TestCase):
         # Parse or PREPARE of a name that is taken (42P05), everything in a failed
         # transaction (25P02) and SHOW after a rollback. Settings keep `w` visible (see
         # test_statements_under_a_search_path_that_hides_their_table for when they do not).
-        for seed in range(int(os.environ.get("SEEDS", "150"))):
-            rng = random.Random(seed)
-            # Two in three without read-your-writes, whose reads after a write would go to
-            # the primary and hide what a replica's session holds.
-            direct = Conn(cluster.primary_port)
-            via = Conn(proxy.port if seed % 3 == 0 else eventual.port)
-            live, done = set(), []
-            try:
-                for _ in range(rng.randint(5, 25)):
-                    kind, name, data = random_step(rng, live)
-                    direct.send(data)
-                    a = direct.until_ready()
-                    via.send(data)
-                    b = via.until_ready()
-                    done.append(data)
-                    self.assertEqual(a, b, "seed %d, after %r" % (seed, done))
-                    ok = not any(m[0] == "E" for m in a)
-                    if kind == "create" and ok:
-                        live.add(name)
-                    elif kind == "drop" and ok:
-                        live.discard(name)
-                    elif kind == "drop all" and ok:
-                        live.clear()
-            finally:
-                direct.close()
-                via.close()
+        run_random_sequences(self, range(int(os.environ.get("SEEDS", "150"))), (5, 25), 1,
+                             lambda a, b: a == b)
 
     def test_random_pipelined_session_sequences_match_the_primary(self):
         # The same random steps, up to four sent at once before reading any answer, as a
@@ -751,32 +763,9 @@ class WireTest(unittest.TestCase):
                 x == y or (x == ("E", "25P02") and y == ("E", "26000")) for x, y in zip(a, b))
 
         # Seeds from 1100: among them, sequences that found three of the bugs fixed so far.
-        for seed in range(int(os.environ.get("SEED0", "1100")),
-                          int(os.environ.get("SEED0", "1100")) + int(os.environ.get("SEEDS", "600"))):
-            rng = random.Random(seed)
-            direct = Conn(cluster.primary_port)
-            via = Conn(proxy.port if seed % 3 == 0 else eventual.port)
-            live, done = set(), []
-            try:
-                for _ in range(rng.randint(3, 10)):
-                    steps = [random_step(rng, live) for _ in range(rng.randint(1, 4))]
-                    data = b"".join(d for _, _, d in steps)
-                    direct.send(data)
-                    a = direct.until_ready(len(steps))
-                    via.send(data)
-                    b = via.until_ready(len(steps))
-                    done.extend(d for _, _, d in steps)
-                    self.assertTrue(same(a, b), "seed %d: %r != %r, after %r" % (seed, a, b, done))
-                    for kind, name, _ in steps:  # roughly: names in use, to pick free ones
-                        if kind == "create":
-                            live.add(name)
-                        elif kind == "drop":
-                            live.discard(name)
-                        elif kind == "drop all":
-                            live.clear()
-            finally:
-                direct.close()
-                via.close()
+        seed0 = int(os.environ.get("SEED0", "1100"))
+        run_random_sequences(self, range(seed0, seed0 + int(os.environ.get("SEEDS", "600"))),
+                             (3, 10), 4, same)
 
     def test_protocol_violation_gets_08P01(self):
         c = Conn(proxy.port)
