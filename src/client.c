@@ -1637,12 +1637,12 @@ static bool local_name_in(const struct local_name *v, size_t n, const char *name
     return false;
 }
 
-/* Whether the extended messages buffered from the client, up to the next Sync or Flush, all
- * concern statements of pgsteer's own settings (prepared in this batch or before, and the
- * portals bound to them here): such a batch is answered by pgsteer, as the same statements
- * sent as a Query are, and no node sees it. Returns 1 when it is and is complete (*len: its
- * bytes, *shows_lsn: it executes SHOW pgsteer.last_write_lsn), 0 when it is not, 2 when it may
- * be but its end has not arrived. */
+/* Whether the extended messages buffered from the client, up to the next Sync or Flush (which
+ * client_scan_batch saw arrive), all concern statements of pgsteer's own settings (prepared in
+ * this batch or before, and the portals bound to them here): such a batch is answered by
+ * pgsteer, as the same statements sent as a Query are, and no node sees it. Returns 1 when it
+ * is (*len: its bytes, *shows_lsn: it executes SHOW pgsteer.last_write_lsn), 0 when it is not.
+ * A batch naming more than LOCAL_WINDOW statements or portals is not. */
 static int local_batch_scan(struct client *c, size_t *len, bool *shows_lsn)
 {
     const char *p = buf_head(&c->in);
@@ -1655,7 +1655,7 @@ static int local_batch_scan(struct client *c, size_t *len, bool *shows_lsn)
         struct proto_msg m;
         int rc = proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m);
         if (rc <= 0)
-            return rc < 0 || !any ? 0 : 2; /* a bad frame is the normal path's to refuse */
+            return 0; /* not in the batch client_scan_batch saw; a bad frame is its to refuse */
         off += m.total;
         struct proto_reader r;
         proto_reader_init(&r, m.body, m.len);
@@ -1847,6 +1847,7 @@ static int local_batch_run(struct client *c, size_t len)
                     local_put(c, BE_NO_DATA, NULL, 0);
                 }
             } else if (pgsteer_setting_eval(c, st->query, &cr, &ans) == 0 && ans.sqlstate) {
+                /* (It does not wait here: client_local_batch waited for the monitor round.) */
                 client_send_error(c, ans.sqlstate, ans.message);
                 failed = true;
             } else if (strcmp(ans.tag, "SHOW") == 0) {
@@ -1891,11 +1892,8 @@ static int client_local_batch(struct client *c)
 {
     size_t len;
     bool shows_lsn;
-    int rc = local_batch_scan(c, &len, &shows_lsn);
-    if (rc == 0)
+    if (local_batch_scan(c, &len, &shows_lsn) == 0)
         return 2;
-    if (rc == 2)
-        return 1;
     if (client_busy(c)) {
         c->stalled = true;
         return 1;

@@ -202,6 +202,16 @@ int session_change_add(struct client *c, const char *key, const char *sql, size_
 
 static struct session_change *change_copy(const struct session_change *ch);
 
+/* Put change n back into the list in its place: the list is in the order of gen. */
+static void change_insert(struct client *c, struct session_change *n)
+{
+    struct session_change **at = &c->changes;
+    while (*at && (*at)->gen < n->gen)
+        at = &(*at)->next;
+    n->next = *at;
+    *at = n;
+}
+
 /* Change `gen` failed: in a copy of the settings (`*list`: the transaction's or a savepoint's)
  * taken while it was recorded, it gives way to a copy of `back`, the change it had replaced
  * (none: it just goes), so that putting the copy back does not bring the failed change back.
@@ -270,13 +280,8 @@ void session_change_undo(struct client *c, uint64_t gen)
         ch->replaced = NULL;
         session_changes_free(ch);
         copies_undo(c, gen, old);
-        if (old != NULL) { /* back in its place: the list is in the order of gen */
-            struct session_change **at = &c->changes;
-            while (*at && (*at)->gen < old->gen)
-                at = &(*at)->next;
-            old->next = *at;
-            *at = old;
-        }
+        if (old != NULL)
+            change_insert(c, old);
         return;
     }
 }
@@ -352,11 +357,7 @@ static void restore_transactional(struct client *c, struct session_change *copy,
             session_changes_free(n);
             continue;
         }
-        struct session_change **at = &c->changes;
-        while (*at && (*at)->gen < n->gen)
-            at = &(*at)->next;
-        n->next = *at;
-        *at = n;
+        change_insert(c, n);
     }
 }
 

@@ -677,6 +677,13 @@ class WireTest(unittest.TestCase):
             self.assertEqual([m[0] for m in out], ["2", "D", "C", "Z"])
             self.assertRegex(out[1][1][0], r"^[0-9A-F]+/[0-9A-F]+$")
             self.assertNotEqual(out[1][1][0], "0/0")
+            # A name in use is refused (42P05) and the statement stays; a portal closed in the
+            # batch is gone for the Execute after it (34000), as on a server.
+            c.send(Parse("show pgsteer.min_lsn", name="lsn") + Sync)
+            self.assertEqual(c.until_ready(), [("E", "42P05"), ("Z", "I")])
+            c.send(Bind("lsn") + Close(b"P") + Execute() + Sync)
+            self.assertEqual(c.until_ready(), [("2", None), ("3", None), ("E", "34000"),
+                                               ("Z", "I")])
             c.send(Close(b"S", "lsn") + Sync)
             self.assertEqual(c.until_ready(), [("3", None), ("Z", "I")])
             c.send(Bind("lsn") + Execute() + Sync)
