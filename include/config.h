@@ -78,6 +78,9 @@ struct config {
     enum consistency consistency;   /* default session */
     enum fallback fallback;         /* default primary */
     enum read_balance read_balance; /* default session */
+    /* Reads outside transactions, from sessions with no state of their own, share one
+     * connection per replica and worker, pipelined (backend.c, "multiplexed reads") */
+    bool multiplex_reads;           /* default false ("off") */
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */

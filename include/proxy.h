@@ -139,6 +139,9 @@ struct proxy {
     bool poll_fresh;           /* polling began in this loop turn: its reads were not polled */
     uint64_t busy_poll_reads;  /* reads that arrived while the worker polled */
     uint64_t busy_poll_sleeps; /* polling ended with no input: the worker slept */
+    /* multiplex_reads: this worker's shared backend per node (backend.c), or NULL */
+    struct backend *shared_be[CONFIG_MAX_NODES];
+    uint64_t multiplexed; /* statements sent over a shared backend */
 };
 
 /* ---- backend.c ---- */
@@ -162,17 +165,19 @@ enum expect_kind {
     EXP_QUERY, /* simple Query or FunctionCall: ends with ReadyForQuery */
 };
 struct expect {
-    uint8_t kind;    /* enum expect_kind */
-    bool swallow;    /* injected by pgsteer: the client must not see the answer */
-    bool retryable;  /* a read on a replica that may be retried on the primary on 25006 */
-    bool write;      /* the unit needed the primary for a write: completes read-your-writes */
-    bool quiet;      /* swallowed even when an error: the client's own statement follows */
-    uint32_t stmt;   /* a Parse of statement `stmt` (its id): if the client's own fails, the
-                        statement is forgotten; if a re-prepare fails, its node is unmarked */
-    uint64_t change; /* the client's Query recorded session change `change` (its gen): undone
-                        if the Query fails, since then it changed nothing */
-    uint64_t gen_at; /* the client's change generation once the unit was queued: a transaction
-                        this answer ends holds no change recorded after it (pipelined) */
+    uint8_t kind;         /* enum expect_kind */
+    bool swallow;         /* injected by pgsteer: the client must not see the answer */
+    bool retryable;       /* a read on a replica that may be retried on the primary on 25006 */
+    bool write;           /* the unit needed the primary for a write: completes read-your-writes */
+    bool quiet;           /* swallowed even when an error: the client's own statement follows */
+    uint32_t stmt;        /* a Parse of statement `stmt` (its id): if the client's own fails, the
+                             statement is forgotten; if a re-prepare fails, its node is unmarked */
+    uint64_t change;      /* the client's Query recorded session change `change` (its gen): undone
+                             if the Query fails, since then it changed nothing */
+    uint64_t gen_at;      /* the client's change generation once the unit was queued: a transaction
+                             this answer ends holds no change recorded after it (pipelined) */
+    struct client *owner; /* on a shared backend: the client the answer is for; NULL once that
+                             client left (its answer is then dropped) */
 };
 
 struct backend {
@@ -222,6 +227,10 @@ struct backend {
     bool resetting;     /* parked, and the reset (DISCARD ALL) not answered yet */
     struct backend *pool_prev, *pool_next;
     int handles_open; /* tcp + timer; freed when both closed */
+    /* multiplex_reads: a shared backend belongs to no client; each owed answer names its own
+     * (struct expect.owner), and `client` points at the head's owner only while its answer is
+     * being handled */
+    bool shared;
 };
 
 /* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.
@@ -249,6 +258,22 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
 struct expect *backend_expect_last(struct backend *b);
 /* Send queued bytes now (when logged in). */
 void backend_flush(struct backend *b);
+/* multiplex_reads: the worker's shared backend to `node` for c's user, database and startup
+ * parameters, logged in and ready; made from a pooled backend when there is none yet. NULL
+ * when there is no such backend (c then uses its own). Owned by the worker (px->shared_be). */
+struct backend *backend_shared_get(struct client *c, int node);
+/* After queueing c's messages on shared backend b (backend_queue), expect the answer to one of
+ * them (kind) for c; a Query or Sync counts in c->shared_owed until answered. Returns 0 or -1
+ * (out of memory). */
+int backend_shared_expect(struct backend *b, struct client *c, enum expect_kind kind);
+/* c is closing: the answers shared backends still owe it are dropped when they come. */
+void backend_shared_forget(struct client *c);
+/* c's output drained: resume the shared backend paused while its answer to c was long. */
+void backend_shared_resume(struct client *c);
+/* Close px's shared backends that are idle and may no longer serve (a reload turned
+ * multiplex_reads off or changed the configuration they were opened under), or every one when
+ * `all` (the worker stops). */
+void backend_shared_trim(struct proxy *px, bool all);
 /* Close the connection: sends Terminate when logged in, detaches from the client, frees the
  * memory in the close callback. Safe to call more than once. */
 void backend_close(struct backend *b);
@@ -389,6 +414,9 @@ struct client {
     struct buf retry_hold;
     struct route last_route;
     struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
+    unsigned shared_owed;             /* answers shared backends owe the client (multiplex_reads) */
+    uint32_t unnamed_stale; /* bit i: backends[i] holds an unnamed statement older than the
+                               client's, made on a shared backend since */
 };
 
 /* Accept callback helper: set up a client on an accepted connection. */

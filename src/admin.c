@@ -514,6 +514,9 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
                       "Reads a replica refused (25006, 40001) that were retried on the primary.");
     rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
+    rc |= prom_family(out, "pgsteer_multiplexed_reads_total", "counter",
+                      "Reads sent over a backend shared by several clients (multiplex_reads).");
+    rc |= buf_printf(out, "pgsteer_multiplexed_reads_total %" PRIu64 "\n", st->multiplexed);
     rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
                       "Reads that arrived while a worker polled instead of sleeping "
                       "(busy_poll_us).");
@@ -649,6 +652,7 @@ static void collect_worker(struct proxy *px, void *arg)
     for (int i = 0; i < ROUTE_REASON_COUNT; i++)
         st->route_reasons[i] += px->route_reasons[i];
     st->read_retries += px->retries_25006;
+    st->multiplexed += px->multiplexed;
     st->busy_poll_reads += px->busy_poll_reads;
     st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
@@ -1168,6 +1172,7 @@ static void show_stats(struct admin_conn *c)
         kv_row(c, k, u64s(v, st->route_reasons[r])), rows++;
     }
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
+    kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
     kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
     kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
@@ -1282,6 +1287,18 @@ static void server_rows(struct proxy *px, void *arg)
             ra->rows++;
         }
     }
+    /* Shared backends (multiplex_reads): no client of their own; owed counts every client's. */
+    for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
+        struct backend *b = px->shared_be[i];
+        if (b == NULL)
+            continue;
+        char pid[16], owed[24];
+        snprintf(pid, sizeof(pid), "%u", b->pid);
+        snprintf(owed, sizeof(owed), "%zu", b->exp_count);
+        const char *vals[] = {NULL, px->cfg->nodes[i].name, "shared", pid, owed};
+        pg_row(&ra->c->out, vals, NCOLS(vals));
+        ra->rows++;
+    }
     for (struct client *cl = px->clients; cl; cl = cl->next) {
         for (size_t i = 0; i < px->cfg->nnodes && i < CONFIG_MAX_NODES; i++) {
             struct backend *b = cl->backends[i];
@@ -1353,6 +1370,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "monitor.recover_checks", cfg->monitor.recover_checks), rows++;
     kv_row(c, "consistency", cons[cfg->consistency]), rows++;
     kv_row(c, "fallback", cfg->fallback == FALLBACK_ERROR ? "error" : "primary"), rows++;
+    kv_row(c, "multiplex_reads", cfg->multiplex_reads ? "on" : "off"), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;
     kv_int(c, "connect_timeout_ms", cfg->connect_timeout_ms), rows++;

@@ -16,6 +16,8 @@
 
 static void backend_fail(struct backend *b, const char *sqlstate, const char *message);
 static void backend_handle_input(struct backend *b);
+static void shared_fail(struct backend *b, const char *sqlstate, const char *message);
+static void shared_closed(struct backend *b);
 static void backend_pool_input(struct backend *b);
 
 static void backend_free_if_closed(struct backend *b)
@@ -83,6 +85,8 @@ void backend_close(struct backend *b)
     b->state = BACKEND_CLOSING;
     if (b->parked)
         pool_unlink(b);
+    if (b->shared)
+        shared_closed(b);
     backend_detach(b);
     uv_close((uv_handle_t *)&b->timer, backend_close_cb);
     uv_close((uv_handle_t *)&b->tcp, backend_close_cb);
@@ -182,6 +186,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->stmt = 0;
     e->change = 0;
     e->gen_at = b->client ? b->client->change_gen : 0;
+    e->owner = NULL;
     b->exp_count++;
     if (!swallow)
         b->fwd_outstanding++;
@@ -278,6 +283,8 @@ static int backend_send_login(struct backend *b, struct buf *msg)
                                                                                                : 0;
 }
 
+static void shared_flush_head(struct backend *b);
+
 static void backend_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
 {
     (void)suggested;
@@ -311,6 +318,12 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         backend_pool_input(b);
         return;
     }
+    if (b->shared) {
+        proxy_note_input(b->px);
+        backend_handle_input(b);
+        shared_flush_head(b);
+        return;
+    }
     struct client *c = b->client;
     if (c)
         proxy_note_input(c->px);
@@ -340,6 +353,11 @@ void backend_resume(struct backend *b)
         /* Answers read before the pause may all be here already: the node will not send
          * more until asked, so handle them now rather than wait for a read. */
         struct client *c = b->client;
+        if (b->shared && b->state == BACKEND_READY && buf_avail(&b->in) > 0) {
+            backend_handle_input(b);
+            shared_flush_head(b);
+            return;
+        }
         if (b->state == BACKEND_READY && buf_avail(&b->in) > 0 && c && !c->paused_out) {
             backend_handle_input(b);
             if (c->state != CLIENT_CLOSING)
@@ -521,7 +539,7 @@ static void backend_fail_with_error(struct backend *b, const struct proto_msg *m
     const char *code = proto_error_field(m->body, m->len, 'C');
     const char *text = proto_error_field(m->body, m->len, 'M');
     char msg[512];
-    snprintf(msg, sizeof(msg), "node %s: %s", b->client->px->cfg->nodes[b->node].name,
+    snprintf(msg, sizeof(msg), "node %s: %s", b->px->cfg->nodes[b->node].name,
              text ? text : "error");
     backend_fail(b, code ? code : "08006", msg);
 }
@@ -549,6 +567,30 @@ static void backend_drop_syncs(struct backend *b)
 static bool is_extended(uint8_t kind)
 {
     return kind != EXP_SYNC && kind != EXP_QUERY;
+}
+
+/* Whether a message of type `type` is the last of the answer to an extended-protocol message of
+ * expect_kind `kind` (ReadyForQuery and errors are handled apart). */
+static bool expect_done(uint8_t kind, char type)
+{
+    switch (type) {
+    case BE_PARSE_COMPLETE:
+        return kind == EXP_PARSE;
+    case BE_BIND_COMPLETE:
+        return kind == EXP_BIND;
+    case BE_CLOSE_COMPLETE:
+        return kind == EXP_CLOSE;
+    case BE_NO_DATA:
+        return kind == EXP_DESCRIBE || kind == EXP_EXECUTE;
+    case BE_ROW_DESCRIPTION:
+        return kind == EXP_DESCRIBE;
+    case BE_COMMAND_COMPLETE:
+    case BE_EMPTY_QUERY:
+    case BE_PORTAL_SUSPENDED:
+        return kind == EXP_EXECUTE;
+    default:
+        return false;
+    }
 }
 
 /* ParameterStatus values a replica reports differently from the primary: the client sees the
@@ -616,23 +658,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         client_retry_settled(c);
     }
 
-    bool done = false;
+    bool done = expect_done(head->kind, m->type);
     switch (m->type) {
-    case BE_PARSE_COMPLETE:
-        done = head->kind == EXP_PARSE;
-        break;
-    case BE_BIND_COMPLETE:
-        done = head->kind == EXP_BIND;
-        break;
-    case BE_CLOSE_COMPLETE:
-        done = head->kind == EXP_CLOSE;
-        break;
-    case BE_NO_DATA:
-        done = head->kind == EXP_DESCRIBE || head->kind == EXP_EXECUTE;
-        break;
-    case BE_ROW_DESCRIPTION:
-        done = head->kind == EXP_DESCRIBE;
-        break;
     case BE_COMMAND_COMPLETE:
         if (c->tx_saved_valid) {
             /* How the transaction ended, if it did: the tag of its end. ROLLBACK TO SAVEPOINT
@@ -643,11 +670,6 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             else if (m->len >= 7 && memcmp(m->body, "COMMIT", 7) == 0)
                 b->rolled_back = false;
         }
-        done = head->kind == EXP_EXECUTE;
-        break;
-    case BE_EMPTY_QUERY:
-    case BE_PORTAL_SUSPENDED:
-        done = head->kind == EXP_EXECUTE;
         break;
     case BE_COPY_IN:
     case BE_COPY_BOTH:
@@ -662,6 +684,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             return -1;
         }
         struct expect e = backend_pop(b);
+        if (e.owner) /* a shared backend's answer, complete */
+            e.owner->shared_owed--;
         char status = m->len >= 1 ? m->body[0] : 'I';
         if (status == 'I' && b->tx_status != 'I') { /* the transaction on b ended */
             if (c->tx_saved_valid)
@@ -742,9 +766,11 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
     return forward ? client_queue(c, m->body - 5, m->total) : 0;
 }
 
+static int shared_response(struct backend *b, const struct proto_msg *m);
+
 static void backend_handle_input(struct backend *b)
 {
-    while (b->state != BACKEND_CLOSING && b->client) {
+    while (b->state != BACKEND_CLOSING && (b->client || b->shared)) {
         struct proto_msg m;
         int rc = proto_frame(buf_head(&b->in), buf_avail(&b->in), PROTO_MAX_MESSAGE, &m);
         if (rc == 0)
@@ -797,6 +823,11 @@ static void backend_handle_input(struct backend *b)
             }
             break;
         case BACKEND_READY:
+            if (b->shared) {
+                if (shared_response(b, &m) != 0)
+                    return; /* closed, or the head's client is slow: the rest waits */
+                break;
+            }
             if (backend_handle_response(b, &m) < 0)
                 return;
             if (b->client && b->client->paused_out)
@@ -814,6 +845,10 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
 {
     if (b->state == BACKEND_CLOSING)
         return;
+    if (b->shared) {
+        shared_fail(b, sqlstate, message);
+        return;
+    }
     struct client *c = b->client;
     if (c == NULL) {
         backend_close(b);
@@ -824,9 +859,10 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     log_warn("client %u: backend to node %s failed: %s", c->id, name, message);
     proxy_node_failed(px, b->node);
     size_t owed_ready = 0;
-    bool owed_any = false;
+    bool owed_any = false, retry = false;
     while (b->exp_count) {
         struct expect e = backend_pop(b);
+        retry |= e.retryable;
         if (e.swallow)
             continue;
         owed_any = true;
@@ -836,6 +872,8 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     /* Drop the backend before calling back into the client, which may route again. */
     int node = b->node;
     backend_close(b);
+    if (retry) /* the read that might have moved to the primary ends here, with the error */
+        client_retry_settled(c);
     client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready);
 }
 
@@ -1000,5 +1038,223 @@ static void backend_pool_input(struct backend *b)
     return;
 unexpected:
     log_warn("node %s: unexpected message on a pooled backend", name);
+    backend_close(b);
+}
+
+/* ---- shared backends (multiplex_reads) ----
+ * A read outside a transaction, from a session with nothing of its own on the node (no
+ * setting, no prepared statement made with SQL, not pinned), gives the same answer on any
+ * connection to a replica logged in the same way. With multiplex_reads, such a Query goes to
+ * the worker's shared backend to the node the router chose, behind those of other clients
+ * still running there: the node reads the next one from its socket without sleeping in
+ * between, and one server process serves many clients. Each owed answer names its client
+ * (struct expect.owner); the answer at the head of the ring is handled by the usual response
+ * code with `client` set to that owner, so a read the replica refuses (25006) is retried on
+ * the owner's primary backend as on its own backend. The shared backend is taken from the
+ * worker's pool, so it is logged in and reset; there is one per node and worker, for the
+ * user, database and startup parameters of the client that first needed it. */
+
+/* Flush what the head's owner has been sent so far (an answer may span several reads). */
+static void shared_flush_head(struct backend *b)
+{
+    struct expect *head = backend_head(b);
+    if (b->state != BACKEND_CLOSING && head && head->owner && head->owner->state != CLIENT_CLOSING)
+        client_flush(head->owner);
+}
+
+static bool shared_fit(const struct backend *b)
+{
+    const struct proxy *px = b->px;
+    return px->cfg->multiplex_reads && !px->shutting_down && !px->stopping &&
+           b->cfg_gen == px->cfg_gen && (size_t)b->node < px->cfg->nnodes &&
+           !px->nodes[b->node].removed && !pool_too_old(b);
+}
+
+struct backend *backend_shared_get(struct client *c, int node)
+{
+    struct proxy *px = c->px;
+    struct backend *b = px->shared_be[node];
+    if (b) {
+        bool same = b->pool_keylen == c->param_keylen &&
+                    memcmp(b->pool_key, c->param_key, b->pool_keylen) == 0;
+        if (b->state == BACKEND_READY && same && shared_fit(b))
+            return b;
+        if (b->exp_count == 0 && !shared_fit(b))
+            backend_close(b); /* clears px->shared_be[node]; the next read takes a fresh one */
+        return NULL;
+    }
+    for (b = px->pool[node]; b; b = b->pool_next) {
+        if (b->resetting || b->pool_keylen != c->param_keylen ||
+            memcmp(b->pool_key, c->param_key, b->pool_keylen) != 0)
+            continue;
+        if (!shared_fit(b))
+            return NULL; /* backend_pool_take closes unfit ones as it meets them */
+        pool_unlink(b);
+        uv_timer_stop(&b->timer);
+        b->shared = true;
+        b->client = NULL;
+        px->shared_be[node] = b;
+        px->nodes[node].backends++;
+        px->nodes[node].reused++;
+        log_debug("node %s: a pooled backend is now shared by this worker's reads",
+                  px->cfg->nodes[node].name);
+        return b;
+    }
+    return NULL;
+}
+
+int backend_shared_expect(struct backend *b, struct client *c, enum expect_kind kind)
+{
+    if (backend_expect(b, kind, false, false) < 0)
+        return -1;
+    struct expect *e = backend_expect_last(b);
+    e->owner = c;
+    e->gen_at = c->change_gen;
+    if (!is_extended((uint8_t)kind)) {
+        c->shared_owed++;
+        b->px->multiplexed++;
+    }
+    return 0;
+}
+
+void backend_shared_forget(struct client *c)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES && c->shared_owed; i++) {
+        struct backend *b = c->px->shared_be[i];
+        bool found = false;
+        for (size_t k = 0; b && k < b->exp_count; k++) {
+            struct expect *e = &b->exp[(b->exp_head + k) % b->exp_cap];
+            if (e->owner == c) {
+                e->owner = NULL;
+                c->shared_owed--;
+                found = true;
+            }
+        }
+        /* Paused for c's slow reading: the clients behind it go on (its answer is dropped). */
+        if (found && !b->reading)
+            backend_resume(b);
+    }
+    c->shared_owed = 0;
+}
+
+void backend_shared_resume(struct client *c)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *b = c->px->shared_be[i];
+        struct expect *head = b ? backend_head(b) : NULL;
+        if (head && head->owner == c && !b->reading)
+            backend_resume(b);
+    }
+}
+
+void backend_shared_trim(struct proxy *px, bool all)
+{
+    for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+        struct backend *b = px->shared_be[i];
+        if (b && (all || (b->exp_count == 0 && !shared_fit(b))))
+            backend_close(b);
+    }
+}
+
+/* One message on shared backend b. Returns 0 to go on, 1 when the head's client reads slowly
+ * (b is paused; the rest stays in its buffer), -1 when b closed. */
+static int shared_response(struct backend *b, const struct proto_msg *m)
+{
+    struct expect *head = backend_head(b);
+    if (head == NULL) {
+        /* Between answers: a FATAL (the node shutting down, the session terminated) or a
+         * notice; anything else means the node is out of step. */
+        if (m->type == BE_NOTICE || m->type == BE_PARAM_STATUS)
+            return 0;
+        if (m->type == BE_ERROR)
+            backend_fail_with_error(b, m);
+        else
+            backend_fail(b, "08P01", "unexpected message from node");
+        return -1;
+    }
+    struct client *o = head->owner;
+    if (o == NULL || o->state != CLIENT_READY) {
+        /* Its client left: the answer goes nowhere, but the ring keeps in step with it. */
+        if (m->type == BE_READY_FOR_QUERY) {
+            if (is_extended(head->kind)) {
+                backend_fail(b, "08P01", "protocol out of step with the node");
+                return -1;
+            }
+            backend_pop(b);
+            if (b->exp_count == 0 && !shared_fit(b)) {
+                backend_close(b);
+                return -1;
+            }
+        } else if (m->type == BE_ERROR) {
+            /* The node skips the rest of the batch up to its Sync. */
+            while (b->exp_count && is_extended(backend_head(b)->kind))
+                backend_pop(b);
+        } else if (is_extended(head->kind) && expect_done(head->kind, m->type)) {
+            backend_pop(b);
+        }
+        return 0;
+    }
+    bool ready = m->type == BE_READY_FOR_QUERY;
+    b->client = o;
+    int rc = backend_handle_response(b, m);
+    if (b->state == BACKEND_CLOSING)
+        return -1;
+    b->client = NULL;
+    if (o->state == CLIENT_READY && (ready || buf_avail(&o->out) >= BACKEND_READ_CHUNK))
+        client_flush(o);
+    if (ready && b->exp_count == 0 && !shared_fit(b)) {
+        backend_close(b);
+        return -1;
+    }
+    if (rc < 0)
+        return 0; /* the owner closed (its answers are dropped from now on); b goes on */
+    if (!ready && o->state == CLIENT_READY && o->paused_out) {
+        /* The owner's output is long: stop reading the node until it drained (every client
+         * behind it on b waits too). client_write_cb resumes b. */
+        backend_pause(b);
+        return 1;
+    }
+    return 0;
+}
+
+/* b is closing: clear the worker's slot; answers still owed are lost (the caller told their
+ * clients, or they are closing). */
+static void shared_closed(struct backend *b)
+{
+    struct proxy *px = b->px;
+    if (px->shared_be[b->node] == b)
+        px->shared_be[b->node] = NULL;
+    px->nodes[b->node].backends--;
+    while (b->exp_count) {
+        struct expect e = backend_pop(b);
+        if (e.owner && !is_extended(e.kind))
+            e.owner->shared_owed--;
+    }
+    b->client = NULL;
+}
+
+/* Shared backend b failed: every client with an answer owed there gets the error and a
+ * ReadyForQuery, as on its own backend, and goes on (its next read goes elsewhere). */
+static void shared_fail(struct backend *b, const char *sqlstate, const char *message)
+{
+    struct proxy *px = b->px;
+    int node = b->node;
+    log_warn("shared backend to node %s failed: %s", px->cfg->nodes[node].name, message);
+    proxy_node_failed(px, node);
+    /* Out of the worker's slot first: a client told below may route its next read at once. */
+    if (px->shared_be[node] == b)
+        px->shared_be[node] = NULL;
+    b->client = NULL;
+    while (b->exp_count) {
+        struct expect e = backend_pop(b);
+        if (e.owner == NULL || is_extended(e.kind))
+            continue; /* the client hears it once, for the Sync or Query */
+        e.owner->shared_owed--;
+        if (e.owner->state != CLIENT_READY)
+            continue;
+        if (e.retryable)
+            client_retry_settled(e.owner);
+        client_backend_failed(e.owner, node, sqlstate, message, true, 1);
+    }
     backend_close(b);
 }

@@ -160,6 +160,8 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     else
         log_debug("client %u closed: %s", c->id, reason);
     c->state = CLIENT_CLOSING;
+    if (c->shared_owed)
+        backend_shared_forget(c);
     if (c->param_filler)
         param_cache_abandon(c);
     if (c->param_wait)
@@ -204,6 +206,8 @@ static void client_set_backends_paused(struct client *c, bool pause)
         else
             backend_resume(b);
     }
+    if (!pause && c->shared_owed && c->state != CLIENT_CLOSING)
+        backend_shared_resume(c);
 }
 
 static void client_write_cb(uv_write_t *req, int status)
@@ -227,8 +231,16 @@ static void client_write_cb(uv_write_t *req, int status)
 
 void client_flush(struct client *c)
 {
-    if (c->write_pending || buf_avail(&c->out) == 0 || c->state == CLIENT_CLOSING)
+    if (buf_avail(&c->out) == 0 || c->state == CLIENT_CLOSING)
         return;
+    if (c->write_pending) {
+        /* The client is not reading as fast as its nodes answer: what waits for the write in
+         * flight grows with every read from a node, so stop reading them once the two
+         * together pass the mark (client_write_cb resumes them). */
+        if (!c->paused_out && buf_avail(&c->out) + buf_avail(&c->writing) > CLIENT_OUT_HIGH)
+            client_set_backends_paused(c, true);
+        return;
+    }
     /* Most answers fit the socket buffer: write them at once, without a write request, and
      * keep only what the kernel did not take for uv_write. */
     uv_buf_t now = uv_buf_init((char *)buf_head(&c->out), (unsigned)buf_avail(&c->out));
@@ -871,6 +883,8 @@ static int64_t hr_ms(void)
 
 static bool client_busy_elsewhere(const struct client *c, int node)
 {
+    if (c->shared_owed)
+        return true; /* a shared backend owes it an answer (multiplex_reads) */
     uint32_t other = node >= 0 ? ~(1u << node) : ~0u; /* node -1: any backend counts */
     for (uint32_t m = c->backend_mask & other; m; m &= m - 1) {
         if (c->backends[__builtin_ctz(m)]->fwd_outstanding > 0)
@@ -1211,6 +1225,37 @@ void client_on_snapshot(struct client *c)
 
 /* Route and send one Query message. Returns 1 when it must wait (not consumed), 0 when
  * consumed, -1 when the client closed. */
+/* multiplex_reads: whether c's next read may run on a shared backend: c has nothing of its
+ * own on a node that a read could see (no session change such as SET or SQL PREPARE, no pin:
+ * temporary table, LISTEN, advisory lock, holdable cursor; no transaction, unfinished batch or
+ * COPY), and no answer owed on its own backends, which would otherwise race the shared one. */
+static bool client_may_share(const struct client *c)
+{
+    return c->changes == NULL && !c->pinned && c->tx_node < 0 && c->tx_status == 'I' &&
+           c->batch_node < 0 && c->copy_node < 0 && !c->retry_inflight && !client_busy(c);
+}
+
+/* Send a single-statement read (Query m) to shared backend b, routed as rt. Its answer comes
+ * back through backend.c's shared_response. Returns 0, or -1 when c was closed. */
+static int client_share_query(struct client *c, struct backend *b, const struct proto_msg *m,
+                              struct route rt)
+{
+    client_count_route(c, rt, 0);
+    if (backend_queue(b, m->body - 5, m->total) < 0 || backend_shared_expect(b, c, EXP_QUERY) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    /* The safety net of a misclassified read (client_retry_on_primary) as on c's own backend:
+     * c has nothing else owed, so nothing is held but this Query's RowDescription. */
+    if (buf_append(&c->retry_sql, m->body - 5, m->total) == 0) {
+        backend_expect_last(b)->retryable = true;
+        c->retry_inflight = true;
+    }
+    c->cur_node = rt.node;
+    backend_flush(b);
+    return 0;
+}
+
 static int client_handle_query(struct client *c, const struct proto_msg *m)
 {
     struct proxy *px = c->px;
@@ -1259,6 +1304,11 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
          * a read that may yet move to the primary). */
         c->stalled = true;
         return 1;
+    }
+    if (flags == 0 && rt.reason == ROUTE_READ && px->cfg->multiplex_reads && client_may_share(c)) {
+        struct backend *sb = backend_shared_get(c, rt.node);
+        if (sb)
+            return client_share_query(c, sb, m, rt);
     }
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
@@ -1911,6 +1961,112 @@ static int client_local_batch(struct client *c)
 
 /* Start an extended batch: route it and bind it to a node. Returns 1 to wait, 0 when bound,
  * -1 when closed. */
+/* multiplex_reads: the length of the extended batch at the head of c's input when it may run
+ * on a shared backend as a whole, else 0. It must be self-contained: it makes the unnamed
+ * statement (Parse "" first) and runs it through the unnamed portal, with nothing but Bind,
+ * Describe and Execute of those before its Sync, at most 8 messages (what drivers send for a
+ * statement they do not keep prepared). */
+static size_t client_shareable_batch(const struct client *c)
+{
+    const char *p = buf_head(&c->in);
+    size_t avail = buf_avail(&c->in), off = 0;
+    for (int i = 0; i < 8; i++) {
+        struct proto_msg m;
+        if (proto_frame(p + off, avail - off, PROTO_MAX_MESSAGE, &m) <= 0)
+            return 0;
+        struct proto_reader r;
+        proto_reader_init(&r, m.body, m.len);
+        size_t n1 = 1, n2 = 0;
+        switch (m.type) {
+        case FE_PARSE:
+            if (i == 0)
+                proto_read_str(&r, &n1);
+            break;
+        case FE_BIND:
+            if (i > 0) {
+                proto_read_str(&r, &n1);
+                proto_read_str(&r, &n2);
+            }
+            break;
+        case FE_DESCRIBE: {
+            uint8_t kind = proto_read_u8(&r);
+            if (kind == 'S' || kind == 'P')
+                proto_read_str(&r, &n1);
+            break;
+        }
+        case FE_EXECUTE:
+            proto_read_str(&r, &n1);
+            break;
+        case FE_SYNC:
+            return i > 0 ? off + m.total : 0;
+        default:
+            return 0;
+        }
+        if (r.err || n1 != 0 || n2 != 0)
+            return 0; /* a name: a statement or portal that lives on c's own backends */
+        off += m.total;
+    }
+    return 0;
+}
+
+/* Send the batch of `len` bytes at the head of c's input (client_shareable_batch) to shared
+ * backend b, routed as rt, and consume it. Its Parse is recorded as c's unnamed statement, on
+ * none of c's own backends (a later Bind of it without a Parse prepares it there). Returns 0,
+ * or -1 when c was closed. */
+static int client_share_batch(struct client *c, struct backend *b, size_t len, struct route rt)
+{
+    const char *p = buf_head(&c->in);
+    if (backend_queue(b, p, len) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    client_count_route(c, rt, 0);
+    for (size_t off = 0; off < len;) {
+        struct proto_msg m;
+        (void)proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m); /* framed before */
+        off += m.total;
+        enum expect_kind kind = m.type == FE_PARSE      ? EXP_PARSE
+                                : m.type == FE_BIND     ? EXP_BIND
+                                : m.type == FE_DESCRIBE ? EXP_DESCRIBE
+                                : m.type == FE_EXECUTE  ? EXP_EXECUTE
+                                                        : EXP_SYNC;
+        struct stmt *s = NULL;
+        if (m.type == FE_PARSE) {
+            struct proto_reader r;
+            proto_reader_init(&r, m.body, m.len);
+            size_t qlen;
+            proto_read_str(&r, NULL);
+            const char *q = proto_read_str(&r, &qlen);
+            uint16_t ntypes = (uint16_t)proto_read_i16(&r);
+            if (r.err || (size_t)ntypes * 4 > r.n - r.pos) {
+                client_close(c, "08P01", "invalid Parse message");
+                return -1;
+            }
+            struct classify_result cr;
+            client_classify(c, q, qlen, &cr);
+            s = session_stmt_put(c, "", 0, q, qlen, &r, ntypes, cr.flags);
+            if (s == NULL) {
+                client_close(c, "53200", "out of memory");
+                return -1;
+            }
+            s->nodes = 0;
+        }
+        if (backend_shared_expect(b, c, kind) < 0) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
+        if (s) /* forgotten again if the node refuses the Parse */
+            backend_expect_last(b)->stmt = (uint32_t)s->id;
+    }
+    buf_consume(&c->in, len);
+    /* The unnamed statement is now the one made on b: c's own backends must not run what
+     * they still hold under that name (client_start_batch drops it there first). */
+    c->unnamed_stale = c->backend_mask;
+    c->cur_node = rt.node;
+    backend_flush(b);
+    return 0;
+}
+
 static int client_start_batch(struct client *c)
 {
     unsigned flags;
@@ -1941,6 +2097,13 @@ static int client_start_batch(struct client *c)
         c->stalled = true;
         return 1;
     }
+    if (flags == 0 && rt.reason == ROUTE_READ && c->px->cfg->multiplex_reads &&
+        client_may_share(c)) {
+        size_t len = client_shareable_batch(c);
+        struct backend *sb = len ? backend_shared_get(c, rt.node) : NULL;
+        if (sb)
+            return client_share_batch(c, sb, len, rt);
+    }
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
@@ -1948,6 +2111,18 @@ static int client_start_batch(struct client *c)
     if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
+    }
+    if (c->unnamed_stale & (1u << rt.node)) {
+        /* Drop the unnamed statement b kept from before a shared batch made another: a Bind
+         * of it then gets the recorded one re-prepared, or fails as on one server when that
+         * batch's Parse failed. */
+        static const char close_unnamed[] = {FE_CLOSE, 0, 0, 0, 6, 'S', 0};
+        c->unnamed_stale &= ~(1u << rt.node);
+        if (backend_queue(b, close_unnamed, sizeof(close_unnamed)) < 0 ||
+            backend_expect(b, EXP_CLOSE, true, false) < 0) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
     }
     c->batch_node = rt.node;
     c->batch_write = unit_writes(c, rt, flags);

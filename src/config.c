@@ -1175,6 +1175,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "consistency",
                                         "fallback",
                                         "read_balance",
+                                        "multiplex_reads",
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
@@ -1203,6 +1204,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_CONSISTENCY,
         K_FALLBACK,
         K_READ_BALANCE,
+        K_MULTIPLEX,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
@@ -1283,6 +1285,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_int32(c, v[K_LIFETIME], "backend_lifetime_ms", 0, INT_MAX, &cfg->backend_lifetime_ms);
     if (v[K_KEEPALIVE] && get_enum(c, v[K_KEEPALIVE], "tcp_keepalive", on_off_names, 2, &e))
         cfg->tcp_keepalive = e == 1;
+    if (v[K_MULTIPLEX] && get_enum(c, v[K_MULTIPLEX], "multiplex_reads", on_off_names, 2, &e))
+        cfg->multiplex_reads = e == 1;
     if (v[K_KEEPALIVE_IDLE])
         get_int32(c, v[K_KEEPALIVE_IDLE], "tcp_keepalive_idle_s", 1, CONFIG_MAX_KEEPALIVE_S,
                   &cfg->tcp_keepalive_idle_s);

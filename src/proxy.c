@@ -210,6 +210,8 @@ static void apply_snapshot(struct proxy *px, struct monitor_snapshot *s)
         bool down = (int)i == px->cfg->primary ? !s->primary_up : s->nodes[i].state == LAG_DOWN;
         if (down && px->pool[i])
             backend_pool_flush(px, (int)i);
+        if (down && px->shared_be[i] && px->shared_be[i]->exp_count == 0)
+            backend_close(px->shared_be[i]);
     }
     drain_sweep(px);
     for (struct client *c = px->clients, *next; c; c = next) {
@@ -371,8 +373,10 @@ static void reload_apply(struct proxy *px, void *arg)
     px->wfuncs.names = (const char *const *)plan->nc->write_functions;
     px->wfuncs.count = plan->nc->nwrite_functions;
     worker_router_init(px);
-    if (!px->loop_done)
+    if (!px->loop_done) {
         drain_sweep(px);
+        backend_shared_trim(px, false); /* made under the old configuration: idle ones go */
+    }
 }
 
 /* A fresh round robin for worker px, starting on its own replica (see router_head_start). */
@@ -642,6 +646,7 @@ static void stop_worker(struct proxy *px, void *arg)
     px->shutting_down = true;
     close_all_clients(px, "terminating connection due to administrator command");
     backend_pool_flush(px, -1);
+    backend_shared_trim(px, true);
     if (px->worker == 0) {
         admin_stop(px);
         if (px->monitor) {
@@ -667,12 +672,14 @@ static void shutdown_tick(uv_timer_t *t)
     /* Close each client once it is idle outside a transaction; the rest when time is up. */
     for (struct client *c = px->clients, *next; c; c = next) {
         next = c->next;
-        bool busy = c->tx_status != 'I' || c->tx_node >= 0 || c->batch_node >= 0;
+        bool busy =
+            c->tx_status != 'I' || c->tx_node >= 0 || c->batch_node >= 0 || c->shared_owed > 0;
         for (int i = 0; i < CONFIG_MAX_NODES && !busy; i++)
             busy = c->backends[i] && c->backends[i]->fwd_outstanding > 0;
         if (!busy || c->state != CLIENT_READY)
             client_close(c, "57P01", "terminating connection due to administrator command");
     }
+    backend_shared_trim(px, false); /* idle shared backends go (shutting_down makes them unfit) */
     bool timeout = proxy_now_ms() >= px->shutdown_deadline;
     if (px->worker != 0) {
         if (px->clients == NULL || timeout)

@@ -2,7 +2,8 @@
 """Integration tests of the pool: a backend whose client leaves while it is idle is reset and
 handed to the next client of the same user, database and startup parameters, and nothing of the
 first session reaches the second. Each test asserts on server process ids (pg_backend_pid())
-and on what the node reports about them.
+and on what the node reports about them. Also the backends made from the pool that several
+clients' reads share (multiplex_reads), and a client that does not read its answers.
 
 Run: tests/integration/run.sh test_pool"""
 
@@ -10,6 +11,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -19,6 +21,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster as cl  # noqa: E402
+import wire  # noqa: E402
 
 import psycopg2  # noqa: E402
 import psycopg2.errors  # noqa: E402
@@ -385,6 +388,383 @@ class PoolSettingsTest(unittest.TestCase):
             admin(px, "RELOAD")
             wait_gone(pid1, "the pooled backend to be closed")
             self.assertNotEqual(session_pid(px), pid1)
+
+
+
+def admin_rows(px, sql):
+    """The rows of an admin command, each a list of its fields."""
+    out = admin(px, sql).stdout
+    return [r.split("|") for r in out.strip().splitlines() if r]
+
+
+def admin_stat(px, name):
+    for r in admin_rows(px, "SHOW STATS"):
+        if r[0] == name:
+            return r[1]
+    raise AssertionError("no stat %s" % name)
+
+
+@contextlib.contextmanager
+def multiplexing(extra_yaml=""):
+    """A pgsteer with multiplex_reads on, one worker, reading from replica1 only (replica2 at
+    weight 0, by a reload before any client), and a shared backend to replica1 ready: a
+    client read there once and left, so its backend is in the pool."""
+    with cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + "workers: 1\nmultiplex_reads: on\n" +
+                    extra_yaml) as px:
+        with open(px.config_path) as f:
+            text = f.read()
+        with open(px.config_path, "w") as f:
+            f.write(re.sub(r"(name: replica2[^}]*weight: )1", r"\g<1>0", text))
+        admin(px, "RELOAD")
+        wait_for(lambda: admin_stat(px, "reloads") == "1", what="the reload")
+        wait_for(lambda: node_stats(px, "replica1")["eligible"], what="replica1 eligible")
+        c = connect(px)
+        one(c, "select 1")
+        c.close()
+        pooled(px, "replica1")
+        yield px
+
+
+def raw_login(px):
+    """A wire-level client of px, logged in with the startup parameters of px.dsn(), so that
+    it shares the backend the psycopg2 clients share."""
+    return wire.Conn(px.port, user=cl.APP_USER, password=cl.APP_PASSWORD, database=cl.APP_DB,
+                     params={"application_name": "pgsteer-tests"})
+
+
+def raw_pid(conn):
+    conn.send(wire.Query("select pg_backend_pid()"))
+    pid = None
+    while True:
+        t, body = conn.read()
+        if t == b"D":
+            pid = int(body[6:].decode())
+        elif t == b"Z":
+            return pid
+
+
+def read_until_ready(conn):
+    """Read a Query's answer up to its ReadyForQuery: (DataRows, bytes of their bodies)."""
+    rows = size = 0
+    while True:
+        t, body = conn.read()
+        if t == b"D":
+            rows += 1
+            size += len(body)
+        elif t == b"E":
+            raise AssertionError(wire.error_field(body, "M"))
+        elif t == b"Z":
+            return rows, size
+
+
+def replica_pid(conn):
+    """The server process that answers a read of conn, and that it is replica1's."""
+    pid, standby = one(conn, "select pg_backend_pid(), pg_is_in_recovery()")
+    assert standby
+    return pid
+
+
+class MultiplexTest(unittest.TestCase):
+    """multiplex_reads: reads outside transactions from sessions with no state of their own
+    share one backend per replica and worker, pipelined behind each other."""
+
+    def setUp(self):
+        faulthandler.dump_traceback_later(120, exit=True)
+
+    def tearDown(self):
+        faulthandler.cancel_dump_traceback_later()
+
+    def test_off_by_default(self):
+        self.assertIn("multiplex_reads|off", admin(PX, "SHOW CONFIG").stdout)
+        conns = [connect(PX) for _ in range(3)]
+        try:
+            pids = {one(c, "select pg_backend_pid()")[0] for c in conns}
+            self.assertEqual(len(pids), 3)
+        finally:
+            for c in conns:
+                c.close()
+
+    def test_clients_share_one_server_process_and_get_their_own_answers(self):
+        with multiplexing() as px:
+            self.assertIn("multiplex_reads|on", admin(px, "SHOW CONFIG").stdout)
+            conns = [connect(px) for _ in range(6)]
+            try:
+                pids = {replica_pid(c) for c in conns}
+                self.assertEqual(len(pids), 1, "every read on one server process")
+                shared = [r for r in admin_rows(px, "SHOW SERVERS") if r[2] == "shared"]
+                self.assertEqual([(r[1], int(r[3])) for r in shared],
+                                 [("replica1", pids.pop())])
+                errors = []
+
+                def worker(i, c):
+                    try:
+                        for k in range(40):
+                            want = i * 1000 + k
+                            with c.cursor() as cur:
+                                cur.execute("select %s::int, g from generate_series(1, %s) g",
+                                            (want, 1 + k % 5))
+                                rows = cur.fetchall()
+                            if rows != [(want, g) for g in range(1, 2 + k % 5)]:
+                                errors.append((i, k, rows))
+                    except Exception as e:  # noqa: BLE001 (reported below)
+                        errors.append((i, repr(e)))
+                threads = [threading.Thread(target=worker, args=(i, c))
+                           for i, c in enumerate(conns)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                self.assertEqual(errors, [])
+                self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")), 6 + 6 * 40)
+            finally:
+                for c in conns:
+                    c.close()
+
+    def test_a_session_with_state_keeps_its_own_backend(self):
+        with multiplexing() as px:
+            a, b = connect(px), connect(px)
+            try:
+                shared_pid = replica_pid(b)
+                with a.cursor() as cur:
+                    cur.execute("set work_mem = '7MB'")
+                self.assertEqual(one(a, "show work_mem")[0], "7MB")
+                self.assertNotEqual(replica_pid(a), shared_pid)
+                self.assertEqual(one(b, "show work_mem")[0], "4MB")
+                self.assertEqual(replica_pid(b), shared_pid)
+                # In a transaction, reads stay on the transaction's backend too.
+                b.autocommit = False
+                with b.cursor() as cur:
+                    cur.execute("select pg_backend_pid()")
+                    self.assertNotEqual(cur.fetchone()[0], shared_pid)
+                b.rollback()
+            finally:
+                a.close()
+                b.close()
+
+    def test_a_client_leaving_mid_read_does_not_disturb_the_others(self):
+        with multiplexing() as px:
+            b = connect(px)
+            try:
+                shared_pid = replica_pid(b)
+                # A raw client sends a slow read and goes away without reading the answer;
+                # b's read queued behind it gets its own answer, and the backend stays.
+                s = raw_login(px)
+                self.assertEqual(raw_pid(s), shared_pid)
+                s.send(wire.Query("select pg_sleep(0.5), 'leaver'"))
+                time.sleep(0.1)
+                result = {}
+                t = threading.Thread(target=lambda: result.update(
+                    v=one(b, "select 'mine', pg_backend_pid()")))
+                t.start()
+                time.sleep(0.1)
+                s.sock.close()
+                t.join()
+                self.assertEqual(result["v"], ("mine", shared_pid))
+                self.assertEqual(replica_pid(b), shared_pid)
+            finally:
+                b.close()
+
+    def test_a_cancel_does_not_reach_another_clients_read(self):
+        with multiplexing() as px:
+            a, b = connect(px), connect(px)
+            try:
+                self.assertEqual(replica_pid(a), replica_pid(b))
+                result = {}
+
+                def slow():
+                    result["b"] = one(b, "select 'b', pg_sleep(1)")
+                t = threading.Thread(target=slow)
+                t.start()
+                time.sleep(0.2)
+                ta = threading.Thread(target=lambda: result.update(a=one(a, "select 'a'")))
+                ta.start()
+                time.sleep(0.2)
+                a.cancel()  # a's read waits behind b's: the node must not cancel b's
+                t.join()
+                ta.join()
+                self.assertEqual(result["b"][0], "b")
+                self.assertEqual(result["a"], ("a",))
+            finally:
+                a.close()
+                b.close()
+
+    def test_a_read_the_replica_refuses_is_retried_on_the_primary(self):
+        CLUSTER.psql(CLUSTER.primary_port,
+                     "create or replace function mux_hidden_write() returns int language sql "
+                     "as 'insert into pool_other values (1); select 7'")
+        CLUSTER.wait_replay()
+        with multiplexing() as px:
+            c = connect(px)
+            try:
+                replica_pid(c)
+                before = int(admin_stat(px, "read_retries_on_primary"))
+                self.assertEqual(one(c, "select mux_hidden_write()"), (7,))
+                self.assertEqual(int(admin_stat(px, "read_retries_on_primary")), before + 1)
+                self.assertEqual(one(c, "select 'after'"), ("after",))
+            finally:
+                c.close()
+
+    def test_the_shared_backend_failing_gives_its_clients_an_error_and_they_go_on(self):
+        with multiplexing() as px:
+            a, b = connect(px), connect(px)
+            try:
+                shared_pid = replica_pid(a)
+                result = {}
+
+                def slow(name, conn):
+                    try:
+                        result[name] = one(conn, "select pg_sleep(3)")
+                    except psycopg2.Error as e:
+                        result[name] = e
+                ts = [threading.Thread(target=slow, args=(n, c)) for n, c in (("a", a), ("b", b))]
+                for t in ts:
+                    t.start()
+                time.sleep(0.3)
+                CLUSTER.psql(CLUSTER.replica_ports[0],
+                             "select pg_terminate_backend(%d)" % shared_pid, user="postgres",
+                             db="postgres")
+                for t in ts:
+                    t.join()
+                for n in ("a", "b"):
+                    # The one running gets the node's FATAL, then like b the loss of the
+                    # connection (08006): libpq reports the last.
+                    self.assertIsInstance(result[n], psycopg2.Error, n)
+                    self.assertIn(result[n].pgcode, ("57P01", "08006"), n)
+                # Both sessions go on.
+                self.assertEqual(one(a, "select 'a'"), ("a",))
+                self.assertEqual(one(b, "select 'b'"), ("b",))
+            finally:
+                a.close()
+                b.close()
+
+    def test_extended_batches_answer_as_one_server_does(self):
+        """Self-contained extended batches (Parse of the unnamed statement, Bind, Describe,
+        Execute, Sync) share the backend; what follows them on the client's own backend sees
+        the unnamed statement they made, as on one server. Compared with a replica reached
+        directly, batch by batch, and with several batches sent before reading."""
+        W = wire
+        steps = [
+            [W.Parse("select $1::int * 2"), W.Bind(params=(21,)), W.Describe(b"P"),
+             W.Execute(), W.Sync],
+            [W.Bind(params=(5,)), W.Execute(), W.Sync],  # the unnamed statement above
+            [W.Parse("select $1::text || 'x'"), W.Describe(b"S"), W.Bind(params=("a",)),
+             W.Execute(), W.Sync],
+            [W.Parse("select * from no_such_table"), W.Bind(), W.Execute(), W.Sync],
+            [W.Bind(params=(1,)), W.Execute(), W.Sync],  # after the failed Parse
+            [W.Parse("select 1/0"), W.Bind(), W.Execute(), W.Sync],
+            [W.Parse("select g from generate_series(1, 3) g"), W.Bind(), W.Execute(), W.Sync],
+            [W.Bind(), W.Execute(maxrows=2), W.Sync],
+        ]
+        direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER,
+                           password=cl.APP_PASSWORD, database=cl.APP_DB)
+        try:
+            want = []
+            for st in steps:
+                direct.send(b"".join(st))
+                want.append(direct.until_ready())
+        finally:
+            direct.close()
+        with multiplexing() as px:
+            b = connect(px)
+            s = raw_login(px)
+            try:
+                shared_pid = replica_pid(b)
+                self.assertEqual(raw_pid(s), shared_pid)
+                before = int(admin_stat(px, "multiplexed_reads"))
+                got = []
+                for st in steps:
+                    s.send(b"".join(st))
+                    got.append(s.until_ready())
+                self.maxDiff = None
+                self.assertEqual(got, want)
+                self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")) - before, 5)
+                # All at once, before reading any answer: the same, in order.
+                s.send(b"".join(b"".join(st) for st in steps))
+                self.assertEqual(s.until_ready(count=len(steps)),
+                                 [item for answer in want for item in answer])
+                # The batch ran on the shared backend.
+                s.send(b"".join([W.Parse("select pg_backend_pid()"), W.Bind(), W.Execute(),
+                                 W.Sync]))
+                self.assertIn(("D", (str(shared_pid),)), s.until_ready())
+            finally:
+                s.close()
+                b.close()
+
+    def test_a_long_answer_to_a_slow_reader(self):
+        with multiplexing() as px:
+            s = raw_login(px)
+            b = connect(px)
+            try:
+                self.assertEqual(raw_pid(s), replica_pid(b))
+                # The raw client asks for about 80 MB, more than pgsteer buffers for a client
+                # plus what the sockets hold, and reads none of it for a while: the shared
+                # backend pauses, b's read behind it waits, then both complete.
+                s.send(wire.Query("select repeat('x', 1000) from generate_series(1, 80000)"))
+                time.sleep(0.3)
+                result = {}
+                t = threading.Thread(target=lambda: result.update(v=one(b, "select 'b'")))
+                t.start()
+                time.sleep(0.5)
+                self.assertTrue(t.is_alive(), "b's read waits behind the long answer")
+                rows, size = read_until_ready(s)
+                t.join(timeout=30)
+                self.assertEqual(result.get("v"), ("b",))
+                self.assertEqual(rows, 80000)
+                self.assertGreater(size, 80000 * 1000)
+            finally:
+                s.sock.close()
+                b.close()
+
+
+
+def vm_rss_mb(px):
+    with open("/proc/%d/status" % px.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise AssertionError("no VmRSS")
+
+
+class SlowReaderTest(unittest.TestCase):
+    """A client that does not read its answer: pgsteer stops reading the node once a few
+    megabytes wait for the client, instead of holding the whole answer in memory."""
+
+    BIG = "select repeat('x', 1000) from generate_series(1, 200000)"  # about 200 MB
+
+    def setUp(self):
+        faulthandler.dump_traceback_later(120, exit=True)
+
+    def tearDown(self):
+        faulthandler.cancel_dump_traceback_later()
+
+    def check(self, px, s):
+        before = vm_rss_mb(px)
+        s.send(wire.Query(self.BIG))
+        time.sleep(1.5)
+        grown = vm_rss_mb(px) - before
+        self.assertLess(grown, 40, "pgsteer holds %.0f MB for a client that does not read"
+                        % grown)
+        rows, size = read_until_ready(s)
+        self.assertEqual(rows, 200000)
+        self.assertGreater(size, 200000 * 1000)
+
+    def test_on_its_own_backend(self):
+        s = raw_login(PX)
+        try:
+            self.check(PX, s)
+        finally:
+            s.close()
+
+    def test_on_a_shared_backend(self):
+        with multiplexing() as px:
+            b = connect(px)
+            s = raw_login(px)
+            try:
+                self.assertEqual(raw_pid(s), replica_pid(b))
+                self.check(px, s)
+            finally:
+                s.close()
+                b.close()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ from wire import (Bind, Close, Conn, Describe, Execute, Flush, Parse, Query, Syn
 cluster = None
 proxy = None
 eventual = None
+shared = None
 
 
 def setUpModule():
-    global cluster, proxy, eventual
+    global cluster, proxy, eventual, shared
     cluster = Cluster(replicas=2)
     cluster.start()
     cluster.psql(cluster.primary_port,
@@ -42,15 +43,33 @@ def setUpModule():
     # go to the replicas, so that what a session change left there shows.
     eventual = Pgsteer(cluster, extra_yaml="read_balance: statement\nconsistency: eventual\n")
     eventual.start()
+    # Reads of sessions without state of their own on one backend per replica, shared with
+    # other sessions (multiplex_reads; one worker, so that every session meets the same ones).
+    shared = Pgsteer(cluster, extra_yaml="read_balance: statement\nconsistency: eventual\n"
+                     "multiplex_reads: on\nworkers: 1\n")
+    shared.start()
 
 
 def tearDownModule():
+    if shared:
+        shared.stop()
     if eventual:
         eventual.stop()
     if proxy:
         proxy.stop()
     if cluster:
         cluster.stop()
+
+
+def multiplexed_reads(px):
+    """SHOW STATS's multiplexed_reads of px, from its /metrics."""
+    import urllib.request
+    url = "http://127.0.0.1:%d/metrics" % px.admin_port
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("pgsteer_multiplexed_reads_total "):
+                return int(line.split()[1])
+    raise AssertionError("no pgsteer_multiplexed_reads_total")
 
 
 def both(test, script, port=None):
@@ -125,16 +144,16 @@ def random_step(rng, live):
                                            "select v from w where id = %d" % i))))
 
 
-def run_random_sequences(test, seeds, steps, most_at_once, same):
-    """For every seed, send random_step()s to the primary and through pgsteer, up to
-    `most_at_once` of them before reading the answers; fail at the first answers that are not
-    `same(direct's, pgsteer's)`."""
+def run_random_sequences(test, seeds, steps, most_at_once, same, port=None):
+    """For every seed, send random_step()s to the primary and through pgsteer (at `port`, by
+    default the module's proxy or `eventual`), up to `most_at_once` of them before reading the
+    answers; fail at the first answers that are not `same(direct's, pgsteer's)`."""
     for seed in seeds:
         rng = random.Random(seed)
         # Two in three without read-your-writes, whose reads after a write would go to the
         # primary and hide what a replica's session holds.
         direct = Conn(cluster.primary_port)
-        via = Conn(proxy.port if seed % 3 == 0 else eventual.port)
+        via = Conn(port or (proxy.port if seed % 3 == 0 else eventual.port))
         live, done = set(), []
         try:
             for _ in range(rng.randint(*steps)):
@@ -773,6 +792,23 @@ class WireTest(unittest.TestCase):
         seed0 = int(os.environ.get("SEED0", "1100"))
         run_random_sequences(self, range(seed0, seed0 + int(os.environ.get("SEEDS", "600"))),
                              (3, 10), 4, same)
+
+    def test_random_sequences_with_multiplexed_reads_match_the_primary(self):
+        # The random steps through a pgsteer with multiplex_reads: a session's reads share a
+        # backend with other sessions' until it changes a setting or opens a transaction, and
+        # its answers must still be the primary's, one step at a time and pipelined (with the
+        # known difference above).
+        def same(a, b):
+            return len(a) == len(b) and all(
+                x == y or (x == ("E", "25P02") and y == ("E", "26000")) for x, y in zip(a, b))
+
+        before = multiplexed_reads(shared)
+        n = int(os.environ.get("SEEDS", "150"))
+        run_random_sequences(self, range(5000, 5000 + n), (5, 25), 1, lambda a, b: a == b,
+                             port=shared.port)
+        run_random_sequences(self, range(6000, 6000 + 2 * n), (3, 10), 4, same,
+                             port=shared.port)
+        self.assertGreater(multiplexed_reads(shared) - before, n)
 
     def test_protocol_violation_gets_08P01(self):
         c = Conn(proxy.port)

@@ -188,6 +188,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->tcp_keepalive_idle_s, 60);
     assert_int_equal(c->tcp_keepalive_interval_s, 10);
     assert_int_equal(c->tcp_keepalive_count, 6);
+    assert_false(c->multiplex_reads);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -716,6 +717,12 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "32768\n"
                   "t.yaml:3:22: 'tcp_keepalive_count' must be between 1 and 127, got 128\n"
                   "t.yaml:4:16: invalid value for 'tcp_keepalive': 'yes' (expected off or on)\n");
+    expect_errors(
+        "multiplex_reads: true\n" BASE,
+        "t.yaml:1:18: invalid value for 'multiplex_reads': 'true' (expected off or on)\n");
+    c = parse("multiplex_reads: on\n" BASE);
+    assert_true(c->multiplex_reads);
+    config_free(c);
     c = parse("tcp_keepalive_idle_s: 32767\ntcp_keepalive_interval_s: 1\n"
               "tcp_keepalive_count: 1\ntcp_keepalive: on\n" BASE);
     assert_true(c->tcp_keepalive);
