@@ -141,7 +141,11 @@ struct proxy {
     uint64_t busy_poll_sleeps; /* polling ended with no input: the worker slept */
     /* multiplex_reads: this worker's shared backend per node (backend.c), or NULL */
     struct backend *shared_be[CONFIG_MAX_NODES];
-    uint64_t multiplexed; /* statements sent over a shared backend */
+    /* Units queued on shared backends during one turn of the loop go out in one write per
+     * backend, before the loop next polls (backend_shared_defer_flush) */
+    uv_prepare_t shared_prepare;
+    uint32_t shared_dirty; /* bit i: shared_be[i] has queued bytes to send */
+    uint64_t multiplexed;  /* statements sent over a shared backend */
 };
 
 /* ---- backend.c ---- */
@@ -270,6 +274,9 @@ int backend_shared_expect(struct backend *b, struct client *c, enum expect_kind 
 void backend_shared_forget(struct client *c);
 /* c's output drained: resume the shared backend paused while its answer to c was long. */
 void backend_shared_resume(struct client *c);
+/* Send what was queued on shared backend b before the loop next polls, together with what
+ * other clients queue there meanwhile: several clients' reads reach the node in one write. */
+void backend_shared_defer_flush(struct backend *b);
 /* Close px's shared backends that are idle and may no longer serve (a reload turned
  * multiplex_reads off or changed the configuration they were opened under), or every one when
  * `all` (the worker stops). */

@@ -1137,6 +1137,29 @@ void backend_shared_forget(struct client *c)
     c->shared_owed = 0;
 }
 
+static void shared_prepare_cb(uv_prepare_t *h)
+{
+    struct proxy *px = h->data;
+    uint32_t dirty = px->shared_dirty;
+    px->shared_dirty = 0;
+    uv_prepare_stop(h);
+    for (; dirty; dirty &= dirty - 1) {
+        struct backend *b = px->shared_be[__builtin_ctz(dirty)];
+        if (b)
+            backend_flush(b); /* on failure b is closed and its clients told */
+    }
+}
+
+void backend_shared_defer_flush(struct backend *b)
+{
+    struct proxy *px = b->px;
+    px->shared_dirty |= 1u << b->node;
+    if (!uv_is_active((uv_handle_t *)&px->shared_prepare)) {
+        px->shared_prepare.data = px;
+        uv_prepare_start(&px->shared_prepare, shared_prepare_cb);
+    }
+}
+
 void backend_shared_resume(struct client *c)
 {
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {

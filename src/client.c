@@ -1252,7 +1252,7 @@ static int client_share_query(struct client *c, struct backend *b, const struct 
         c->retry_inflight = true;
     }
     c->cur_node = rt.node;
-    backend_flush(b);
+    backend_shared_defer_flush(b);
     return 0;
 }
 
@@ -2063,7 +2063,7 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
      * they still hold under that name (client_start_batch drops it there first). */
     c->unnamed_stale = c->backend_mask;
     c->cur_node = rt.node;
-    backend_flush(b);
+    backend_shared_defer_flush(b);
     return 0;
 }
 

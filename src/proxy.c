@@ -922,6 +922,8 @@ static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_
     px->calls_async.data = px;
     uv_idle_init(loop, &px->poll_idle);
     px->poll_idle.data = px;
+    uv_prepare_init(loop, &px->shared_prepare);
+    px->shared_prepare.data = px;
     px->poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
     /* Several workers each listen on the same address with SO_REUSEPORT, and the kernel
      * spreads new connections over them. */
