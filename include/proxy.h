@@ -150,6 +150,9 @@ struct proxy {
 
 /* ---- backend.c ---- */
 
+struct proto_msg;
+struct stmt;
+
 enum backend_state {
     BACKEND_CONNECTING = 0, /* TCP connect in progress */
     BACKEND_AUTH,           /* StartupMessage sent, authenticating */
@@ -174,6 +177,8 @@ struct expect {
     bool retryable;       /* a read on a replica that may be retried on the primary on 25006 */
     bool write;           /* the unit needed the primary for a write: completes read-your-writes */
     bool quiet;           /* swallowed even when an error: the client's own statement follows */
+    uint16_t sstmt;       /* on a shared backend: a Parse of its statement sstmt - 1 (struct
+                             shared_stmt), which its answer makes usable or drops; 0 = none */
     uint32_t stmt;        /* a Parse of statement `stmt` (its id): if the client's own fails, the
                              statement is forgotten; if a re-prepare fails, its node is unmarked */
     uint64_t change;      /* the client's Query recorded session change `change` (its gen): undone
@@ -182,6 +187,19 @@ struct expect {
                              this answer ends holds no change recorded after it (pipelined) */
     struct client *owner; /* on a shared backend: the client the answer is for; NULL once that
                              client left (its answer is then dropped) */
+};
+
+/* A statement a shared backend prepared for clients' named statements of the same text and
+ * parameter types: each client's Bind of its own name is sent with this one's. */
+#define SHARED_STMTS_MAX 128
+struct shared_stmt {
+    uint64_t hash; /* of the text and types (stmt_hash) */
+    char *query;   /* owned */
+    size_t query_len;
+    uint32_t *types; /* owned, ntypes of them */
+    uint16_t ntypes;
+    uint32_t name; /* prepared on the node as "pgsteer_s<name>" */
+    bool ready;    /* the node answered its Parse: clients may send Binds of it */
 };
 
 struct backend {
@@ -235,6 +253,11 @@ struct backend {
      * (struct expect.owner), and `client` points at the head's owner only while its answer is
      * being handled */
     bool shared;
+    /* and the clients' named prepared statements it has prepared under names of its own
+     * (backend_shared_bind); NULL until the first */
+    struct shared_stmt *sstmts;
+    uint16_t nsstmts;     /* entries in use, 0..SHARED_STMTS_MAX */
+    uint32_t sstmt_names; /* names given so far: the next is "pgsteer_s<sstmt_names + 1>" */
 };
 
 /* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.
@@ -263,8 +286,10 @@ struct expect *backend_expect_last(struct backend *b);
 /* Send queued bytes now (when logged in). */
 void backend_flush(struct backend *b);
 /* multiplex_reads: the worker's shared backend to `node` for c's user, database and startup
- * parameters, logged in and ready; made from a pooled backend when there is none yet. NULL
- * when there is no such backend (c then uses its own). Owned by the worker (px->shared_be). */
+ * parameters, logged in and ready; made from a pooled backend when there is none yet, else
+ * from c's own backend to the node when that is idle and could be pooled (c then no longer
+ * has it). NULL when there is no such backend (c then uses its own). Owned by the worker
+ * (px->shared_be). */
 struct backend *backend_shared_get(struct client *c, int node);
 /* After queueing c's messages on shared backend b (backend_queue), expect the answer to one of
  * them (kind) for c; a Query or Sync counts in c->shared_owed until answered. Returns 0 or -1
@@ -274,6 +299,15 @@ int backend_shared_expect(struct backend *b, struct client *c, enum expect_kind 
 void backend_shared_forget(struct client *c);
 /* c's output drained: resume the shared backend paused while its answer to c was long. */
 void backend_shared_resume(struct client *c);
+/* Queue on shared backend b, for client c, the Bind `bind` of c's named statement st (its
+ * portal unnamed) and the `rest_len` bytes after it up to its batch's Sync, with the Bind
+ * naming b's own statement of the same text and parameter types instead, and a Parse of that
+ * one first when b has none yet (expected here, its answer swallowed unless it is an error,
+ * which c then gets as its batch's; the caller expects the Bind and the rest). Returns 1 when
+ * queued, 0 when st cannot run on b now (b's Parse of it is still unanswered, or b holds
+ * SHARED_STMTS_MAX statements) and -1 when out of memory; either way nothing is queued. */
+int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
+                        const struct proto_msg *bind, const char *rest, size_t rest_len);
 /* Send what was queued on shared backend b before the loop next polls, together with what
  * other clients queue there meanwhile: several clients' reads reach the node in one write. */
 void backend_shared_defer_flush(struct backend *b);
@@ -316,6 +350,7 @@ struct stmt {
     unsigned flags;     /* classify flags of query */
     uint32_t nodes;     /* bit i: prepared on the backend to node i */
     uint64_t id;        /* unique in the client: which statement a pooled slot holds */
+    uint64_t hash;      /* of query and types for shared backends' lookups; 0 = not yet */
 };
 
 /* A session change to replay on every backend (SET, RESET, DISCARD, SQL PREPARE). */

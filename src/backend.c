@@ -4,6 +4,7 @@
  * matched to the message that caused it, forwarded to the client or swallowed. */
 #include "proxy.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@ static void backend_handle_input(struct backend *b);
 static void shared_fail(struct backend *b, const char *sqlstate, const char *message);
 static void shared_closed(struct backend *b);
 static void backend_pool_input(struct backend *b);
+static void shared_stmts_free(struct backend *b);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -33,6 +35,7 @@ static void backend_free_if_closed(struct backend *b)
     free(b->pool_key);
     free(b->scram);
     free(b->exp);
+    shared_stmts_free(b);
     free(b);
 }
 
@@ -184,6 +187,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->write = write;
     e->quiet = false;
     e->stmt = 0;
+    e->sstmt = 0;
     e->change = 0;
     e->gen_at = b->client ? b->client->change_gen : 0;
     e->owner = NULL;
@@ -902,8 +906,8 @@ static bool pool_too_old(const struct backend *b)
     return lifetime > 0 && uv_hrtime() - b->opened_ns >= (uint64_t)lifetime * 1000000u;
 }
 
-/* Whether b, whose client c is leaving, may serve another client after a reset. */
-static bool pool_fit(const struct backend *b, const struct client *c)
+/* Whether idle backend b may serve another client after a reset. */
+static bool pool_fit_idle(const struct backend *b)
 {
     const struct proxy *px = b->px;
     const struct config *cfg = px->cfg;
@@ -913,19 +917,35 @@ static bool pool_fit(const struct backend *b, const struct client *c)
            !b->write_pending && !b->cancel_pending && buf_avail(&b->out) == 0 &&
            buf_avail(&b->in) == 0 && b->cfg_gen == px->cfg_gen && (size_t)node < cfg->nnodes &&
            !cfg->nodes[node].pooled && !px->nodes[node].removed &&
-           px->nodes[node].failed_until_ms <= proxy_now_ms() && c->tx_node != node &&
-           c->batch_node != node && c->copy_node != node && !pool_too_old(b);
+           px->nodes[node].failed_until_ms <= proxy_now_ms() && !pool_too_old(b);
 }
+
+/* The same for b, whose client c is leaving (or, for a shared backend, lends it). */
+static bool pool_fit(const struct backend *b, const struct client *c)
+{
+    int node = b->node;
+    return pool_fit_idle(b) && c->tx_node != node && c->batch_node != node && c->copy_node != node;
+}
+
+static void pool_park(struct backend *b);
 
 void backend_release(struct backend *b)
 {
     struct client *c = b->client;
-    struct proxy *px = b->px;
-    int node = b->node;
     if (c == NULL || !pool_fit(b, c)) {
         backend_close(b);
         return;
     }
+    backend_detach(b);
+    pool_park(b);
+}
+
+/* Put b, idle, logged in and no client's, in its worker's pool, reset with DISCARD ALL, or
+ * close it when the pools are full. */
+static void pool_park(struct backend *b)
+{
+    struct proxy *px = b->px;
+    int node = b->node;
     if (atomic_fetch_add(&px->shared->idle[node], 1) >= px->cfg->backend_idle_max) {
         /* Full: the least recently parked backend of this worker gives b its place (its
          * unlink takes back one count, so the one just added stands for b). Without one here
@@ -941,7 +961,6 @@ void backend_release(struct backend *b)
         backend_close(oldest);
     }
     int rc = proto_write_Query(&b->out, POOL_RESET_QUERY); /* out is empty (pool_fit) */
-    backend_detach(b);
     b->parked = true;
     b->resetting = true;
     b->pool_prev = NULL;
@@ -1079,9 +1098,18 @@ struct backend *backend_shared_get(struct client *c, int node)
                     memcmp(b->pool_key, c->param_key, b->pool_keylen) == 0;
         if (b->state == BACKEND_READY && same && shared_fit(b))
             return b;
-        if (b->exp_count == 0 && !shared_fit(b))
+        if (b->exp_count != 0)
+            return NULL;
+        if (!shared_fit(b) || !pool_fit_idle(b)) {
             backend_close(b); /* clears px->shared_be[node]; the next read takes a fresh one */
-        return NULL;
+            return NULL;
+        }
+        /* Idle, and another login's: it goes to the pool, and c's login takes the place. */
+        px->shared_be[node] = NULL;
+        px->nodes[node].backends--;
+        b->shared = false;
+        shared_stmts_free(b);
+        pool_park(b);
     }
     for (b = px->pool[node]; b; b = b->pool_next) {
         if (b->resetting || b->pool_keylen != c->param_keylen ||
@@ -1100,7 +1128,30 @@ struct backend *backend_shared_get(struct client *c, int node)
                   px->cfg->nodes[node].name);
         return b;
     }
-    return NULL;
+    /* None pooled, as when clients keep their connections: c's own backend to the node
+     * becomes the shared one, if it could go to the pool now. The pool's reset goes first,
+     * its answer nobody's, and drops what c left there (prepared statements, whose names
+     * could be the ones shared statements get). c takes or opens another when it needs one. */
+    b = c->backends[node];
+    if (b == NULL || !pool_fit(b, c) || !shared_fit(b) ||
+        proto_write_Query(&b->out, POOL_RESET_QUERY) < 0) /* out is empty (pool_fit) */
+        return NULL;
+    backend_detach(b);
+    c->unnamed_stale &= ~(1u << node);
+    b->shared = true;
+    px->shared_be[node] = b;
+    px->nodes[node].backends++;
+    if (backend_expect(b, EXP_QUERY, true, false) < 0) {
+        backend_close(b);
+        return NULL;
+    }
+    if (!b->reading) {
+        uv_read_start((uv_stream_t *)&b->tcp, backend_alloc_cb, backend_read_cb);
+        b->reading = true;
+    }
+    log_debug("node %s: a client's idle backend is now shared by this worker's reads",
+              px->cfg->nodes[node].name);
+    return b;
 }
 
 int backend_shared_expect(struct backend *b, struct client *c, enum expect_kind kind)
@@ -1135,6 +1186,133 @@ void backend_shared_forget(struct client *c)
             backend_resume(b);
     }
     c->shared_owed = 0;
+}
+
+/* FNV-1a over a statement's text and parameter types: which of a shared backend's statements
+ * a client's is (never 0, which means "not computed"). */
+static uint64_t stmt_hash(const struct stmt *st)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < st->query_len; i++)
+        h = (h ^ (unsigned char)st->query[i]) * 1099511628211ull;
+    for (uint16_t i = 0; i < st->ntypes; i++)
+        h = (h ^ st->types[i]) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static void shared_stmts_free(struct backend *b)
+{
+    for (uint16_t i = 0; i < b->nsstmts; i++) {
+        free(b->sstmts[i].query);
+        free(b->sstmts[i].types);
+    }
+    free(b->sstmts);
+    b->sstmts = NULL;
+    b->nsstmts = 0;
+}
+
+/* The node answered the Parse of b's statement `i`: usable from now on, or, when it failed,
+ * dropped (the last entry takes its place) so that the next client's Bind prepares it anew. */
+static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok)
+{
+    if (i >= b->nsstmts)
+        return;
+    struct shared_stmt *e = &b->sstmts[i];
+    if (ok) {
+        e->ready = true;
+        return;
+    }
+    free(e->query);
+    free(e->types);
+    *e = b->sstmts[--b->nsstmts];
+    /* An entry moved from the end may have its Parse in flight: renumber its expect. */
+    for (size_t k = 0; k < b->exp_count; k++) {
+        struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+        if (x->sstmt == b->nsstmts + 1)
+            x->sstmt = (uint16_t)(i + 1);
+    }
+}
+
+int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
+                        const struct proto_msg *bind, const char *rest, size_t rest_len)
+{
+    if (st->hash == 0)
+        st->hash = stmt_hash(st);
+    uint16_t i = 0;
+    for (; i < b->nsstmts; i++) {
+        const struct shared_stmt *e = &b->sstmts[i];
+        if (e->hash == st->hash && e->query_len == st->query_len && e->ntypes == st->ntypes &&
+            memcmp(e->query, st->query, st->query_len) == 0 &&
+            (st->ntypes == 0 || memcmp(e->types, st->types, st->ntypes * sizeof(uint32_t)) == 0))
+            break;
+    }
+    bool parse = i == b->nsstmts;
+    if (!parse && !b->sstmts[i].ready)
+        return 0; /* another client's Parse of it is in flight: it might fail */
+    if (parse) {
+        if (b->nsstmts == SHARED_STMTS_MAX)
+            return 0;
+        if (b->sstmts == NULL && (b->sstmts = calloc(SHARED_STMTS_MAX, sizeof(*b->sstmts))) == NULL)
+            return -1;
+        struct shared_stmt *e = &b->sstmts[i];
+        *e = (struct shared_stmt){.hash = st->hash,
+                                  .query_len = st->query_len,
+                                  .ntypes = st->ntypes,
+                                  .name = b->sstmt_names + 1};
+        e->query = malloc(st->query_len + 1);
+        e->types = malloc(st->ntypes ? st->ntypes * sizeof(uint32_t) : 1);
+        if (e->query == NULL || e->types == NULL) {
+            free(e->query);
+            free(e->types);
+            return -1;
+        }
+        memcpy(e->query, st->query, st->query_len + 1);
+        if (st->ntypes)
+            memcpy(e->types, st->types, st->ntypes * sizeof(uint32_t));
+        b->nsstmts++;
+        b->sstmt_names++;
+    }
+    char name[24];
+    snprintf(name, sizeof(name), "pgsteer_s%u", (unsigned)b->sstmts[i].name);
+    size_t before = b->out.len;
+    if (parse &&
+        proto_write_Parse(&b->out, name, st->query, st->query_len, st->types, st->ntypes) < 0)
+        goto oom;
+    /* The Bind as the client sent it, but for its statement name: portal "" (the caller
+     * checked), then the name, then the rest unchanged. */
+    struct proto_reader r;
+    proto_reader_init(&r, bind->body, bind->len);
+    proto_read_str(&r, NULL);
+    proto_read_str(&r, NULL);
+    size_t nlen = strlen(name);
+    size_t len = 4 + 1 + nlen + 1 + (bind->len - r.pos);
+    if (r.err || len > PROTO_MAX_MESSAGE || buf_reserve(&b->out, 1 + len + rest_len) < 0)
+        goto oom;
+    char *p = b->out.data + b->out.len;
+    p[0] = FE_BIND;
+    proto_put_u32(p + 1, (uint32_t)len);
+    p[5] = 0;
+    memcpy(p + 6, name, nlen + 1);
+    memcpy(p + 7 + nlen, bind->body + r.pos, bind->len - r.pos);
+    memcpy(p + 1 + len, rest, rest_len);
+    b->out.len += 1 + len + rest_len;
+    if (parse) {
+        if (backend_expect(b, EXP_PARSE, true, false) < 0)
+            goto oom;
+        struct expect *e = backend_expect_last(b);
+        e->owner = c;
+        e->gen_at = c->change_gen;
+        e->sstmt = (uint16_t)(i + 1);
+    }
+    return 1;
+oom:
+    b->out.len = before;
+    if (parse) {
+        b->nsstmts--;
+        free(b->sstmts[i].query);
+        free(b->sstmts[i].types);
+    }
+    return -1;
 }
 
 static void shared_prepare_cb(uv_prepare_t *h)
@@ -1195,6 +1373,8 @@ static int shared_response(struct backend *b, const struct proto_msg *m)
             backend_fail(b, "08P01", "unexpected message from node");
         return -1;
     }
+    if (head->sstmt && (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
+        shared_stmt_answered(b, (uint16_t)(head->sstmt - 1), m->type == BE_PARSE_COMPLETE);
     struct client *o = head->owner;
     if (o == NULL || o->state != CLIENT_READY) {
         /* Its client left: the answer goes nowhere, but the ring keeps in step with it. */

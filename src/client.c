@@ -1965,11 +1965,14 @@ static int client_local_batch(struct client *c)
  * on a shared backend as a whole, else 0. It must be self-contained: it makes the unnamed
  * statement (Parse "" first) and runs it through the unnamed portal, with nothing but Bind,
  * Describe and Execute of those before its Sync, at most 8 messages (what drivers send for a
- * statement they do not keep prepared). */
-static size_t client_shareable_batch(const struct client *c)
+ * statement they do not keep prepared); or it starts with a Bind of one of c's named
+ * statements to the unnamed portal (*named gets the statement), then only Describe and
+ * Execute of that portal and its Sync (what drivers send for one they keep prepared). */
+static size_t client_shareable_batch(struct client *c, struct stmt **named)
 {
     const char *p = buf_head(&c->in);
     size_t avail = buf_avail(&c->in), off = 0;
+    *named = NULL;
     for (int i = 0; i < 8; i++) {
         struct proto_msg m;
         if (proto_frame(p + off, avail - off, PROTO_MAX_MESSAGE, &m) <= 0)
@@ -1983,14 +1986,21 @@ static size_t client_shareable_batch(const struct client *c)
                 proto_read_str(&r, &n1);
             break;
         case FE_BIND:
-            if (i > 0) {
+            if (i == 0 || *named == NULL) {
                 proto_read_str(&r, &n1);
-                proto_read_str(&r, &n2);
+                const char *name = proto_read_str(&r, &n2);
+                if (i == 0) {
+                    /* The unnamed statement without its Parse lives on c's own backends;
+                     * a name that is not c's gets the node's error there. */
+                    if (n2 == 0 || r.err || (*named = session_stmt_find(c, name, n2)) == NULL)
+                        return 0;
+                    n2 = 0;
+                }
             }
             break;
         case FE_DESCRIBE: {
             uint8_t kind = proto_read_u8(&r);
-            if (kind == 'S' || kind == 'P')
+            if ((kind == 'S' && *named == NULL) || kind == 'P')
                 proto_read_str(&r, &n1);
             break;
         }
@@ -2011,12 +2021,25 @@ static size_t client_shareable_batch(const struct client *c)
 
 /* Send the batch of `len` bytes at the head of c's input (client_shareable_batch) to shared
  * backend b, routed as rt, and consume it. Its Parse is recorded as c's unnamed statement, on
- * none of c's own backends (a later Bind of it without a Parse prepares it there). Returns 0,
- * or -1 when c was closed. */
-static int client_share_batch(struct client *c, struct backend *b, size_t len, struct route rt)
+ * none of c's own backends (a later Bind of it without a Parse prepares it there); a batch
+ * that binds c's statement `named` has its Bind sent for b's statement of the same text
+ * (backend_shared_bind). Returns 0, 2 when b cannot take it now (nothing was sent: c's own
+ * backend takes it), or -1 when c was closed. */
+static int client_share_batch(struct client *c, struct backend *b, size_t len, struct route rt,
+                              struct stmt *named)
 {
     const char *p = buf_head(&c->in);
-    if (backend_queue(b, p, len) < 0) {
+    if (named) {
+        struct proto_msg bind;
+        (void)proto_frame(p, len, PROTO_MAX_MESSAGE, &bind); /* framed before */
+        int rc = backend_shared_bind(b, c, named, &bind, p + bind.total, len - bind.total);
+        if (rc == 0)
+            return 2;
+        if (rc < 0) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
+    } else if (backend_queue(b, p, len) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
@@ -2061,7 +2084,8 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
     buf_consume(&c->in, len);
     /* The unnamed statement is now the one made on b: c's own backends must not run what
      * they still hold under that name (client_start_batch drops it there first). */
-    c->unnamed_stale = c->backend_mask;
+    if (named == NULL)
+        c->unnamed_stale = c->backend_mask;
     c->cur_node = rt.node;
     backend_shared_defer_flush(b);
     return 0;
@@ -2099,10 +2123,14 @@ static int client_start_batch(struct client *c)
     }
     if (flags == 0 && rt.reason == ROUTE_READ && c->px->cfg->multiplex_reads &&
         client_may_share(c)) {
-        size_t len = client_shareable_batch(c);
+        struct stmt *named;
+        size_t len = client_shareable_batch(c, &named);
         struct backend *sb = len ? backend_shared_get(c, rt.node) : NULL;
-        if (sb)
-            return client_share_batch(c, sb, len, rt);
+        if (sb) {
+            rc = client_share_batch(c, sb, len, rt, named);
+            if (rc != 2)
+                return rc;
+        }
     }
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)

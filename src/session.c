@@ -140,6 +140,7 @@ struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, c
     s->ntypes = ntypes;
     s->flags = flags;
     s->nodes = 0;
+    s->hash = 0;
     s->id = ++c->stmt_seq;
     return s;
 }

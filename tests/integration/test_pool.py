@@ -405,10 +405,10 @@ def admin_stat(px, name):
 
 
 @contextlib.contextmanager
-def multiplexing(extra_yaml=""):
+def multiplexing(extra_yaml="", warm=True):
     """A pgsteer with multiplex_reads on, one worker, reading from replica1 only (replica2 at
-    weight 0, by a reload before any client), and a shared backend to replica1 ready: a
-    client read there once and left, so its backend is in the pool."""
+    weight 0, by a reload before any client), and, when `warm`, a shared backend to replica1
+    ready: a client read there once and left, so its backend is in the pool."""
     with cl.Pgsteer(CLUSTER, extra_yaml=ADMIN_YAML + "workers: 1\nmultiplex_reads: on\n" +
                     extra_yaml) as px:
         with open(px.config_path) as f:
@@ -418,10 +418,11 @@ def multiplexing(extra_yaml=""):
         admin(px, "RELOAD")
         wait_for(lambda: admin_stat(px, "reloads") == "1", what="the reload")
         wait_for(lambda: node_stats(px, "replica1")["eligible"], what="replica1 eligible")
-        c = connect(px)
-        one(c, "select 1")
-        c.close()
-        pooled(px, "replica1")
+        if warm:
+            c = connect(px)
+            one(c, "select 1")
+            c.close()
+            pooled(px, "replica1")
         yield px
 
 
@@ -686,6 +687,204 @@ class MultiplexTest(unittest.TestCase):
                 s.send(b"".join([W.Parse("select pg_backend_pid()"), W.Bind(), W.Execute(),
                                  W.Sync]))
                 self.assertIn(("D", (str(shared_pid),)), s.until_ready())
+            finally:
+                s.close()
+                b.close()
+
+    def test_clients_that_keep_their_connections_share_too(self):
+        """With no backend in the pool (no client has left yet), a client's own idle backend
+        to the replica becomes the shared one, reset first: what the client prepared there
+        is gone, so a statement pgsteer prepares there for clients may take any name."""
+        W = wire
+        with multiplexing(warm=False) as px:
+            s = raw_login(px)
+            b = None
+            try:
+                own = raw_pid(s)  # the first read opens s's own backend
+                self.assertEqual(admin_stat(px, "multiplexed_reads"), "0")
+                s.send(W.Parse("select 'mine'", name="pgsteer_s1") + W.Sync)
+                self.assertEqual(s.until_ready(), [("1", None), ("Z", "I")])
+                self.assertEqual(raw_pid(s), own)  # shared from now on
+                self.assertEqual(admin_stat(px, "multiplexed_reads"), "1")
+                self.assertEqual([(r[1], r[2], int(r[3])) for r in admin_rows(px, "SHOW SERVERS")
+                                  if r[1] == "replica1"], [("replica1", "shared", own)])
+                s.send(W.Bind("pgsteer_s1") + W.Execute() + W.Sync)
+                self.assertEqual(s.until_ready(), [("2", None), ("D", ("mine",)),
+                                                   ("C", "SELECT 1"), ("Z", "I")])
+                b = connect(px)
+                self.assertEqual(replica_pid(b), own)
+                self.assertEqual(int(admin_stat(px, "multiplexed_reads")), 3)
+            finally:
+                s.close()
+                if b:
+                    b.close()
+
+    def test_another_login_takes_an_idle_shared_backends_place(self):
+        """One shared backend per replica and worker, for one login (user, database, startup
+        parameters): a session of another login finds it idle, sends it to the pool and
+        shares one of its own login's from then on; and back."""
+        with multiplexing() as px:
+            a = connect(px)
+            b = connect(px, application_name="pgsteer-tests-other")
+            try:
+                first = replica_pid(a)
+                before = int(admin_stat(px, "multiplexed_reads"))
+                own = replica_pid(b)  # the shared one is a's login's: b opens its own
+                self.assertNotEqual(own, first)
+                self.assertEqual(replica_pid(b), own)  # b's becomes the shared one
+                self.assertEqual([(r[2], int(r[3])) for r in admin_rows(px, "SHOW SERVERS")
+                                  if r[2] == "shared"], [("shared", own)])
+                self.assertEqual(int(admin_stat(px, "multiplexed_reads")), before + 1)
+                # a's login again: b's goes to the pool, a's pooled one is shared again.
+                wait_for(lambda: replica_pid(a) == first, what="a's login sharing again")
+                rows = [r for r in admin_rows(px, "SHOW SERVERS") if r[1] == "replica1"]
+                self.assertEqual(sorted(("pooled" if r[2] == "resetting" else r[2], int(r[3]))
+                                        for r in rows), [("pooled", own), ("shared", first)])
+            finally:
+                a.close()
+                b.close()
+
+    def test_named_statements_share_the_backend_under_names_of_their_own(self):
+        """A Bind of a client's named statement to the unnamed portal (pgbench -M prepared,
+        pgJDBC past prepareThreshold, psycopg 3's prepared statements) runs on the shared
+        backend, under pgsteer's name for a statement of the same text and types: clients
+        that give one name to different statements, or different names to one, each get their
+        own statement's answers, as from one server, also with every client's batches sent
+        before any answer is read."""
+        W = wire
+
+        def parses(i):
+            return (W.Parse("select $1::int + %d" % i, name="s1") +
+                    W.Parse("select $1::int * 2, 'same text'", name="s2_%d" % i) +
+                    W.Parse("select $1::text || $2::text", name="s3", types=(25, 25)) +
+                    W.Parse("select 1/0", name="zero") + W.Sync)
+
+        def batches(i):
+            out = []
+            for k in range(6):
+                out.append(W.Bind("s1", params=(k,)) + W.Describe(b"P") + W.Execute() + W.Sync)
+                out.append(W.Bind("s2_%d" % i, params=(k,)) + W.Execute() + W.Sync)
+                out.append(W.Bind("s3", params=(str(i), str(k))) + W.Describe(b"P") +
+                           W.Execute() + W.Sync)
+            out.append(W.Bind("zero") + W.Execute() + W.Sync)
+            out.append(W.Bind("s1", params=(100,)) + W.Execute(maxrows=1) + W.Sync)
+            out.append(W.Bind("no_such") + W.Execute() + W.Sync)
+            return out
+
+        want = []
+        for i in range(3):
+            direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER,
+                               password=cl.APP_PASSWORD, database=cl.APP_DB)
+            try:
+                direct.send(parses(i))
+                direct.until_ready()
+                direct.send(b"".join(batches(i)))
+                want.append(direct.until_ready(count=len(batches(i))))
+            finally:
+                direct.close()
+        self.assertIn(("E", "22012"), want[0])
+        self.assertEqual(want[0][-2:], [("E", "26000"), ("Z", "I")])
+        with multiplexing() as px:
+            b = connect(px)
+            clients = [raw_login(px) for _ in range(3)]
+            try:
+                shared_pid = replica_pid(b)
+                for i, s in enumerate(clients):
+                    s.send(parses(i))
+                    self.assertEqual(s.until_ready(), [("1", None)] * 4 + [("Z", "I")])
+                before = int(admin_stat(px, "multiplexed_reads"))
+                for i, s in enumerate(clients):
+                    got = []
+                    for batch in batches(i):
+                        s.send(batch)
+                        got += s.until_ready()
+                    self.maxDiff = None
+                    self.assertEqual(got, want[i])
+                for i, s in enumerate(clients):
+                    s.send(b"".join(batches(i)))
+                for i, s in enumerate(clients):
+                    self.assertEqual(s.until_ready(count=len(batches(i))), want[i])
+                # Every client's statements ran on the shared backend (the unknown name
+                # excepted: its error comes from the client's own).
+                self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")) - before,
+                                        3 * 2 * (len(batches(0)) - 1))
+                s = clients[0]
+                s.send(W.Parse("select pg_backend_pid()", name="pid") + W.Sync)
+                s.until_ready()
+                s.send(W.Bind("pid") + W.Execute() + W.Sync)
+                self.assertIn(("D", (str(shared_pid),)), s.until_ready())
+                # On the node, one statement for each text and types, under pgsteer's names.
+                with b.cursor() as cur:
+                    cur.execute("select pg_backend_pid(), name, statement "
+                                "from pg_prepared_statements order by statement")
+                    rows = cur.fetchall()
+                self.assertEqual({r[0] for r in rows}, {shared_pid})
+                self.assertTrue(all(re.fullmatch(r"pgsteer_s[0-9]+", r[1]) for r in rows), rows)
+                self.assertEqual(sorted(r[2] for r in rows),
+                                 sorted(["select $1::int + 0", "select $1::int + 1",
+                                         "select $1::int + 2", "select $1::int * 2, 'same text'",
+                                         "select $1::text || $2::text", "select 1/0",
+                                         "select pg_backend_pid()"]))
+            finally:
+                for s in clients:
+                    s.close()
+                b.close()
+
+    def test_a_named_statement_the_shared_backend_cannot_prepare(self):
+        """The shared backend prepares a client's statement when it first needs it: if the
+        node refuses (here its table was dropped since the client prepared it), the client
+        gets the node's error for its batch, as one server gives it when it re-checks the
+        statement, and a later Bind prepares it anew."""
+        W = wire
+        CLUSTER.psql(CLUSTER.primary_port, "create table mux_late (v int)")
+        CLUSTER.wait_replay()
+        with multiplexing() as px:
+            b = connect(px)
+            s = raw_login(px)
+            try:
+                shared_pid = replica_pid(b)
+                s.send(W.Parse("select count(*), pg_backend_pid() from mux_late", name="late") +
+                       W.Sync)
+                self.assertEqual(s.until_ready(), [("1", None), ("Z", "I")])
+                CLUSTER.psql(CLUSTER.primary_port, "drop table mux_late")
+                CLUSTER.wait_replay()
+                s.send(W.Bind("late") + W.Execute() + W.Sync)
+                self.assertEqual(s.until_ready(), [("E", "42P01"), ("Z", "I")])
+                CLUSTER.psql(CLUSTER.primary_port, "create table mux_late (v int)")
+                CLUSTER.wait_replay()
+                for _ in range(2):
+                    s.send(W.Bind("late") + W.Execute() + W.Sync)
+                    self.assertEqual(s.until_ready(), [("2", None), ("D", ("0", str(shared_pid))),
+                                                       ("C", "SELECT 1"), ("Z", "I")])
+            finally:
+                s.close()
+                b.close()
+                CLUSTER.psql(CLUSTER.primary_port, "drop table if exists mux_late")
+
+    def test_more_named_statements_than_a_shared_backend_keeps(self):
+        """A shared backend keeps up to 128 statements: a client's statements beyond that run
+        on its own backend, with the same answers."""
+        W = wire
+        n = 131
+        with multiplexing() as px:
+            b = connect(px)
+            s = raw_login(px)
+            try:
+                shared_pid = replica_pid(b)
+                s.send(b"".join(W.Parse("select pg_backend_pid(), %d" % k, name="p%d" % k)
+                                for k in range(n)) + W.Sync)
+                s.until_ready()
+                pids = []
+                for k in range(n):
+                    s.send(W.Bind("p%d" % k) + W.Execute() + W.Sync)
+                    out = s.until_ready()
+                    self.assertEqual(out[1][1][1], str(k))
+                    pids.append(int(out[1][1][0]))
+                self.assertEqual(pids[:128], [shared_pid] * 128)
+                self.assertNotIn(shared_pid, pids[128:])
+                # The ones it keeps stay usable.
+                s.send(W.Bind("p5") + W.Execute() + W.Sync)
+                self.assertEqual(s.until_ready()[1], ("D", (str(shared_pid), "5")))
             finally:
                 s.close()
                 b.close()
