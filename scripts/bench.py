@@ -939,6 +939,9 @@ def bench(args):
         log("cluster up in %.1fs (%s); pgbench -i -s %d on the primary"
             % (c.start_seconds, c.tmpdir, SCALE))
         load_data(c)
+        # Read before the runs: the commit and whether the source differs from it describe
+        # the binary measured, not edits made while the benchmark runs.
+        machine = machine_info(c)
         logdir = os.path.join(c.tmpdir, "bench")
         os.makedirs(logdir, exist_ok=True)
 
@@ -1076,7 +1079,7 @@ def bench(args):
                      "connection_per_transaction": args.connect,
                      "proxy_client_auth": "trust" if args.connect else "scram-sha-256 "
                                           "(Pgpool-II: trust)"},
-        "machine": machine_info(c),
+        "machine": machine,
         "versions": versions,
         "routing_check_select_only": routing,
         "pgsteer_process": steer_final,

@@ -906,17 +906,17 @@ static bool pool_too_old(const struct backend *b)
     return lifetime > 0 && uv_hrtime() - b->opened_ns >= (uint64_t)lifetime * 1000000u;
 }
 
-/* Whether idle backend b may serve another client after a reset. */
+/* Whether idle backend b may serve another client after a reset (pool_park closes it
+ * instead when the pools are full, as with backend_idle_max 0). */
 static bool pool_fit_idle(const struct backend *b)
 {
     const struct proxy *px = b->px;
     const struct config *cfg = px->cfg;
     int node = b->node;
-    return cfg->backend_idle_max > 0 && !px->shutting_down && !px->stopping &&
-           b->state == BACKEND_READY && b->tx_status == 'I' && b->exp_count == 0 &&
-           !b->write_pending && !b->cancel_pending && buf_avail(&b->out) == 0 &&
-           buf_avail(&b->in) == 0 && b->cfg_gen == px->cfg_gen && (size_t)node < cfg->nnodes &&
-           !cfg->nodes[node].pooled && !px->nodes[node].removed &&
+    return !px->shutting_down && !px->stopping && b->state == BACKEND_READY &&
+           b->tx_status == 'I' && b->exp_count == 0 && !b->write_pending && !b->cancel_pending &&
+           buf_avail(&b->out) == 0 && buf_avail(&b->in) == 0 && b->cfg_gen == px->cfg_gen &&
+           (size_t)node < cfg->nnodes && !cfg->nodes[node].pooled && !px->nodes[node].removed &&
            px->nodes[node].failed_until_ms <= proxy_now_ms() && !pool_too_old(b);
 }
 

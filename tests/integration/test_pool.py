@@ -692,11 +692,17 @@ class MultiplexTest(unittest.TestCase):
                 b.close()
 
     def test_clients_that_keep_their_connections_share_too(self):
-        """With no backend in the pool (no client has left yet), a client's own idle backend
-        to the replica becomes the shared one, reset first: what the client prepared there
-        is gone, so a statement pgsteer prepares there for clients may take any name."""
+        """With no backend in the pool (no client has left yet, or the pool is off), a
+        client's own idle backend to the replica becomes the shared one, reset first: what
+        the client prepared there is gone, so a statement pgsteer prepares there for clients
+        may take any name."""
+        for extra in ("", "backend_idle_max: 0\n"):
+            with self.subTest(extra=extra):
+                self.check_keeping_clients_share(extra)
+
+    def check_keeping_clients_share(self, extra_yaml):
         W = wire
-        with multiplexing(warm=False) as px:
+        with multiplexing(extra_yaml, warm=False) as px:
             s = raw_login(px)
             b = None
             try:
