@@ -80,7 +80,10 @@ struct config {
     enum read_balance read_balance; /* default session */
     /* Reads outside transactions, from sessions with no state of their own, share one
      * connection per replica and worker, pipelined (backend.c, "multiplexed reads") */
-    bool multiplex_reads;           /* default false ("off") */
+    bool multiplex_reads; /* default false ("off") */
+    /* A shared backend that owes answers and has sent none for this long is stuck behind a
+     * long read: sessions' reads use their own backends meanwhile. Default 10; 0: never */
+    int multiplex_stall_ms;
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */

@@ -144,8 +144,9 @@ struct proxy {
     /* Units queued on shared backends during one turn of the loop go out in one write per
      * backend, before the loop next polls (backend_shared_defer_flush) */
     uv_prepare_t shared_prepare;
-    uint32_t shared_dirty; /* bit i: shared_be[i] has queued bytes to send */
-    uint64_t multiplexed;  /* statements sent over a shared backend */
+    uint32_t shared_dirty;     /* bit i: shared_be[i] has queued bytes to send */
+    uint64_t multiplexed;      /* statements sent over a shared backend */
+    uint64_t multiplex_stalls; /* reads that used an own backend: the shared one was stalled */
 };
 
 /* ---- backend.c ---- */
@@ -256,6 +257,8 @@ struct backend {
     /* and the clients' named prepared statements it has prepared under names of its own
      * (backend_shared_bind); NULL until the first */
     struct shared_stmt *sstmts;
+    uint64_t progress_ms; /* loop time when it last sent anything, or was given a unit while
+                             it owed nothing: a stall counts from there (multiplex_stall_ms) */
     uint16_t nsstmts;     /* entries in use, 0..SHARED_STMTS_MAX */
     uint32_t sstmt_names; /* names given so far: the next is "pgsteer_s<sstmt_names + 1>" */
 };

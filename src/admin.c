@@ -517,6 +517,10 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= prom_family(out, "pgsteer_multiplexed_reads_total", "counter",
                       "Reads sent over a backend shared by several clients (multiplex_reads).");
     rc |= buf_printf(out, "pgsteer_multiplexed_reads_total %" PRIu64 "\n", st->multiplexed);
+    rc |= prom_family(out, "pgsteer_multiplex_stalls_total", "counter",
+                      "Reads that could have shared a backend but used the session's own, since "
+                      "the shared one had answered nothing for multiplex_stall_ms.");
+    rc |= buf_printf(out, "pgsteer_multiplex_stalls_total %" PRIu64 "\n", st->multiplex_stalls);
     rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
                       "Reads that arrived while a worker polled instead of sleeping "
                       "(busy_poll_us).");
@@ -653,6 +657,7 @@ static void collect_worker(struct proxy *px, void *arg)
         st->route_reasons[i] += px->route_reasons[i];
     st->read_retries += px->retries_25006;
     st->multiplexed += px->multiplexed;
+    st->multiplex_stalls += px->multiplex_stalls;
     st->busy_poll_reads += px->busy_poll_reads;
     st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
@@ -1173,6 +1178,7 @@ static void show_stats(struct admin_conn *c)
     }
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
     kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
+    kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
     kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
     kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
@@ -1371,6 +1377,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "consistency", cons[cfg->consistency]), rows++;
     kv_row(c, "fallback", cfg->fallback == FALLBACK_ERROR ? "error" : "primary"), rows++;
     kv_row(c, "multiplex_reads", cfg->multiplex_reads ? "on" : "off"), rows++;
+    kv_int(c, "multiplex_stall_ms", cfg->multiplex_stall_ms), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;
     kv_int(c, "connect_timeout_ms", cfg->connect_timeout_ms), rows++;

@@ -324,6 +324,7 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     }
     if (b->shared) {
         proxy_note_input(b->px);
+        b->progress_ms = uv_now(b->px->loop);
         backend_handle_input(b);
         shared_flush_head(b);
         return;
@@ -1089,6 +1090,25 @@ static bool shared_fit(const struct backend *b)
            !px->nodes[b->node].removed && !pool_too_old(b);
 }
 
+/* b, when it may take one more unit now: NULL when it owes answers and has sent nothing for
+ * multiplex_stall_ms, stuck behind a long read (or a client reading slowly), so that reads
+ * go to their sessions' own backends meanwhile instead of queueing behind it. */
+static struct backend *shared_unstalled(struct backend *b)
+{
+    struct proxy *px = b->px;
+    uint64_t now = uv_now(px->loop);
+    if (b->exp_count == 0) {
+        b->progress_ms = now; /* the unit about to be queued starts the clock */
+        return b;
+    }
+    int stall = px->cfg->multiplex_stall_ms;
+    if (stall > 0 && now - b->progress_ms >= (uint64_t)stall) {
+        px->multiplex_stalls++;
+        return NULL;
+    }
+    return b;
+}
+
 struct backend *backend_shared_get(struct client *c, int node)
 {
     struct proxy *px = c->px;
@@ -1097,7 +1117,7 @@ struct backend *backend_shared_get(struct client *c, int node)
         bool same = b->pool_keylen == c->param_keylen &&
                     memcmp(b->pool_key, c->param_key, b->pool_keylen) == 0;
         if (b->state == BACKEND_READY && same && shared_fit(b))
-            return b;
+            return shared_unstalled(b);
         if (b->exp_count != 0)
             return NULL;
         if (!shared_fit(b) || !pool_fit_idle(b)) {
@@ -1126,7 +1146,7 @@ struct backend *backend_shared_get(struct client *c, int node)
         px->nodes[node].reused++;
         log_debug("node %s: a pooled backend is now shared by this worker's reads",
                   px->cfg->nodes[node].name);
-        return b;
+        return shared_unstalled(b);
     }
     /* None pooled, as when clients keep their connections: c's own backend to the node
      * becomes the shared one, if it could go to the pool now. The pool's reset goes first,
@@ -1151,6 +1171,7 @@ struct backend *backend_shared_get(struct client *c, int node)
     }
     log_debug("node %s: a client's idle backend is now shared by this worker's reads",
               px->cfg->nodes[node].name);
+    b->progress_ms = uv_now(px->loop);
     return b;
 }
 

@@ -1176,6 +1176,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "fallback",
                                         "read_balance",
                                         "multiplex_reads",
+                                        "multiplex_stall_ms",
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
@@ -1205,6 +1206,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_FALLBACK,
         K_READ_BALANCE,
         K_MULTIPLEX,
+        K_MULTIPLEX_STALL,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
@@ -1287,6 +1289,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         cfg->tcp_keepalive = e == 1;
     if (v[K_MULTIPLEX] && get_enum(c, v[K_MULTIPLEX], "multiplex_reads", on_off_names, 2, &e))
         cfg->multiplex_reads = e == 1;
+    if (v[K_MULTIPLEX_STALL])
+        get_int32(c, v[K_MULTIPLEX_STALL], "multiplex_stall_ms", 0, INT_MAX,
+                  &cfg->multiplex_stall_ms);
     if (v[K_KEEPALIVE_IDLE])
         get_int32(c, v[K_KEEPALIVE_IDLE], "tcp_keepalive_idle_s", 1, CONFIG_MAX_KEEPALIVE_S,
                   &cfg->tcp_keepalive_idle_s);
@@ -1325,6 +1330,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->shutdown_timeout_ms = 30000;
     cfg->connect_timeout_ms = 5000;
     cfg->backend_idle_max = 20;
+    cfg->multiplex_stall_ms = 10;
     cfg->backend_idle_timeout_ms = 60000;
     cfg->backend_lifetime_ms = 3600000;
     cfg->tcp_keepalive = true;

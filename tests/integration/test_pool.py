@@ -404,6 +404,11 @@ def admin_stat(px, name):
     raise AssertionError("no stat %s" % name)
 
 
+# Reads queue behind a shared backend's long read however long it takes: what the tests of
+# queueing need (by default they would move to their own backends after 10 ms).
+NO_STALL = "multiplex_stall_ms: 0\n"
+
+
 @contextlib.contextmanager
 def multiplexing(extra_yaml="", warm=True):
     """A pgsteer with multiplex_reads on, one worker, reading from replica1 only (replica2 at
@@ -543,7 +548,7 @@ class MultiplexTest(unittest.TestCase):
                 b.close()
 
     def test_a_client_leaving_mid_read_does_not_disturb_the_others(self):
-        with multiplexing() as px:
+        with multiplexing(NO_STALL) as px:
             b = connect(px)
             try:
                 shared_pid = replica_pid(b)
@@ -566,7 +571,7 @@ class MultiplexTest(unittest.TestCase):
                 b.close()
 
     def test_a_cancel_does_not_reach_another_clients_read(self):
-        with multiplexing() as px:
+        with multiplexing(NO_STALL) as px:
             a, b = connect(px), connect(px)
             try:
                 self.assertEqual(replica_pid(a), replica_pid(b))
@@ -606,7 +611,7 @@ class MultiplexTest(unittest.TestCase):
                 c.close()
 
     def test_the_shared_backend_failing_gives_its_clients_an_error_and_they_go_on(self):
-        with multiplexing() as px:
+        with multiplexing(NO_STALL) as px:
             a, b = connect(px), connect(px)
             try:
                 shared_pid = replica_pid(a)
@@ -748,6 +753,30 @@ class MultiplexTest(unittest.TestCase):
                                         for r in rows), [("pooled", own), ("shared", first)])
             finally:
                 a.close()
+                b.close()
+
+    def test_reads_do_not_queue_behind_a_stalled_shared_backend(self):
+        """A shared backend that owes answers and has sent none for multiplex_stall_ms is
+        stuck behind a long read: other sessions' reads run on their own backends meanwhile,
+        and share again once it moves."""
+        with multiplexing() as px:
+            self.assertIn("multiplex_stall_ms|10", admin(px, "SHOW CONFIG").stdout)
+            b = connect(px)
+            s = raw_login(px)
+            try:
+                shared_pid = replica_pid(b)
+                self.assertEqual(raw_pid(s), shared_pid)
+                s.send(wire.Query("select pg_sleep(1), 'slow'"))
+                time.sleep(0.1)
+                t0 = time.monotonic()
+                own = replica_pid(b)
+                self.assertLess(time.monotonic() - t0, 0.5, "b's read did not wait")
+                self.assertNotEqual(own, shared_pid)
+                self.assertEqual(admin_stat(px, "multiplex_stalls"), "1")
+                self.assertEqual(s.until_ready()[1], ("D", ("", "slow")))
+                self.assertEqual(replica_pid(b), shared_pid)
+            finally:
+                s.close()
                 b.close()
 
     def test_named_statements_share_the_backend_under_names_of_their_own(self):
@@ -896,21 +925,32 @@ class MultiplexTest(unittest.TestCase):
                 b.close()
 
     def test_a_long_answer_to_a_slow_reader(self):
-        with multiplexing() as px:
+        for extra in (NO_STALL, ""):
+            with self.subTest(extra=extra):
+                self.check_slow_reader(extra)
+
+    def check_slow_reader(self, extra_yaml):
+        with multiplexing(extra_yaml) as px:
             s = raw_login(px)
             b = connect(px)
             try:
                 self.assertEqual(raw_pid(s), replica_pid(b))
                 # The raw client asks for about 80 MB, more than pgsteer buffers for a client
                 # plus what the sockets hold, and reads none of it for a while: the shared
-                # backend pauses, b's read behind it waits, then both complete.
+                # backend pauses, then both complete. b's read behind it waits, or with
+                # multiplex_stall_ms (by default) runs on b's own backend meanwhile.
                 s.send(wire.Query("select repeat('x', 1000) from generate_series(1, 80000)"))
                 time.sleep(0.3)
                 result = {}
                 t = threading.Thread(target=lambda: result.update(v=one(b, "select 'b'")))
                 t.start()
-                time.sleep(0.5)
-                self.assertTrue(t.is_alive(), "b's read waits behind the long answer")
+                t.join(timeout=0.5)
+                if extra_yaml:
+                    self.assertTrue(t.is_alive(), "b's read waits behind the long answer")
+                else:
+                    self.assertFalse(t.is_alive(), "b's read does not wait")
+                    self.assertEqual(result.get("v"), ("b",))
+                    self.assertGreaterEqual(int(admin_stat(px, "multiplex_stalls")), 1)
                 rows, size = read_until_ready(s)
                 t.join(timeout=30)
                 self.assertEqual(result.get("v"), ("b",))

@@ -189,6 +189,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->tcp_keepalive_interval_s, 10);
     assert_int_equal(c->tcp_keepalive_count, 6);
     assert_false(c->multiplex_reads);
+    assert_int_equal(c->multiplex_stall_ms, 10);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -698,6 +699,12 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "t.yaml:1:15: 'busy_poll_us' must be between 0 and 10000, got -1\n");
     struct config *c = parse("busy_poll_us: 10000\n" BASE);
     assert_int_equal(c->busy_poll_us, 10000);
+    config_free(c);
+    expect_errors("multiplex_stall_ms: -1\n" BASE,
+                  "t.yaml:1:21: 'multiplex_stall_ms' must be at least 0, got -1\n");
+    c = parse("multiplex_stall_ms: 0\nmultiplex_reads: on\n" BASE);
+    assert_int_equal(c->multiplex_stall_ms, 0);
+    assert_true(c->multiplex_reads);
     config_free(c);
     expect_errors("backend_idle_max: -1\n"
                   "backend_idle_timeout_ms: 0\n"
