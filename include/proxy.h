@@ -291,7 +291,8 @@ void backend_flush(struct backend *b);
 /* multiplex_reads: the worker's shared backend to `node` for c's user, database and startup
  * parameters, logged in and ready; made from a pooled backend when there is none yet, else
  * from c's own backend to the node when that is idle and could be pooled (c then no longer
- * has it). NULL when there is no such backend (c then uses its own). Owned by the worker
+ * has it). NULL when there is no such backend, or when it owes answers and has read nothing
+ * from its node for multiplex_stall_ms (c then uses its own). Owned by the worker
  * (px->shared_be). */
 struct backend *backend_shared_get(struct client *c, int node);
 /* After queueing c's messages on shared backend b (backend_queue), expect the answer to one of
@@ -308,7 +309,7 @@ void backend_shared_resume(struct client *c);
  * one first when b has none yet (expected here, its answer swallowed unless it is an error,
  * which c then gets as its batch's; the caller expects the Bind and the rest). Returns 1 when
  * queued, 0 when st cannot run on b now (b's Parse of it is still unanswered, or b holds
- * SHARED_STMTS_MAX statements) and -1 when out of memory; either way nothing is queued. */
+ * SHARED_STMTS_MAX statements) and -1 when out of memory; with 0 or -1 nothing is queued. */
 int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
                         const struct proto_msg *bind, const char *rest, size_t rest_len);
 /* Send what was queued on shared backend b before the loop next polls, together with what
