@@ -257,6 +257,7 @@ struct backend {
     /* and the clients' named prepared statements it has prepared under names of its own
      * (backend_shared_bind); NULL until the first */
     struct shared_stmt *sstmts;
+    bool cancel_fence;    /* a cancel for the one client it runs is on its way: no new units */
     uint64_t progress_ms; /* loop time when it last sent anything, or was given a unit while
                              it owed nothing: a stall counts from there (multiplex_stall_ms) */
     uint16_t nsstmts;     /* entries in use, 0..SHARED_STMTS_MAX */
@@ -312,6 +313,12 @@ void backend_shared_resume(struct client *c);
  * SHARED_STMTS_MAX statements) and -1 when out of memory; with 0 or -1 nothing is queued. */
 int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
                         const struct proto_msg *bind, const char *rest, size_t rest_len);
+/* A cancel request from client c for its statement on shared backend b: sent to the node only
+ * when everything b owes is c's (nothing of another client was sent there behind it, which
+ * the node might be running by the time it acts on the request), and b then takes no new
+ * unit until the node has acted on it. Returns 1 when sent, 0 when b owes nothing or a cancel
+ * is already on its way (or out of memory), -1 when another client's statement is there. */
+int backend_shared_cancel(struct backend *b, struct client *c);
 /* Send what was queued on shared backend b before the loop next polls, together with what
  * other clients queue there meanwhile: several clients' reads reach the node in one write. */
 void backend_shared_defer_flush(struct backend *b);

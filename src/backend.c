@@ -105,17 +105,43 @@ struct cancel_req {
     uv_connect_t connect;
     uv_write_t write;
     char packet[16];
+    /* A shared backend that takes no new unit until the node has acted on this request
+     * (backend_shared_cancel); its memory is kept until then (a handle of its own) */
+    struct backend *fence;
+    char sink[64]; /* what the node might send before it closes */
 };
 
 static void cancel_close_cb(uv_handle_t *h)
 {
-    free(h->data);
+    struct cancel_req *r = h->data;
+    if (r->fence) {
+        r->fence->cancel_fence = false;
+        backend_free_if_closed(r->fence);
+    }
+    free(r);
+}
+
+static void cancel_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+{
+    (void)suggested;
+    struct cancel_req *r = h->data;
+    *ub = uv_buf_init(r->sink, sizeof(r->sink));
+}
+
+/* The node closes a cancel connection once it has signalled the server process. */
+static void cancel_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    (void)ub;
+    if (nread < 0)
+        uv_close((uv_handle_t *)s, cancel_close_cb);
 }
 
 static void cancel_write_cb(uv_write_t *w, int status)
 {
-    (void)status;
     struct cancel_req *r = w->data;
+    if (r->fence && status == 0 &&
+        uv_read_start((uv_stream_t *)&r->tcp, cancel_alloc_cb, cancel_read_cb) == 0)
+        return;
     uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
 }
 
@@ -132,14 +158,22 @@ static void cancel_connect_cb(uv_connect_t *req, int status)
         uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
 }
 
-/* A CancelRequest with b's key on a new connection to b's node; the request frees itself. */
-static void cancel_send(struct backend *b)
+/* A CancelRequest with b's key on a new connection to b's node; the request frees itself.
+ * With `fence`, b takes no new unit (b->cancel_fence) until the node has closed that
+ * connection, which it does once it has signalled b's server process. Returns 0, or -1 when
+ * nothing was sent. */
+static int cancel_send(struct backend *b, bool fence)
 {
     struct proxy *px = b->px;
     const struct sockaddr_storage *addr = &px->nodes[b->node].addr;
     struct cancel_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
-        return;
+        return -1;
+    if (fence) {
+        r->fence = b;
+        b->handles_open++;
+        b->cancel_fence = true;
+    }
     proxy_stream_init(px->loop, &r->tcp, addr);
     r->tcp.data = r;
     r->connect.data = r;
@@ -149,6 +183,7 @@ static void cancel_send(struct backend *b)
     proto_put_u32(r->packet + 12, b->key);
     if (proxy_stream_connect(&r->connect, &r->tcp, addr, cancel_connect_cb) < 0)
         uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+    return 0;
 }
 
 void backend_cancel(struct backend *b)
@@ -156,9 +191,20 @@ void backend_cancel(struct backend *b)
     if (b->client == NULL || b->state == BACKEND_CLOSING)
         return;
     if (b->state == BACKEND_READY)
-        cancel_send(b);
+        (void)cancel_send(b, false);
     else
         b->cancel_pending = true; /* the node does not know this backend's key yet */
+}
+
+int backend_shared_cancel(struct backend *b, struct client *c)
+{
+    if (b->state != BACKEND_READY || b->cancel_fence || b->exp_count == 0)
+        return 0;
+    for (size_t k = 0; k < b->exp_count; k++) {
+        if (b->exp[(b->exp_head + k) % b->exp_cap].owner != c)
+            return -1;
+    }
+    return cancel_send(b, true) == 0 ? 1 : 0;
 }
 
 int backend_queue(struct backend *b, const void *p, size_t n)
@@ -820,7 +866,7 @@ static void backend_handle_input(struct backend *b)
                 if (b->cancel_pending) {
                     b->cancel_pending = false;
                     if (b->client != NULL && b->fwd_outstanding > 0)
-                        cancel_send(b);
+                        (void)cancel_send(b, false);
                 }
             } else if (m.type == BE_ERROR) {
                 backend_fail_with_error(b, &m);
@@ -1096,6 +1142,8 @@ static bool shared_fit(const struct backend *b)
 static struct backend *shared_unstalled(struct backend *b)
 {
     struct proxy *px = b->px;
+    if (b->cancel_fence)
+        return NULL; /* a cancel on its way must not reach another client's statement */
     uint64_t now = uv_now(px->loop);
     if (b->exp_count == 0) {
         b->progress_ms = now; /* the unit about to be queued starts the clock */

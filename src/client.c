@@ -461,6 +461,15 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
                  b->state == BACKEND_READY ? "sent to" : "held until the login to",
                  px->cfg->nodes[i].name);
     }
+    for (int i = 0; i < CONFIG_MAX_NODES && target->shared_owed; i++) {
+        struct backend *b = px->shared_be[i];
+        int rc = b ? backend_shared_cancel(b, target) : 0;
+        if (rc != 0)
+            log_info("client %u: cancel request %s node %s", target->id,
+                     rc > 0 ? "sent over the shared backend to"
+                            : "not sent: another client's statement shares the backend to",
+                     px->cfg->nodes[i].name);
+    }
     if (client_cancel_held(target))
         log_info("client %u: cancel request dropped a statement held by PAUSE", target->id);
 }

@@ -594,6 +594,41 @@ class MultiplexTest(unittest.TestCase):
                 a.close()
                 b.close()
 
+    def test_a_cancel_reaches_a_read_alone_on_the_shared_backend(self):
+        """A cancel request reaches a client's statement on the shared backend when nothing of
+        another client is there with it: the statement fails with 57014 as on its own
+        backend, and the shared backend goes on serving everyone."""
+        with multiplexing(NO_STALL) as px:
+            a, b = connect(px), connect(px)
+            try:
+                shared_pid = replica_pid(a)
+                self.assertEqual(replica_pid(b), shared_pid)
+                result = {}
+
+                def slow():
+                    try:
+                        result["a"] = one(a, "select pg_sleep(5)")
+                    except psycopg2.Error as e:
+                        result["a"] = e
+                t = threading.Thread(target=slow)
+                t0 = time.monotonic()
+                t.start()
+                time.sleep(0.3)
+                a.cancel()
+                t.join(timeout=10)
+                self.assertLess(time.monotonic() - t0, 3, "the cancel stopped the statement")
+                self.assertIsInstance(result["a"], psycopg2.Error)
+                self.assertEqual(result["a"].pgcode, "57014")
+                # Once the node has closed the cancel's connection, the shared backend takes
+                # reads again (until then they run on the sessions' own backends).
+                wait_for(lambda: replica_pid(b) == shared_pid, what="sharing again")
+                self.assertEqual(replica_pid(a), shared_pid)
+                with open(px.log_path) as f:
+                    self.assertIn("cancel request sent over the shared backend", f.read())
+            finally:
+                a.close()
+                b.close()
+
     def test_a_read_the_replica_refuses_is_retried_on_the_primary(self):
         CLUSTER.psql(CLUSTER.primary_port,
                      "create or replace function mux_hidden_write() returns int language sql "
