@@ -962,9 +962,10 @@ static bool pool_fit_idle(const struct backend *b)
     int node = b->node;
     return !px->shutting_down && !px->stopping && b->state == BACKEND_READY &&
            b->tx_status == 'I' && b->exp_count == 0 && !b->write_pending && !b->cancel_pending &&
-           buf_avail(&b->out) == 0 && buf_avail(&b->in) == 0 && b->cfg_gen == px->cfg_gen &&
-           (size_t)node < cfg->nnodes && !cfg->nodes[node].pooled && !px->nodes[node].removed &&
-           px->nodes[node].failed_until_ms <= proxy_now_ms() && !pool_too_old(b);
+           !b->cancel_fence && buf_avail(&b->out) == 0 && buf_avail(&b->in) == 0 &&
+           b->cfg_gen == px->cfg_gen && (size_t)node < cfg->nnodes && !cfg->nodes[node].pooled &&
+           !px->nodes[node].removed && px->nodes[node].failed_until_ms <= proxy_now_ms() &&
+           !pool_too_old(b);
 }
 
 /* The same for b, whose client c is leaving (or, for a shared backend, lends it). */
@@ -1166,8 +1167,8 @@ struct backend *backend_shared_get(struct client *c, int node)
                     memcmp(b->pool_key, c->param_key, b->pool_keylen) == 0;
         if (b->state == BACKEND_READY && same && shared_fit(b))
             return shared_unstalled(b);
-        if (b->exp_count != 0)
-            return NULL;
+        if (b->exp_count != 0 || b->cancel_fence)
+            return NULL; /* busy, or a cancel could still reach what the next owner sends */
         if (!shared_fit(b) || !pool_fit_idle(b)) {
             backend_close(b); /* clears px->shared_be[node]; the next read takes a fresh one */
             return NULL;

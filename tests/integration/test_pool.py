@@ -590,6 +590,9 @@ class MultiplexTest(unittest.TestCase):
                 ta.join()
                 self.assertEqual(result["b"][0], "b")
                 self.assertEqual(result["a"], ("a",))
+                with open(px.log_path) as f:
+                    self.assertIn("not sent: another client's statement shares the backend",
+                                  f.read())
             finally:
                 a.close()
                 b.close()
