@@ -84,6 +84,10 @@ struct config {
     /* A shared backend that owes answers and has sent none for this long is stuck behind a
      * long read: sessions' reads use their own backends meanwhile. Default 10; 0: never */
     int multiplex_stall_ms;
+    /* Unnamed statements of the extended protocol are kept prepared on each backend under a
+     * name of pgsteer's, so that the node parses and plans a repeated text once (backend.c).
+     * Default true ("on") */
+    bool cache_unnamed_statements;
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */

@@ -164,6 +164,8 @@ int proto_write_Query(struct buf *out, const char *sql);
 int proto_write_Sync(struct buf *out);
 int proto_write_Terminate(struct buf *out);
 int proto_write_CancelRequest(struct buf *out, uint32_t pid, uint32_t key);
+/* Close of a statement ('S') or portal ('P') by name. */
+int proto_write_Close(struct buf *out, char what, const char *name);
 /* Parse with a statement name, query text and parameter type OIDs. */
 int proto_write_Parse(struct buf *out, const char *name, const char *query, size_t query_len,
                       const uint32_t *types, uint16_t ntypes);

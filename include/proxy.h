@@ -147,6 +147,10 @@ struct proxy {
     uint32_t shared_dirty;     /* bit i: shared_be[i] has queued bytes to send */
     uint64_t multiplexed;      /* statements sent over a shared backend */
     uint64_t multiplex_stalls; /* reads that used an own backend: the shared one was stalled */
+    /* cache_unnamed_statements: unnamed statements prepared under a backend's own name, and
+     * Parses of one that a backend kept prepared, which the node did not parse again */
+    uint64_t unnamed_prepared;
+    uint64_t unnamed_reused;
 };
 
 /* ---- backend.c ---- */
@@ -262,6 +266,12 @@ struct backend {
                              it owed nothing: a stall counts from there (multiplex_stall_ms) */
     uint16_t nsstmts;     /* entries in use, 0..SHARED_STMTS_MAX */
     uint32_t sstmt_names; /* names given so far: the next is "pgsteer_s<sstmt_names + 1>" */
+    /* cache_unnamed_statements: on a client's own backend, the same table holds the texts of
+     * the client's unnamed statements that b keeps prepared under names of its own, and
+     * unnamed_alias (1 + index, or 0) says which of them stands for the client's unnamed
+     * statement of id unnamed_alias_stmt: its Binds and Describes name that one instead */
+    uint16_t unnamed_alias;
+    uint64_t unnamed_alias_stmt;
 };
 
 /* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.
@@ -308,11 +318,38 @@ void backend_shared_resume(struct client *c);
  * portal unnamed) and the `rest_len` bytes after it up to its batch's Sync, with the Bind
  * naming b's own statement of the same text and parameter types instead, and a Parse of that
  * one first when b has none yet (expected here, its answer swallowed unless it is an error,
- * which c then gets as its batch's; the caller expects the Bind and the rest). Returns 1 when
- * queued, 0 when st cannot run on b now (b's Parse of it is still unanswered, or b holds
- * SHARED_STMTS_MAX statements) and -1 when out of memory; with 0 or -1 nothing is queued. */
+ * which c then gets as its batch's; the caller expects the Bind and the rest). With `unnamed`,
+ * st is c's unnamed statement, whose Parse the batch began with (cache_unnamed_statements):
+ * a Parse of the empty unnamed statement goes before the Bind, expected here as c's. Returns
+ * 1 when queued, 0 when st cannot run on b now (b's Parse of it is still unanswered, or b
+ * holds SHARED_STMTS_MAX statements) and -1 when out of memory; with 0 or -1 nothing is
+ * queued. */
 int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
-                        const struct proto_msg *bind, const char *rest, size_t rest_len);
+                        const struct proto_msg *bind, const char *rest, size_t rest_len,
+                        bool unnamed);
+/* cache_unnamed_statements: the client's Parse of its unnamed statement s (just recorded) is
+ * to go to its own backend b. When b keeps s's text and parameter types prepared under a name
+ * of its own, queue a Parse of an empty unnamed statement in its place (the node parses
+ * nothing; its ParseComplete is the client's); when b has room for one more and s's text is
+ * one statement, queue a Parse of s under a new name of b's. Either way the client's Binds and
+ * Describes of its unnamed statement on b then name b's statement (backend_unnamed_rewrite),
+ * and the Parse is expected, answered to the client, marked as statement s (forgotten if the
+ * node refuses it). Returns 2 when queued so with the kept statement, 1 when queued with a
+ * new one, 0 when s is to be sent as the client sent it (b's Parse of the text is unanswered,
+ * or b is full), -1 when out of memory (nothing queued). */
+int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s);
+/* Queue on b the client's Bind or Describe m, which names its unnamed statement st (the empty
+ * name at body offset name_off), with b's name for st instead when b runs st under a name of
+ * its own. Returns 1 when queued, 0 when not (the caller sends m as it is), -1 when out of
+ * memory. */
+int backend_unnamed_rewrite(struct backend *b, const struct stmt *st, const struct proto_msg *m,
+                            size_t name_off);
+/* Whether the client's unnamed statement of these classify flags may be kept prepared: a
+ * statement that changes nothing of the session pgsteer follows. */
+bool backend_unnamed_cacheable(unsigned flags);
+/* b's prepared statements are gone or going (DISCARD ALL or DEALLOCATE ALL sent there): forget
+ * the ones it kept under names of its own. */
+void backend_stmts_clear(struct backend *b);
 /* A cancel request from client c for its statement on shared backend b: sent to the node only
  * when everything b owes is c's (nothing of another client was sent there behind it, which
  * the node might be running by the time it acts on the request), and b then takes no new
@@ -468,6 +505,16 @@ struct client {
     struct route last_route;
     struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
     unsigned shared_owed;             /* answers shared backends owe the client (multiplex_reads) */
+    /* cache_unnamed_statements: the messages after the Parse of the batch in flight that runs
+     * a statement its backend kept prepared, up to its Sync (kept_state 2; 1 while they come),
+     * to run it again from its text should the node refuse the kept one because its result
+     * type changed (0A000); kept_stmt is the unnamed statement's id */
+    struct buf kept_batch;
+    uint64_t kept_stmt;
+    uint8_t kept_state;
+    /* the client's unnamed statement is gone, as on one server: a Query dropped it, or a Close
+     * (until its next Parse); a Bind or Describe of it then fails there as on one server */
+    bool unnamed_dropped;
     uint32_t unnamed_stale; /* bit i: backends[i] holds an unnamed statement older than the
                                client's, made on a shared backend since */
 };

@@ -521,6 +521,17 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                       "Reads that could have shared a backend but used the session's own, since "
                       "the shared one had answered nothing for multiplex_stall_ms.");
     rc |= buf_printf(out, "pgsteer_multiplex_stalls_total %" PRIu64 "\n", st->multiplex_stalls);
+    rc |= prom_family(out, "pgsteer_unnamed_statements_prepared_total", "counter",
+                      "Texts of clients' unnamed statements a backend prepared under a name of "
+                      "its own to keep (cache_unnamed_statements).");
+    rc |= buf_printf(out, "pgsteer_unnamed_statements_prepared_total %" PRIu64 "\n",
+                     st->unnamed_prepared);
+    rc |= prom_family(out, "pgsteer_unnamed_statements_reused_total", "counter",
+                      "Parses of a client's unnamed statement that a backend answered with a "
+                      "statement it kept prepared: the node did not parse or plan the text "
+                      "again.");
+    rc |= buf_printf(out, "pgsteer_unnamed_statements_reused_total %" PRIu64 "\n",
+                     st->unnamed_reused);
     rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
                       "Reads that arrived while a worker polled instead of sleeping "
                       "(busy_poll_us).");
@@ -658,6 +669,8 @@ static void collect_worker(struct proxy *px, void *arg)
     st->read_retries += px->retries_25006;
     st->multiplexed += px->multiplexed;
     st->multiplex_stalls += px->multiplex_stalls;
+    st->unnamed_prepared += px->unnamed_prepared;
+    st->unnamed_reused += px->unnamed_reused;
     st->busy_poll_reads += px->busy_poll_reads;
     st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
@@ -1179,6 +1192,8 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
     kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
     kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
+    kv_row(c, "unnamed_statements_prepared", u64s(v, st->unnamed_prepared)), rows++;
+    kv_row(c, "unnamed_statements_reused", u64s(v, st->unnamed_reused)), rows++;
     kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
     kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
@@ -1377,6 +1392,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "consistency", cons[cfg->consistency]), rows++;
     kv_row(c, "fallback", cfg->fallback == FALLBACK_ERROR ? "error" : "primary"), rows++;
     kv_row(c, "multiplex_reads", cfg->multiplex_reads ? "on" : "off"), rows++;
+    kv_row(c, "cache_unnamed_statements", cfg->cache_unnamed_statements ? "on" : "off"), rows++;
     kv_int(c, "multiplex_stall_ms", cfg->multiplex_stall_ms), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;

@@ -21,6 +21,9 @@ static void shared_fail(struct backend *b, const char *sqlstate, const char *mes
 static void shared_closed(struct backend *b);
 static void backend_pool_input(struct backend *b);
 static void shared_stmts_free(struct backend *b);
+static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok);
+static int sstmt_name(char *dst, size_t cap, uint32_t name);
+static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -709,6 +712,9 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         client_retry_settled(c);
     }
 
+    if (head->sstmt && head->kind == EXP_PARSE && !b->shared &&
+        (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
+        shared_stmt_answered(b, (uint16_t)(head->sstmt - 1), m->type == BE_PARSE_COMPLETE);
     bool done = expect_done(head->kind, m->type);
     switch (m->type) {
     case BE_COMMAND_COMPLETE:
@@ -765,6 +771,44 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
     }
     case BE_ERROR: {
+        if (!b->shared && head->kind == EXP_BIND && head->sstmt) {
+            /* A Bind of a statement b kept for the client's unnamed one (whose id `stmt`
+             * holds: the unnamed statement stays when only its Bind fails). */
+            const char *code = proto_error_field(m->body, m->len, 'C');
+            uint16_t i = (uint16_t)(head->sstmt - 1);
+            uint32_t stmt = head->stmt;
+            head->sstmt = 0;
+            head->stmt = 0;
+            if (code && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0) &&
+                unnamed_refused(b, c, i, stmt)) {
+                if (b->state == BACKEND_CLOSING)
+                    return -1;
+                /* The node skips the rest of the refused batch up to its Sync. */
+                while (b->exp_count && is_extended(backend_head(b)->kind))
+                    backend_pop(b);
+                b->batch_error = true;
+                return 0;
+            }
+            head = backend_head(b); /* the ring may have moved */
+        } else if (b->shared && head->kind == EXP_BIND && head->sstmt) {
+            /* A kept statement that stood for a client's unnamed one, refused: dropped (and
+             * closed), so that the next Parse of the text prepares it anew; this client gets
+             * the error. */
+            const char *code = proto_error_field(m->body, m->len, 'C');
+            uint16_t i = (uint16_t)(head->sstmt - 1);
+            head->sstmt = 0;
+            if (code && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0) &&
+                i < b->nsstmts) {
+                char name[24];
+                sstmt_name(name, sizeof(name), b->sstmts[i].name);
+                shared_stmt_answered(b, i, false);
+                if (proto_write_Close(&b->out, 'S', name) == 0 &&
+                    backend_expect(b, EXP_CLOSE, true, false) == 0)
+                    backend_expect_last(b)->quiet = true;
+                backend_shared_defer_flush(b);
+                head = backend_head(b);
+            }
+        }
         if (head->swallow && head->kind == EXP_QUERY) {
             /* A replayed session change failed here: the node's session differs from the
              * client's from now on, which the client must know. */
@@ -802,6 +846,10 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
                 struct expect e = backend_pop(b);
                 if (e.change != 0) /* an Execute skipped: its statement changed nothing */
                     session_change_undo(c, e.change);
+                if (e.sstmt && e.kind == EXP_PARSE) /* b's own Parse skipped: not made */
+                    shared_stmt_answered(b, (uint16_t)(e.sstmt - 1), false);
+                if (e.stmt != 0 && e.kind == EXP_PARSE && !e.swallow)
+                    session_stmt_forget(c, e.stmt); /* the client's Parse skipped: not made */
             }
         }
         return forward ? client_queue(c, m->body - 5, m->total) : 0;
@@ -1009,6 +1057,7 @@ static void pool_park(struct backend *b)
         backend_close(oldest);
     }
     int rc = proto_write_Query(&b->out, POOL_RESET_QUERY); /* out is empty (pool_fit) */
+    backend_stmts_clear(b);
     b->parked = true;
     b->resetting = true;
     b->pool_prev = NULL;
@@ -1206,6 +1255,7 @@ struct backend *backend_shared_get(struct client *c, int node)
         proto_write_Query(&b->out, POOL_RESET_QUERY) < 0) /* out is empty (pool_fit) */
         return NULL;
     backend_detach(b);
+    backend_stmts_clear(b); /* the reset drops them */
     c->unnamed_stale &= ~(1u << node);
     b->shared = true;
     px->shared_be[node] = b;
@@ -1295,6 +1345,10 @@ static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok)
     free(e->query);
     free(e->types);
     *e = b->sstmts[--b->nsstmts];
+    if (b->unnamed_alias == i + 1)
+        b->unnamed_alias = 0; /* its Parse failed: the client's unnamed statement is not here */
+    else if (b->unnamed_alias == b->nsstmts + 1)
+        b->unnamed_alias = (uint16_t)(i + 1);
     /* An entry moved from the end may have its Parse in flight: renumber its expect. */
     for (size_t k = 0; k < b->exp_count; k++) {
         struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
@@ -1303,8 +1357,9 @@ static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok)
     }
 }
 
-int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
-                        const struct proto_msg *bind, const char *rest, size_t rest_len)
+/* The index in b's table of the statement with st's text and parameter types, or
+ * b->nsstmts when b has none. */
+static uint16_t sstmt_find(const struct backend *b, struct stmt *st)
 {
     if (st->hash == 0)
         st->hash = stmt_hash(st);
@@ -1316,37 +1371,71 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
             (st->ntypes == 0 || memcmp(e->types, st->types, st->ntypes * sizeof(uint32_t)) == 0))
             break;
     }
+    return i;
+}
+
+/* Add st's text and types to b's table (which has room) under the next name, not ready yet.
+ * Returns its index, or -1 when out of memory. */
+static int sstmt_add(struct backend *b, const struct stmt *st)
+{
+    if (b->sstmts == NULL && (b->sstmts = calloc(SHARED_STMTS_MAX, sizeof(*b->sstmts))) == NULL)
+        return -1;
+    uint16_t i = b->nsstmts;
+    struct shared_stmt *e = &b->sstmts[i];
+    *e = (struct shared_stmt){.hash = st->hash,
+                              .query_len = st->query_len,
+                              .ntypes = st->ntypes,
+                              .name = b->sstmt_names + 1};
+    e->query = malloc(st->query_len + 1);
+    e->types = malloc(st->ntypes ? st->ntypes * sizeof(uint32_t) : 1);
+    if (e->query == NULL || e->types == NULL) {
+        free(e->query);
+        free(e->types);
+        return -1;
+    }
+    memcpy(e->query, st->query, st->query_len + 1);
+    if (st->ntypes)
+        memcpy(e->types, st->types, st->ntypes * sizeof(uint32_t));
+    b->nsstmts++;
+    b->sstmt_names++;
+    return i;
+}
+
+/* Undo sstmt_add of entry i, the last one, whose Parse was not queued after all. */
+static void sstmt_unadd(struct backend *b, uint16_t i)
+{
+    b->nsstmts--;
+    free(b->sstmts[i].query);
+    free(b->sstmts[i].types);
+}
+
+static int sstmt_name(char *dst, size_t cap, uint32_t name)
+{
+    return snprintf(dst, cap, "pgsteer_s%u", (unsigned)name);
+}
+
+int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
+                        const struct proto_msg *bind, const char *rest, size_t rest_len,
+                        bool unnamed)
+{
+    uint16_t i = sstmt_find(b, st);
     bool parse = i == b->nsstmts;
     if (!parse && !b->sstmts[i].ready)
         return 0; /* another client's Parse of it is in flight: it might fail */
     if (parse) {
         if (b->nsstmts == SHARED_STMTS_MAX)
             return 0;
-        if (b->sstmts == NULL && (b->sstmts = calloc(SHARED_STMTS_MAX, sizeof(*b->sstmts))) == NULL)
+        if (sstmt_add(b, st) < 0)
             return -1;
-        struct shared_stmt *e = &b->sstmts[i];
-        *e = (struct shared_stmt){.hash = st->hash,
-                                  .query_len = st->query_len,
-                                  .ntypes = st->ntypes,
-                                  .name = b->sstmt_names + 1};
-        e->query = malloc(st->query_len + 1);
-        e->types = malloc(st->ntypes ? st->ntypes * sizeof(uint32_t) : 1);
-        if (e->query == NULL || e->types == NULL) {
-            free(e->query);
-            free(e->types);
-            return -1;
-        }
-        memcpy(e->query, st->query, st->query_len + 1);
-        if (st->ntypes)
-            memcpy(e->types, st->types, st->ntypes * sizeof(uint32_t));
-        b->nsstmts++;
-        b->sstmt_names++;
     }
     char name[24];
-    snprintf(name, sizeof(name), "pgsteer_s%u", (unsigned)b->sstmts[i].name);
-    size_t before = b->out.len;
+    sstmt_name(name, sizeof(name), b->sstmts[i].name);
+    size_t before = b->out.len, nexp = b->exp_count;
     if (parse &&
         proto_write_Parse(&b->out, name, st->query, st->query_len, st->types, st->ntypes) < 0)
+        goto oom;
+    static const char empty_parse[] = {FE_PARSE, 0, 0, 0, 8, 0, 0, 0, 0};
+    if (unnamed && backend_queue(b, empty_parse, sizeof(empty_parse)) < 0)
         goto oom;
     /* The Bind as the client sent it, but for its statement name: portal "" (the caller
      * checked), then the name, then the rest unchanged. */
@@ -1374,15 +1463,210 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
         e->gen_at = c->change_gen;
         e->sstmt = (uint16_t)(i + 1);
     }
+    if (unnamed) {
+        /* The client's Parse, answered by the empty one's ParseComplete */
+        if (backend_expect(b, EXP_PARSE, false, false) < 0)
+            goto oom;
+        struct expect *e = backend_expect_last(b);
+        e->owner = c;
+        e->gen_at = c->change_gen;
+        e->stmt = (uint32_t)st->id;
+        /* and the Bind: should the node refuse the kept statement, it is dropped */
+        if (backend_expect(b, EXP_BIND, false, false) < 0)
+            goto oom;
+        e = backend_expect_last(b);
+        e->owner = c;
+        e->gen_at = c->change_gen;
+        e->sstmt = (uint16_t)(i + 1);
+        if (parse)
+            b->px->unnamed_prepared++;
+        else
+            b->px->unnamed_reused++;
+    }
     return 1;
 oom:
     b->out.len = before;
-    if (parse) {
-        b->nsstmts--;
-        free(b->sstmts[i].query);
-        free(b->sstmts[i].types);
+    while (b->exp_count > nexp) { /* (only what was added here, at the end) */
+        if (!b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].swallow)
+            b->fwd_outstanding--;
+        b->exp_count--;
     }
+    if (parse)
+        sstmt_unadd(b, i);
     return -1;
+}
+
+/* ---- unnamed statements kept prepared (cache_unnamed_statements) ----
+ * Drivers that do not keep statements prepared (pgbench -M extended, node-postgres, pgJDBC
+ * before prepareThreshold, psycopg's first executions) send the same text in an unnamed Parse
+ * for every query, and the node parses and plans it every time. A client's own backend keeps
+ * each such text prepared under a name of its own (the table of struct shared_stmt, as a
+ * shared backend does for clients' named statements) and answers the next Parse of it with a
+ * Parse of nothing; the Binds of the unnamed statement then name the kept one. */
+
+int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
+{
+    uint16_t i = sstmt_find(b, s);
+    bool parse = i == b->nsstmts;
+    b->unnamed_alias = 0;
+    if (!parse && !b->sstmts[i].ready)
+        return 0; /* its Parse is in flight and might fail: this one goes as it came */
+    char name[24];
+    if (parse) {
+        if (b->nsstmts == SHARED_STMTS_MAX)
+            return 0;
+        /* A name the client's own statements do not use (they live on b too). */
+        for (;;) {
+            char key[40];
+            int nlen = sstmt_name(name, sizeof(name), b->sstmt_names + 1);
+            snprintf(key, sizeof(key), "prepare:%s", name);
+            if (session_stmt_find(c, name, (size_t)nlen) == NULL &&
+                session_change_find(c, key) == NULL)
+                break;
+            b->sstmt_names++;
+        }
+        if (sstmt_add(b, s) < 0)
+            return -1;
+    }
+    size_t before = b->out.len;
+    int rc;
+    if (parse) {
+        rc = proto_write_Parse(&b->out, name, s->query, s->query_len, s->types, s->ntypes);
+    } else {
+        static const char empty_parse[] = {FE_PARSE, 0, 0, 0, 8, 0, 0, 0, 0};
+        rc = backend_queue(b, empty_parse, sizeof(empty_parse));
+    }
+    if (rc < 0 || backend_expect(b, EXP_PARSE, false, false) < 0) {
+        b->out.len = before;
+        if (parse)
+            sstmt_unadd(b, i);
+        return -1;
+    }
+    struct expect *e = backend_expect_last(b);
+    e->stmt = (uint32_t)s->id; /* the client's Parse: forgotten if refused */
+    if (parse) {
+        e->sstmt = (uint16_t)(i + 1);
+        b->px->unnamed_prepared++;
+    } else {
+        b->px->unnamed_reused++;
+    }
+    b->unnamed_alias = (uint16_t)(i + 1);
+    b->unnamed_alias_stmt = s->id;
+    return parse ? 1 : 2;
+}
+
+bool backend_unnamed_cacheable(unsigned flags)
+{
+    return !(flags & (CL_MULTI | CL_EMPTY | CL_SET_SESSION | CL_SET_LOCAL | CL_SET_CONFIG |
+                      CL_SESSION_RESET | CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE | CL_SAVEPOINT |
+                      CL_PIN | CL_UNLISTEN | CL_COPY | CL_PGSTEER_SET | CL_PGSTEER_SHOW));
+}
+
+/* The node refused the Bind of b's kept statement i that stood for client c's unnamed one of
+ * id `stmt`: 26000 (it is gone) or 0A000 (a change of its tables changed its result type,
+ * which a kept statement may not do; the unnamed statement, parsed anew for every query, never
+ * meets it). The statement is closed and forgotten, so that the next Parse of the text prepares it
+ * anew. When the refused batch is the last thing b owes, ran outside a transaction block
+ * (the error ended its implicit transaction, nothing else) and c kept its messages
+ * (c->kept_batch), it runs again from the text: the error and the ReadyForQuery that ends
+ * the refused batch are swallowed, and the client gets the answers of the new run, as one
+ * server gives them. Returns true when it runs again so. */
+static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt)
+{
+    if (i >= b->nsstmts)
+        return false;
+    char name[24];
+    sstmt_name(name, sizeof(name), b->sstmts[i].name);
+    struct stmt *s = session_stmt_find(c, "", 0);
+    shared_stmt_answered(b, i, false); /* dropped: the next Parse of the text prepares anew */
+    b->unnamed_alias = 0;
+    /* The refused Bind is the head; behind it only its batch, up to its Sync, the last. */
+    size_t k = 1;
+    while (k < b->exp_count && is_extended(b->exp[(b->exp_head + k) % b->exp_cap].kind))
+        k++;
+    bool retry = s && (uint32_t)s->id == stmt && c->kept_stmt == s->id && c->kept_state == 2 &&
+                 b->tx_status == 'I' && k + 1 == b->exp_count &&
+                 b->exp[(b->exp_head + k) % b->exp_cap].kind == EXP_SYNC && buf_avail(&b->out) == 0;
+    struct buf *out = &b->out;
+    size_t before = out->len;
+    int rc = proto_write_Close(out, 'S', name);
+    if (rc == 0 && retry)
+        rc = proto_write_Parse(out, "", s->query, s->query_len, s->types, s->ntypes);
+    if (rc == 0 && retry)
+        rc = buf_append(out, buf_head(&c->kept_batch), buf_avail(&c->kept_batch));
+    if (rc < 0) {
+        out->len = before;
+        return false;
+    }
+    /* The expectations go behind the refused batch's Sync, which stays where it is. */
+    struct expect sync = b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap];
+    if (backend_expect(b, EXP_CLOSE, true, false) < 0)
+        return false; /* (the Close goes unexpected: b fails when it is answered) */
+    backend_expect_last(b)->quiet = true;
+    if (!retry)
+        return false;
+    struct expect *last = &b->exp[(b->exp_head + b->exp_count - 2) % b->exp_cap];
+    last->swallow = true; /* the refused batch's Sync: the new run's answers the client */
+    last->write = false;
+    b->fwd_outstanding--;
+    rc = backend_expect(b, EXP_PARSE, true, false);
+    for (size_t off = 0; rc == 0 && off < buf_avail(&c->kept_batch);) {
+        struct proto_msg m;
+        (void)proto_frame(buf_head(&c->kept_batch) + off, buf_avail(&c->kept_batch) - off,
+                          PROTO_MAX_MESSAGE, &m); /* framed when it came */
+        off += m.total;
+        enum expect_kind kind = m.type == FE_BIND       ? EXP_BIND
+                                : m.type == FE_DESCRIBE ? EXP_DESCRIBE
+                                : m.type == FE_EXECUTE  ? EXP_EXECUTE
+                                                        : EXP_SYNC;
+        rc = backend_expect(b, kind, false, kind == EXP_SYNC && sync.write);
+        if (rc == 0 && kind == EXP_SYNC) {
+            backend_expect_last(b)->gen_at = sync.gen_at;
+            backend_expect_last(b)->change = sync.change;
+        }
+    }
+    c->kept_state = 0;
+    if (rc < 0) {
+        backend_fail(b, "53200", "out of memory");
+        return true;
+    }
+    s->nodes |= 1u << b->node; /* the unnamed statement is made there now */
+    log_info("client %u: node %s refused the statement kept for its unnamed one (its result "
+             "type changed): ran again from its text",
+             c->id, b->px->cfg->nodes[b->node].name);
+    backend_flush(b);
+    return true;
+}
+
+int backend_unnamed_rewrite(struct backend *b, const struct stmt *st, const struct proto_msg *m,
+                            size_t name_off)
+{
+    if (b->unnamed_alias == 0 || st == NULL || st->id != b->unnamed_alias_stmt ||
+        b->unnamed_alias > b->nsstmts || name_off >= m->len || m->body[name_off] != 0)
+        return 0;
+    char name[24];
+    size_t nlen = (size_t)sstmt_name(name, sizeof(name), b->sstmts[b->unnamed_alias - 1].name);
+    size_t len = 4 + m->len + nlen;
+    if (len > PROTO_MAX_MESSAGE)
+        return 0;
+    if (buf_reserve(&b->out, 1 + len) < 0)
+        return -1;
+    char *p = b->out.data + b->out.len;
+    p[0] = (char)m->type;
+    proto_put_u32(p + 1, (uint32_t)len);
+    memcpy(p + 5, m->body, name_off);
+    memcpy(p + 5 + name_off, name, nlen);
+    memcpy(p + 5 + name_off + nlen, m->body + name_off, m->len - name_off);
+    b->out.len += 1 + len;
+    return 1;
+}
+
+void backend_stmts_clear(struct backend *b)
+{
+    shared_stmts_free(b);
+    b->unnamed_alias = 0;
+    for (size_t k = 0; k < b->exp_count; k++)
+        b->exp[(b->exp_head + k) % b->exp_cap].sstmt = 0;
 }
 
 static void shared_prepare_cb(uv_prepare_t *h)
@@ -1443,7 +1727,8 @@ static int shared_response(struct backend *b, const struct proto_msg *m)
             backend_fail(b, "08P01", "unexpected message from node");
         return -1;
     }
-    if (head->sstmt && (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
+    if (head->sstmt && head->kind == EXP_PARSE &&
+        (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
         shared_stmt_answered(b, (uint16_t)(head->sstmt - 1), m->type == BE_PARSE_COMPLETE);
     struct client *o = head->owner;
     if (o == NULL || o->state != CLIENT_READY) {

@@ -115,6 +115,7 @@ static void client_free(struct client *c)
     buf_destroy(&c->out);
     buf_destroy(&c->writing);
     buf_destroy(&c->retry_sql);
+    buf_destroy(&c->kept_batch);
     buf_destroy(&c->retry_hold);
     buf_destroy(&c->scratch);
     client_classify_cache_free(c);
@@ -378,6 +379,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     buf_init(&c->out);
     buf_init(&c->writing);
     buf_init(&c->retry_sql);
+    buf_init(&c->kept_batch);
     buf_init(&c->retry_hold);
     buf_init(&c->scratch);
     c->next = px->clients;
@@ -1274,6 +1276,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         client_close(c, "08P01", "invalid Query message");
         return -1;
     }
+    c->unnamed_dropped = true; /* a Query drops the unnamed statement */
     /* Not through the cache: simple-protocol texts carry their values as literals and rarely
      * repeat, so a lookup would mostly cost a miss. */
     struct classify_result cr;
@@ -1322,6 +1325,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
+    b->unnamed_alias = 0; /* a Query drops the unnamed statement: so here too */
     client_count_route(c, rt, flags);
     if (session_sync_backend(c, b) < 0 || session_before_named_sql(c, b, sql, &cr, true) < 0 ||
         backend_queue(b, m->body - 5, m->total) < 0 ||
@@ -1420,6 +1424,25 @@ static int client_scan_batch(struct client *c, unsigned *flags)
     return 0;
 }
 
+/* Before a Bind or Describe of the client's unnamed statement goes to b: when the client has
+ * none (never made, refused, dropped by a Query or closed), drop whatever b holds under that
+ * name (its answer swallowed), so that b refuses it (26000) as one server does, rather than
+ * run one made for another node's sake or the empty one of cache_unnamed_statements.
+ * Returns 1 when so (the message goes as it is), 0 when the client has one, -1 when out of
+ * memory. */
+static int client_unnamed_gone(struct client *c, struct backend *b)
+{
+    if (!c->unnamed_dropped && session_stmt_find(c, "", 0) != NULL)
+        return 0;
+    static const char close_unnamed[] = {FE_CLOSE, 0, 0, 0, 6, 'S', 0};
+    b->unnamed_alias = 0;
+    if (backend_queue(b, close_unnamed, sizeof(close_unnamed)) < 0 ||
+        backend_expect(b, EXP_CLOSE, true, false) < 0)
+        return -1;
+    backend_expect_last(b)->quiet = true;
+    return 1;
+}
+
 /* Send one message of the bound batch. Returns 0 or -1 (closed). */
 static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
 {
@@ -1434,6 +1457,10 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     }
     struct backend *b = c->backends[c->batch_node];
     bool pooled = c->px->cfg->nodes[b->node].pooled, rewritten = false;
+    bool queued = false;     /* queued on b, and expected when it needs to be, already */
+    uint16_t bound_kept = 0; /* a Bind of b's kept statement bound_kept - 1 */
+    uint8_t kept = c->kept_state;
+    c->kept_state = 0;   /* unless this message goes on with the batch being kept */
     uint32_t parsed = 0; /* the statement this Parse records */
     uint64_t change = 0; /* the session change this Execute's statement recorded */
     struct proto_reader r;
@@ -1490,6 +1517,20 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 rc = session_pooled_rewrite(c, m, 0, nlen);
                 rewritten = true;
             }
+        } else if (nlen == 0 && c->px->cfg->cache_unnamed_statements &&
+                   backend_unnamed_cacheable(cr.flags)) {
+            rc = backend_unnamed_parse(b, c, s);
+            if (rc > 0) {
+                /* b runs it under a name of its own: its unnamed statement is not s */
+                s->nodes = 0;
+                queued = true;
+                if (rc == 2) { /* the kept one: what follows is kept to run s anew */
+                    buf_reset(&c->kept_batch);
+                    c->kept_stmt = s->id;
+                    c->kept_state = 1;
+                }
+                rc = 0;
+            }
         }
         break;
     }
@@ -1507,6 +1548,14 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 rc = session_pooled_rewrite(c, m, name_off, slen);
                 rewritten = true;
             }
+        } else if (slen == 0 && (rc = client_unnamed_gone(c, b)) != 0) {
+            rc = rc < 0 ? -1 : 0; /* (sent as it is: b refuses it) */
+        } else if (slen == 0 && b->unnamed_alias &&
+                   (rc = backend_unnamed_rewrite(b, session_stmt_find(c, "", 0), m, name_off)) !=
+                       0) {
+            queued = rc == 1;
+            rc = rc == 1 ? 0 : -1;
+            bound_kept = b->unnamed_alias;
         } else {
             rc = session_ensure_prepared(c, b, sname, slen);
         }
@@ -1555,6 +1604,12 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 rc = session_pooled_rewrite(c, m, 1, slen);
                 rewritten = true;
             }
+        } else if (what == 'S' && slen == 0 && (rc = client_unnamed_gone(c, b)) != 0) {
+            rc = rc < 0 ? -1 : 0; /* (sent as it is: b refuses it) */
+        } else if (what == 'S' && slen == 0 && b->unnamed_alias &&
+                   (rc = backend_unnamed_rewrite(b, session_stmt_find(c, "", 0), m, 1)) != 0) {
+            queued = rc == 1;
+            rc = rc == 1 ? 0 : -1;
         } else if (what == 'S') {
             rc = session_ensure_prepared(c, b, sname, slen);
         }
@@ -1587,6 +1642,13 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 rewritten = true;
                 c->pooled_unnamed = 0;
             }
+        } else if (what == 'S') {
+            /* The client's unnamed statement is gone, wherever it was made */
+            c->unnamed_dropped = true;
+            for (int i = 0; i < CONFIG_MAX_NODES; i++) {
+                if (c->backends[i])
+                    c->backends[i]->unnamed_alias = 0;
+            }
         }
         kind = EXP_CLOSE;
         break;
@@ -1614,12 +1676,24 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     }
     if (rc == 0 && rewritten)
         rc = backend_queue(b, buf_head(&c->scratch), buf_avail(&c->scratch));
-    else if (rc == 0)
+    else if (rc == 0 && !queued)
         rc = backend_queue(b, m->body - 5, m->total);
-    if (rc == 0 && expect)
+    if (rc == 0 && expect && !(queued && kind == EXP_PARSE))
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && c->batch_write);
     if (rc == 0 && parsed != 0)
         backend_expect_last(b)->stmt = parsed; /* forgotten if the Parse fails */
+    if (rc == 0 && bound_kept) {
+        /* refused when its result type changed: then run from the text (backend.c) */
+        backend_expect_last(b)->sstmt = bound_kept;
+        backend_expect_last(b)->stmt = (uint32_t)c->kept_stmt;
+    }
+    /* The rest of a kept batch, up to its Sync (anything else ends the keeping: the batch can
+     * only run again while it is the last thing its backend owes) */
+    if (rc == 0 && kept == 1 &&
+        (m->type == FE_BIND || m->type == FE_DESCRIBE || m->type == FE_EXECUTE ||
+         m->type == FE_SYNC) &&
+        buf_append(&c->kept_batch, m->body - 5, m->total) == 0)
+        c->kept_state = m->type == FE_SYNC ? 2 : 1;
     if (rc == 0 && change != 0)
         backend_expect_last(b)->change = change; /* undone if the Execute fails */
     if (rc < 0) {
@@ -2008,12 +2082,16 @@ static size_t client_shareable_batch(struct client *c, struct stmt **named)
             }
             break;
         case FE_DESCRIBE: {
+            if (i == 0)
+                return 0; /* what it describes was made before, on c's own backends */
             uint8_t kind = proto_read_u8(&r);
             if ((kind == 'S' && *named == NULL) || kind == 'P')
                 proto_read_str(&r, &n1);
             break;
         }
         case FE_EXECUTE:
+            if (i == 0)
+                return 0;
             proto_read_str(&r, &n1);
             break;
         case FE_SYNC:
@@ -2025,6 +2103,75 @@ static size_t client_shareable_batch(struct client *c, struct stmt **named)
             return 0; /* a name: a statement or portal that lives on c's own backends */
         off += m.total;
     }
+    return 0;
+}
+
+/* cache_unnamed_statements on shared backend b: the batch of `len` bytes at the head of c's
+ * input, which makes and runs the unnamed statement (client_shareable_batch), runs the
+ * statement b keeps prepared for its text instead (backend_shared_bind), when it is one Parse,
+ * one Bind, Describes of the portal, Executes and the Sync, and its text may be kept. Its
+ * Parse is recorded as c's unnamed statement, on none of c's own backends. Returns 0 when
+ * sent, 2 when not (nothing was sent), -1 when c was closed. */
+static int client_share_unnamed(struct client *c, struct backend *b, size_t len, struct route rt)
+{
+    const char *p = buf_head(&c->in);
+    struct proto_msg parse, bind;
+    (void)proto_frame(p, len, PROTO_MAX_MESSAGE, &parse); /* framed before */
+    if (parse.type != FE_PARSE || parse.total >= len)
+        return 2;
+    (void)proto_frame(p + parse.total, len - parse.total, PROTO_MAX_MESSAGE, &bind);
+    if (bind.type != FE_BIND)
+        return 2;
+    size_t rest = parse.total + bind.total;
+    for (size_t off = rest; off < len;) {
+        struct proto_msg m;
+        (void)proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m);
+        off += m.total;
+        if (m.type == FE_PARSE || m.type == FE_BIND || (m.type == FE_DESCRIBE && m.body[0] != 'P'))
+            return 2;
+    }
+    struct proto_reader r;
+    proto_reader_init(&r, parse.body, parse.len);
+    size_t qlen;
+    proto_read_str(&r, NULL);
+    const char *q = proto_read_str(&r, &qlen);
+    uint16_t ntypes = (uint16_t)proto_read_i16(&r);
+    if (r.err || (size_t)ntypes * 4 > r.n - r.pos)
+        return 2; /* refused by the usual path */
+    struct classify_result cr;
+    client_classify(c, q, qlen, &cr);
+    if (!backend_unnamed_cacheable(cr.flags))
+        return 2;
+    struct stmt *s = session_stmt_put(c, "", 0, q, qlen, &r, ntypes, cr.flags);
+    if (s == NULL) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    s->nodes = 0;
+    int rc = backend_shared_bind(b, c, s, &bind, p + rest, len - rest, true);
+    if (rc == 0)
+        return 2;
+    if (rc < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    client_count_route(c, rt, 0);
+    for (size_t off = rest; off < len;) {
+        struct proto_msg m;
+        (void)proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m);
+        off += m.total;
+        enum expect_kind kind = m.type == FE_DESCRIBE  ? EXP_DESCRIBE
+                                : m.type == FE_EXECUTE ? EXP_EXECUTE
+                                                       : EXP_SYNC;
+        if (backend_shared_expect(b, c, kind) < 0) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
+    }
+    buf_consume(&c->in, len);
+    c->unnamed_stale = c->backend_mask;
+    c->cur_node = rt.node;
+    backend_shared_defer_flush(b);
     return 0;
 }
 
@@ -2041,16 +2188,21 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
     if (named) {
         struct proto_msg bind;
         (void)proto_frame(p, len, PROTO_MAX_MESSAGE, &bind); /* framed before */
-        int rc = backend_shared_bind(b, c, named, &bind, p + bind.total, len - bind.total);
+        int rc = backend_shared_bind(b, c, named, &bind, p + bind.total, len - bind.total, false);
         if (rc == 0)
             return 2;
         if (rc < 0) {
             client_close(c, "53200", "out of memory");
             return -1;
         }
-    } else if (backend_queue(b, p, len) < 0) {
-        client_close(c, "53200", "out of memory");
-        return -1;
+    } else {
+        int rc = c->px->cfg->cache_unnamed_statements ? client_share_unnamed(c, b, len, rt) : 2;
+        if (rc != 2)
+            return rc;
+        if (backend_queue(b, p, len) < 0) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
     }
     client_count_route(c, rt, 0);
     for (size_t off = 0; off < len;) {

@@ -1177,6 +1177,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "read_balance",
                                         "multiplex_reads",
                                         "multiplex_stall_ms",
+                                        "cache_unnamed_statements",
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
@@ -1207,6 +1208,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_READ_BALANCE,
         K_MULTIPLEX,
         K_MULTIPLEX_STALL,
+        K_CACHE_UNNAMED,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
@@ -1289,6 +1291,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         cfg->tcp_keepalive = e == 1;
     if (v[K_MULTIPLEX] && get_enum(c, v[K_MULTIPLEX], "multiplex_reads", on_off_names, 2, &e))
         cfg->multiplex_reads = e == 1;
+    if (v[K_CACHE_UNNAMED] &&
+        get_enum(c, v[K_CACHE_UNNAMED], "cache_unnamed_statements", on_off_names, 2, &e))
+        cfg->cache_unnamed_statements = e == 1;
     if (v[K_MULTIPLEX_STALL])
         get_int32(c, v[K_MULTIPLEX_STALL], "multiplex_stall_ms", 0, INT_MAX,
                   &cfg->multiplex_stall_ms);
@@ -1331,6 +1336,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->connect_timeout_ms = 5000;
     cfg->backend_idle_max = 20;
     cfg->multiplex_stall_ms = 10;
+    cfg->cache_unnamed_statements = true;
     cfg->backend_idle_timeout_ms = 60000;
     cfg->backend_lifetime_ms = 3600000;
     cfg->tcp_keepalive = true;

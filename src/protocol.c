@@ -439,6 +439,14 @@ int proto_write_Terminate(struct buf *out)
     return write_empty(out, FE_TERMINATE);
 }
 
+int proto_write_Close(struct buf *out, char what, const char *name)
+{
+    size_t s = proto_begin(out, FE_CLOSE);
+    if (s == SIZE_MAX || proto_put_u8(out, (uint8_t)what) < 0 || proto_put_str(out, name) < 0)
+        return fail(out, s);
+    return proto_end(out, s);
+}
+
 int proto_write_Parse(struct buf *out, const char *name, const char *query, size_t query_len,
                       const uint32_t *types, uint16_t ntypes)
 {

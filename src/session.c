@@ -142,6 +142,8 @@ struct stmt *session_stmt_put(struct client *c, const char *name, size_t nlen, c
     s->nodes = 0;
     s->hash = 0;
     s->id = ++c->stmt_seq;
+    if (nlen == 0)
+        c->unnamed_dropped = false;
     return s;
 }
 
@@ -609,6 +611,8 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
         }
         session_change_add(c, discard ? "discard" : "reset", sql, len, 0);
         b->set_gen = c->change_gen;
+        if (discard)
+            backend_stmts_clear(b);
         /* pgsteer's own settings are session settings too: a pooled connection handed to the
          * next user must not keep a consistency mode or a causal token. */
         c->consistency = c->px->cfg->consistency;
@@ -660,6 +664,7 @@ void session_track(struct client *c, const char *sql, size_t len, const struct c
             session_stmt_clear(c);
             session_change_add(c, "deallocate-all", "DEALLOCATE ALL", 14, 0);
             b->set_gen = c->change_gen;
+            backend_stmts_clear(b);
             return;
         }
         session_copy_name(name, sizeof(name), sql + cr->name.off, cr->name.len, cr->name_quoted);
@@ -849,6 +854,8 @@ int session_sync_backend(struct client *c, struct backend *b)
                 un->nodes &= ~(1u << b->node);
             continue;
         }
+        if (strcmp(ch->key, "discard") == 0 || strcmp(ch->key, "deallocate-all") == 0)
+            backend_stmts_clear(b); /* the replay drops them */
         struct buf q;
         buf_init(&q);
         size_t st = proto_begin(&q, FE_QUERY);

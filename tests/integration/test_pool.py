@@ -817,6 +817,88 @@ class MultiplexTest(unittest.TestCase):
                 s.close()
                 b.close()
 
+    def test_unnamed_statements_share_one_kept_statement(self):
+        """Drivers that parse every query as the unnamed statement (pgbench -M extended,
+        node-postgres, pgJDBC before prepareThreshold) run, on the shared backend, the one
+        statement it keeps for the text (cache_unnamed_statements): every client gets its own
+        answers, one by one and pipelined, and the node prepared each text once. A kept
+        statement whose table gained a column is refused once (0A000) and then prepared
+        anew."""
+        W = wire
+
+        def batches(i):
+            out = []
+            for k in range(5):
+                out.append(W.Parse("select $1::int + %d" % (k % 2)) + W.Bind("", params=(i,)) +
+                           W.Describe(b"P") + W.Execute() + W.Sync)
+                out.append(W.Parse("select $1::text || 'x'", types=(25,)) +
+                           W.Bind("", params=(str(k),)) + W.Execute() + W.Sync)
+            out.append(W.Parse("select nosuch") + W.Bind("") + W.Execute() + W.Sync)
+            return out
+
+        want = []
+        for i in range(3):
+            direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER,
+                               password=cl.APP_PASSWORD, database=cl.APP_DB)
+            try:
+                direct.send(b"".join(batches(i)))
+                want.append(direct.until_ready(count=len(batches(i))))
+            finally:
+                direct.close()
+        self.assertEqual(want[0][-2:], [("E", "42703"), ("Z", "I")])
+        CLUSTER.psql(CLUSTER.primary_port, "create table kept_mux (id int, v int); "
+                     "insert into kept_mux values (1, 10)")
+        CLUSTER.wait_replay()
+        with multiplexing() as px:
+            b = connect(px)
+            clients = [raw_login(px) for _ in range(3)]
+            try:
+                shared_pid = replica_pid(b)
+                before = int(admin_stat(px, "multiplexed_reads"))
+                reused = int(admin_stat(px, "unnamed_statements_reused"))
+                for i, s in enumerate(clients):
+                    got = []
+                    for batch in batches(i):
+                        s.send(batch)
+                        got += s.until_ready()
+                    self.maxDiff = None
+                    self.assertEqual(got, want[i])
+                for i, s in enumerate(clients):
+                    s.send(b"".join(batches(i)))
+                for i, s in enumerate(clients):
+                    self.assertEqual(s.until_ready(count=len(batches(i))), want[i])
+                self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")) - before,
+                                        3 * 2 * (len(batches(0)) - 1))
+                self.assertGreaterEqual(int(admin_stat(px, "unnamed_statements_reused")) -
+                                        reused, 3 * 2 * (len(batches(0)) - 1) - 3)
+                with b.cursor() as cur:
+                    cur.execute("select pg_backend_pid(), statement from pg_prepared_statements")
+                    rows = cur.fetchall()
+                self.assertEqual({r[0] for r in rows}, {shared_pid})
+                self.assertEqual(sorted(r[1] for r in rows),
+                                 ["select $1::int + 0", "select $1::int + 1",
+                                  "select $1::text || 'x'"])
+                # The result type changes under the kept statement: refused once, then anew.
+                run = (W.Parse("select * from kept_mux where id = $1") +
+                       W.Bind("", params=(1,)) + W.Execute() + W.Sync)
+                s = clients[0]
+                for _ in range(2):
+                    s.send(run)
+                    self.assertIn(("D", ("1", "10")), s.until_ready())
+                CLUSTER.psql(CLUSTER.primary_port,
+                             "alter table kept_mux add column w int default 7")
+                CLUSTER.wait_replay()
+                s.send(run)
+                self.assertEqual(s.until_ready(), [("1", None), ("E", "0A000"), ("Z", "I")])
+                for _ in range(2):
+                    s.send(run)
+                    self.assertIn(("D", ("1", "10", "7")), s.until_ready())
+            finally:
+                for s in clients:
+                    s.close()
+                b.close()
+                CLUSTER.psql(CLUSTER.primary_port, "drop table kept_mux")
+
     def test_named_statements_share_the_backend_under_names_of_their_own(self):
         """A Bind of a client's named statement to the unnamed portal (pgbench -M prepared,
         pgJDBC past prepareThreshold, psycopg 3's prepared statements) runs on the shared

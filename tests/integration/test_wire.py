@@ -61,15 +61,20 @@ def tearDownModule():
         cluster.stop()
 
 
-def multiplexed_reads(px):
-    """SHOW STATS's multiplexed_reads of px, from its /metrics."""
+def metric(px, name):
+    """The value of counter `name` in px's /metrics."""
     import urllib.request
     url = "http://127.0.0.1:%d/metrics" % px.admin_port
     with urllib.request.urlopen(url, timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("pgsteer_multiplexed_reads_total "):
+            if line.startswith(name + " "):
                 return int(line.split()[1])
-    raise AssertionError("no pgsteer_multiplexed_reads_total")
+    raise AssertionError("no " + name)
+
+
+def multiplexed_reads(px):
+    """SHOW STATS's multiplexed_reads of px, from its /metrics."""
+    return metric(px, "pgsteer_multiplexed_reads_total")
 
 
 def both(test, script, port=None):
@@ -118,6 +123,18 @@ def random_step(rng, live):
             "savepoint s", "rollback to s", "release s", "show statement_timeout",
             "rollback", "commit"))) +
             Bind() + Execute() + Sync)
+    if k == 12 and rng.random() < 0.7:
+        # The unnamed statement, as drivers use it: parsed for every query (which pgsteer may
+        # answer from a statement it keeps prepared), or bound again, described, closed; now
+        # and then a text that does not parse.
+        return ("sql", None, rng.choice((
+            Parse(t) + Bind("", [i]) + Execute() + Sync,
+            Parse(t) + Bind("", [i]) + Describe(b"P") + Execute() + Sync,
+            Parse(t) + Describe(b"S") + Sync,
+            Bind("", [i]) + Execute() + Sync,
+            Describe(b"S") + Sync,
+            Close(b"S") + Sync,
+            Parse("select v from nosuch where id = $1") + Bind("", [i]) + Execute() + Sync)))
     if k == 0:
         return ("create", f, Parse(t, name=f) + Sync)
     if k == 1:
@@ -750,6 +767,86 @@ class WireTest(unittest.TestCase):
         self.assertEqual([m for m in out if m[0] in "ED"],
                          [("E", "42P01"), ("E", "42P01"), ("E", "42P01"), ("D", ("40",)),
                           ("D", ("50",)), ("E", "26000")])
+
+    def test_unnamed_statements_are_kept_prepared(self):
+        self.maxDiff = None
+        # Drivers that do not keep statements prepared parse the same text as the unnamed
+        # statement for every query. Each backend keeps it prepared under a name of its own
+        # and answers the next Parse of it with a Parse of nothing, binding the kept one: the
+        # answers are the same as one server's, the unnamed statement can still be bound
+        # again, described and closed, and the counters show the node did not parse it anew.
+        prepared = metric(proxy, "pgsteer_unnamed_statements_prepared_total")
+        reused = metric(proxy, "pgsteer_unnamed_statements_reused_total")
+
+        def s(c):
+            out = []
+            for data in [Parse("select v from w where id = $1") + Bind("", [i]) +
+                         Describe(b"P") + Execute() + Sync for i in range(1, 9)] + [
+                    Parse("select v, id from w where id = $1", types=(23,)) + Describe(b"S") +
+                    Bind("", [3]) + Execute() + Sync,
+                    Bind("", [4]) + Describe(b"P") + Execute() + Sync,
+                    Describe(b"S") + Sync,
+                    Bind("", [5]) + Execute() + Sync,
+                    Query("select 1"),
+                    Parse("select v from w where id = $1") + Bind("", [6]) + Execute() + Sync,
+                    Close(b"S") + Sync,
+                    Bind("", [7]) + Execute() + Sync,
+                    Parse("select v from nosuch where id = $1") + Bind("", [8]) + Execute() +
+                    Sync,
+                    Bind("", [9]) + Execute() + Sync]:
+                c.send(data)
+                out += c.until_ready()
+            return out
+        out = both(self, s)
+        self.assertEqual([m for m in out if m[0] in "DE"],
+                         [("D", ("%d" % (i * 10),)) for i in range(1, 9)] +
+                         [("D", ("30", "3")), ("D", ("40", "4")), ("D", ("50", "5")),
+                          ("D", ("1",)), ("D", ("60",)), ("E", "26000"), ("E", "42P01"),
+                          ("E", "26000")])
+        # Two replicas, read in turn: each prepared the text once and answered the others.
+        self.assertGreaterEqual(metric(proxy, "pgsteer_unnamed_statements_prepared_total") -
+                                prepared, 2)
+        self.assertGreaterEqual(metric(proxy, "pgsteer_unnamed_statements_reused_total") -
+                                reused, 5)
+
+    def test_kept_statement_whose_result_type_changed_runs_again(self):
+        # A prepared statement may not change its result type: after a column is added to its
+        # table, a server refuses to run the kept one (0A000), where the unnamed statement,
+        # parsed anew every time, simply has the column. pgsteer closes the kept statement and
+        # runs the batch again from its text, so the client sees what one server gives.
+        cluster.psql(cluster.primary_port,
+                     "create table kept_t (id int primary key, v int); "
+                     "insert into kept_t values (1, 10)")
+        cluster.wait_replay()
+        run = Parse("select * from kept_t where id = $1") + Bind("", [1]) + Describe(b"P") + \
+            Execute() + Sync
+        via = Conn(eventual.port)
+        try:
+            for _ in range(4):
+                via.send(run)
+                self.assertIn(("D", ("1", "10")), via.until_ready())
+            cluster.psql(cluster.primary_port, "alter table kept_t add column w int default 7")
+            cluster.wait_replay()
+            for _ in range(4):
+                via.send(run)
+                self.assertEqual(via.until_ready(),
+                                 [("1", None), ("2", None), ("T", ("id", "v", "w")),
+                                  ("D", ("1", "10", "7")), ("C", "SELECT 1"), ("Z", "I")])
+            # In a transaction block the refusal ends the transaction, and it is the client's
+            # to see: once, after which the text is prepared anew.
+            for _ in range(2):
+                via.send(Query("begin") + run + Query("commit"))
+                via.until_ready(3)
+            cluster.psql(cluster.primary_port, "alter table kept_t add column x int default 8")
+            cluster.wait_replay()
+            via.send(Query("begin") + run + Query("rollback"))
+            self.assertEqual([m for m in via.until_ready(3) if m[0] in "EZ"],
+                             [("Z", "T"), ("E", "0A000"), ("Z", "E"), ("Z", "I")])
+            via.send(Query("begin") + run + Query("commit"))
+            self.assertIn(("D", ("1", "10", "7", "8")), via.until_ready(3))
+        finally:
+            via.close()
+            cluster.psql(cluster.primary_port, "drop table kept_t")
 
     def test_reset_all_keeps_a_discard_not_yet_replayed(self):
         # DISCARD ALL drops statements everywhere, also on nodes that see it only later,

@@ -190,6 +190,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->tcp_keepalive_count, 6);
     assert_false(c->multiplex_reads);
     assert_int_equal(c->multiplex_stall_ms, 10);
+    assert_true(c->cache_unnamed_statements);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -729,6 +730,12 @@ static void test_config_parse_reports_out_of_range(void **state)
         "t.yaml:1:18: invalid value for 'multiplex_reads': 'true' (expected off or on)\n");
     c = parse("multiplex_reads: on\n" BASE);
     assert_true(c->multiplex_reads);
+    config_free(c);
+    expect_errors("cache_unnamed_statements: 1\n" BASE,
+                  "t.yaml:1:27: invalid value for 'cache_unnamed_statements': '1' (expected off "
+                  "or on)\n");
+    c = parse("cache_unnamed_statements: off\n" BASE);
+    assert_false(c->cache_unnamed_statements);
     config_free(c);
     c = parse("tcp_keepalive_idle_s: 32767\ntcp_keepalive_interval_s: 1\n"
               "tcp_keepalive_count: 1\ntcp_keepalive: on\n" BASE);

@@ -241,6 +241,16 @@ static void test_proto_write_Parse_bytes(void **state)
     ASSERT_BUILDS(proto_write_Parse(out, "", "select 1;junk", 8, NULL, 0), e2);
 }
 
+static void test_proto_write_Close_bytes(void **state)
+{
+    (void)state;
+    static const char e[] = {'C', 0,   0,   0,   16,  'S', 'p', 'g', 's',
+                             't', 'e', 'e', 'r', '_', 's', '7', 0};
+    ASSERT_BUILDS(proto_write_Close(out, 'S', "pgsteer_s7"), e);
+    static const char e2[] = {'C', 0, 0, 0, 6, 'P', 0};
+    ASSERT_BUILDS(proto_write_Close(out, 'P', ""), e2);
+}
+
 static void test_proto_write_Parse_embedded_nul_fails(void **state)
 {
     (void)state;
@@ -629,6 +639,7 @@ int main(void)
         cmocka_unit_test(test_proto_write_Terminate_bytes),
         cmocka_unit_test(test_proto_write_CancelRequest_bytes),
         cmocka_unit_test(test_proto_write_Parse_bytes),
+        cmocka_unit_test(test_proto_write_Close_bytes),
         cmocka_unit_test(test_proto_write_Parse_embedded_nul_fails),
         cmocka_unit_test(test_proto_write_appends_after_existing_content),
         cmocka_unit_test(test_proto_begin_put_end_bytes),
