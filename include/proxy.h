@@ -292,6 +292,9 @@ void backend_release(struct backend *b);
 void backend_pool_flush(struct proxy *px, int node);
 /* Queue raw protocol bytes for the node. Returns 0 or -1 (out of memory). */
 int backend_queue(struct backend *b, const void *p, size_t n);
+/* The response a node owes for an extended-protocol message of type `type` (Parse, Bind,
+ * Describe, Execute; anything else: a Sync's). */
+enum expect_kind backend_expect_kind(char type);
 /* Record that the node owes a response of `kind`. Returns 0 or -1 (out of memory). */
 int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write);
 /* The response last expected (after a successful backend_expect), to mark it: `quiet`, `stmt`

@@ -215,6 +215,22 @@ int backend_queue(struct backend *b, const void *p, size_t n)
     return buf_append(&b->out, p, n);
 }
 
+enum expect_kind backend_expect_kind(char type)
+{
+    switch (type) {
+    case FE_PARSE:
+        return EXP_PARSE;
+    case FE_BIND:
+        return EXP_BIND;
+    case FE_DESCRIBE:
+        return EXP_DESCRIBE;
+    case FE_EXECUTE:
+        return EXP_EXECUTE;
+    default:
+        return EXP_SYNC;
+    }
+}
+
 int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool write)
 {
     if (b->exp_count == b->exp_cap) {
@@ -1465,19 +1481,13 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
     }
     if (unnamed) {
         /* The client's Parse, answered by the empty one's ParseComplete */
-        if (backend_expect(b, EXP_PARSE, false, false) < 0)
+        if (backend_shared_expect(b, c, EXP_PARSE) < 0)
             goto oom;
-        struct expect *e = backend_expect_last(b);
-        e->owner = c;
-        e->gen_at = c->change_gen;
-        e->stmt = (uint32_t)st->id;
+        backend_expect_last(b)->stmt = (uint32_t)st->id;
         /* and the Bind: should the node refuse the kept statement, it is dropped */
-        if (backend_expect(b, EXP_BIND, false, false) < 0)
+        if (backend_shared_expect(b, c, EXP_BIND) < 0)
             goto oom;
-        e = backend_expect_last(b);
-        e->owner = c;
-        e->gen_at = c->change_gen;
-        e->sstmt = (uint16_t)(i + 1);
+        backend_expect_last(b)->sstmt = (uint16_t)(i + 1);
         if (parse)
             b->px->unnamed_prepared++;
         else
@@ -1615,10 +1625,7 @@ static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uin
         (void)proto_frame(buf_head(&c->kept_batch) + off, buf_avail(&c->kept_batch) - off,
                           PROTO_MAX_MESSAGE, &m); /* framed when it came */
         off += m.total;
-        enum expect_kind kind = m.type == FE_BIND       ? EXP_BIND
-                                : m.type == FE_DESCRIBE ? EXP_DESCRIBE
-                                : m.type == FE_EXECUTE  ? EXP_EXECUTE
-                                                        : EXP_SYNC;
+        enum expect_kind kind = backend_expect_kind((char)m.type);
         rc = backend_expect(b, kind, false, kind == EXP_SYNC && sync.write);
         if (rc == 0 && kind == EXP_SYNC) {
             backend_expect_last(b)->gen_at = sync.gen_at;

@@ -2106,6 +2106,18 @@ static size_t client_shareable_batch(struct client *c, struct stmt **named)
     return 0;
 }
 
+/* Read Parse message m: its text (q, qlen) and parameter type count, r left at the types.
+ * Returns 0, or -1 when malformed. */
+static int parse_fields(const struct proto_msg *m, struct proto_reader *r, const char **q,
+                        size_t *qlen, uint16_t *ntypes)
+{
+    proto_reader_init(r, m->body, m->len);
+    proto_read_str(r, NULL);
+    *q = proto_read_str(r, qlen);
+    *ntypes = (uint16_t)proto_read_i16(r);
+    return r->err || (size_t)*ntypes * 4 > r->n - r->pos ? -1 : 0;
+}
+
 /* cache_unnamed_statements on shared backend b: the batch of `len` bytes at the head of c's
  * input, which makes and runs the unnamed statement (client_shareable_batch), runs the
  * statement b keeps prepared for its text instead (backend_shared_bind), when it is one Parse,
@@ -2131,12 +2143,10 @@ static int client_share_unnamed(struct client *c, struct backend *b, size_t len,
             return 2;
     }
     struct proto_reader r;
-    proto_reader_init(&r, parse.body, parse.len);
+    const char *q;
     size_t qlen;
-    proto_read_str(&r, NULL);
-    const char *q = proto_read_str(&r, &qlen);
-    uint16_t ntypes = (uint16_t)proto_read_i16(&r);
-    if (r.err || (size_t)ntypes * 4 > r.n - r.pos)
+    uint16_t ntypes;
+    if (parse_fields(&parse, &r, &q, &qlen, &ntypes) < 0)
         return 2; /* refused by the usual path */
     struct classify_result cr;
     client_classify(c, q, qlen, &cr);
@@ -2160,9 +2170,7 @@ static int client_share_unnamed(struct client *c, struct backend *b, size_t len,
         struct proto_msg m;
         (void)proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m);
         off += m.total;
-        enum expect_kind kind = m.type == FE_DESCRIBE  ? EXP_DESCRIBE
-                                : m.type == FE_EXECUTE ? EXP_EXECUTE
-                                                       : EXP_SYNC;
+        enum expect_kind kind = backend_expect_kind((char)m.type);
         if (backend_shared_expect(b, c, kind) < 0) {
             client_close(c, "53200", "out of memory");
             return -1;
@@ -2209,20 +2217,14 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
         struct proto_msg m;
         (void)proto_frame(p + off, len - off, PROTO_MAX_MESSAGE, &m); /* framed before */
         off += m.total;
-        enum expect_kind kind = m.type == FE_PARSE      ? EXP_PARSE
-                                : m.type == FE_BIND     ? EXP_BIND
-                                : m.type == FE_DESCRIBE ? EXP_DESCRIBE
-                                : m.type == FE_EXECUTE  ? EXP_EXECUTE
-                                                        : EXP_SYNC;
+        enum expect_kind kind = backend_expect_kind((char)m.type);
         struct stmt *s = NULL;
         if (m.type == FE_PARSE) {
             struct proto_reader r;
-            proto_reader_init(&r, m.body, m.len);
+            const char *q;
             size_t qlen;
-            proto_read_str(&r, NULL);
-            const char *q = proto_read_str(&r, &qlen);
-            uint16_t ntypes = (uint16_t)proto_read_i16(&r);
-            if (r.err || (size_t)ntypes * 4 > r.n - r.pos) {
+            uint16_t ntypes;
+            if (parse_fields(&m, &r, &q, &qlen, &ntypes) < 0) {
                 client_close(c, "08P01", "invalid Parse message");
                 return -1;
             }

@@ -431,6 +431,24 @@ def multiplexing(extra_yaml="", warm=True):
         yield px
 
 
+def answers_of_one_server(batches, first=None, n=3):
+    """What replica1 answers, straight, to batches(i) (after first(i), when given) for each of
+    n clients."""
+    want = []
+    for i in range(n):
+        direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER, password=cl.APP_PASSWORD,
+                           database=cl.APP_DB)
+        try:
+            if first:
+                direct.send(first(i))
+                direct.until_ready()
+            direct.send(b"".join(batches(i)))
+            want.append(direct.until_ready(count=len(batches(i))))
+        finally:
+            direct.close()
+    return want
+
+
 def raw_login(px):
     """A wire-level client of px, logged in with the startup parameters of px.dsn(), so that
     it shares the backend the psycopg2 clients share."""
@@ -817,6 +835,21 @@ class MultiplexTest(unittest.TestCase):
                 s.close()
                 b.close()
 
+    def each_gets_its_own(self, clients, batches, want):
+        """Every client sends its batches(i), one at a time, then all at once, and gets the
+        answers want[i] (what one server gave)."""
+        self.maxDiff = None
+        for i, s in enumerate(clients):
+            got = []
+            for batch in batches(i):
+                s.send(batch)
+                got += s.until_ready()
+            self.assertEqual(got, want[i])
+        for i, s in enumerate(clients):
+            s.send(b"".join(batches(i)))
+        for i, s in enumerate(clients):
+            self.assertEqual(s.until_ready(count=len(batches(i))), want[i])
+
     def test_unnamed_statements_share_one_kept_statement(self):
         """Drivers that parse every query as the unnamed statement (pgbench -M extended,
         node-postgres, pgJDBC before prepareThreshold) run, on the shared backend, the one
@@ -836,15 +869,7 @@ class MultiplexTest(unittest.TestCase):
             out.append(W.Parse("select nosuch") + W.Bind("") + W.Execute() + W.Sync)
             return out
 
-        want = []
-        for i in range(3):
-            direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER,
-                               password=cl.APP_PASSWORD, database=cl.APP_DB)
-            try:
-                direct.send(b"".join(batches(i)))
-                want.append(direct.until_ready(count=len(batches(i))))
-            finally:
-                direct.close()
+        want = answers_of_one_server(batches)
         self.assertEqual(want[0][-2:], [("E", "42703"), ("Z", "I")])
         CLUSTER.psql(CLUSTER.primary_port, "create table kept_mux (id int, v int); "
                      "insert into kept_mux values (1, 10)")
@@ -856,17 +881,7 @@ class MultiplexTest(unittest.TestCase):
                 shared_pid = replica_pid(b)
                 before = int(admin_stat(px, "multiplexed_reads"))
                 reused = int(admin_stat(px, "unnamed_statements_reused"))
-                for i, s in enumerate(clients):
-                    got = []
-                    for batch in batches(i):
-                        s.send(batch)
-                        got += s.until_ready()
-                    self.maxDiff = None
-                    self.assertEqual(got, want[i])
-                for i, s in enumerate(clients):
-                    s.send(b"".join(batches(i)))
-                for i, s in enumerate(clients):
-                    self.assertEqual(s.until_ready(count=len(batches(i))), want[i])
+                self.each_gets_its_own(clients, batches, want)
                 self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")) - before,
                                         3 * 2 * (len(batches(0)) - 1))
                 self.assertGreaterEqual(int(admin_stat(px, "unnamed_statements_reused")) -
@@ -926,17 +941,7 @@ class MultiplexTest(unittest.TestCase):
             out.append(W.Bind("no_such") + W.Execute() + W.Sync)
             return out
 
-        want = []
-        for i in range(3):
-            direct = wire.Conn(CLUSTER.replica_ports[0], user=cl.APP_USER,
-                               password=cl.APP_PASSWORD, database=cl.APP_DB)
-            try:
-                direct.send(parses(i))
-                direct.until_ready()
-                direct.send(b"".join(batches(i)))
-                want.append(direct.until_ready(count=len(batches(i))))
-            finally:
-                direct.close()
+        want = answers_of_one_server(batches, parses)
         self.assertIn(("E", "22012"), want[0])
         self.assertEqual(want[0][-2:], [("E", "26000"), ("Z", "I")])
         with multiplexing() as px:
@@ -948,17 +953,7 @@ class MultiplexTest(unittest.TestCase):
                     s.send(parses(i))
                     self.assertEqual(s.until_ready(), [("1", None)] * 4 + [("Z", "I")])
                 before = int(admin_stat(px, "multiplexed_reads"))
-                for i, s in enumerate(clients):
-                    got = []
-                    for batch in batches(i):
-                        s.send(batch)
-                        got += s.until_ready()
-                    self.maxDiff = None
-                    self.assertEqual(got, want[i])
-                for i, s in enumerate(clients):
-                    s.send(b"".join(batches(i)))
-                for i, s in enumerate(clients):
-                    self.assertEqual(s.until_ready(count=len(batches(i))), want[i])
+                self.each_gets_its_own(clients, batches, want)
                 # Every client's statements ran on the shared backend (the unknown name
                 # excepted: its error comes from the client's own).
                 self.assertGreaterEqual(int(admin_stat(px, "multiplexed_reads")) - before,
