@@ -204,6 +204,7 @@ struct shared_stmt {
     uint32_t *types; /* owned, ntypes of them */
     uint16_t ntypes;
     uint32_t name; /* prepared on the node as "pgsteer_s<name>" */
+    uint32_t used; /* the backend's sstmt_clock when last used: the least recent goes first */
     bool ready;    /* the node answered its Parse: clients may send Binds of it */
 };
 
@@ -272,6 +273,7 @@ struct backend {
      * statement of id unnamed_alias_stmt: its Binds and Describes name that one instead */
     uint16_t unnamed_alias;
     uint64_t unnamed_alias_stmt;
+    uint32_t sstmt_clock; /* uses of its statements so far (struct shared_stmt.used) */
 };
 
 /* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.
@@ -323,23 +325,24 @@ void backend_shared_resume(struct client *c);
  * one first when b has none yet (expected here, its answer swallowed unless it is an error,
  * which c then gets as its batch's; the caller expects the Bind and the rest). With `unnamed`,
  * st is c's unnamed statement, whose Parse the batch began with (cache_unnamed_statements):
- * a Parse of the empty unnamed statement goes before the Bind, expected here as c's. Returns
- * 1 when queued, 0 when st cannot run on b now (b's Parse of it is still unanswered, or b
- * holds SHARED_STMTS_MAX statements) and -1 when out of memory; with 0 or -1 nothing is
- * queued. */
+ * a stand-in Parse of the unnamed statement goes before the Bind (backend.c), expected here as
+ * c's, and the Bind is expected here too (the caller expects the rest). Returns 1 when queued, 0
+ * when st cannot run on b now (b's Parse of it is still unanswered, or b holds SHARED_STMTS_MAX
+ * statements) and -1 when out of memory; with 0 or -1 nothing is queued. */
 int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
                         const struct proto_msg *bind, const char *rest, size_t rest_len,
                         bool unnamed);
 /* cache_unnamed_statements: the client's Parse of its unnamed statement s (just recorded) is
  * to go to its own backend b. When b keeps s's text and parameter types prepared under a name
- * of its own, queue a Parse of an empty unnamed statement in its place (the node parses
- * nothing; its ParseComplete is the client's); when b has room for one more and s's text is
- * one statement, queue a Parse of s under a new name of b's. Either way the client's Binds and
- * Describes of its unnamed statement on b then name b's statement (backend_unnamed_rewrite),
- * and the Parse is expected, answered to the client, marked as statement s (forgotten if the
- * node refuses it). Returns 2 when queued so with the kept statement, 1 when queued with a
- * new one, 0 when s is to be sent as the client sent it (b's Parse of the text is unanswered,
- * or b is full), -1 when out of memory (nothing queued). */
+ * of its own, queue a stand-in Parse of the unnamed statement in its place (`SELECT`, which
+ * the node parses at almost no cost; its ParseComplete is the client's); otherwise, when s's text
+ * is one statement, queue a Parse of s under a new name of b's (when b is full, after a Close of
+ * the statement it used least recently). Either way the client's Binds and Describes of its unnamed
+ * statement on b then name b's statement (backend_unnamed_rewrite), and the Parse is expected,
+ * answered to the client, marked as statement s (forgotten if the node refuses it). Returns 2 when
+ * queued so with the kept statement, 1 when queued with a new one, 0 when s is to be sent as the
+ * client sent it (b's Parse of the text is unanswered, or b is full), -1 when out of memory
+ * (nothing queued). */
 int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s);
 /* Queue on b the client's Bind or Describe m, which names its unnamed statement st (the empty
  * name at body offset name_off), with b's name for st instead when b runs st under a name of

@@ -1373,6 +1373,13 @@ static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok)
     }
 }
 
+/* What goes to the node in place of a client's Parse of a text it keeps prepared: a Parse of
+ * the unnamed statement `SELECT`, which the node parses without a look at the catalogs, and
+ * which it refuses as it would the client's in a failed transaction (25P02); its
+ * ParseComplete is the client's. */
+static const char stand_in_parse[] = {FE_PARSE, 0,   0,   0,   14, 0, 'S', 'E',
+                                      'L',      'E', 'C', 'T', 0,  0, 0};
+
 /* The index in b's table of the statement with st's text and parameter types, or
  * b->nsstmts when b has none. */
 static uint16_t sstmt_find(const struct backend *b, struct stmt *st)
@@ -1450,8 +1457,7 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
     if (parse &&
         proto_write_Parse(&b->out, name, st->query, st->query_len, st->types, st->ntypes) < 0)
         goto oom;
-    static const char empty_parse[] = {FE_PARSE, 0, 0, 0, 8, 0, 0, 0, 0};
-    if (unnamed && backend_queue(b, empty_parse, sizeof(empty_parse)) < 0)
+    if (unnamed && backend_queue(b, stand_in_parse, sizeof(stand_in_parse)) < 0)
         goto oom;
     /* The Bind as the client sent it, but for its statement name: portal "" (the caller
      * checked), then the name, then the rest unchanged. */
@@ -1480,7 +1486,7 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
         e->sstmt = (uint16_t)(i + 1);
     }
     if (unnamed) {
-        /* The client's Parse, answered by the empty one's ParseComplete */
+        /* The client's Parse, answered by the stand-in's ParseComplete */
         if (backend_shared_expect(b, c, EXP_PARSE) < 0)
             goto oom;
         backend_expect_last(b)->stmt = (uint32_t)st->id;
@@ -1512,7 +1518,38 @@ oom:
  * for every query, and the node parses and plans it every time. A client's own backend keeps
  * each such text prepared under a name of its own (the table of struct shared_stmt, as a
  * shared backend does for clients' named statements) and answers the next Parse of it with a
- * Parse of nothing; the Binds of the unnamed statement then name the kept one. */
+ * stand-in (stand_in_parse); the Binds of the unnamed statement then name the kept one. */
+
+/* b's table is full: close the statement it used least recently (its Parse answered), so that
+ * a new text takes its place. Returns 0, or -1 when none can go (all in flight) or out of
+ * memory. */
+static int sstmt_evict(struct backend *b)
+{
+    int v = -1;
+    for (uint16_t i = 0; i < b->nsstmts; i++) {
+        if (b->sstmts[i].ready && (v < 0 || b->sstmts[i].used < b->sstmts[v].used))
+            v = i;
+    }
+    if (v < 0)
+        return -1;
+    char name[24];
+    sstmt_name(name, sizeof(name), b->sstmts[v].name);
+    size_t before = b->out.len;
+    if (proto_write_Close(&b->out, 'S', name) < 0 ||
+        backend_expect(b, EXP_CLOSE, true, false) < 0) {
+        b->out.len = before;
+        return -1;
+    }
+    backend_expect_last(b)->quiet = true;
+    /* Binds of it on their way ran before the Close; should one be refused, it is not this. */
+    for (size_t k = 0; k < b->exp_count; k++) {
+        struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+        if (x->sstmt == v + 1)
+            x->sstmt = 0;
+    }
+    shared_stmt_answered(b, (uint16_t)v, false); /* dropped: the last entry takes its place */
+    return 0;
+}
 
 int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
 {
@@ -1523,8 +1560,9 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
         return 0; /* its Parse is in flight and might fail: this one goes as it came */
     char name[24];
     if (parse) {
-        if (b->nsstmts == SHARED_STMTS_MAX)
+        if (b->nsstmts == SHARED_STMTS_MAX && sstmt_evict(b) < 0)
             return 0;
+        i = b->nsstmts;
         /* A name the client's own statements do not use (they live on b too). */
         for (;;) {
             char key[40];
@@ -1543,8 +1581,7 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
     if (parse) {
         rc = proto_write_Parse(&b->out, name, s->query, s->query_len, s->types, s->ntypes);
     } else {
-        static const char empty_parse[] = {FE_PARSE, 0, 0, 0, 8, 0, 0, 0, 0};
-        rc = backend_queue(b, empty_parse, sizeof(empty_parse));
+        rc = backend_queue(b, stand_in_parse, sizeof(stand_in_parse));
     }
     if (rc < 0 || backend_expect(b, EXP_PARSE, false, false) < 0) {
         b->out.len = before;
@@ -1554,6 +1591,7 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
     }
     struct expect *e = backend_expect_last(b);
     e->stmt = (uint32_t)s->id; /* the client's Parse: forgotten if refused */
+    b->sstmts[i].used = ++b->sstmt_clock;
     if (parse) {
         e->sstmt = (uint16_t)(i + 1);
         b->px->unnamed_prepared++;
@@ -1567,9 +1605,12 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
 
 bool backend_unnamed_cacheable(unsigned flags)
 {
-    return !(flags & (CL_MULTI | CL_EMPTY | CL_SET_SESSION | CL_SET_LOCAL | CL_SET_CONFIG |
-                      CL_SESSION_RESET | CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE | CL_SAVEPOINT |
-                      CL_PIN | CL_UNLISTEN | CL_COPY | CL_PGSTEER_SET | CL_PGSTEER_SHOW));
+    /* Nor what begins or ends a transaction: the stand-in Parse is refused in a failed
+     * transaction, where COMMIT and ROLLBACK are not; parsing those costs little anyway. */
+    return !(flags & (CL_MULTI | CL_EMPTY | CL_BEGIN | CL_BEGIN_READ_ONLY | CL_END_TX |
+                      CL_SET_SESSION | CL_SET_LOCAL | CL_SET_CONFIG | CL_SESSION_RESET |
+                      CL_PREPARE | CL_EXECUTE | CL_DEALLOCATE | CL_SAVEPOINT | CL_PIN |
+                      CL_UNLISTEN | CL_COPY | CL_PGSTEER_SET | CL_PGSTEER_SHOW));
 }
 
 /* The node refused the Bind of b's kept statement i that stood for client c's unnamed one of

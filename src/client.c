@@ -1427,7 +1427,7 @@ static int client_scan_batch(struct client *c, unsigned *flags)
 /* Before a Bind or Describe of the client's unnamed statement goes to b: when the client has
  * none (never made, refused, dropped by a Query or closed), drop whatever b holds under that
  * name (its answer swallowed), so that b refuses it (26000) as one server does, rather than
- * run one made for another node's sake or the empty one of cache_unnamed_statements.
+ * run one made for another node's sake or the stand-in of cache_unnamed_statements.
  * Returns 1 when so (the message goes as it is), 0 when the client has one, -1 when out of
  * memory. */
 static int client_unnamed_gone(struct client *c, struct backend *b)

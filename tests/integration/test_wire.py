@@ -809,6 +809,35 @@ class WireTest(unittest.TestCase):
         self.assertGreaterEqual(metric(proxy, "pgsteer_unnamed_statements_reused_total") -
                                 reused, 5)
 
+    def test_kept_statements_beyond_the_limit_make_room(self):
+        # A backend keeps at most 128 texts: a new text then takes the place of the one used
+        # least recently, which is closed on the node. Answers stay those of one server, and
+        # the texts used all along stay kept.
+        def run(c, k, i):
+            c.send(Parse("select $1::int + %d" % k) + Bind("", [i]) + Execute() + Sync)
+            return c.until_ready()
+
+        direct = Conn(cluster.primary_port)
+        with Pgsteer(cluster, extra_yaml="consistency: eventual\nworkers: 1\n") as px:
+            via = Conn(px.port)
+            try:
+                for k in range(160):
+                    for c in (direct, via):
+                        self.assertEqual(run(c, k, 1), [("1", None), ("2", None),
+                                                        ("D", (str(k + 1),)),
+                                                        ("C", "SELECT 1"), ("Z", "I")])
+                    # text 0 is used between every two new ones: it is never the oldest
+                    self.assertEqual(run(via, 0, k), run(direct, 0, k))
+                via.send(Query("select count(*), count(*) filter (where statement = "
+                               "'select $1::int + 0') from pg_prepared_statements "
+                               "where name like 'pgsteer_s%'"))
+                self.assertEqual(via.until_ready()[1], ("D", ("128", "1")))
+                self.assertEqual(metric(px, "pgsteer_unnamed_statements_prepared_total"), 160)
+                self.assertEqual(metric(px, "pgsteer_unnamed_statements_reused_total"), 160)
+            finally:
+                via.close()
+                direct.close()
+
     def test_kept_statement_whose_result_type_changed_runs_again(self):
         # A prepared statement may not change its result type: after a column is added to its
         # table, a server refuses to run the kept one (0A000), where the unnamed statement,
