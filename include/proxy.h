@@ -203,7 +203,9 @@ struct shared_stmt {
     size_t query_len;
     uint32_t *types; /* owned, ntypes of them */
     uint16_t ntypes;
-    uint32_t name; /* prepared on the node as "pgsteer_s<name>" */
+    uint32_t name;  /* prepared on the node as "pgsteer_s<name>" */
+    char label[20]; /* that name, written out once */
+    uint8_t label_len;
     uint32_t used; /* the backend's sstmt_clock when last used: the least recent goes first */
     bool ready;    /* the node answered its Parse: clients may send Binds of it */
 };
@@ -511,10 +513,10 @@ struct client {
     struct route last_route;
     struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
     unsigned shared_owed;             /* answers shared backends owe the client (multiplex_reads) */
-    /* cache_unnamed_statements: the messages after the Parse of the batch in flight that runs
-     * a statement its backend kept prepared, up to its Sync (kept_state 2; 1 while they come),
-     * to run it again from its text should the node refuse the kept one because its result
-     * type changed (0A000); kept_stmt is the unnamed statement's id */
+    /* cache_unnamed_statements: the messages after the Parse of the last batch that ran a
+     * statement its backend kept prepared, up to its Sync (kept_state 2 when they are all
+     * here), to run it again from its text should the node refuse the kept one because its
+     * result type changed (0A000); kept_stmt is the unnamed statement's id */
     struct buf kept_batch;
     uint64_t kept_stmt;
     uint8_t kept_state;

@@ -1324,15 +1324,22 @@ void backend_shared_forget(struct client *c)
     c->shared_owed = 0;
 }
 
-/* FNV-1a over a statement's text and parameter types: which of a shared backend's statements
- * a client's is (never 0, which means "not computed"). */
+/* A hash of a statement's text and parameter types, eight bytes at a time: which of a
+ * backend's kept statements a client's is (never 0, which means "not computed"). */
 static uint64_t stmt_hash(const struct stmt *st)
 {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < st->query_len; i++)
+    uint64_t h = 14695981039346656037ull ^ st->query_len;
+    size_t i = 0;
+    for (; i + 8 <= st->query_len; i += 8) {
+        uint64_t w;
+        memcpy(&w, st->query + i, 8);
+        h = (h ^ w) * 1099511628211ull;
+        h ^= h >> 29;
+    }
+    for (; i < st->query_len; i++)
         h = (h ^ (unsigned char)st->query[i]) * 1099511628211ull;
-    for (uint16_t i = 0; i < st->ntypes; i++)
-        h = (h ^ st->types[i]) * 1099511628211ull;
+    for (uint16_t k = 0; k < st->ntypes; k++)
+        h = (h ^ st->types[k]) * 1099511628211ull;
     return h ? h : 1;
 }
 
@@ -1409,6 +1416,7 @@ static int sstmt_add(struct backend *b, const struct stmt *st)
                               .query_len = st->query_len,
                               .ntypes = st->ntypes,
                               .name = b->sstmt_names + 1};
+    e->label_len = (uint8_t)sstmt_name(e->label, sizeof(e->label), e->name);
     e->query = malloc(st->query_len + 1);
     e->types = malloc(st->ntypes ? st->ntypes * sizeof(uint32_t) : 1);
     if (e->query == NULL || e->types == NULL) {
@@ -1451,8 +1459,7 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
         if (sstmt_add(b, st) < 0)
             return -1;
     }
-    char name[24];
-    sstmt_name(name, sizeof(name), b->sstmts[i].name);
+    const char *name = b->sstmts[i].label;
     size_t before = b->out.len, nexp = b->exp_count;
     if (parse &&
         proto_write_Parse(&b->out, name, st->query, st->query_len, st->types, st->ntypes) < 0)
@@ -1465,7 +1472,7 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
     proto_reader_init(&r, bind->body, bind->len);
     proto_read_str(&r, NULL);
     proto_read_str(&r, NULL);
-    size_t nlen = strlen(name);
+    size_t nlen = b->sstmts[i].label_len;
     size_t len = 4 + 1 + nlen + 1 + (bind->len - r.pos);
     if (r.err || len > PROTO_MAX_MESSAGE || buf_reserve(&b->out, 1 + len + rest_len) < 0)
         goto oom;
@@ -1692,8 +1699,8 @@ int backend_unnamed_rewrite(struct backend *b, const struct stmt *st, const stru
     if (b->unnamed_alias == 0 || st == NULL || st->id != b->unnamed_alias_stmt ||
         b->unnamed_alias > b->nsstmts || name_off >= m->len || m->body[name_off] != 0)
         return 0;
-    char name[24];
-    size_t nlen = (size_t)sstmt_name(name, sizeof(name), b->sstmts[b->unnamed_alias - 1].name);
+    const char *name = b->sstmts[b->unnamed_alias - 1].label;
+    size_t nlen = b->sstmts[b->unnamed_alias - 1].label_len;
     size_t len = 4 + m->len + nlen;
     if (len > PROTO_MAX_MESSAGE)
         return 0;

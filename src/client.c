@@ -1443,6 +1443,33 @@ static int client_unnamed_gone(struct client *c, struct backend *b)
     return 1;
 }
 
+/* The client's Parse m (at the head of its input) of its unnamed statement s made b run the
+ * statement b keeps for the text: keep a copy of the rest of its batch, Binds, Describes and
+ * Executes up to the Sync, to run it anew from the text should the node refuse the kept
+ * statement (backend.c, unnamed_refused). Nothing is kept for a batch of anything else, or
+ * one not all here yet. */
+static void client_keep_batch(struct client *c, const struct proto_msg *m, const struct stmt *s)
+{
+    const char *p = buf_head(&c->in) + m->total;
+    size_t n = buf_avail(&c->in) - m->total, off = 0;
+    c->kept_state = 0;
+    for (;;) {
+        struct proto_msg x;
+        if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &x) <= 0)
+            return;
+        off += x.total;
+        if (x.type == FE_SYNC)
+            break;
+        if (x.type != FE_BIND && x.type != FE_DESCRIBE && x.type != FE_EXECUTE)
+            return;
+    }
+    buf_reset(&c->kept_batch);
+    if (buf_append(&c->kept_batch, p, off) < 0)
+        return;
+    c->kept_stmt = s->id;
+    c->kept_state = 2;
+}
+
 /* Send one message of the bound batch. Returns 0 or -1 (closed). */
 static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
 {
@@ -1459,10 +1486,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
     bool pooled = c->px->cfg->nodes[b->node].pooled, rewritten = false;
     bool queued = false;     /* queued on b, and expected when it needs to be, already */
     uint16_t bound_kept = 0; /* a Bind of b's kept statement bound_kept - 1 */
-    uint8_t kept = c->kept_state;
-    c->kept_state = 0;   /* unless this message goes on with the batch being kept */
-    uint32_t parsed = 0; /* the statement this Parse records */
-    uint64_t change = 0; /* the session change this Execute's statement recorded */
+    uint32_t parsed = 0;     /* the statement this Parse records */
+    uint64_t change = 0;     /* the session change this Execute's statement recorded */
     struct proto_reader r;
     proto_reader_init(&r, m->body, m->len);
     enum expect_kind kind = EXP_EXECUTE;
@@ -1524,11 +1549,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 /* b runs it under a name of its own: its unnamed statement is not s */
                 s->nodes = 0;
                 queued = true;
-                if (rc == 2) { /* the kept one: what follows is kept to run s anew */
-                    buf_reset(&c->kept_batch);
-                    c->kept_stmt = s->id;
-                    c->kept_state = 1;
-                }
+                if (rc == 2) /* the kept one: what follows is kept to run s anew */
+                    client_keep_batch(c, m, s);
                 rc = 0;
             }
         }
@@ -1687,13 +1709,6 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         backend_expect_last(b)->sstmt = bound_kept;
         backend_expect_last(b)->stmt = (uint32_t)c->kept_stmt;
     }
-    /* The rest of a kept batch, up to its Sync (anything else ends the keeping: the batch can
-     * only run again while it is the last thing its backend owes) */
-    if (rc == 0 && kept == 1 &&
-        (m->type == FE_BIND || m->type == FE_DESCRIBE || m->type == FE_EXECUTE ||
-         m->type == FE_SYNC) &&
-        buf_append(&c->kept_batch, m->body - 5, m->total) == 0)
-        c->kept_state = m->type == FE_SYNC ? 2 : 1;
     if (rc == 0 && change != 0)
         backend_expect_last(b)->change = change; /* undone if the Execute fails */
     if (rc < 0) {
