@@ -148,13 +148,22 @@ def parse(out):
     return res
 
 
-def multiplexed_reads(px):
-    """pgsteer_multiplexed_reads_total from px's /metrics."""
+def metric(px, name):
+    """Counter `name` from px's /metrics."""
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % px.admin_port, timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("pgsteer_multiplexed_reads_total "):
+            if line.startswith(name + " "):
                 return int(float(line.split()[1]))
-    raise RuntimeError("no pgsteer_multiplexed_reads_total in /metrics")
+    raise RuntimeError("no %s in /metrics" % name)
+
+
+def multiplexed_reads(px):
+    return metric(px, "pgsteer_multiplexed_reads_total")
+
+
+def kept_parses(px):
+    """Parses of unnamed statements a backend answered with a statement it kept prepared."""
+    return metric(px, "pgsteer_unnamed_statements_reused_total")
 
 
 def main(argv):
@@ -207,6 +216,7 @@ def main(argv):
                     env["PGSTEER_PORT"] = str(others[d.auth].port)
                 t1 = time.monotonic()
                 mux0 = multiplexed_reads(px) if multiplex else 0
+                kept0 = kept_parses(px)
                 err = d.prepare(workdir) if d.prepare else None
                 if err:
                     res, out, rc = {}, "", "setup failed: " + err
@@ -229,10 +239,10 @@ def main(argv):
                             print("---- %s stderr (tail)\n%s" % (d.name, tail))
                 names = list(d.cases) + [n for n in res if n not in d.cases]
                 bad = []
-                print("== %s (%.1fs)%s" % (
+                print("== %s (%.1fs)%s, %d Parses answered by kept statements" % (
                     d.name, time.monotonic() - t1,
                     ", %d reads over shared backends" % (multiplexed_reads(px) - mux0)
-                    if multiplex else ""))
+                    if multiplex else "", kept_parses(px) - kept0))
                 for n in names:
                     st, msg = res.get(n, ("NOT RUN", ""))
                     if st != "ok":
@@ -251,6 +261,13 @@ def main(argv):
                 # not test what it says it did.
                 summary.append(("multiplex_reads", False, [],
                                 "%d reads over shared backends" % multiplexed_reads(px)))
+            if (len(sel) == len(all_drivers) and "cache_unnamed_statements: off" not in extra_yaml
+                    and kept_parses(px) < 20):
+                # Several drivers send their statements as the unnamed one (pgJDBC before its
+                # threshold, node-postgres, psycopg 3's first runs): a run in which pgsteer
+                # kept none of them prepared did not test what it says it did.
+                summary.append(("kept statements", False, [],
+                                "%d Parses answered by kept statements" % kept_parses(px)))
             if not all(ok for _, ok, _, _ in summary):
                 px.failed = True
         print("\nsummary (%.0fs):" % (time.monotonic() - t0))
