@@ -1427,12 +1427,12 @@ static int client_scan_batch(struct client *c, unsigned *flags)
 /* Before a Bind or Describe of the client's unnamed statement goes to b: when the client has
  * none (never made, refused, dropped by a Query or closed), drop whatever b holds under that
  * name (its answer swallowed), so that b refuses it (26000) as one server does, rather than
- * run one made for another node's sake or the stand-in of cache_unnamed_statements.
- * Returns 1 when so (the message goes as it is), 0 when the client has one, -1 when out of
- * memory. */
-static int client_unnamed_gone(struct client *c, struct backend *b)
+ * run one made for another node's sake or the stand-in of cache_unnamed_statements (`un`:
+ * the client's record of its unnamed statement, or NULL). Returns 1 when so (the message goes as it
+ * is), 0 when the client has one, -1 when out of memory. */
+static int client_unnamed_gone(struct client *c, struct backend *b, const struct stmt *un)
 {
-    if (!c->unnamed_dropped && session_stmt_find(c, "", 0) != NULL)
+    if (!c->unnamed_dropped && un != NULL)
         return 0;
     static const char close_unnamed[] = {FE_CLOSE, 0, 0, 0, 6, 'S', 0};
     b->unnamed_alias = 0;
@@ -1564,17 +1564,17 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             client_close(c, "08P01", "invalid Bind message");
             return -1;
         }
+        struct stmt *st = session_stmt_find(c, sname, slen); /* (found once: not changed below) */
         if (pooled) {
             rc = session_pooled_fill_slot(c, b, sname, slen);
             if (rc == 0 && slen > 0) {
                 rc = session_pooled_rewrite(c, m, name_off, slen);
                 rewritten = true;
             }
-        } else if (slen == 0 && (rc = client_unnamed_gone(c, b)) != 0) {
+        } else if (slen == 0 && (rc = client_unnamed_gone(c, b, st)) != 0) {
             rc = rc < 0 ? -1 : 0; /* (sent as it is: b refuses it) */
         } else if (slen == 0 && b->unnamed_alias &&
-                   (rc = backend_unnamed_rewrite(b, session_stmt_find(c, "", 0), m, name_off)) !=
-                       0) {
+                   (rc = backend_unnamed_rewrite(b, st, m, name_off)) != 0) {
             queued = rc == 1;
             rc = rc == 1 ? 0 : -1;
             bound_kept = b->unnamed_alias;
@@ -1584,7 +1584,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         kind = EXP_BIND;
         c->batch_executed = true;
         uint64_t gen = c->change_gen;
-        struct stmt *st = rc == 0 ? session_stmt_find(c, sname, slen) : NULL;
+        if (rc != 0)
+            st = NULL;
         if (st && (st->flags & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)))
             session_batch_save(c, b);
         if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {
@@ -1626,7 +1627,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
                 rc = session_pooled_rewrite(c, m, 1, slen);
                 rewritten = true;
             }
-        } else if (what == 'S' && slen == 0 && (rc = client_unnamed_gone(c, b)) != 0) {
+        } else if (what == 'S' && slen == 0 &&
+                   (rc = client_unnamed_gone(c, b, session_stmt_find(c, "", 0))) != 0) {
             rc = rc < 0 ? -1 : 0; /* (sent as it is: b refuses it) */
         } else if (what == 'S' && slen == 0 && b->unnamed_alias &&
                    (rc = backend_unnamed_rewrite(b, session_stmt_find(c, "", 0), m, 1)) != 0) {
