@@ -75,6 +75,20 @@ struct classify_result {
     const char *setting_name;
 };
 
+/* prepare_simple_queries: the integer literals of a simple-protocol statement that may be sent
+ * as parameters of a prepared statement in their place, each right after a comparison or
+ * arithmetic operator (WHERE id = 42, SET n = n + 1), written in digits only. `usable` only for
+ * one statement that can be prepared (SELECT, INSERT, UPDATE, DELETE, WITH, VALUES; not SELECT
+ * INTO), with such a literal and none of: a parameter of its own ($1), SELECT * or t.* (whose
+ * columns a change of the table changes), an integer literal right after '(' or ',' (a list,
+ * whose length varies, or a type modifier), more than CLASSIFY_MAX_LITERALS of them. */
+#define CLASSIFY_MAX_LITERALS 16
+struct classify_literals {
+    bool usable;
+    unsigned n; /* 0 unless usable */
+    struct classify_span at[CLASSIFY_MAX_LITERALS];
+};
+
 /* Extra write functions from config (lower-case names, no schema). A NULL table is empty. */
 struct classify_functions {
     const char *const *names;
@@ -86,6 +100,10 @@ struct classify_functions {
  * Thread-safe; reads only its arguments. */
 void classify_sql(const char *sql, size_t len, const struct classify_functions *extra,
                   struct classify_result *out);
+
+/* classify_sql, and in the same pass the literals of `lits` (which may be NULL). */
+void classify_sql_literals(const char *sql, size_t len, const struct classify_functions *extra,
+                           struct classify_result *out, struct classify_literals *lits);
 
 /* True when the named function (lower-case, no schema) is a built-in write function or in
  * `extra`. */

@@ -88,6 +88,7 @@ struct config {
      * name of pgsteer's, so that the node parses and plans a repeated text once (backend.c).
      * Default true ("on") */
     bool cache_unnamed_statements;
+    bool prepare_simple_queries;
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */

@@ -151,6 +151,11 @@ struct proxy {
      * Parses of one that a backend kept prepared, which the node did not parse again */
     uint64_t unnamed_prepared;
     uint64_t unnamed_reused;
+    /* prepare_simple_queries: texts of simple queries prepared with parameters, and queries run
+     * as a statement so kept */
+    uint64_t simple_prepared;
+    uint64_t simple_reused;
+    struct buf simple_text; /* the text of the query at hand, rewritten (backend_simple_query) */
 };
 
 /* ---- backend.c ---- */
@@ -182,6 +187,8 @@ struct expect {
     bool retryable;       /* a read on a replica that may be retried on the primary on 25006 */
     bool write;           /* the unit needed the primary for a write: completes read-your-writes */
     bool quiet;           /* swallowed even when an error: the client's own statement follows */
+    bool simple;          /* part of a client's Query run as a kept statement (prepare_simple_
+                             queries): errors and notices reach the client, NoData does not */
     uint16_t sstmt;       /* on a shared backend: a Parse of its statement sstmt - 1 (struct
                              shared_stmt), which its answer makes usable or drops; 0 = none */
     uint32_t stmt;        /* a Parse of statement `stmt` (its id): if the client's own fails, the
@@ -346,6 +353,16 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
  * client sent it (b's Parse of the text is unanswered, or b is full), -1 when out of memory
  * (nothing queued). */
 int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s);
+/* prepare_simple_queries: queue client c's Query of text q (qlen bytes, its NUL not counted),
+ * one statement whose literals `lits` names (usable), on c's own backend b as Bind, Describe,
+ * Execute and Sync of a statement b keeps prepared with those literals as parameters (and its
+ * Parse first when b has none yet), expected so that the client gets what the Query gives,
+ * the Sync's answer marked `write`. The caller keeps the Query in c->kept_batch (kept_state 3)
+ * to run it as it came should the node refuse the kept statement. Returns 1 when queued so, 0
+ * when the Query must go as it came (no literal long enough for its placeholder, the text's
+ * Parse in flight, no room), -1 when out of memory (nothing queued). */
+int backend_simple_query(struct backend *b, struct client *c, const char *q, size_t qlen,
+                         const struct classify_literals *lits, bool write);
 /* Queue on b the client's Bind or Describe m, which names its unnamed statement st (the empty
  * name at body offset name_off), with b's name for st instead when b runs st under a name of
  * its own. Returns 1 when queued, 0 when not (the caller sends m as it is), -1 when out of

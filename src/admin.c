@@ -532,6 +532,15 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                       "again.");
     rc |= buf_printf(out, "pgsteer_unnamed_statements_reused_total %" PRIu64 "\n",
                      st->unnamed_reused);
+    rc |= prom_family(out, "pgsteer_simple_queries_prepared_total", "counter",
+                      "Texts of simple-protocol queries, their integer literals made parameters, "
+                      "that a backend prepared to keep (prepare_simple_queries).");
+    rc |=
+        buf_printf(out, "pgsteer_simple_queries_prepared_total %" PRIu64 "\n", st->simple_prepared);
+    rc |= prom_family(out, "pgsteer_simple_queries_reused_total", "counter",
+                      "Simple-protocol queries run as a statement their backend kept prepared: "
+                      "the node did not parse or plan the text again.");
+    rc |= buf_printf(out, "pgsteer_simple_queries_reused_total %" PRIu64 "\n", st->simple_reused);
     rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
                       "Reads that arrived while a worker polled instead of sleeping "
                       "(busy_poll_us).");
@@ -671,6 +680,8 @@ static void collect_worker(struct proxy *px, void *arg)
     st->multiplex_stalls += px->multiplex_stalls;
     st->unnamed_prepared += px->unnamed_prepared;
     st->unnamed_reused += px->unnamed_reused;
+    st->simple_prepared += px->simple_prepared;
+    st->simple_reused += px->simple_reused;
     st->busy_poll_reads += px->busy_poll_reads;
     st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
@@ -1194,6 +1205,8 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
     kv_row(c, "unnamed_statements_prepared", u64s(v, st->unnamed_prepared)), rows++;
     kv_row(c, "unnamed_statements_reused", u64s(v, st->unnamed_reused)), rows++;
+    kv_row(c, "simple_queries_prepared", u64s(v, st->simple_prepared)), rows++;
+    kv_row(c, "simple_queries_reused", u64s(v, st->simple_reused)), rows++;
     kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
     kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
@@ -1393,6 +1406,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "fallback", cfg->fallback == FALLBACK_ERROR ? "error" : "primary"), rows++;
     kv_row(c, "multiplex_reads", cfg->multiplex_reads ? "on" : "off"), rows++;
     kv_row(c, "cache_unnamed_statements", cfg->cache_unnamed_statements ? "on" : "off"), rows++;
+    kv_row(c, "prepare_simple_queries", cfg->prepare_simple_queries ? "on" : "off"), rows++;
     kv_int(c, "multiplex_stall_ms", cfg->multiplex_stall_ms), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;

@@ -24,6 +24,7 @@ static void shared_stmts_free(struct backend *b);
 static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok);
 static int sstmt_name(char *dst, size_t cap, uint32_t name);
 static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
+static bool simple_refused(struct backend *b, struct client *c, uint16_t i);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -251,6 +252,7 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
     e->retryable = false;
     e->write = write;
     e->quiet = false;
+    e->simple = false;
     e->stmt = 0;
     e->sstmt = 0;
     e->change = 0;
@@ -689,7 +691,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         /* Always for the client, whatever it is waiting for. */
         return client_queue(c, m->body - 5, m->total);
     case BE_NOTICE:
-        return forward ? client_queue(c, m->body - 5, m->total) : 0;
+        return forward || (head && head->simple) ? client_queue(c, m->body - 5, m->total) : 0;
     case BE_PARAM_STATUS:
         if (!forward ||
             (c->px->cfg->nodes[b->node].role == NODE_REPLICA && replica_param_hidden(m)))
@@ -717,20 +719,45 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
          * client until the replica has shown it accepted the statement. */
         const char *code = m->type == BE_ERROR ? proto_error_field(m->body, m->len, 'C') : NULL;
         if (code && (strcmp(code, "25006") == 0 || strcmp(code, "40001") == 0)) {
+            /* A Query run as a kept statement: the node skips to its Sync, whose answer
+             * then starts the retry. */
+            while (is_extended(head->kind)) {
+                backend_pop(b);
+                head = backend_head(b);
+                b->batch_error = true;
+            }
             head->swallow = true;
             b->fwd_outstanding--;
             buf_reset(&c->retry_hold);
             return 0;
         }
-        if (m->type == BE_ROW_DESCRIPTION && buf_avail(&c->retry_hold) == 0)
+        if (m->type == BE_ROW_DESCRIPTION && buf_avail(&c->retry_hold) == 0) {
+            if (head->kind == EXP_DESCRIBE)
+                backend_pop(b); /* its answer, held */
             return buf_append(&c->retry_hold, m->body - 5, m->total) < 0 ? -1 : 0;
+        }
+        if (head->simple && m->type == BE_NO_DATA) {
+            backend_pop(b); /* not the client's, and nothing that settles the retry */
+            return 0;
+        }
         head->retryable = false;
         client_retry_settled(c);
+        for (size_t k = 1; head->simple && head->kind != EXP_SYNC && k < b->exp_count; k++) {
+            /* the rest of a Query run as a kept statement, up to its Sync */
+            struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+            x->retryable = false;
+            if (x->kind == EXP_SYNC)
+                break;
+        }
     }
 
     if (head->sstmt && head->kind == EXP_PARSE && !b->shared &&
         (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
         shared_stmt_answered(b, (uint16_t)(head->sstmt - 1), m->type == BE_PARSE_COMPLETE);
+    if (head->simple && m->type == BE_NO_DATA) {
+        backend_pop(b); /* a Query's answer has no NoData */
+        return 0;
+    }
     bool done = expect_done(head->kind, m->type);
     switch (m->type) {
     case BE_COMMAND_COMPLETE:
@@ -787,7 +814,22 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
     }
     case BE_ERROR: {
-        if (!b->shared && head->kind == EXP_BIND && head->sstmt) {
+        if (head->simple && head->kind == EXP_BIND && head->sstmt) {
+            /* The Bind of a statement b kept for the client's Query */
+            const char *code = proto_error_field(m->body, m->len, 'C');
+            uint16_t i = (uint16_t)(head->sstmt - 1);
+            head->sstmt = 0;
+            if (code && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0) &&
+                simple_refused(b, c, i)) {
+                if (b->state == BACKEND_CLOSING)
+                    return -1;
+                while (b->exp_count && is_extended(backend_head(b)->kind))
+                    backend_pop(b);
+                b->batch_error = true;
+                return 0;
+            }
+            head = backend_head(b); /* the ring may have moved */
+        } else if (!b->shared && head->kind == EXP_BIND && head->sstmt) {
             /* A Bind of a statement b kept for the client's unnamed one (whose id `stmt`
              * holds: the unnamed statement stays when only its Bind fails). */
             const char *code = proto_error_field(m->body, m->len, 'C');
@@ -835,6 +877,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         if (head->swallow && head->kind == EXP_PARSE && !head->quiet)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
+        if (head->simple)
+            forward = true; /* the client's Query failed */
         if (head->swallow && head->kind == EXP_PARSE && head->quiet && head->stmt != 0) {
             /* A re-prepare before a SQL EXECUTE failed (its text does not parse under the
              * settings of now): the EXECUTE will fail for want of the statement (26000),
@@ -1445,6 +1489,20 @@ static int sstmt_name(char *dst, size_t cap, uint32_t name)
     return snprintf(dst, cap, "pgsteer_s%u", (unsigned)name);
 }
 
+/* Take back what was queued on b since its output held `len` bytes and its ring `nexp`
+ * expectations (only added at the end since), and the table entry i, when `added` for it. */
+static void unqueue(struct backend *b, size_t len, size_t nexp, bool added, uint16_t i)
+{
+    b->out.len = len;
+    while (b->exp_count > nexp) {
+        if (!b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].swallow)
+            b->fwd_outstanding--;
+        b->exp_count--;
+    }
+    if (added)
+        sstmt_unadd(b, i);
+}
+
 int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
                         const struct proto_msg *bind, const char *rest, size_t rest_len,
                         bool unnamed)
@@ -1508,14 +1566,7 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
     }
     return 1;
 oom:
-    b->out.len = before;
-    while (b->exp_count > nexp) { /* (only what was added here, at the end) */
-        if (!b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].swallow)
-            b->fwd_outstanding--;
-        b->exp_count--;
-    }
-    if (parse)
-        sstmt_unadd(b, i);
+    unqueue(b, before, nexp, parse, i);
     return -1;
 }
 
@@ -1558,6 +1609,25 @@ static int sstmt_evict(struct backend *b)
     return 0;
 }
 
+/* Add st to the table of client c's own backend b, under a name that c's own statements do
+ * not use (they live on b too), making room by closing the one used least recently. Returns
+ * its index, -1 when there is no room (every entry's Parse is in flight), or -2 when out of
+ * memory. */
+static int sstmt_take(struct backend *b, struct client *c, const struct stmt *st)
+{
+    if (b->nsstmts == SHARED_STMTS_MAX && sstmt_evict(b) < 0)
+        return -1;
+    for (;;) {
+        char name[24], key[40];
+        int nlen = sstmt_name(name, sizeof(name), b->sstmt_names + 1);
+        snprintf(key, sizeof(key), "prepare:%s", name);
+        if (session_stmt_find(c, name, (size_t)nlen) == NULL && session_change_find(c, key) == NULL)
+            break;
+        b->sstmt_names++;
+    }
+    return sstmt_add(b, st) < 0 ? -2 : b->nsstmts - 1;
+}
+
 int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
 {
     uint16_t i = sstmt_find(b, s);
@@ -1565,28 +1635,17 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
     b->unnamed_alias = 0;
     if (!parse && !b->sstmts[i].ready)
         return 0; /* its Parse is in flight and might fail: this one goes as it came */
-    char name[24];
     if (parse) {
-        if (b->nsstmts == SHARED_STMTS_MAX && sstmt_evict(b) < 0)
-            return 0;
-        i = b->nsstmts;
-        /* A name the client's own statements do not use (they live on b too). */
-        for (;;) {
-            char key[40];
-            int nlen = sstmt_name(name, sizeof(name), b->sstmt_names + 1);
-            snprintf(key, sizeof(key), "prepare:%s", name);
-            if (session_stmt_find(c, name, (size_t)nlen) == NULL &&
-                session_change_find(c, key) == NULL)
-                break;
-            b->sstmt_names++;
-        }
-        if (sstmt_add(b, s) < 0)
-            return -1;
+        int k = sstmt_take(b, c, s);
+        if (k < 0)
+            return k == -1 ? 0 : -1;
+        i = (uint16_t)k;
     }
     size_t before = b->out.len;
     int rc;
     if (parse) {
-        rc = proto_write_Parse(&b->out, name, s->query, s->query_len, s->types, s->ntypes);
+        rc = proto_write_Parse(&b->out, b->sstmts[i].label, s->query, s->query_len, s->types,
+                               s->ntypes);
     } else {
         rc = backend_queue(b, stand_in_parse, sizeof(stand_in_parse));
     }
@@ -1608,6 +1667,198 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
     b->unnamed_alias = (uint16_t)(i + 1);
     b->unnamed_alias_stmt = s->id;
     return parse ? 1 : 2;
+}
+
+/* ---- simple queries kept prepared (prepare_simple_queries) ----
+ * A simple-protocol Query is parsed, analysed and planned by the node every time, and its
+ * text differs from the last one's only in its literals. Its integer literals after an
+ * operator (classify_sql_literals) become parameters: "WHERE aid = 12345" is kept as
+ * "WHERE aid = $1   ", padded to the literal's length so that a position in an error is the
+ * same in both texts, with the parameter typed as the literal would be (int4, int8, numeric);
+ * and the Query runs as Bind, Describe (portal), Execute and Sync of that statement, which the
+ * node prepared once. The client sees what the Query gives: ParseComplete, BindComplete and
+ * NoData are dropped, the rest is the same messages in the same order. */
+
+/* The type PostgreSQL gives an integer literal of these digits: int4 when it fits, else int8,
+ * else numeric. */
+static uint32_t literal_type(const char *d, size_t n)
+{
+    while (n > 1 && *d == '0')
+        d++, n--;
+    if (n < 10 || (n == 10 && memcmp(d, "2147483647", 10) <= 0))
+        return 23; /* int4 */
+    if (n < 19 || (n == 19 && memcmp(d, "9223372036854775807", 19) <= 0))
+        return 20; /* int8 */
+    return 1700;   /* numeric */
+}
+
+/* Describe of the unnamed portal, Execute of it with no row limit, Sync. */
+static const char simple_tail[] = {FE_DESCRIBE, 0, 0, 0, 6, 'P', 0,       FE_EXECUTE, 0, 0, 0,
+                                   9,           0, 0, 0, 0, 0,   FE_SYNC, 0,          0, 0, 4};
+
+int backend_simple_query(struct backend *b, struct client *c, const char *q, size_t qlen,
+                         const struct classify_literals *lits, bool write)
+{
+    struct buf *t = &b->px->simple_text;
+    uint32_t types[CLASSIFY_MAX_LITERALS];
+    struct classify_span vals[CLASSIFY_MAX_LITERALS];
+    uint16_t np = 0;
+    size_t at = 0, vlen = 0;
+    buf_reset(t);
+    if (buf_reserve(t, qlen + 1) < 0)
+        return -1;
+    for (unsigned k = 0; k < lits->n; k++) {
+        struct classify_span sp = lits->at[k];
+        char ph[8];
+        int phlen = snprintf(ph, sizeof(ph), "$%u", (unsigned)np + 1);
+        if (sp.off < at || sp.off + sp.len > qlen || (size_t)phlen > sp.len)
+            continue; /* too short for its placeholder: it stays as written */
+        memcpy(t->data + t->len, q + at, sp.off - at);
+        t->len += sp.off - at;
+        memcpy(t->data + t->len, ph, (size_t)phlen);
+        memset(t->data + t->len + phlen, ' ', sp.len - (size_t)phlen);
+        t->len += sp.len;
+        at = sp.off + sp.len;
+        types[np] = literal_type(q + sp.off, sp.len);
+        vals[np++] = sp;
+        vlen += 4 + sp.len;
+    }
+    if (np == 0)
+        return 0;
+    memcpy(t->data + t->len, q + at, qlen - at);
+    t->len += qlen - at;
+    t->data[t->len] = 0;
+
+    struct stmt st = {.query = t->data, .query_len = t->len, .types = types, .ntypes = np};
+    uint16_t i = sstmt_find(b, &st);
+    bool parse = i == b->nsstmts;
+    if (!parse && !b->sstmts[i].ready)
+        return 0; /* its Parse is in flight and might fail: this one goes as it came */
+    if (parse) {
+        int k = sstmt_take(b, c, &st);
+        if (k < 0)
+            return k == -1 ? 0 : -1;
+        i = (uint16_t)k;
+    }
+    const struct shared_stmt *e = &b->sstmts[i];
+    size_t before = b->out.len, nexp = b->exp_count;
+    if (parse && proto_write_Parse(&b->out, e->label, st.query, st.query_len, types, np) < 0)
+        goto oom;
+    /* Bind: the unnamed portal, the kept statement, no format codes (all text), the values,
+     * no result format codes (all text, as a Query's) */
+    size_t len = 4 + 1 + e->label_len + 1 + 2 + 2 + vlen + 2;
+    if (buf_reserve(&b->out, 1 + len + sizeof(simple_tail)) < 0)
+        goto oom;
+    char *p = b->out.data + b->out.len;
+    *p++ = FE_BIND;
+    proto_put_u32(p, (uint32_t)len);
+    p += 4;
+    *p++ = 0;
+    memcpy(p, e->label, e->label_len + 1u);
+    p += e->label_len + 1;
+    *p++ = 0;
+    *p++ = 0;
+    *p++ = (char)(np >> 8);
+    *p++ = (char)np;
+    for (uint16_t k = 0; k < np; k++) {
+        proto_put_u32(p, (uint32_t)vals[k].len);
+        memcpy(p + 4, q + vals[k].off, vals[k].len);
+        p += 4 + vals[k].len;
+    }
+    *p++ = 0;
+    *p++ = 0;
+    memcpy(p, simple_tail, sizeof(simple_tail));
+    b->out.len += 1 + len + sizeof(simple_tail);
+    if (parse) {
+        if (backend_expect(b, EXP_PARSE, true, false) < 0)
+            goto oom;
+        backend_expect_last(b)->sstmt = (uint16_t)(i + 1);
+        backend_expect_last(b)->simple = true;
+    }
+    if (backend_expect(b, EXP_BIND, true, false) < 0)
+        goto oom;
+    backend_expect_last(b)->sstmt = (uint16_t)(i + 1);
+    backend_expect_last(b)->simple = true;
+    if (backend_expect(b, EXP_DESCRIBE, false, false) < 0)
+        goto oom;
+    backend_expect_last(b)->simple = true;
+    if (backend_expect(b, EXP_EXECUTE, false, false) < 0)
+        goto oom;
+    backend_expect_last(b)->simple = true;
+    if (backend_expect(b, EXP_SYNC, false, write) < 0)
+        goto oom;
+    backend_expect_last(b)->simple = true;
+    b->sstmts[i].used = ++b->sstmt_clock;
+    if (parse)
+        b->px->simple_prepared++;
+    else
+        b->px->simple_reused++;
+    if (b->shared) { /* every answer is c's; the Sync's counts as its Query's would */
+        for (size_t k = nexp; k < b->exp_count; k++) {
+            struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+            x->owner = c;
+            x->gen_at = c->change_gen;
+        }
+        c->shared_owed++;
+        b->px->multiplexed++;
+    }
+    return 1;
+oom:
+    unqueue(b, before, nexp, parse, i);
+    return -1;
+}
+
+/* The node refused the Bind of b's kept statement i that ran client c's Query (0A000: a change
+ * of its tables changed its result type; 26000: it is gone). The statement is closed and
+ * forgotten; when the refused Query is the last thing b owes and ran outside a transaction
+ * block, the Query itself (c->kept_batch, kept_state 3) goes to the node, its answers the
+ * client's, and the error and the ReadyForQuery that end the refused run are swallowed.
+ * Returns true when it runs again so. */
+static bool simple_refused(struct backend *b, struct client *c, uint16_t i)
+{
+    if (i >= b->nsstmts)
+        return false;
+    char name[24];
+    sstmt_name(name, sizeof(name), b->sstmts[i].name);
+    shared_stmt_answered(b, i, false);
+    /* The refused Bind is the head; behind it its Describe, Execute and Sync. */
+    bool retry = c->kept_state == 3 && b->tx_status == 'I' && b->exp_count == 4 &&
+                 b->exp[(b->exp_head + 3) % b->exp_cap].kind == EXP_SYNC && buf_avail(&b->out) == 0;
+    size_t before = b->out.len;
+    int rc = proto_write_Close(&b->out, 'S', name);
+    if (rc == 0 && retry)
+        rc = buf_append(&b->out, buf_head(&c->kept_batch), buf_avail(&c->kept_batch));
+    if (rc < 0) {
+        b->out.len = before;
+        return false;
+    }
+    struct expect sync = b->exp[(b->exp_head + 3) % b->exp_cap];
+    if (backend_expect(b, EXP_CLOSE, true, false) < 0)
+        return false; /* (the Close goes unexpected: b fails when it is answered) */
+    backend_expect_last(b)->quiet = true;
+    if (!retry)
+        return false;
+    struct expect *last = &b->exp[(b->exp_head + 3) % b->exp_cap];
+    last->swallow = true; /* the refused run's Sync: the Query's answers are the client's */
+    last->write = false;
+    last->retryable = false; /* (a read that may yet go to the primary: the Query now) */
+    b->fwd_outstanding--;
+    c->kept_state = 0;
+    if (backend_expect(b, EXP_QUERY, false, sync.write) < 0) {
+        backend_fail(b, "53200", "out of memory");
+        return true;
+    }
+    backend_expect_last(b)->gen_at = sync.gen_at;
+    backend_expect_last(b)->retryable = sync.retryable;
+    if (b->shared) {
+        backend_expect_last(b)->owner = c;
+        c->shared_owed++;
+    }
+    log_info("client %u: node %s refused the statement kept for its query (its result type "
+             "changed): ran the query as it came",
+             c->id, b->px->cfg->nodes[b->node].name);
+    backend_flush(b);
+    return true;
 }
 
 bool backend_unnamed_cacheable(unsigned flags)

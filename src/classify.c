@@ -413,6 +413,15 @@ struct lexer {
     bool leading; /* no token yet: a comment here may be the pgsteer:primary hint */
     bool hint;    /* the hint was seen */
     bool error;   /* an unterminated construct was met */
+    /* classify_sql_literals: where the literals that may be parameters are noted (NULL: not
+     * asked), and what the tokens before told */
+    struct classify_literals *lits;
+    enum tok_type prev_type;
+    enum kw prev_kw;
+    size_t prev_off, prev_len;
+    bool prev_op;   /* the previous token is an operator a parameter may follow */
+    bool lits_bad;  /* something makes the statement unfit to run with parameters */
+    bool lits_into; /* an INTO (SELECT INTO makes a table: a utility statement) */
 };
 
 /* Reads byte i, or 0 past the end: a NUL byte and the end of the text look alike, so every
@@ -606,7 +615,7 @@ static struct tok lex_operator(struct lexer *lx, size_t p)
 
 /* Returns the next token, skipping whitespace and comments. After TK_EOF or TK_ERROR it keeps
  * returning TK_EOF. */
-static struct tok lex_next(struct lexer *lx)
+static struct tok lex_scan(struct lexer *lx)
 {
     size_t p = lx->pos;
     unsigned char c;
@@ -712,6 +721,77 @@ static struct tok lex_next(struct lexer *lx)
         return lex_operator(lx, p);
     lx->pos = p + 1;
     return lex_make(TK_OP, p, p + 1);
+}
+
+/* Operators after which an integer literal may become a parameter: comparisons and arithmetic.
+ * Whatever follows, a parameter of the literal's own type stands where the literal stood. */
+static bool lit_op(const struct lexer *lx, const struct tok *t)
+{
+    const char *o = lx->s + t->off;
+    if (t->len == 1)
+        return strchr("=<>+-*/", o[0]) != NULL;
+    return t->len == 2 && ((o[0] == '<' && (o[1] == '>' || o[1] == '=')) ||
+                           (o[0] == '>' && o[1] == '=') || (o[0] == '!' && o[1] == '='));
+}
+
+/* classify_sql_literals' part of the lexer: notes integer literals right after such an operator,
+ * and what makes a statement unfit to run with parameters. Everything else stays as written:
+ * ORDER BY 1 and GROUP BY 1 name columns, type modifiers (varchar(10)) must be constants, and a
+ * literal after '(' or ',' is most often one of a list (IN, VALUES) whose length varies, which
+ * would make every text a new one. */
+static void lex_note(struct lexer *lx, const struct tok *t)
+{
+    struct classify_literals *L = lx->lits;
+    switch (t->type) {
+    case TK_NUMBER: {
+        bool digits = true;
+        for (size_t i = 0; i < t->len && digits; i++)
+            digits = is_digit((unsigned char)lx->s[t->off + i]);
+        if (digits && lx->prev_op && !is_ident_char(lx_at(lx, t->off + t->len))) {
+            if (L->n == CLASSIFY_MAX_LITERALS)
+                lx->lits_bad = true;
+            else
+                L->at[L->n++] = (struct classify_span){t->off, t->len};
+        } else if (lx->prev_type == TK_LPAREN || lx->prev_type == TK_COMMA) {
+            lx->lits_bad = true;
+        }
+        break;
+    }
+    case TK_PARAM: /* $1 of the client's own: the text is not a statement to run so */
+    case TK_ERROR:
+        lx->lits_bad = true;
+        break;
+    case TK_IDENT:
+        if (t->kw == KW_INTO)
+            lx->lits_into = true;
+        break;
+    case TK_OP:
+        /* SELECT *, t.*, RETURNING *: columns that a change of the table changes, which a
+         * prepared statement may not follow (0A000). After ')' it may be DISTINCT ON (a) *. */
+        if (t->len == 1 && lx->s[t->off] == '*' &&
+            (lx->prev_type == TK_COMMA || lx->prev_type == TK_DOT || lx->prev_type == TK_RPAREN ||
+             (lx->prev_type == TK_IDENT &&
+              (lx->prev_kw == KW_SELECT || lx->prev_kw == KW_ALL ||
+               ci_eq(lx->s + lx->prev_off, lx->prev_len, "distinct") ||
+               ci_eq(lx->s + lx->prev_off, lx->prev_len, "returning")))))
+            lx->lits_bad = true;
+        break;
+    default:
+        break;
+    }
+    lx->prev_op = t->type == TK_OP && lit_op(lx, t);
+    lx->prev_type = t->type;
+    lx->prev_kw = t->kw;
+    lx->prev_off = t->off;
+    lx->prev_len = t->len;
+}
+
+static struct tok lex_next(struct lexer *lx)
+{
+    struct tok t = lex_scan(lx);
+    if (lx->lits != NULL)
+        lex_note(lx, &t);
+    return t;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1616,9 +1696,16 @@ static void classify_stmt(struct cctx *c, struct tok t, struct stmt *st, int nes
 void classify_sql(const char *sql, size_t len, const struct classify_functions *extra,
                   struct classify_result *out)
 {
+    classify_sql_literals(sql, len, extra, out, NULL);
+}
+
+void classify_sql_literals(const char *sql, size_t len, const struct classify_functions *extra,
+                           struct classify_result *out, struct classify_literals *lits)
+{
     struct cctx c;
     bool have_name = false, have_setting = false;
     unsigned n = 0;
+    enum kw first = KW_NONE;
 
     pthread_once(&tables_once, tables_init);
     memset(out, 0, sizeof *out);
@@ -1627,6 +1714,11 @@ void classify_sql(const char *sql, size_t len, const struct classify_functions *
     c.lx.n = sql != NULL ? len : 0;
     c.lx.leading = true;
     c.extra = extra;
+    c.lx.lits = lits;
+    if (lits != NULL) {
+        lits->n = 0;
+        lits->usable = false;
+    }
 
     for (;;) {
         struct tok t = lex_next(&c.lx);
@@ -1636,6 +1728,8 @@ void classify_sql(const char *sql, size_t len, const struct classify_functions *
             continue;
         struct stmt st = {0};
         c.too_deep = false;
+        if (n == 0 && t.type == TK_IDENT)
+            first = t.kw;
         if (t.type == TK_ERROR)
             skip_to_end(&c, &st, t);
         else
@@ -1677,6 +1771,14 @@ void classify_sql(const char *sql, size_t len, const struct classify_functions *
         out->setting_name = NULL;
     }
     out->nstatements = n;
+    if (lits != NULL) {
+        bool plannable = first == KW_SELECT || first == KW_INSERT || first == KW_UPDATE ||
+                         first == KW_DELETE || first == KW_WITH || first == KW_VALUES;
+        lits->usable = n == 1 && plannable && lits->n > 0 && !c.lx.lits_bad && !c.lx.error &&
+                       !c.too_deep && !(c.lx.lits_into && first != KW_INSERT);
+        if (!lits->usable)
+            lits->n = 0;
+    }
 }
 
 /* Precedence, most specific first: what pgsteer answers itself, then transaction boundaries,

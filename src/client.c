@@ -1246,22 +1246,46 @@ static bool client_may_share(const struct client *c)
            c->batch_node < 0 && c->copy_node < 0 && !c->retry_inflight && !client_busy(c);
 }
 
+/* prepare_simple_queries: c's Query m runs as a statement its backend keeps prepared; keep the
+ * Query as it came, to run it so should the node refuse the kept one (backend.c). */
+static void client_keep_query(struct client *c, const struct proto_msg *m)
+{
+    buf_reset(&c->kept_batch);
+    c->kept_state = buf_append(&c->kept_batch, m->body - 5, m->total) == 0 ? 3 : 0;
+}
+
+/* c's read (Query m), just queued on b with nothing else owed there, may yet be retried on the
+ * primary (client_retry_on_primary): keep it, and mark its answers: the Query's, or the
+ * Describe, Execute and Sync of a Query run as a kept statement (`kept`). */
+static void client_retryable_query(struct client *c, struct backend *b, const struct proto_msg *m,
+                                   int kept)
+{
+    if (buf_append(&c->retry_sql, m->body - 5, m->total) < 0)
+        return;
+    for (int k = 0; k <= 2 * kept; k++)
+        b->exp[(b->exp_head + b->exp_count - 1 - k) % b->exp_cap].retryable = true;
+    c->retry_inflight = true;
+}
+
 /* Send a single-statement read (Query m) to shared backend b, routed as rt. Its answer comes
  * back through backend.c's shared_response. Returns 0, or -1 when c was closed. */
 static int client_share_query(struct client *c, struct backend *b, const struct proto_msg *m,
-                              struct route rt)
+                              struct route rt, const struct classify_literals *lits)
 {
     client_count_route(c, rt, 0);
-    if (backend_queue(b, m->body - 5, m->total) < 0 || backend_shared_expect(b, c, EXP_QUERY) < 0) {
+    int kept = 0; /* 1: run as a statement b keeps prepared (prepare_simple_queries) */
+    if (c->px->cfg->prepare_simple_queries && lits->usable && !c->px->cfg->nodes[rt.node].pooled)
+        kept = backend_simple_query(b, c, m->body, m->len - 1, lits, false);
+    if (kept < 0 || (kept == 0 && (backend_queue(b, m->body - 5, m->total) < 0 ||
+                                   backend_shared_expect(b, c, EXP_QUERY) < 0))) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
+    if (kept)
+        client_keep_query(c, m);
     /* The safety net of a misclassified read (client_retry_on_primary) as on c's own backend:
      * c has nothing else owed, so nothing is held but this Query's RowDescription. */
-    if (buf_append(&c->retry_sql, m->body - 5, m->total) == 0) {
-        backend_expect_last(b)->retryable = true;
-        c->retry_inflight = true;
-    }
+    client_retryable_query(c, b, m, kept);
     c->cur_node = rt.node;
     backend_shared_defer_flush(b);
     return 0;
@@ -1280,7 +1304,10 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     /* Not through the cache: simple-protocol texts carry their values as literals and rarely
      * repeat, so a lookup would mostly cost a miss. */
     struct classify_result cr;
-    classify_sql(sql, len, &px->wfuncs, &cr);
+    struct classify_literals lits;
+    lits.usable = false;
+    classify_sql_literals(sql, len, &px->wfuncs, &cr,
+                          px->cfg->prepare_simple_queries ? &lits : NULL);
     unsigned flags = client_unit_flags(c, cr.flags);
 
     if ((flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) && !(flags & CL_MULTI)) {
@@ -1320,24 +1347,31 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (flags == 0 && rt.reason == ROUTE_READ && px->cfg->multiplex_reads && client_may_share(c)) {
         struct backend *sb = backend_shared_get(c, rt.node);
         if (sb)
-            return client_share_query(c, sb, m, rt);
+            return client_share_query(c, sb, m, rt, &lits);
     }
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
     b->unnamed_alias = 0; /* a Query drops the unnamed statement: so here too */
     client_count_route(c, rt, flags);
-    if (session_sync_backend(c, b) < 0 || session_before_named_sql(c, b, sql, &cr, true) < 0 ||
-        backend_queue(b, m->body - 5, m->total) < 0 ||
-        backend_expect(b, EXP_QUERY, false, unit_writes(c, rt, flags)) < 0) {
+    bool writes = unit_writes(c, rt, flags);
+    if (session_sync_backend(c, b) < 0 || session_before_named_sql(c, b, sql, &cr, true) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
-    if (rt.reason == ROUTE_READ && !(flags & CL_MULTI) && b->fwd_outstanding == 1 &&
-        buf_append(&c->retry_sql, m->body - 5, m->total) == 0) {
-        b->exp[(b->exp_head + b->exp_count - 1) % b->exp_cap].retryable = true;
-        c->retry_inflight = true;
+    int kept = 0; /* 1: run as a statement b keeps prepared, its answers 3 expects */
+    if (px->cfg->prepare_simple_queries && lits.usable && backend_unnamed_cacheable(flags) &&
+        !px->cfg->nodes[rt.node].pooled)
+        kept = backend_simple_query(b, c, sql, len, &lits, writes);
+    if (kept < 0 || (kept == 0 && (backend_queue(b, m->body - 5, m->total) < 0 ||
+                                   backend_expect(b, EXP_QUERY, false, writes) < 0))) {
+        client_close(c, "53200", "out of memory");
+        return -1;
     }
+    if (kept)
+        client_keep_query(c, m);
+    if (rt.reason == ROUTE_READ && !(flags & CL_MULTI) && b->fwd_outstanding == 1u + 2u * kept)
+        client_retryable_query(c, b, m, kept);
     uint64_t gen = c->change_gen;
     session_track(c, sql, len, &cr, b);
     if (c->change_gen != gen) { /* session_track queues nothing on b: the Query's is last */

@@ -1178,6 +1178,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "multiplex_reads",
                                         "multiplex_stall_ms",
                                         "cache_unnamed_statements",
+                                        "prepare_simple_queries",
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
@@ -1209,6 +1210,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_MULTIPLEX,
         K_MULTIPLEX_STALL,
         K_CACHE_UNNAMED,
+        K_PREPARE_SIMPLE,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
@@ -1294,6 +1296,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_CACHE_UNNAMED] &&
         get_enum(c, v[K_CACHE_UNNAMED], "cache_unnamed_statements", on_off_names, 2, &e))
         cfg->cache_unnamed_statements = e == 1;
+    if (v[K_PREPARE_SIMPLE] &&
+        get_enum(c, v[K_PREPARE_SIMPLE], "prepare_simple_queries", on_off_names, 2, &e))
+        cfg->prepare_simple_queries = e == 1;
     if (v[K_MULTIPLEX_STALL])
         get_int32(c, v[K_MULTIPLEX_STALL], "multiplex_stall_ms", 0, INT_MAX,
                   &cfg->multiplex_stall_ms);
@@ -1337,6 +1342,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->backend_idle_max = 20;
     cfg->multiplex_stall_ms = 10;
     cfg->cache_unnamed_statements = true;
+    cfg->prepare_simple_queries = true;
     cfg->backend_idle_timeout_ms = 60000;
     cfg->backend_lifetime_ms = 3600000;
     cfg->tcp_keepalive = true;

@@ -961,6 +961,7 @@ static void worker_free(struct proxy *px)
     free(px->drains);
     px->drains = NULL;
     px->ndrains = px->drains_cap = 0;
+    buf_destroy(&px->simple_text);
     while (px->params) {
         struct param_cache *n = px->params->next;
         free(px->params->key);

@@ -914,6 +914,64 @@ class MultiplexTest(unittest.TestCase):
                 b.close()
                 CLUSTER.psql(CLUSTER.primary_port, "drop table kept_mux")
 
+    def test_simple_queries_share_one_kept_statement(self):
+        """Simple-protocol reads whose integer literals become parameters
+        (prepare_simple_queries) run on the shared backend as the one statement it keeps for
+        the text: every client gets its own answers, one by one and pipelined, and the node
+        prepared each text once. When a column's type changes under the kept statement, the
+        node refuses it (0A000) and the read runs again as it came."""
+        W = wire
+
+        def batches(i):
+            out = []
+            for k in range(6):
+                out.append(W.Query("select v, id from mux_q where id = %d" % (10 + (5 * i + k) % 20)))
+                out.append(W.Query("select v * 100 + %d as x from mux_q where id = 15" % (10 + k)))
+            out.append(W.Query("select nosuch from mux_q where id = 12"))
+            return out
+
+        CLUSTER.psql(CLUSTER.primary_port, "create table mux_q (id int primary key, v int); "
+                     "insert into mux_q select g, g * 3 from generate_series(10, 29) g")
+        CLUSTER.wait_replay()
+        want = answers_of_one_server(batches)
+        self.assertEqual(want[0][-2:], [("E", "42703"), ("Z", "I")])
+        with multiplexing() as px:
+            b = connect(px)
+            clients = [raw_login(px) for _ in range(3)]
+            try:
+                shared_pid = replica_pid(b)
+                reused = int(admin_stat(px, "simple_queries_reused"))
+                self.each_gets_its_own(clients, batches, want)
+                self.assertGreaterEqual(int(admin_stat(px, "simple_queries_reused")) - reused,
+                                        3 * 12 - 2)
+                with b.cursor() as cur:
+                    cur.execute("select pg_backend_pid(), statement from pg_prepared_statements")
+                    rows = cur.fetchall()
+                self.assertEqual({r[0] for r in rows}, {shared_pid})
+                self.assertEqual(sorted(r[1] for r in rows),
+                                 ["select v * $1  + $2 as x from mux_q where id = $3",
+                                  "select v, id from mux_q where id = $1"])
+                s = clients[0]
+                q = W.Query("select v, id from mux_q where id = 12")
+                s.send(q)
+                self.assertEqual(s.until_ready(),
+                                 [("T", ("v", "id")), ("D", ("36", "12")), ("C", "SELECT 1"),
+                                  ("Z", "I")])
+                CLUSTER.psql(CLUSTER.primary_port, "alter table mux_q alter column v type text")
+                CLUSTER.wait_replay()
+                for _ in range(2):
+                    s.send(q)
+                    self.assertEqual(s.until_ready(),
+                                     [("T", ("v", "id")), ("D", ("36", "12")),
+                                      ("C", "SELECT 1"), ("Z", "I")])
+            finally:
+                for s in clients:
+                    s.close()
+                b.close()
+                CLUSTER.psql(CLUSTER.primary_port, "drop table mux_q")
+        with open(px.log_path) as f:
+            self.assertIn("refused the statement kept for its query", f.read())
+
     def test_named_statements_share_the_backend_under_names_of_their_own(self):
         """A Bind of a client's named statement to the unnamed portal (pgbench -M prepared,
         pgJDBC past prepareThreshold, psycopg 3's prepared statements) runs on the shared

@@ -157,8 +157,10 @@ def random_step(rng, live):
         return ("tx", None, Query(rng.choice(("begin", "begin read only", "commit",
                                               "rollback", "select 1/0"))))
     # A write that takes no lock the other connection's open transaction could hold.
+    # (A literal of two digits or more becomes a parameter of a statement kept prepared.)
     return ("sql", None, Query(rng.choice(("insert into wlog values (%d)" % i,
-                                           "select v from w where id = %d" % i))))
+                                           "select v from w where id = %d" % i if i % 2 else
+                                           "select v from w where id + 10 = %d" % (i + 10)))))
 
 
 def run_random_sequences(test, seeds, steps, most_at_once, same, port=None):
@@ -293,15 +295,20 @@ class WireTest(unittest.TestCase):
                 # after a write the session reads from the primary until a monitor round has
                 # bounded the write's LSN (read-your-writes): wait, so the read tries a replica
                 time.sleep(0.5)
-                c.send(Query("select bump() as b, inet_server_port() as p"))
-                out = c.until_ready()
-                self.assertEqual([m[0] for m in out], ["T", "D", "C", "Z"])
-                self.assertEqual(out[0], ("T", ("b", "p")))
-                self.assertEqual(int(out[1][1][1]), cluster.primary_port)
+                # and the same run as a kept statement (its literals parameters), its
+                # RowDescription held back until the replica has accepted it
+                for sql in ("select bump() as b, inet_server_port() as p",
+                            "select bump() as b, inet_server_port() as p where 10 = 11 - 1"):
+                    c.send(Query(sql))
+                    out = c.until_ready()
+                    self.assertEqual([m[0] for m in out], ["T", "D", "C", "Z"])
+                    self.assertEqual(out[0], ("T", ("b", "p")))
+                    self.assertEqual(int(out[1][1][1]), cluster.primary_port)
+                    time.sleep(0.5)
         finally:
             c.close()
         with open(proxy.log_path) as f:
-            self.assertGreaterEqual(f.read().count("retrying it on the primary"), 4)
+            self.assertGreaterEqual(f.read().count("retrying it on the primary"), 8)
 
     def test_error_in_batch_skips_to_sync(self):
         def s(c):
@@ -808,6 +815,112 @@ class WireTest(unittest.TestCase):
                                 prepared, 2)
         self.assertGreaterEqual(metric(proxy, "pgsteer_unnamed_statements_reused_total") -
                                 reused, 5)
+
+    def test_simple_queries_are_kept_prepared(self):
+        self.maxDiff = None
+        # A simple-protocol Query whose integer literals follow an operator runs as a
+        # statement its backend keeps prepared, the literals its parameters. The client must
+        # see what one server gives, byte for byte: rows, tags, row descriptions (types of the
+        # literals included), errors with their positions (the placeholders are padded to the
+        # literals' lengths), and nothing of the Parse, Bind or NoData in between.
+        prepared = metric(proxy, "pgsteer_simple_queries_prepared_total")
+        reused = metric(proxy, "pgsteer_simple_queries_reused_total")
+        texts = ["select v, id from w where id = 12", "select v, id from w where id = 34",
+                 "select v + 100 as x, id - 10, 7 * 3 from w where id = 56",
+                 "select v from w where id = 9999999999",
+                 "select v from w where id = 99999999999999999999",
+                 "select v, id = 2147483648, id > -2147483648 from w where id = 00012",
+                 "select id from w where id >= 95 and id < 98 order by 1 limit 10",
+                 "select nosuch from w where id = 12",
+                 "select v from w where id = 12345 and nosuch = 10",
+                 "select v / (id - 12) from w where id = 12",
+                 "select v from w where id = 12 and v + 2147483647 > 10",
+                 "update w set v = v + 0 where id = 77",
+                 "delete from wlog where x = 123456",
+                 "select v from w where id = 12 for update"]
+
+        def raw(c):
+            # every message up to the ReadyForQuery, whole but for an error's place in the
+            # server's source and the ReadyForQuery's status, which the transaction shows
+            out = []
+            while True:
+                t, body = c.read()
+                if t in (b"S", b"N"):
+                    continue
+                if t == b"E":
+                    body = tuple(f for f in body.split(b"\0") if f and f[:1] not in b"FLR")
+                out.append((t, body))
+                if t == b"Z":
+                    return out
+
+        def s(c):
+            out = []
+            for sql in texts * 3 + ["begin", texts[0], "select 1/0", texts[0], "rollback",
+                                        texts[1]]:
+                c.send(Query(sql))
+                out.append((sql, raw(c)))
+            return out
+        out = both(self, s)
+        self.assertIn((b"E", (b"SERROR", b"VERROR", b"C42703",
+                              b"Mcolumn \"nosuch\" does not exist", b"P38")),
+                      [m for _, r in out for m in r])
+        self.assertGreaterEqual(metric(proxy, "pgsteer_simple_queries_prepared_total") -
+                                prepared, 8)
+        self.assertGreaterEqual(metric(proxy, "pgsteer_simple_queries_reused_total") - reused,
+                                8)
+        # What the nodes keep: the text with its literal's place taken by a parameter.
+        via = Conn(proxy.port)
+        try:
+            kept = set()
+            for _ in range(3):
+                via.send(Query("select v from w where id = 12"))
+                via.until_ready()
+            for _ in range(2):  # one statement to each replica
+                via.send(Query("select statement, parameter_types::text from "
+                               "pg_prepared_statements where name like 'pgsteer_s%'"))
+                kept |= {m[1] for m in via.until_ready() if m[0] == "D"}
+            self.assertIn(("select v from w where id = $1", "{integer}"), kept)
+        finally:
+            via.close()
+
+    def test_simple_query_whose_result_type_changed_runs_again(self):
+        # A kept statement may not change its result type: after a column's type changes, the
+        # node refuses it (0A000) where the Query, parsed anew, simply has the new type.
+        # Outside a transaction block pgsteer runs the Query as it came; inside one the client
+        # gets the error once, as with any statement it keeps prepared.
+        cluster.psql(cluster.primary_port,
+                     "create table kept_q (id int primary key, v int); "
+                     "insert into kept_q values (10, 7)")
+        cluster.wait_replay()
+        q = Query("select v from kept_q where id = 10")
+        via = Conn(eventual.port)
+        try:
+            for _ in range(4):
+                via.send(q)
+                self.assertEqual(via.until_ready(),
+                                 [("T", ("v",)), ("D", ("7",)), ("C", "SELECT 1"), ("Z", "I")])
+            cluster.psql(cluster.primary_port, "alter table kept_q alter column v type text")
+            cluster.wait_replay()
+            for _ in range(4):
+                via.send(q)
+                self.assertEqual(via.until_ready(),
+                                 [("T", ("v",)), ("D", ("7",)), ("C", "SELECT 1"), ("Z", "I")])
+            for _ in range(2):
+                via.send(Query("begin") + q + Query("commit"))
+                via.until_ready(3)
+            cluster.psql(cluster.primary_port, "alter table kept_q alter column v type bigint "
+                         "using v::bigint")
+            cluster.wait_replay()
+            via.send(Query("begin") + q + Query("rollback"))
+            self.assertEqual([m for m in via.until_ready(3) if m[0] in "EZ"],
+                             [("Z", "T"), ("E", "0A000"), ("Z", "E"), ("Z", "I")])
+            via.send(Query("begin") + q + Query("commit"))
+            self.assertIn(("D", ("7",)), via.until_ready(3))
+        finally:
+            via.close()
+            cluster.psql(cluster.primary_port, "drop table kept_q")
+        with open(eventual.log_path) as f:
+            self.assertIn("refused the statement kept for its query", f.read())
 
     def test_kept_statements_beyond_the_limit_make_room(self):
         # A backend keeps at most 128 texts: a new text then takes the place of the one used

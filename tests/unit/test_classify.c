@@ -625,6 +625,83 @@ static void test_classify_sql_deep_nesting_is_bounded(void **state)
     assert_int_equal(r.flags, 0);
 }
 
+/* The literals classify_sql_literals finds, as "off:len,off:len", or "-" when unusable. */
+static const char *lits_of(const char *sql)
+{
+    static char out[256];
+    struct classify_result r, plain;
+    struct classify_literals l;
+    memset(&l, 0xAB, sizeof(l));
+    classify_sql_literals(sql, strlen(sql), NULL, &r, &l);
+    classify_sql(sql, strlen(sql), NULL, &plain);
+    assert_int_equal(r.flags, plain.flags); /* the literals change nothing else */
+    if (!l.usable) {
+        assert_int_equal(l.n, 0);
+        return "-";
+    }
+    size_t k = 0;
+    out[0] = 0;
+    for (unsigned i = 0; i < l.n; i++)
+        k += (size_t)snprintf(out + k, sizeof(out) - k, "%s%zu:%zu", i ? "," : "", l.at[i].off,
+                              l.at[i].len);
+    return out;
+}
+
+static void test_classify_literals(void **state)
+{
+    (void)state;
+    /* pgbench's statements */
+    assert_string_equal(lits_of("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"),
+                        "50:5");
+    assert_string_equal(
+        lits_of("UPDATE pgbench_accounts SET abalance = abalance + -3214 WHERE aid = 77;"),
+        "51:4,68:2");
+    assert_string_equal(lits_of("UPDATE t SET n = 5"), "17:1");
+    /* every comparison and arithmetic operator, and none other */
+    assert_string_equal(lits_of("select 1 where a<>10 and b!=11 and c<=12 and d>=13"),
+                        "18:2,28:2,38:2,48:2");
+    assert_string_equal(lits_of("select a from t where a<10 or a>20 or a/2=a*3"),
+                        "24:2,32:2,40:1,44:1");
+    assert_string_equal(lits_of("select a from t where a @> 10"), "-");
+    assert_string_equal(lits_of("select a from t where a = -7"), "27:1");
+    /* ORDER BY / GROUP BY positions, LIMIT and type modifiers stay; lists make it unusable */
+    assert_string_equal(lits_of("select a from t where a = 10 order by 1 limit 5"), "26:2");
+    assert_string_equal(lits_of("select a::varchar(10) from t where a = 10"), "-");
+    assert_string_equal(lits_of("select a from t where a in (1, 2) and b = 10"), "-");
+    assert_string_equal(lits_of("insert into t values (1, 2)"), "-");
+    /* only digits: decimals, exponents, hex stay as written */
+    assert_string_equal(lits_of("select a from t where a = 1.5"), "-");
+    assert_string_equal(lits_of("select a from t where a = 1e5"), "-");
+    assert_string_equal(lits_of("select a from t where a = 0x1F"), "-");
+    assert_string_equal(lits_of("select a from t where a = 'x' and b = 10"), "38:2");
+    /* statements that cannot be prepared, or whose columns a table change changes */
+    assert_string_equal(lits_of("explain select a from t where a = 10"), "-");
+    assert_string_equal(lits_of("select a into t2 from t where a = 10"), "-");
+    assert_string_equal(lits_of("insert into t select a from u where a = 10"), "40:2");
+    assert_string_equal(lits_of("select * from t where a = 10"), "-");
+    assert_string_equal(lits_of("select t.* from t where a = 10"), "-");
+    assert_string_equal(lits_of("select distinct * from t where a = 10"), "-");
+    assert_string_equal(lits_of("delete from t where a = 10 returning *"), "-");
+    assert_string_equal(lits_of("delete from t where a = 10 returning a"), "24:2");
+    assert_string_equal(lits_of("select count(*) from t where a = 10"), "33:2");
+    assert_string_equal(lits_of("select a from t where a = $1 and b = 10"), "-");
+    assert_string_equal(lits_of("select a from t where a = 10; select 1"), "-");
+    assert_string_equal(lits_of("set x = 10"), "-");
+    assert_string_equal(lits_of("select a from t where a = 'unterminated"), "-");
+    assert_string_equal(lits_of("with x as (select 1) select a from t where a = 10"), "47:2");
+    assert_string_equal(lits_of("values (1)"), "-");
+    /* inside strings, comments and quoted names: not literals */
+    assert_string_equal(lits_of("select 'a = 10' from t where b = 12 -- c = 13"), "33:2");
+    /* at most CLASSIFY_MAX_LITERALS */
+    char many[512];
+    size_t k = (size_t)snprintf(many, sizeof(many), "select a from t where a = 10");
+    for (int i = 1; i < CLASSIFY_MAX_LITERALS; i++)
+        k += (size_t)snprintf(many + k, sizeof(many) - k, " or a = %d", 10 + i);
+    assert_string_not_equal(lits_of(many), "-");
+    snprintf(many + k, sizeof(many) - k, " or a = 99");
+    assert_string_equal(lits_of(many), "-");
+}
+
 static void test_classify_describe_precedence(void **state)
 {
     (void)state;
@@ -666,6 +743,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_classify_sql_reads_only_len_bytes),
         cmocka_unit_test(test_classify_sql_deep_nesting_is_bounded),
         cmocka_unit_test(test_classify_describe_precedence),
+        cmocka_unit_test(test_classify_literals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -191,6 +191,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_false(c->multiplex_reads);
     assert_int_equal(c->multiplex_stall_ms, 10);
     assert_true(c->cache_unnamed_statements);
+    assert_true(c->prepare_simple_queries);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -736,6 +737,12 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "or on)\n");
     c = parse("cache_unnamed_statements: off\n" BASE);
     assert_false(c->cache_unnamed_statements);
+    config_free(c);
+    expect_errors("prepare_simple_queries: yes\n" BASE,
+                  "t.yaml:1:25: invalid value for 'prepare_simple_queries': 'yes' (expected off "
+                  "or on)\n");
+    c = parse("prepare_simple_queries: off\n" BASE);
+    assert_false(c->prepare_simple_queries);
     config_free(c);
     c = parse("tcp_keepalive_idle_s: 32767\ntcp_keepalive_interval_s: 1\n"
               "tcp_keepalive_count: 1\ntcp_keepalive: on\n" BASE);
