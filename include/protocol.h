@@ -173,5 +173,11 @@ int proto_write_Parse(struct buf *out, const char *name, const char *query, size
 /* ErrorResponse / NoticeResponse field lookup: returns the value of field `code` (e.g. 'C'
  * for SQLSTATE) as a pointer into the body, or NULL when absent or malformed. */
 const char *proto_error_field(const char *body, size_t len, char code);
+/* Append to `out` a message of type `type` (ErrorResponse or NoticeResponse) with the fields of
+ * the body of `len` bytes at `body`, but for its position (field P), which becomes `position`;
+ * one without that field is copied as it is. Returns 0, or -1 on a malformed body or out of
+ * memory (nothing appended). */
+int proto_write_error_position(struct buf *out, char type, const char *body, size_t len,
+                               unsigned long position);
 
 #endif

@@ -155,7 +155,8 @@ struct proxy {
      * as a statement so kept */
     uint64_t simple_prepared;
     uint64_t simple_reused;
-    struct buf simple_text; /* the text of the query at hand, rewritten (backend_simple_query) */
+    struct buf simple_text;  /* the text of the query at hand, rewritten (backend_simple_query) */
+    struct buf simple_error; /* an error about such a text, its position the client's */
 };
 
 /* ---- backend.c ---- */
@@ -215,6 +216,9 @@ struct shared_stmt {
     uint8_t label_len;
     uint32_t used; /* the backend's sstmt_clock when last used: the least recent goes first */
     bool ready;    /* the node answered its Parse: clients may send Binds of it */
+    /* prepare_simple_queries: while the Parse of a query's text is in flight, where its
+     * placeholders stand and how long the literals they replace were (owned; NULL else) */
+    struct simple_map *map;
 };
 
 struct backend {

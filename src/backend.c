@@ -25,6 +25,7 @@ static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok);
 static int sstmt_name(char *dst, size_t cap, uint32_t name);
 static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
 static bool simple_refused(struct backend *b, struct client *c, uint16_t i);
+static void simple_error_position(struct backend *b, struct proto_msg *m);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -982,6 +983,8 @@ static void backend_handle_input(struct backend *b)
             }
             break;
         case BACKEND_READY:
+            if (m.type == BE_ERROR)
+                simple_error_position(b, &m);
             if (b->shared) {
                 if (shared_response(b, &m) != 0)
                     return; /* closed, or the head's client is slow: the rest waits */
@@ -1392,6 +1395,7 @@ static void shared_stmts_free(struct backend *b)
     for (uint16_t i = 0; i < b->nsstmts; i++) {
         free(b->sstmts[i].query);
         free(b->sstmts[i].types);
+        free(b->sstmts[i].map);
     }
     free(b->sstmts);
     b->sstmts = NULL;
@@ -1405,6 +1409,8 @@ static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok)
     if (i >= b->nsstmts)
         return;
     struct shared_stmt *e = &b->sstmts[i];
+    free(e->map); /* (only for errors about its Parse) */
+    e->map = NULL;
     if (ok) {
         e->ready = true;
         return;
@@ -1482,6 +1488,7 @@ static void sstmt_unadd(struct backend *b, uint16_t i)
     b->nsstmts--;
     free(b->sstmts[i].query);
     free(b->sstmts[i].types);
+    free(b->sstmts[i].map);
 }
 
 static int sstmt_name(char *dst, size_t cap, uint32_t name)
@@ -1673,11 +1680,65 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
  * A simple-protocol Query is parsed, analysed and planned by the node every time, and its
  * text differs from the last one's only in its literals. Its integer literals after an
  * operator (classify_sql_literals) become parameters: "WHERE aid = 12345" is kept as
- * "WHERE aid = $1   ", padded to the literal's length so that a position in an error is the
- * same in both texts, with the parameter typed as the literal would be (int4, int8, numeric);
+ * "WHERE aid = $1", with the parameter typed as the literal would be (int4, int8, numeric);
  * and the Query runs as Bind, Describe (portal), Execute and Sync of that statement, which the
  * node prepared once. The client sees what the Query gives: ParseComplete, BindComplete and
- * NoData are dropped, the rest is the same messages in the same order. */
+ * NoData are dropped, the rest is the same messages in the same order; an error about the
+ * text (its Parse's) gets the position the client's text has (struct simple_map). A text
+ * with bytes beyond ASCII, whose positions count characters, keeps each placeholder padded
+ * to its literal's length instead ("$1   "), so that positions are the same in both texts. */
+
+struct simple_map {
+    uint16_t n;
+    struct {
+        uint32_t at, len; /* the placeholder: offset (0-based) and length in the kept text */
+        uint32_t lit;     /* the length of the literal in the client's text */
+    } p[CLASSIFY_MAX_LITERALS];
+};
+
+/* The client's position of 1-based position `pos` in a kept text whose placeholders `map`
+ * lists (a position inside a placeholder is its literal's first character). */
+static unsigned long simple_map_position(const struct simple_map *map, unsigned long pos)
+{
+    long shift = 0;
+    unsigned long q = pos - 1;
+    for (uint16_t k = 0; k < map->n; k++) {
+        if (q < map->p[k].at)
+            break;
+        if (q < map->p[k].at + map->p[k].len) {
+            q = map->p[k].at;
+            break;
+        }
+        shift += (long)map->p[k].len - (long)map->p[k].lit;
+    }
+    return (unsigned long)((long)q - shift) + 1;
+}
+
+/* m is an ErrorResponse of b's node: when it answers the Parse of a kept simple query's text
+ * and gives a position, point m at the same error with the position in the client's text
+ * (in px->simple_error, valid until the next such error). */
+static void simple_error_position(struct backend *b, struct proto_msg *m)
+{
+    const struct expect *head = backend_head(b);
+    if (head == NULL || !head->simple || head->kind != EXP_PARSE || head->sstmt == 0 ||
+        head->sstmt > b->nsstmts || b->sstmts[head->sstmt - 1].map == NULL)
+        return;
+    const char *p = proto_error_field(m->body, m->len, 'P');
+    if (p == NULL)
+        return;
+    char *end;
+    unsigned long pos = strtoul(p, &end, 10);
+    if (end == p || *end != 0 || pos == 0)
+        return;
+    struct buf *out = &b->px->simple_error;
+    buf_reset(out);
+    pos = simple_map_position(b->sstmts[head->sstmt - 1].map, pos);
+    if (proto_write_error_position(out, BE_ERROR, m->body, m->len, pos) < 0)
+        return; /* (as it came) */
+    m->body = out->data + 5;
+    m->len = (uint32_t)(out->len - 5);
+    m->total = out->len;
+}
 
 /* The type PostgreSQL gives an integer literal of these digits: int4 when it fits, else int8,
  * else numeric. */
@@ -1702,27 +1763,39 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     struct buf *t = &b->px->simple_text;
     uint32_t types[CLASSIFY_MAX_LITERALS];
     struct classify_span vals[CLASSIFY_MAX_LITERALS];
+    struct simple_map map;
     uint16_t np = 0;
     size_t at = 0, vlen = 0;
+    bool pad = false; /* beyond ASCII: padded placeholders (see above) */
+    for (size_t k = 0; k < qlen && !pad; k++)
+        pad = (unsigned char)q[k] >= 0x80;
     buf_reset(t);
-    if (buf_reserve(t, qlen + 1) < 0)
+    /* (a placeholder is at most 3 bytes, its literal at least 1) */
+    if (buf_reserve(t, qlen + 2 * CLASSIFY_MAX_LITERALS + 1) < 0)
         return -1;
     for (unsigned k = 0; k < lits->n; k++) {
         struct classify_span sp = lits->at[k];
         char ph[8];
         int phlen = snprintf(ph, sizeof(ph), "$%u", (unsigned)np + 1);
-        if (sp.off < at || sp.off + sp.len > qlen || (size_t)phlen > sp.len)
-            continue; /* too short for its placeholder: it stays as written */
+        if (sp.off < at || sp.off + sp.len > qlen || (pad && (size_t)phlen > sp.len))
+            continue; /* too short for its padded placeholder: it stays as written */
         memcpy(t->data + t->len, q + at, sp.off - at);
         t->len += sp.off - at;
+        map.p[np].at = (uint32_t)t->len;
+        map.p[np].len = (uint32_t)phlen;
+        map.p[np].lit = (uint32_t)sp.len;
         memcpy(t->data + t->len, ph, (size_t)phlen);
-        memset(t->data + t->len + phlen, ' ', sp.len - (size_t)phlen);
-        t->len += sp.len;
+        t->len += (size_t)phlen;
+        if (pad) {
+            memset(t->data + t->len, ' ', sp.len - (size_t)phlen);
+            t->len += sp.len - (size_t)phlen;
+        }
         at = sp.off + sp.len;
         types[np] = literal_type(q + sp.off, sp.len);
         vals[np++] = sp;
         vlen += 4 + sp.len;
     }
+    map.n = np;
     if (np == 0)
         return 0;
     memcpy(t->data + t->len, q + at, qlen - at);
@@ -1740,7 +1813,12 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
             return k == -1 ? 0 : -1;
         i = (uint16_t)k;
     }
-    const struct shared_stmt *e = &b->sstmts[i];
+    struct shared_stmt *e = &b->sstmts[i];
+    if (parse && !pad) { /* (without it, an error's position is the kept text's) */
+        e->map = malloc(sizeof(map));
+        if (e->map)
+            memcpy(e->map, &map, sizeof(map));
+    }
     size_t before = b->out.len, nexp = b->exp_count;
     if (parse && proto_write_Parse(&b->out, e->label, st.query, st.query_len, types, np) < 0)
         goto oom;

@@ -4,6 +4,7 @@
  * take bytes out of a struct buf. */
 #include "protocol.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* Type byte plus length word. */
@@ -466,6 +467,34 @@ int proto_write_Parse(struct buf *out, const char *name, const char *query, size
     for (uint16_t i = 0; i < ntypes; i++)
         if (proto_put_i32(out, (int32_t)types[i]) < 0)
             return fail(out, s);
+    return proto_end(out, s);
+}
+
+int proto_write_error_position(struct buf *out, char type, const char *body, size_t len,
+                               unsigned long position)
+{
+    char num[24];
+    int nlen = snprintf(num, sizeof(num), "%lu", position);
+    size_t s = proto_begin(out, type);
+    if (s == SIZE_MAX)
+        return -1;
+    size_t pos = 0;
+    while (pos < len && body[pos] != '\0') {
+        char c = body[pos++];
+        const char *val = body + pos;
+        const char *nul = pos < len ? memchr(val, '\0', len - pos) : NULL;
+        if (nul == NULL)
+            return fail(out, s);
+        size_t vlen = (size_t)(nul - val);
+        if (proto_put_u8(out, (uint8_t)c) < 0 ||
+            (c == 'P' ? proto_put_bytes(out, num, (size_t)nlen) : proto_put_bytes(out, val, vlen)) <
+                0 ||
+            proto_put_u8(out, 0) < 0)
+            return fail(out, s);
+        pos += vlen + 1;
+    }
+    if (pos >= len || proto_put_u8(out, 0) < 0) /* the list's end must be there */
+        return fail(out, s);
     return proto_end(out, s);
 }
 

@@ -962,6 +962,7 @@ static void worker_free(struct proxy *px)
     px->drains = NULL;
     px->ndrains = px->drains_cap = 0;
     buf_destroy(&px->simple_text);
+    buf_destroy(&px->simple_error);
     while (px->params) {
         struct param_cache *n = px->params->next;
         free(px->params->key);

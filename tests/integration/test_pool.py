@@ -949,7 +949,7 @@ class MultiplexTest(unittest.TestCase):
                     rows = cur.fetchall()
                 self.assertEqual({r[0] for r in rows}, {shared_pid})
                 self.assertEqual(sorted(r[1] for r in rows),
-                                 ["select v * $1  + $2 as x from mux_q where id = $3",
+                                 ["select v * $1 + $2 as x from mux_q where id = $3",
                                   "select v, id from mux_q where id = $1"])
                 s = clients[0]
                 q = W.Query("select v, id from mux_q where id = 12")

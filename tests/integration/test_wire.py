@@ -833,6 +833,8 @@ class WireTest(unittest.TestCase):
                  "select id from w where id >= 95 and id < 98 order by 1 limit 10",
                  "select nosuch from w where id = 12",
                  "select v from w where id = 12345 and nosuch = 10",
+                 "select v from w where id = 1 and v = 123456789 and nosuch = 10",
+                 "select v, 'été' from w where id = 12345 and nosuch = 10",
                  "select v / (id - 12) from w where id = 12",
                  "select v from w where id = 12 and v + 2147483647 > 10",
                  "update w set v = v + 0 where id = 77",

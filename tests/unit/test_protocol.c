@@ -611,6 +611,32 @@ static void test_proto_error_field_malformed_returns_null(void **state)
     assert_null(proto_error_field(NULL, 0, 'C'));
 }
 
+static void test_proto_write_error_position_bytes(void **state)
+{
+    (void)state;
+    /* S, C, P, M: P's value replaced, the rest byte for byte. */
+    static const char body[] = {'S', 'E', 0, 'C', '4', '2', 0, 'P', '3', '9', 0, 'M', 'x', 0, 0};
+    static const char e[] = {'E', 0, 0,   0,   18, 'S', 'E', 0, 'C', '4',
+                             '2', 0, 'P', '7', 0,  'M', 'x', 0, 0};
+    ASSERT_BUILDS(proto_write_error_position(out, 'E', body, sizeof(body), 7), e);
+    static const char e2[] = {'N', 0,   0,   0,   21,  'S', 'E', 0,   'C', '4', '2',
+                              0,   'P', '1', '2', '3', '4', 0,   'M', 'x', 0,   0};
+    ASSERT_BUILDS(proto_write_error_position(out, 'N', body, sizeof(body), 1234), e2);
+    /* without a position: as it is */
+    static const char nop[] = {'C', '4', '2', 0, 0};
+    static const char e3[] = {'E', 0, 0, 0, 9, 'C', '4', '2', 0, 0};
+    ASSERT_BUILDS(proto_write_error_position(out, 'E', nop, sizeof(nop), 5), e3);
+    /* malformed: a value that runs off the end, a list without its end; nothing appended */
+    struct buf b;
+    buf_init(&b);
+    static const char cut[] = {'S', 'E', 0, 'P', '4'};
+    assert_int_equal(proto_write_error_position(&b, 'E', cut, sizeof(cut), 5), -1);
+    static const char open_end[] = {'S', 'E', 0};
+    assert_int_equal(proto_write_error_position(&b, 'E', open_end, sizeof(open_end), 5), -1);
+    assert_int_equal(b.len, 0);
+    buf_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -640,6 +666,7 @@ int main(void)
         cmocka_unit_test(test_proto_write_CancelRequest_bytes),
         cmocka_unit_test(test_proto_write_Parse_bytes),
         cmocka_unit_test(test_proto_write_Close_bytes),
+        cmocka_unit_test(test_proto_write_error_position_bytes),
         cmocka_unit_test(test_proto_write_Parse_embedded_nul_fails),
         cmocka_unit_test(test_proto_write_appends_after_existing_content),
         cmocka_unit_test(test_proto_begin_put_end_bytes),
