@@ -815,31 +815,18 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
     }
     case BE_ERROR: {
-        if (head->simple && head->kind == EXP_BIND && head->sstmt) {
-            /* The Bind of a statement b kept for the client's Query */
-            const char *code = proto_error_field(m->body, m->len, 'C');
-            uint16_t i = (uint16_t)(head->sstmt - 1);
-            head->sstmt = 0;
-            if (code && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0) &&
-                simple_refused(b, c, i)) {
-                if (b->state == BACKEND_CLOSING)
-                    return -1;
-                while (b->exp_count && is_extended(backend_head(b)->kind))
-                    backend_pop(b);
-                b->batch_error = true;
-                return 0;
-            }
-            head = backend_head(b); /* the ring may have moved */
-        } else if (!b->shared && head->kind == EXP_BIND && head->sstmt) {
-            /* A Bind of a statement b kept for the client's unnamed one (whose id `stmt`
-             * holds: the unnamed statement stays when only its Bind fails). */
+        if (head->kind == EXP_BIND && head->sstmt && (head->simple || !b->shared)) {
+            /* A Bind of a statement b kept for the client's Query (simple) or for its unnamed
+             * statement (whose id `stmt` holds: the unnamed statement stays when only its
+             * Bind fails). */
             const char *code = proto_error_field(m->body, m->len, 'C');
             uint16_t i = (uint16_t)(head->sstmt - 1);
             uint32_t stmt = head->stmt;
+            bool simple = head->simple;
             head->sstmt = 0;
             head->stmt = 0;
             if (code && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0) &&
-                unnamed_refused(b, c, i, stmt)) {
+                (simple ? simple_refused(b, c, i) : unnamed_refused(b, c, i, stmt))) {
                 if (b->state == BACKEND_CLOSING)
                     return -1;
                 /* The node skips the rest of the refused batch up to its Sync. */

@@ -470,6 +470,26 @@ int proto_write_Parse(struct buf *out, const char *name, const char *query, size
     return proto_end(out, s);
 }
 
+/* The field of an ErrorResponse / NoticeResponse body (len bytes) at *pos: a code byte then a
+ * NUL-terminated value; a zero code byte ends the list. Returns 1 with the field (and *pos past
+ * it), 0 at the list's end, -1 when the body ends before that (malformed). */
+static int error_field_next(const char *body, size_t len, size_t *pos, char *code, const char **val,
+                            size_t *vlen)
+{
+    if (*pos >= len)
+        return -1;
+    if (body[*pos] == '\0')
+        return 0;
+    *code = body[(*pos)++];
+    *val = body + *pos;
+    const char *nul = *pos < len ? memchr(*val, '\0', len - *pos) : NULL;
+    if (nul == NULL)
+        return -1;
+    *vlen = (size_t)(nul - *val);
+    *pos += *vlen + 1;
+    return 1;
+}
+
 int proto_write_error_position(struct buf *out, char type, const char *body, size_t len,
                                unsigned long position)
 {
@@ -478,22 +498,20 @@ int proto_write_error_position(struct buf *out, char type, const char *body, siz
     size_t s = proto_begin(out, type);
     if (s == SIZE_MAX)
         return -1;
-    size_t pos = 0;
-    while (pos < len && body[pos] != '\0') {
-        char c = body[pos++];
-        const char *val = body + pos;
-        const char *nul = pos < len ? memchr(val, '\0', len - pos) : NULL;
-        if (nul == NULL)
-            return fail(out, s);
-        size_t vlen = (size_t)(nul - val);
-        if (proto_put_u8(out, (uint8_t)c) < 0 ||
-            (c == 'P' ? proto_put_bytes(out, num, (size_t)nlen) : proto_put_bytes(out, val, vlen)) <
-                0 ||
+    size_t pos = 0, vlen;
+    const char *val;
+    char c;
+    int rc;
+    while ((rc = error_field_next(body, len, &pos, &c, &val, &vlen)) == 1) {
+        if (c == 'P') {
+            val = num;
+            vlen = (size_t)nlen;
+        }
+        if (proto_put_u8(out, (uint8_t)c) < 0 || proto_put_bytes(out, val, vlen) < 0 ||
             proto_put_u8(out, 0) < 0)
             return fail(out, s);
-        pos += vlen + 1;
     }
-    if (pos >= len || proto_put_u8(out, 0) < 0) /* the list's end must be there */
+    if (rc < 0 || proto_put_u8(out, 0) < 0)
         return fail(out, s);
     return proto_end(out, s);
 }
@@ -502,17 +520,12 @@ const char *proto_error_field(const char *body, size_t len, char code)
 {
     if (code == '\0' || body == NULL)
         return NULL;
-    size_t pos = 0;
-    /* Fields: a code byte then a NUL-terminated value; a zero code byte ends the list. */
-    while (pos < len && body[pos] != '\0') {
-        char c = body[pos++];
-        const char *val = body + pos;
-        const char *nul = pos < len ? memchr(val, '\0', len - pos) : NULL;
-        if (nul == NULL)
-            return NULL;
+    size_t pos = 0, vlen;
+    const char *val;
+    char c;
+    while (error_field_next(body, len, &pos, &c, &val, &vlen) == 1) {
         if (c == code)
             return val;
-        pos += (size_t)(nul - val) + 1;
     }
     return NULL;
 }
