@@ -287,6 +287,9 @@ struct backend {
     uint16_t unnamed_alias;
     uint64_t unnamed_alias_stmt;
     uint32_t sstmt_clock; /* uses of its statements so far (struct shared_stmt.used) */
+    /* hashes of texts seen once and not kept (a text is kept the second time it comes, so that
+     * texts that never repeat take no place: sstmt_seen_once); NULL until the first */
+    uint64_t *seen;
 };
 
 /* Open a backend for client c to node `node`: starts a non-blocking connect on the loop.

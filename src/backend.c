@@ -1387,6 +1387,8 @@ static void shared_stmts_free(struct backend *b)
     free(b->sstmts);
     b->sstmts = NULL;
     b->nsstmts = 0;
+    free(b->seen);
+    b->seen = NULL;
 }
 
 /* The node answered the Parse of b's statement `i`: usable from now on, or, when it failed,
@@ -1603,6 +1605,26 @@ static int sstmt_evict(struct backend *b)
     return 0;
 }
 
+/* Texts a backend remembers having seen once (a direct-mapped table of their hashes). */
+#define SEEN_SLOTS 256
+
+/* A text of this hash is not in b's table: whether this is the first time b sees it (then it
+ * is remembered, and goes as it came: a text that never repeats, because a literal in it
+ * differs every time, say, takes no place from those that do) or the second (it is kept).
+ * Returns 1 the first time, 0 the second, -1 when out of memory. */
+static int sstmt_seen_once(struct backend *b, uint64_t hash)
+{
+    if (b->seen == NULL && (b->seen = calloc(SEEN_SLOTS, sizeof(*b->seen))) == NULL)
+        return -1;
+    uint64_t *slot = &b->seen[hash % SEEN_SLOTS];
+    if (*slot != hash) {
+        *slot = hash;
+        return 1;
+    }
+    *slot = 0;
+    return 0;
+}
+
 /* Add st to the table of client c's own backend b, under a name that c's own statements do
  * not use (they live on b too), making room by closing the one used least recently. Returns
  * its index, -1 when there is no room (every entry's Parse is in flight), or -2 when out of
@@ -1630,6 +1652,9 @@ int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
     if (!parse && !b->sstmts[i].ready)
         return 0; /* its Parse is in flight and might fail: this one goes as it came */
     if (parse) {
+        int once = sstmt_seen_once(b, s->hash);
+        if (once != 0)
+            return once < 0 ? -1 : 0;
         int k = sstmt_take(b, c, s);
         if (k < 0)
             return k == -1 ? 0 : -1;
@@ -1740,6 +1765,21 @@ static uint32_t literal_type(const char *d, size_t n)
     return 1700;   /* numeric */
 }
 
+/* Whether the n bytes at p are all ASCII, eight at a time. */
+static bool all_ascii(const char *p, size_t n)
+{
+    uint64_t high = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        high |= w;
+    }
+    for (; i < n; i++)
+        high |= (unsigned char)p[i];
+    return (high & 0x8080808080808080ull) == 0;
+}
+
 /* Describe of the unnamed portal, Execute of it with no row limit, Sync. */
 static const char simple_tail[] = {FE_DESCRIBE, 0, 0, 0, 6, 'P', 0,       FE_EXECUTE, 0, 0, 0,
                                    9,           0, 0, 0, 0, 0,   FE_SYNC, 0,          0, 0, 4};
@@ -1753,17 +1793,20 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     struct simple_map map;
     uint16_t np = 0;
     size_t at = 0, vlen = 0;
-    bool pad = false; /* beyond ASCII: padded placeholders (see above) */
-    for (size_t k = 0; k < qlen && !pad; k++)
-        pad = (unsigned char)q[k] >= 0x80;
+    bool pad = !all_ascii(q, qlen); /* padded placeholders (see above) */
     buf_reset(t);
     /* (a placeholder is at most 3 bytes, its literal at least 1) */
     if (buf_reserve(t, qlen + 2 * CLASSIFY_MAX_LITERALS + 1) < 0)
         return -1;
     for (unsigned k = 0; k < lits->n; k++) {
         struct classify_span sp = lits->at[k];
-        char ph[8];
-        int phlen = snprintf(ph, sizeof(ph), "$%u", (unsigned)np + 1);
+        char ph[4] = {'$', (char)('0' + (np + 1) % 10)}; /* $1 .. $16 */
+        int phlen = 2;
+        if (np + 1 >= 10) {
+            ph[1] = (char)('0' + (np + 1) / 10);
+            ph[2] = (char)('0' + (np + 1) % 10);
+            phlen = 3;
+        }
         if (sp.off < at || sp.off + sp.len > qlen || (pad && (size_t)phlen > sp.len))
             continue; /* too short for its padded placeholder: it stays as written */
         memcpy(t->data + t->len, q + at, sp.off - at);
@@ -1795,6 +1838,9 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     if (!parse && !b->sstmts[i].ready)
         return 0; /* its Parse is in flight and might fail: this one goes as it came */
     if (parse) {
+        int once = sstmt_seen_once(b, st.hash);
+        if (once != 0)
+            return once < 0 ? -1 : 0;
         int k = sstmt_take(b, c, &st);
         if (k < 0)
             return k == -1 ? 0 : -1;
