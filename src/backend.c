@@ -1780,6 +1780,9 @@ static bool all_ascii(const char *p, size_t n)
     return (high & 0x8080808080808080ull) == 0;
 }
 
+/* Longer texts go as they came: rarely run again, and copied and hashed for nothing. */
+#define SIMPLE_TEXT_MAX 65536
+
 /* Describe of the unnamed portal, Execute of it with no row limit, Sync. */
 static const char simple_tail[] = {FE_DESCRIBE, 0, 0, 0, 6, 'P', 0,       FE_EXECUTE, 0, 0, 0,
                                    9,           0, 0, 0, 0, 0,   FE_SYNC, 0,          0, 0, 4};
@@ -1793,6 +1796,8 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     struct simple_map map;
     uint16_t np = 0;
     size_t at = 0, vlen = 0;
+    if (qlen > SIMPLE_TEXT_MAX)
+        return 0;
     bool pad = !all_ascii(q, qlen); /* padded placeholders (see above) */
     buf_reset(t);
     /* (a placeholder is at most 3 bytes, its literal at least 1) */

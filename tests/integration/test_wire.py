@@ -895,6 +895,12 @@ class WireTest(unittest.TestCase):
                 self.assertIn(("D", ("120",)), via.until_ready())
             self.assertGreaterEqual(metric(proxy, "pgsteer_simple_queries_prepared_total"),
                                     before + 1)
+            # A text longer than 64 kB goes as it came, however often it comes.
+            before = metric(proxy, "pgsteer_simple_queries_prepared_total")
+            for k in range(4):
+                via.send(Query("select v from w where id = 12 /* %s */" % ("x" * 70000)))
+                self.assertIn(("D", ("120",)), via.until_ready())
+            self.assertEqual(metric(proxy, "pgsteer_simple_queries_prepared_total"), before)
         finally:
             via.close()
 
