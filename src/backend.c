@@ -22,6 +22,7 @@ static void shared_closed(struct backend *b);
 static void backend_pool_input(struct backend *b);
 static void shared_stmts_free(struct backend *b);
 static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok);
+static void sstmt_drop(struct backend *b, uint16_t i);
 static int sstmt_name(char *dst, size_t cap, uint32_t name);
 static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
 static bool simple_refused(struct backend *b, struct client *c, uint16_t i);
@@ -847,7 +848,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
                 i < b->nsstmts) {
                 char name[24];
                 sstmt_name(name, sizeof(name), b->sstmts[i].name);
-                shared_stmt_answered(b, i, false);
+                sstmt_drop(b, i);
                 if (proto_write_Close(&b->out, 'S', name) == 0 &&
                     backend_expect(b, EXP_CLOSE, true, false) == 0)
                     backend_expect_last(b)->quiet = true;
@@ -1574,6 +1575,19 @@ oom:
  * shared backend does for clients' named statements) and answers the next Parse of it with a
  * stand-in (stand_in_parse); the Binds of the unnamed statement then name the kept one. */
 
+/* Drop b's entry i (closed, or refused by the node): the last entry takes its place. Answers
+ * still owed for Binds of it no longer name it, so that one refused later drops nothing more
+ * (it would be another entry by then). */
+static void sstmt_drop(struct backend *b, uint16_t i)
+{
+    for (size_t k = 0; k < b->exp_count; k++) {
+        struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+        if (x->sstmt == i + 1)
+            x->sstmt = 0;
+    }
+    shared_stmt_answered(b, i, false);
+}
+
 /* b's table is full: close the statement it used least recently (its Parse answered), so that
  * a new text takes its place. Returns 0, or -1 when none can go (all in flight) or out of
  * memory. */
@@ -1595,13 +1609,7 @@ static int sstmt_evict(struct backend *b)
         return -1;
     }
     backend_expect_last(b)->quiet = true;
-    /* Binds of it on their way ran before the Close; should one be refused, it is not this. */
-    for (size_t k = 0; k < b->exp_count; k++) {
-        struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
-        if (x->sstmt == v + 1)
-            x->sstmt = 0;
-    }
-    shared_stmt_answered(b, (uint16_t)v, false); /* dropped: the last entry takes its place */
+    sstmt_drop(b, (uint16_t)v);
     return 0;
 }
 
@@ -1936,7 +1944,7 @@ static bool simple_refused(struct backend *b, struct client *c, uint16_t i)
         return false;
     char name[24];
     sstmt_name(name, sizeof(name), b->sstmts[i].name);
-    shared_stmt_answered(b, i, false);
+    sstmt_drop(b, i);
     /* The refused Bind is the head; behind it its Describe, Execute and Sync. */
     bool retry = c->kept_state == 3 && b->tx_status == 'I' && b->exp_count == 4 &&
                  b->exp[(b->exp_head + 3) % b->exp_cap].kind == EXP_SYNC && buf_avail(&b->out) == 0;
@@ -2003,7 +2011,7 @@ static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uin
     char name[24];
     sstmt_name(name, sizeof(name), b->sstmts[i].name);
     struct stmt *s = session_stmt_find(c, "", 0);
-    shared_stmt_answered(b, i, false); /* dropped: the next Parse of the text prepares anew */
+    sstmt_drop(b, i); /* the next Parse of the text prepares it anew */
     b->unnamed_alias = 0;
     /* The refused Bind is the head; behind it only its batch, up to its Sync, the last. */
     size_t k = 1;

@@ -943,6 +943,40 @@ class WireTest(unittest.TestCase):
         with open(eventual.log_path) as f:
             self.assertIn("refused the statement kept for its query", f.read())
 
+    def test_pipelined_refusals_drop_only_the_refused_statement(self):
+        # Two kept texts; the first's result type changes. Sent pipelined (to the primary: a
+        # read on a replica waits for the one before, which may yet move to the primary), its
+        # two runs are refused (not run again: other answers are owed behind them), and the
+        # refusal must drop that text only: the second text stays kept.
+        cluster.psql(cluster.primary_port, "create table kq_a (id int primary key, v int); "
+                     "insert into kq_a values (10, 7)")
+        cluster.wait_replay()
+        a = Query("/* pgsteer:primary */ select v from kq_a where id = 10")
+        b = Query("/* pgsteer:primary */ select v from w where id = 12")
+        with Pgsteer(cluster, extra_yaml="consistency: eventual\nworkers: 1\n") as px:
+            via = Conn(px.port)
+            try:
+                for q in (a, b) * 3:
+                    via.send(q)
+                    self.assertIn(("C", "SELECT 1"), via.until_ready())
+                self.assertEqual(metric(px, "pgsteer_simple_queries_prepared_total"), 2)
+                cluster.psql(cluster.primary_port, "alter table kq_a alter column v type text")
+                cluster.wait_replay()
+                via.send(a + a + b + b)
+                out = via.until_ready(4)
+                self.assertEqual(out[-8:], [("T", ("v",)), ("D", ("120",)), ("C", "SELECT 1"),
+                                            ("Z", "I")] * 2)
+                self.assertEqual([m for m in out[:-8] if m[0] != "T"],
+                                 [("E", "0A000"), ("Z", "I"), ("E", "0A000"), ("Z", "I")])
+                for q, v in ((a, "7"), (b, "120"), (b, "120"), (a, "7"), (a, "7")):
+                    via.send(q)
+                    self.assertIn(("D", (v,)), via.until_ready())
+                # The second text stayed kept; the first was prepared anew (seen once more).
+                self.assertEqual(metric(px, "pgsteer_simple_queries_prepared_total"), 3)
+            finally:
+                via.close()
+                cluster.psql(cluster.primary_port, "drop table kq_a")
+
     def test_kept_statements_beyond_the_limit_make_room(self):
         # A backend keeps at most 128 texts: a new text then takes the place of the one used
         # least recently, which is closed on the node. Answers stay those of one server, and
