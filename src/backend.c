@@ -716,6 +716,10 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         return -1;
     }
 
+    if (head->simple && m->type == BE_NO_DATA) {
+        backend_pop(b); /* a Query's answer has no NoData (nor does it settle a retry) */
+        return 0;
+    }
     if (head->retryable && !head->swallow) {
         /* A read on a replica that may still be retried on the primary: nothing reaches the
          * client until the replica has shown it accepted the statement. */
@@ -723,10 +727,11 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         if (code && (strcmp(code, "25006") == 0 || strcmp(code, "40001") == 0)) {
             /* A Query run as a kept statement: the node skips to its Sync, whose answer
              * then starts the retry. */
+            if (is_extended(head->kind))
+                b->batch_error = true;
             while (is_extended(head->kind)) {
                 backend_pop(b);
                 head = backend_head(b);
-                b->batch_error = true;
             }
             head->swallow = true;
             b->fwd_outstanding--;
@@ -737,10 +742,6 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             if (head->kind == EXP_DESCRIBE)
                 backend_pop(b); /* its answer, held */
             return buf_append(&c->retry_hold, m->body - 5, m->total) < 0 ? -1 : 0;
-        }
-        if (head->simple && m->type == BE_NO_DATA) {
-            backend_pop(b); /* not the client's, and nothing that settles the retry */
-            return 0;
         }
         head->retryable = false;
         client_retry_settled(c);
@@ -756,10 +757,6 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
     if (head->sstmt && head->kind == EXP_PARSE && !b->shared &&
         (m->type == BE_PARSE_COMPLETE || m->type == BE_ERROR))
         shared_stmt_answered(b, (uint16_t)(head->sstmt - 1), m->type == BE_PARSE_COMPLETE);
-    if (head->simple && m->type == BE_NO_DATA) {
-        backend_pop(b); /* a Query's answer has no NoData */
-        return 0;
-    }
     bool done = expect_done(head->kind, m->type);
     switch (m->type) {
     case BE_COMMAND_COMPLETE:
@@ -1893,39 +1890,33 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     *p++ = 0;
     memcpy(p, simple_tail, sizeof(simple_tail));
     b->out.len += 1 + len + sizeof(simple_tail);
-    if (parse) {
-        if (backend_expect(b, EXP_PARSE, true, false) < 0)
-            goto oom;
-        backend_expect_last(b)->sstmt = (uint16_t)(i + 1);
-        backend_expect_last(b)->simple = true;
+    /* The Parse's and the Bind's answers are swallowed (but not their errors), and name the
+     * entry: a Parse's makes it ready or drops it, a refused Bind drops it */
+    if ((parse && backend_expect(b, EXP_PARSE, true, false) < 0) ||
+        backend_expect(b, EXP_BIND, true, false) < 0 ||
+        backend_expect(b, EXP_DESCRIBE, false, false) < 0 ||
+        backend_expect(b, EXP_EXECUTE, false, false) < 0 ||
+        backend_expect(b, EXP_SYNC, false, write) < 0)
+        goto oom;
+    for (size_t k = nexp; k < b->exp_count; k++) {
+        struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
+        x->simple = true;
+        if (x->kind == EXP_PARSE || x->kind == EXP_BIND)
+            x->sstmt = (uint16_t)(i + 1);
+        if (b->shared) { /* every answer is c's */
+            x->owner = c;
+            x->gen_at = c->change_gen;
+        }
     }
-    if (backend_expect(b, EXP_BIND, true, false) < 0)
-        goto oom;
-    backend_expect_last(b)->sstmt = (uint16_t)(i + 1);
-    backend_expect_last(b)->simple = true;
-    if (backend_expect(b, EXP_DESCRIBE, false, false) < 0)
-        goto oom;
-    backend_expect_last(b)->simple = true;
-    if (backend_expect(b, EXP_EXECUTE, false, false) < 0)
-        goto oom;
-    backend_expect_last(b)->simple = true;
-    if (backend_expect(b, EXP_SYNC, false, write) < 0)
-        goto oom;
-    backend_expect_last(b)->simple = true;
+    if (b->shared) { /* the Sync's counts as the Query's would */
+        c->shared_owed++;
+        b->px->multiplexed++;
+    }
     b->sstmts[i].used = ++b->sstmt_clock;
     if (parse)
         b->px->simple_prepared++;
     else
         b->px->simple_reused++;
-    if (b->shared) { /* every answer is c's; the Sync's counts as its Query's would */
-        for (size_t k = nexp; k < b->exp_count; k++) {
-            struct expect *x = &b->exp[(b->exp_head + k) % b->exp_cap];
-            x->owner = c;
-            x->gen_at = c->change_gen;
-        }
-        c->shared_owed++;
-        b->px->multiplexed++;
-    }
     return 1;
 oom:
     unqueue(b, before, nexp, parse, i);
