@@ -79,6 +79,7 @@ struct admin_stats {
     uint64_t unnamed_reused;   /* Parses of such a text answered by a kept statement */
     uint64_t simple_prepared;  /* simple queries' texts prepared with parameters (prepare_...) */
     uint64_t simple_reused;    /* simple queries run as such a kept statement */
+    uint64_t begins_deferred;  /* BEGINs answered at once, sent with what followed (defer_begin) */
     uint64_t busy_poll_reads, busy_poll_sleeps; /* busy_poll_us at work (see struct proxy) */
     uint64_t reloads, reload_failures;
     struct latency_hist lat_request, lat_response; /* time pgsteer itself spends */

@@ -89,6 +89,9 @@ struct config {
      * Default true ("on") */
     bool cache_unnamed_statements;
     bool prepare_simple_queries;
+    /* A simple-protocol BEGIN outside a transaction block is answered at once and sent ahead
+     * of the transaction's first statement (client.c). Default true ("on") */
+    bool defer_begin;
     int max_client_conn;            /* default 10000 */
     int workers;                    /* event-loop threads; 0 (default): per CPU, cgroup-bounded */
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */

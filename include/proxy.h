@@ -155,8 +155,9 @@ struct proxy {
      * as a statement so kept */
     uint64_t simple_prepared;
     uint64_t simple_reused;
-    struct buf simple_text;  /* the text of the query at hand, rewritten (backend_simple_query) */
-    struct buf simple_error; /* an error about such a text, its position the client's */
+    uint64_t begins_deferred; /* defer_begin: BEGINs answered at once, sent with what follows */
+    struct buf simple_text;   /* the text of the query at hand, rewritten (backend_simple_query) */
+    struct buf simple_error;  /* an error about such a text, its position the client's */
 };
 
 /* ---- backend.c ---- */
@@ -547,6 +548,10 @@ struct client {
     /* the client's unnamed statement is gone, as on one server: a Query dropped it, or a Close
      * (until its next Parse); a Bind or Describe of it then fails there as on one server */
     bool unnamed_dropped;
+    /* defer_begin: a BEGIN answered at once and not sent yet (its Query message, empty when
+     * none): it goes to the transaction's node ahead of its first statement */
+    struct buf held_begin;
+    bool held_begin_query;  /* that BEGIN came as a Query (else as an extended batch) */
     uint32_t unnamed_stale; /* bit i: backends[i] holds an unnamed statement older than the
                                client's, made on a shared backend since */
 };

@@ -74,14 +74,16 @@ ALL_CONTENDERS = ("direct", "pgsteer", "pgbouncer", "pgpool")
 # one backend per replica and worker between sessions' reads (multiplex_reads: on), and
 # pgsteer-mux1w does so with one worker; pgsteer-nocache sends every Parse of the unnamed
 # statement to the node as it came (cache_unnamed_statements: off); pgsteer-noprep sends every
-# simple-protocol Query to the node as it came (prepare_simple_queries: off).
+# simple-protocol Query to the node as it came (prepare_simple_queries: off); pgsteer-nodefer
+# sends every BEGIN to the node when it comes (defer_begin: off).
 EXTRA_PGSTEER = {"pgsteer-1w": "workers: 1\n", "pgsteer-r1": "",
                  "pgsteer-pin": "cpu_affinity: auto\n", "pgsteer-poll": "busy_poll_us: 100\n",
                  "pgsteer-nopool": "backend_idle_max: 0\n",
                  "pgsteer-mux": "multiplex_reads: on\n",
                  "pgsteer-mux1w": "multiplex_reads: on\nworkers: 1\n",
                  "pgsteer-nocache": "cache_unnamed_statements: off\n",
-                 "pgsteer-noprep": "prepare_simple_queries: off\n"}
+                 "pgsteer-noprep": "prepare_simple_queries: off\n",
+                 "pgsteer-nodefer": "defer_begin: off\n"}
 EXTRA_CONTENDERS = tuple(EXTRA_PGSTEER)
 ALL_MODES = ("simple", "extended", "prepared")
 ALL_SCRIPTS = ("select-only", "tpcb-like")
@@ -96,7 +98,8 @@ LABEL = {"direct": "direct", "pgsteer": "pgsteer", "pgbouncer": "PgBouncer",
          "pgsteer-mux": "pgsteer, multiplex_reads: on",
          "pgsteer-mux1w": "pgsteer, multiplex_reads: on, 1 worker",
          "pgsteer-nocache": "pgsteer, cache_unnamed_statements: off",
-         "pgsteer-noprep": "pgsteer, prepare_simple_queries: off"}
+         "pgsteer-noprep": "pgsteer, prepare_simple_queries: off",
+         "pgsteer-nodefer": "pgsteer, defer_begin: off"}
 SCALE = 10
 # The issue's goals, checked for every protocol mode and script (docs/performance.md).
 GOAL_VS_PGBOUNCER = 1.1
@@ -1631,7 +1634,8 @@ def main(argv=None):
                          "pgsteer with backend_idle_max: 0, pgsteer-mux: pgsteer with "
                          "multiplex_reads: on, pgsteer-mux1w: the same with workers: 1, "
                          "pgsteer-nocache: pgsteer with cache_unnamed_statements: off, "
-                         "pgsteer-noprep: pgsteer with prepare_simple_queries: off)")
+                         "pgsteer-noprep: pgsteer with prepare_simple_queries: off, "
+                         "pgsteer-nodefer: pgsteer with defer_begin: off)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of select-only per contender before measuring (2)")
     ap.add_argument("--quick", action="store_true",

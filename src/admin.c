@@ -541,6 +541,10 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                       "Simple-protocol queries run as a statement their backend kept prepared: "
                       "the node did not parse or plan the text again.");
     rc |= buf_printf(out, "pgsteer_simple_queries_reused_total %" PRIu64 "\n", st->simple_reused);
+    rc |= prom_family(out, "pgsteer_begins_deferred_total", "counter",
+                      "BEGINs answered by pgsteer at once and sent to the primary ahead of the "
+                      "transaction's first statement (defer_begin).");
+    rc |= buf_printf(out, "pgsteer_begins_deferred_total %" PRIu64 "\n", st->begins_deferred);
     rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
                       "Reads that arrived while a worker polled instead of sleeping "
                       "(busy_poll_us).");
@@ -682,6 +686,7 @@ static void collect_worker(struct proxy *px, void *arg)
     st->unnamed_reused += px->unnamed_reused;
     st->simple_prepared += px->simple_prepared;
     st->simple_reused += px->simple_reused;
+    st->begins_deferred += px->begins_deferred;
     st->busy_poll_reads += px->busy_poll_reads;
     st->busy_poll_sleeps += px->busy_poll_sleeps;
     for (int i = 0; i < LATENCY_BUCKETS; i++) {
@@ -1207,6 +1212,7 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "unnamed_statements_reused", u64s(v, st->unnamed_reused)), rows++;
     kv_row(c, "simple_queries_prepared", u64s(v, st->simple_prepared)), rows++;
     kv_row(c, "simple_queries_reused", u64s(v, st->simple_reused)), rows++;
+    kv_row(c, "begins_deferred", u64s(v, st->begins_deferred)), rows++;
     kv_row(c, "busy_poll_reads", u64s(v, st->busy_poll_reads)), rows++;
     kv_row(c, "busy_poll_sleeps", u64s(v, st->busy_poll_sleeps)), rows++;
     kv_row(c, "reloads", u64s(v, st->reloads)), rows++;
@@ -1407,6 +1413,7 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "multiplex_reads", cfg->multiplex_reads ? "on" : "off"), rows++;
     kv_row(c, "cache_unnamed_statements", cfg->cache_unnamed_statements ? "on" : "off"), rows++;
     kv_row(c, "prepare_simple_queries", cfg->prepare_simple_queries ? "on" : "off"), rows++;
+    kv_row(c, "defer_begin", cfg->defer_begin ? "on" : "off"), rows++;
     kv_int(c, "multiplex_stall_ms", cfg->multiplex_stall_ms), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 /* Statements that wrap a statement (EXPLAIN, DECLARE ... FOR) recurse. Valid SQL nests at most
  * twice; the bound keeps hostile input (EXPLAIN EXPLAIN EXPLAIN ...) from using up the stack. */
@@ -1779,6 +1780,109 @@ void classify_sql_literals(const char *sql, size_t len, const struct classify_fu
         if (!lits->usable)
             lits->n = 0;
     }
+}
+
+/* ---- defer_begin ---- */
+
+/* The next word of a BEGIN (letters and '_' only) into *w, skipping white space and, when
+ * `comma` is set, one ',' before it. Returns its length, 0 at the end, -1 at anything else. */
+static int begin_word(const char *s, size_t len, size_t *at, bool comma, const char **w)
+{
+    size_t i = *at;
+    bool seen_comma = false;
+    for (;;) {
+        while (i < len &&
+               (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\f'))
+            i++;
+        if (i < len && s[i] == ',' && comma && !seen_comma) {
+            seen_comma = true;
+            i++;
+            continue;
+        }
+        break;
+    }
+    size_t st = i;
+    while (i < len && (((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') || s[i] == '_'))
+        i++;
+    *at = i;
+    *w = s + st;
+    if (i == st)
+        return seen_comma || (i < len && s[i] != ';') ? -1 : 0;
+    return (int)(i - st);
+}
+
+static bool begin_is(const char *w, int n, const char *kw)
+{
+    return (size_t)n == strlen(kw) && strncasecmp(w, kw, (size_t)n) == 0;
+}
+
+bool classify_plain_begin(const char *sql, size_t len)
+{
+    const char *nul = memchr(sql, 0, len);
+    if (nul)
+        len = (size_t)(nul - sql);
+    size_t at = 0;
+    const char *w;
+    int n = begin_word(sql, len, &at, false, &w);
+    if (begin_is(w, n, "start")) {
+        n = begin_word(sql, len, &at, false, &w);
+        if (!begin_is(w, n, "transaction"))
+            return false;
+    } else if (begin_is(w, n, "begin")) {
+        size_t save = at;
+        n = begin_word(sql, len, &at, false, &w);
+        if (!begin_is(w, n, "work") && !begin_is(w, n, "transaction"))
+            at = save; /* not the optional noise word: a mode, or the end */
+    } else {
+        return false;
+    }
+    bool first = true;
+    for (;;) {
+        n = begin_word(sql, len, &at, !first, &w);
+        first = false;
+        if (n == 0)
+            break;
+        if (begin_is(w, n, "deferrable"))
+            continue;
+        if (begin_is(w, n, "not")) {
+            n = begin_word(sql, len, &at, false, &w);
+            if (!begin_is(w, n, "deferrable"))
+                return false;
+            continue;
+        }
+        if (begin_is(w, n, "read")) {
+            n = begin_word(sql, len, &at, false, &w);
+            if (!begin_is(w, n, "write") && !begin_is(w, n, "only"))
+                return false;
+            continue;
+        }
+        if (!begin_is(w, n, "isolation"))
+            return false;
+        n = begin_word(sql, len, &at, false, &w);
+        if (!begin_is(w, n, "level"))
+            return false;
+        n = begin_word(sql, len, &at, false, &w);
+        if (begin_is(w, n, "serializable"))
+            continue;
+        if (begin_is(w, n, "repeatable")) {
+            n = begin_word(sql, len, &at, false, &w);
+            if (!begin_is(w, n, "read"))
+                return false;
+            continue;
+        }
+        if (!begin_is(w, n, "read"))
+            return false;
+        n = begin_word(sql, len, &at, false, &w);
+        if (!begin_is(w, n, "committed") && !begin_is(w, n, "uncommitted"))
+            return false;
+    }
+    /* The end: at most one ';', then white space. */
+    if (at < len && sql[at] == ';')
+        at++;
+    while (at < len && (sql[at] == ' ' || sql[at] == '\t' || sql[at] == '\n' || sql[at] == '\r' ||
+                        sql[at] == '\f'))
+        at++;
+    return at == len;
 }
 
 /* Precedence, most specific first: what pgsteer answers itself, then transaction boundaries,

@@ -116,6 +116,7 @@ static void client_free(struct client *c)
     buf_destroy(&c->writing);
     buf_destroy(&c->retry_sql);
     buf_destroy(&c->kept_batch);
+    buf_destroy(&c->held_begin);
     buf_destroy(&c->retry_hold);
     buf_destroy(&c->scratch);
     client_classify_cache_free(c);
@@ -167,6 +168,8 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         param_cache_abandon(c);
     if (c->param_wait)
         param_cache_unwait(c);
+    if (buf_avail(&c->held_begin))
+        c->tx_node = -1; /* the BEGIN was never sent: the node is outside a transaction */
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {
         if (c->backends[i])
             backend_release(c->backends[i]);
@@ -380,6 +383,7 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     buf_init(&c->writing);
     buf_init(&c->retry_sql);
     buf_init(&c->kept_batch);
+    buf_init(&c->held_begin);
     buf_init(&c->retry_hold);
     buf_init(&c->scratch);
     c->next = px->clients;
@@ -1291,6 +1295,78 @@ static int client_share_query(struct client *c, struct backend *b, const struct 
     return 0;
 }
 
+/* defer_begin: whether a BEGIN (classified `flags`), routed as rt, may be answered at once
+ * and sent later: to the primary, with the session outside a transaction block and nothing in
+ * flight, so that no answer is owed ahead of pgsteer's. The text is the caller's to check
+ * (classify_plain_begin). */
+static bool client_may_defer_begin(const struct client *c, unsigned flags, struct route rt)
+{
+    const struct config *cfg = c->px->cfg;
+    const unsigned modes = CL_BEGIN | CL_BEGIN_READ_ONLY | CL_TX_READ_ONLY | CL_TX_READ_WRITE;
+    return cfg->defer_begin && (flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) && !(flags & ~modes) &&
+           rt.node == cfg->primary && c->tx_status == 'I' && c->tx_node < 0 && c->batch_node < 0 &&
+           c->copy_node < 0 && !c->retry_inflight && !client_busy(c);
+}
+
+/* defer_begin: answer a BEGIN of text `sql` (classify_plain_begin's; `len` bytes), routed as
+ * rt, at once as the node would, the `pre` bytes first (the extended protocol's BindComplete and
+ * NoData), and keep it as a Query for client_release_begin. Returns 0, or -1 when c was
+ * closed. */
+static int client_defer_begin(struct client *c, const char *sql, size_t len, const char *pre,
+                              size_t prelen, struct route rt, unsigned flags)
+{
+    static const char begin[] = "C\0\0\0\012BEGIN\0Z\0\0\0\005T";
+    static const char start[] = "C\0\0\0\026START TRANSACTION\0Z\0\0\0\005T";
+    size_t i = 0;
+    while (i < len &&
+           (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r' || sql[i] == '\f'))
+        i++;
+    bool is_start = i < len && (sql[i] | 0x20) == 's'; /* else BEGIN */
+    buf_reset(&c->held_begin);
+    size_t st = proto_begin(&c->held_begin, FE_QUERY);
+    int rc = st == SIZE_MAX ? -1 : 0;
+    rc |= proto_put_bytes(&c->held_begin, sql, len);
+    rc |= proto_put_u8(&c->held_begin, 0);
+    if (rc < 0 || proto_end(&c->held_begin, st) < 0) {
+        buf_reset(&c->held_begin);
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    client_count_route(c, rt, flags);
+    (void)unit_writes(c, rt, flags); /* notes whether the transaction is read only */
+    client_predict_tx(c, flags, rt.node);
+    c->tx_status = 'T';
+    c->px->begins_deferred++;
+    c->held_begin_query = prelen == 0;
+    if (prelen && client_queue(c, pre, prelen) < 0)
+        return -1;
+    return (is_start ? client_queue(c, start, sizeof(start) - 1)
+                     : client_queue(c, begin, sizeof(begin) - 1)) < 0
+               ? -1
+               : 0;
+}
+
+/* defer_begin: the transaction's first unit is about to go to b (its node): the BEGIN held for
+ * it goes first, its answers swallowed. Returns 0, or -1 when out of memory. */
+static int client_release_begin(struct client *c, struct backend *b)
+{
+    if (buf_avail(&c->held_begin) == 0)
+        return 0;
+    int rc = backend_queue(b, buf_head(&c->held_begin), buf_avail(&c->held_begin));
+    if (rc == 0)
+        rc = backend_expect(b, EXP_QUERY, true, false);
+    buf_reset(&c->held_begin);
+    /* A Query drops the node's unnamed statement. The client's went with its own Query's BEGIN
+     * (c->unnamed_dropped); after an extended one it stays the client's, to be prepared on b
+     * again should a Bind name it, unless b keeps it under a name of its own. */
+    if (c->held_begin_query)
+        b->unnamed_alias = 0;
+    struct stmt *un = b->unnamed_alias ? NULL : session_stmt_find(c, "", 0);
+    if (un)
+        un->nodes &= ~(1u << b->node);
+    return rc;
+}
+
 static int client_handle_query(struct client *c, const struct proto_msg *m)
 {
     struct proxy *px = c->px;
@@ -1338,6 +1414,9 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         client_send_ready(c);
         return 0;
     }
+    if ((flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) && client_may_defer_begin(c, flags, rt) &&
+        len <= 256 && classify_plain_begin(sql, len))
+        return client_defer_begin(c, sql, len, NULL, 0, rt, flags);
     if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
         /* Answers must reach the client in order: wait for the other node to finish (or for
          * a read that may yet move to the primary). */
@@ -1355,7 +1434,8 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     b->unnamed_alias = 0; /* a Query drops the unnamed statement: so here too */
     client_count_route(c, rt, flags);
     bool writes = unit_writes(c, rt, flags);
-    if (session_sync_backend(c, b) < 0 || session_before_named_sql(c, b, sql, &cr, true) < 0) {
+    if (session_sync_backend(c, b) < 0 || client_release_begin(c, b) < 0 ||
+        session_before_named_sql(c, b, sql, &cr, true) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
@@ -2305,6 +2385,60 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
     return 0;
 }
 
+/* defer_begin for the extended protocol: when the batch at the head of c->in is exactly a Bind
+ * of a named statement of the session that is a plain BEGIN (no parameters) to the unnamed
+ * portal, a Describe of that portal or none, its Execute and a Sync (pgbench -M prepared, a
+ * driver that prepares its BEGIN), answer it at once and consume it (client_defer_begin; the
+ * node gets the statement's text as a Query). Returns 0 so, 2 for any other batch (nothing
+ * done), -1 when c was closed. */
+static int client_defer_begin_batch(struct client *c, struct route rt, unsigned flags)
+{
+    const char *p = buf_head(&c->in);
+    size_t n = buf_avail(&c->in), off = 0;
+    struct proto_msg m;
+    if (proto_frame(p, n, PROTO_MAX_MESSAGE, &m) != 1 || m.type != FE_BIND)
+        return 2;
+    struct proto_reader r;
+    proto_reader_init(&r, m.body, m.len);
+    size_t plen, slen;
+    proto_read_str(&r, &plen);
+    const char *name = proto_read_str(&r, &slen);
+    int16_t nformats = proto_read_i16(&r), nparams = proto_read_i16(&r);
+    int16_t nresults = proto_read_i16(&r), result = nresults == 1 ? proto_read_i16(&r) : 0;
+    /* (A statement without columns takes one result format code, or none.) */
+    if (r.err || r.pos != r.n || plen != 0 || slen == 0 || nformats != 0 || nparams != 0 ||
+        nresults < 0 || nresults > 1 || (result != 0 && result != 1))
+        return 2;
+    const struct stmt *st = session_stmt_find(c, name, slen);
+    if (st == NULL || st->ntypes != 0 || st->query_len > 256 ||
+        !classify_plain_begin(st->query, st->query_len))
+        return 2;
+    off += m.total;
+    char pre[10] = {BE_BIND_COMPLETE, 0, 0, 0, 4, BE_NO_DATA, 0, 0, 0, 4};
+    size_t prelen = 5;
+    if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+        return 2;
+    if (m.type == FE_DESCRIBE) {
+        if (m.len != 2 || m.body[0] != 'P' || m.body[1] != 0)
+            return 2;
+        prelen = 10;
+        off += m.total;
+        if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+            return 2;
+    }
+    if (m.type != FE_EXECUTE || m.len != 5 || m.body[0] != 0)
+        return 2;
+    off += m.total;
+    if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1 || m.type != FE_SYNC ||
+        m.len != 0)
+        return 2;
+    off += m.total;
+    if (client_defer_begin(c, st->query, st->query_len, pre, prelen, rt, flags) < 0)
+        return -1;
+    buf_consume(&c->in, off);
+    return 0;
+}
+
 static int client_start_batch(struct client *c)
 {
     unsigned flags;
@@ -2331,6 +2465,11 @@ static int client_start_batch(struct client *c)
         c->batch_failed = true;
         return 0;
     }
+    if ((flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) && client_may_defer_begin(c, flags, rt)) {
+        rc = client_defer_begin_batch(c, rt, flags);
+        if (rc != 2)
+            return rc;
+    }
     if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
         c->stalled = true;
         return 1;
@@ -2350,7 +2489,7 @@ static int client_start_batch(struct client *c)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (session_sync_backend(c, b) < 0) {
+    if (session_sync_backend(c, b) < 0 || client_release_begin(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
@@ -2596,10 +2735,21 @@ void client_backend_failed(struct client *c, int node, const char *sqlstate, con
     }
     if (c->state != CLIENT_READY)
         return;
+    if (c->tx_node == node && !owed_any && buf_avail(&c->held_begin) == 0) {
+        /* The client's open transaction was there, idle, and is gone with what it did. Its
+         * next statements must not run outside it, as they would on a new backend: the session
+         * ends, as it would on one server. */
+        char text[256];
+        snprintf(text, sizeof(text), "the transaction's connection to node %s was lost: %s",
+                 c->px->cfg->nodes[node].name, message);
+        client_close(c, sqlstate, text);
+        return;
+    }
     bool batch_here = c->batch_node == node;
     if (owed_any || batch_here)
         client_send_error(c, sqlstate, message);
-    if (c->tx_node == node) {
+    if (c->tx_node == node && buf_avail(&c->held_begin) == 0) {
+        /* (A BEGIN still held was not sent: the transaction begins on the next backend.) */
         c->tx_node = -1;
         c->tx_status = 'I';
     }

@@ -1179,6 +1179,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "multiplex_stall_ms",
                                         "cache_unnamed_statements",
                                         "prepare_simple_queries",
+                                        "defer_begin",
                                         "max_client_conn",
                                         "workers",
                                         "cpu_affinity",
@@ -1211,6 +1212,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_MULTIPLEX_STALL,
         K_CACHE_UNNAMED,
         K_PREPARE_SIMPLE,
+        K_DEFER_BEGIN,
         K_MAX_CLIENT_CONN,
         K_WORKERS,
         K_CPU_AFFINITY,
@@ -1299,6 +1301,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_PREPARE_SIMPLE] &&
         get_enum(c, v[K_PREPARE_SIMPLE], "prepare_simple_queries", on_off_names, 2, &e))
         cfg->prepare_simple_queries = e == 1;
+    if (v[K_DEFER_BEGIN] && get_enum(c, v[K_DEFER_BEGIN], "defer_begin", on_off_names, 2, &e))
+        cfg->defer_begin = e == 1;
     if (v[K_MULTIPLEX_STALL])
         get_int32(c, v[K_MULTIPLEX_STALL], "multiplex_stall_ms", 0, INT_MAX,
                   &cfg->multiplex_stall_ms);
@@ -1343,6 +1347,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->multiplex_stall_ms = 10;
     cfg->cache_unnamed_statements = true;
     cfg->prepare_simple_queries = true;
+    cfg->defer_begin = true;
     cfg->backend_idle_timeout_ms = 60000;
     cfg->backend_lifetime_ms = 3600000;
     cfg->tcp_keepalive = true;

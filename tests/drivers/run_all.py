@@ -171,6 +171,11 @@ def kept_queries(px):
     return metric(px, "pgsteer_simple_queries_reused_total")
 
 
+def deferred_begins(px):
+    """BEGINs pgsteer answered at once and sent with the transaction's first statement."""
+    return metric(px, "pgsteer_begins_deferred_total")
+
+
 def main(argv):
     wanted = [a for a in argv if not a.startswith("-")]
     verbose = "-v" in argv
@@ -223,6 +228,7 @@ def main(argv):
                 mux0 = multiplexed_reads(px) if multiplex else 0
                 kept0 = kept_parses(px)
                 keptq0 = kept_queries(px)
+                begins0 = deferred_begins(px)
                 err = d.prepare(workdir) if d.prepare else None
                 if err:
                     res, out, rc = {}, "", "setup failed: " + err
@@ -246,11 +252,11 @@ def main(argv):
                 names = list(d.cases) + [n for n in res if n not in d.cases]
                 bad = []
                 print("== %s (%.1fs)%s, %d Parses answered by kept statements, %d queries run "
-                      "as kept statements" % (
+                      "as kept statements, %d BEGINs deferred" % (
                           d.name, time.monotonic() - t1,
                           ", %d reads over shared backends" % (multiplexed_reads(px) - mux0)
                           if multiplex else "", kept_parses(px) - kept0,
-                          kept_queries(px) - keptq0))
+                          kept_queries(px) - keptq0, deferred_begins(px) - begins0))
                 for n in names:
                     st, msg = res.get(n, ("NOT RUN", ""))
                     if st != "ok":
@@ -282,6 +288,12 @@ def main(argv):
                 # queries (about 14 of them ran as kept statements when this was written).
                 summary.append(("kept simple queries", False, [],
                                 "%d queries run as kept statements" % kept_queries(px)))
+            if (len(sel) == len(all_drivers) and "defer_begin: off" not in extra_yaml
+                    and deferred_begins(px) < 5):
+                # psycopg2, SQLAlchemy, node-postgres, the Ruby and Perl drivers send BEGIN on
+                # its own: a run in which pgsteer deferred none did not test what it says.
+                summary.append(("deferred BEGINs", False, [],
+                                "%d BEGINs deferred" % deferred_begins(px)))
             if not all(ok for _, ok, _, _ in summary):
                 px.failed = True
         print("\nsummary (%.0fs):" % (time.monotonic() - t0))

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster import Cluster, Pgsteer  # noqa: E402
 from wire import (Bind, Close, Conn, Describe, Execute, Flush, Parse, Query, Sync,  # noqa: E402
-                  msg, WireError)
+                  error_field, msg, WireError)
 
 cluster = None
 proxy = None
@@ -942,6 +942,173 @@ class WireTest(unittest.TestCase):
             cluster.psql(cluster.primary_port, "drop table kept_q")
         with open(eventual.log_path) as f:
             self.assertIn("refused the statement kept for its query", f.read())
+
+    def test_begin_is_answered_at_once_and_sent_with_the_first_statement(self):
+        # defer_begin: a BEGIN outside a transaction block that cannot fail on the primary is
+        # answered by pgsteer and sent ahead of the transaction's first statement. The client
+        # must see what one server gives, the transaction's statements must run in one
+        # transaction with the modes it asked for, and other BEGINs go as they came.
+        deferred = metric(proxy, "pgsteer_begins_deferred_total")
+
+        def raw(c):
+            out = []
+            while True:
+                t, body = c.read()
+                if t == b"S":
+                    continue
+                if t in (b"E", b"N"):
+                    body = error_field(body, "C")
+                out.append((t, body))
+                if t == b"Z":
+                    return out
+
+        def s(c):
+            out = []
+            for form in ["begin", "BEGIN;", "start transaction isolation level serializable",
+                         "begin transaction read write, not deferrable",
+                         "begin isolation level repeatable read read only"]:
+                for sql in [form, "show transaction_isolation", "show transaction_read_only",
+                            "select pg_current_xact_id() is not null",
+                            "select pg_current_xact_id_if_assigned() is not null", "commit"]:
+                    c.send(Query(sql))
+                    out.append((sql, raw(c)))
+            # Pipelined, and a rollback undoes what the transaction wrote.
+            c.send(Query("begin") + Query("insert into wlog values (424242)") +
+                   Query("rollback") + Query("select count(*) from wlog where x = 424242"))
+            out.append(("pipelined", raw(c), raw(c), raw(c), raw(c)))
+            # An empty transaction; a BEGIN in a transaction block warns (25001), as ever.
+            for sql in ["begin", "commit", "begin", "begin", "select 1", "commit"]:
+                c.send(Query(sql))
+                out.append((sql, raw(c)))
+            # The extended protocol after a BEGIN; an error ends the transaction as ever.
+            c.send(Query("begin"))
+            out.append(raw(c))
+            c.send(Parse("select $1::int * 2") + Bind(params=[21]) + Execute() + Sync)
+            out.append(raw(c))
+            for sql in ["select 1/0", "select 1", "rollback"]:
+                c.send(Query(sql))
+                out.append((sql, raw(c)))
+            # A BEGIN prepared as a named statement (pgbench -M prepared), with and without a
+            # Describe; the session's unnamed statement survives it on the node.
+            c.send(Parse("begin", name="b1") + Parse("start transaction read only", name="b2") +
+                   Sync)
+            out.append(raw(c))
+            for name, describe in (("b1", True), ("b2", False)):
+                c.send(Parse("select $1::int + 1") + Sync)
+                out.append(raw(c))
+                c.send(Bind(stmt=name) + (Describe(b"P") if describe else b"") + Execute() +
+                       Sync)
+                out.append(raw(c))
+                c.send(Bind(params=[41]) + Execute() + Sync)
+                out.append(raw(c))
+                c.send(Query("show transaction_read_only"))
+                out.append(raw(c))
+                c.send(Query("commit"))
+                out.append(raw(c))
+            # Not taken (sent as they came): a mode the server refuses, several statements.
+            for sql in ["begin isolation level snapshot", "begin; select 2; commit",
+                        "/* c */ begin", "commit"]:
+                c.send(Query(sql))
+                out.append((sql, raw(c)))
+            return out
+        out = both(self, s)
+        self.assertEqual(out[0], ("begin", [(b"C", b"BEGIN\x00"), (b"Z", b"T")]))
+        # the transaction's second statement sees the id its first was given
+        self.assertEqual(out[4][0], "select pg_current_xact_id_if_assigned() is not null")
+        self.assertIn((b"D", b"\x00\x01\x00\x00\x00\x01t"), out[4][1])
+        self.assertIn((b"D", b"\x00\x01\x00\x00\x00\x0cserializable"), out[13][1])
+        self.assertEqual(out[30][:4], ("pipelined", [(b"C", b"BEGIN\x00"), (b"Z", b"T")],
+                                       [(b"C", b"INSERT 0 1\x00"), (b"Z", b"T")],
+                                       [(b"C", b"ROLLBACK\x00"), (b"Z", b"I")]))
+        self.assertIn((b"D", b"\x00\x01\x00\x00\x00\x010"), out[30][4])
+        self.assertIn(("begin", [(b"N", "25001"), (b"C", b"BEGIN\x00"), (b"Z", b"T")]), out)
+        self.assertIn(("begin isolation level snapshot", [(b"E", "42601"), (b"Z", b"I")]), out)
+        self.assertIn([(b"2", b""), (b"n", b""), (b"C", b"BEGIN\x00"), (b"Z", b"T")], out)
+        self.assertIn([(b"2", b""), (b"C", b"START TRANSACTION\x00"), (b"Z", b"T")], out)
+        self.assertIn([(b"2", b""), (b"D", b"\x00\x01\x00\x00\x00\x0242"),
+                       (b"C", b"SELECT 1\x00"), (b"Z", b"T")], out)
+        # Every plain BEGIN outside a transaction block: 5 forms, then 4, then 2 prepared.
+        self.assertEqual(metric(proxy, "pgsteer_begins_deferred_total") - deferred, 11)
+
+        # The node hears of the transaction with its first statement, not before.
+        def state_after_begin(port):
+            via = Conn(port)
+            direct = Conn(cluster.primary_port)
+            try:
+                via.send(Query("begin"))
+                via.until_ready()
+                via.send(Query("select pg_backend_pid()"))
+                pid = int(via.until_ready()[1][1][0])
+                via.send(Query("commit"))
+                via.until_ready()
+
+                def state():
+                    direct.send(Query("select state from pg_stat_activity where pid = %d" % pid))
+                    return direct.until_ready()[1][1][0]
+                via.send(Query("begin"))
+                self.assertEqual(via.until_ready(), [("C", "BEGIN"), ("Z", "T")])
+                before = state()
+                via.send(Query("select 1"))
+                via.until_ready()
+                after = state()
+                via.send(Query("commit"))
+                self.assertEqual(via.until_ready(), [("C", "COMMIT"), ("Z", "I")])
+                return before, after
+            finally:
+                via.close()
+                direct.close()
+        self.assertEqual(state_after_begin(proxy.port), ("idle", "idle in transaction"))
+        with Pgsteer(cluster, extra_yaml="defer_begin: off\nworkers: 1\n") as px:
+            self.assertEqual(state_after_begin(px.port),
+                             ("idle in transaction", "idle in transaction"))
+            self.assertEqual(metric(px, "pgsteer_begins_deferred_total"), 0)
+
+    def test_a_backend_ending_under_a_held_begin_or_an_open_transaction(self):
+        # A BEGIN pgsteer answered but has not sent yet is not lost when the idle backend it
+        # would go to ends (a node's administrator terminates it): the transaction begins on
+        # the next one, and its statements still run as one transaction.
+        via = Conn(proxy.port)
+        direct = Conn(cluster.primary_port)
+        try:
+            via.send(Query("begin"))
+            via.until_ready()
+            via.send(Query("select pg_backend_pid()"))
+            pid = int(via.until_ready()[1][1][0])
+            via.send(Query("commit"))
+            via.until_ready()
+            via.send(Query("begin"))
+            self.assertEqual(via.until_ready(), [("C", "BEGIN"), ("Z", "T")])
+            direct.send(Query("select pg_terminate_backend(%d)" % pid))
+            direct.until_ready()
+            time.sleep(0.5)  # pgsteer reads the backend's end
+            via.send(Query("insert into wlog values (434343)"))
+            self.assertEqual(via.until_ready(), [("C", "INSERT 0 1"), ("Z", "T")])
+            via.send(Query("rollback"))
+            self.assertEqual(via.until_ready(), [("C", "ROLLBACK"), ("Z", "I")])
+            direct.send(Query("select count(*) from wlog where x = 434343"))
+            self.assertEqual(direct.until_ready()[1], ("D", ("0",)))
+            # Once sent, the transaction lives on its backend: if that ends while the
+            # transaction is idle, the session ends with it, as on one server, rather than
+            # run its next statements outside any transaction.
+            via.send(Query("begin"))
+            via.until_ready()
+            via.send(Query("insert into wlog values (454545)"))
+            via.until_ready()
+            via.send(Query("select pg_backend_pid()"))
+            pid = int(via.until_ready()[1][1][0])
+            direct.send(Query("select pg_terminate_backend(%d)" % pid))
+            direct.until_ready()
+            t, body = via.read()
+            self.assertEqual((t, error_field(body, "S")), (b"E", "FATAL"))
+            self.assertIn("the transaction's connection to node", error_field(body, "M"))
+            with self.assertRaises((WireError, OSError)):
+                via.send(Query("insert into wlog values (454546)"))
+                via.until_ready()
+            direct.send(Query("select count(*) from wlog where x in (454545, 454546)"))
+            self.assertEqual(direct.until_ready()[1], ("D", ("0",)))
+        finally:
+            via.close()
+            direct.close()
 
     def test_pipelined_refusals_drop_only_the_refused_statement(self):
         # Two kept texts; the first's result type changes. Sent pipelined (to the primary: a

@@ -647,6 +647,68 @@ static const char *lits_of(const char *sql)
     return out;
 }
 
+static void test_classify_plain_begin(void **state)
+{
+    (void)state;
+    static const char *const yes[] = {
+        "BEGIN",
+        "begin;",
+        "  BEGIN ;  \n",
+        "BEGIN WORK",
+        "begin transaction;",
+        "START TRANSACTION",
+        "start transaction isolation level serializable",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY, NOT DEFERRABLE;",
+        "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE",
+        "BEGIN TRANSACTION ISOLATION LEVEL READ UNCOMMITTED,DEFERRABLE",
+        "BEGIN\tREAD\rONLY\f",
+        "BEGIN READ WRITE READ ONLY", /* both set, the last wins: no error */
+    };
+    static const char *const no[] = {
+        "",
+        ";",
+        "BEGINNING",
+        "BEGIN; SELECT 1",
+        "BEGIN;;",
+        "BEGIN -- comment",
+        "/* c */ BEGIN",
+        "BEGIN, READ ONLY",
+        "BEGIN READ ONLY,",
+        "BEGIN READ ONLY,, DEFERRABLE",
+        "BEGIN WORK TRANSACTION",
+        "START WORK",
+        "START TRANSACTION WORK",
+        "START",
+        "BEGIN ISOLATION LEVEL",
+        "BEGIN ISOLATION LEVEL SNAPSHOT",
+        "BEGIN ISOLATION LEVEL REPEATABLE",
+        "BEGIN ISOLATION LEVEL READ",
+        "BEGIN READ",
+        "BEGIN NOT",
+        "BEGIN NOT READ ONLY",
+        "BEGIN ISOLATION",
+        "BEGIN ATOMIC",
+        "BEGIN 1",
+        "COMMIT",
+        "SELECT 1",
+        "BEGIN \"READ\" ONLY",
+        "BEGIN READ_ONLY",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (!classify_plain_begin(yes[i], strlen(yes[i])))
+            fail_msg("not taken as a plain BEGIN: %s", yes[i]);
+    }
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        if (classify_plain_begin(no[i], strlen(no[i])))
+            fail_msg("taken as a plain BEGIN: %s", no[i]);
+    }
+    /* The length bounds the text, and a NUL ends it. */
+    assert_true(classify_plain_begin("BEGIN; SELECT 1", 6));
+    assert_false(classify_plain_begin("BEGIN READ ONLY", 10));
+    assert_true(classify_plain_begin("BEGIN\0 garbage", 15));
+    assert_false(classify_plain_begin("BEGIN", 0));
+}
+
 static void test_classify_literals(void **state)
 {
     (void)state;
@@ -744,6 +806,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_classify_sql_deep_nesting_is_bounded),
         cmocka_unit_test(test_classify_describe_precedence),
         cmocka_unit_test(test_classify_literals),
+        cmocka_unit_test(test_classify_plain_begin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

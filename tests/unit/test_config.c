@@ -192,6 +192,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->multiplex_stall_ms, 10);
     assert_true(c->cache_unnamed_statements);
     assert_true(c->prepare_simple_queries);
+    assert_true(c->defer_begin);
     assert_string_equal(c->log_level, "info");
     config_free(c);
 }
@@ -743,6 +744,11 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "or on)\n");
     c = parse("prepare_simple_queries: off\n" BASE);
     assert_false(c->prepare_simple_queries);
+    config_free(c);
+    expect_errors("defer_begin: 0\n" BASE,
+                  "t.yaml:1:14: invalid value for 'defer_begin': '0' (expected off or on)\n");
+    c = parse("defer_begin: off\n" BASE);
+    assert_false(c->defer_begin);
     config_free(c);
     c = parse("tcp_keepalive_idle_s: 32767\ntcp_keepalive_interval_s: 1\n"
               "tcp_keepalive_count: 1\ntcp_keepalive: on\n" BASE);
