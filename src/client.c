@@ -2385,20 +2385,42 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
     return 0;
 }
 
-/* defer_begin for the extended protocol: when the batch at the head of c->in is exactly a Bind
- * of a named statement of the session that is a plain BEGIN (no parameters) to the unnamed
- * portal, a Describe of that portal or none, its Execute and a Sync (pgbench -M prepared, a
- * driver that prepares its BEGIN), answer it at once and consume it (client_defer_begin; the
- * node gets the statement's text as a Query). Returns 0 so, 2 for any other batch (nothing
- * done), -1 when c was closed. */
+/* defer_begin for the extended protocol: when the batch at the head of c->in is exactly a
+ * plain BEGIN run on its own, answer it at once and consume it (client_defer_begin; the node
+ * gets the text as a Query). That is: a Parse of it as the unnamed statement, without
+ * parameter types, and a Bind of that (pgbench -M extended, drivers that parse every query),
+ * or a Bind of a named statement of the session that is one (pgbench -M prepared); the Bind
+ * to the unnamed portal, without parameters; a Describe of that portal or none; its Execute; a
+ * Sync. Returns 0 so, 2 for any other batch (nothing done), -1 when c was closed. */
 static int client_defer_begin_batch(struct client *c, struct route rt, unsigned flags)
 {
     const char *p = buf_head(&c->in);
     size_t n = buf_avail(&c->in), off = 0;
+    char pre[15]; /* the answers before CommandComplete: ParseComplete, BindComplete, NoData */
+    size_t prelen = 0;
+    const char *text = NULL; /* the BEGIN's text, and its length */
+    size_t tlen = 0;
     struct proto_msg m;
-    if (proto_frame(p, n, PROTO_MAX_MESSAGE, &m) != 1 || m.type != FE_BIND)
-        return 2;
     struct proto_reader r;
+    if (proto_frame(p, n, PROTO_MAX_MESSAGE, &m) != 1)
+        return 2;
+    if (m.type == FE_PARSE) {
+        proto_reader_init(&r, m.body, m.len);
+        size_t nlen;
+        proto_read_str(&r, &nlen);
+        text = proto_read_str(&r, &tlen);
+        int16_t ntypes = proto_read_i16(&r);
+        if (r.err || r.pos != r.n || nlen != 0 || ntypes != 0 || tlen > 256 ||
+            !classify_plain_begin(text, tlen))
+            return 2;
+        memcpy(pre + prelen, (const char[]){BE_PARSE_COMPLETE, 0, 0, 0, 4}, 5);
+        prelen += 5;
+        off += m.total;
+        if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+            return 2;
+    }
+    if (m.type != FE_BIND)
+        return 2;
     proto_reader_init(&r, m.body, m.len);
     size_t plen, slen;
     proto_read_str(&r, &plen);
@@ -2406,22 +2428,27 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
     int16_t nformats = proto_read_i16(&r), nparams = proto_read_i16(&r);
     int16_t nresults = proto_read_i16(&r), result = nresults == 1 ? proto_read_i16(&r) : 0;
     /* (A statement without columns takes one result format code, or none.) */
-    if (r.err || r.pos != r.n || plen != 0 || slen == 0 || nformats != 0 || nparams != 0 ||
-        nresults < 0 || nresults > 1 || (result != 0 && result != 1))
+    if (r.err || r.pos != r.n || plen != 0 || (slen == 0) != (text != NULL) || nformats != 0 ||
+        nparams != 0 || nresults < 0 || nresults > 1 || (result != 0 && result != 1))
         return 2;
-    const struct stmt *st = session_stmt_find(c, name, slen);
-    if (st == NULL || st->ntypes != 0 || st->query_len > 256 ||
-        !classify_plain_begin(st->query, st->query_len))
-        return 2;
+    if (text == NULL) {
+        const struct stmt *st = session_stmt_find(c, name, slen);
+        if (st == NULL || st->ntypes != 0 || st->query_len > 256 ||
+            !classify_plain_begin(st->query, st->query_len))
+            return 2;
+        text = st->query;
+        tlen = st->query_len;
+    }
+    memcpy(pre + prelen, (const char[]){BE_BIND_COMPLETE, 0, 0, 0, 4}, 5);
+    prelen += 5;
     off += m.total;
-    char pre[10] = {BE_BIND_COMPLETE, 0, 0, 0, 4, BE_NO_DATA, 0, 0, 0, 4};
-    size_t prelen = 5;
     if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
         return 2;
     if (m.type == FE_DESCRIBE) {
         if (m.len != 2 || m.body[0] != 'P' || m.body[1] != 0)
             return 2;
-        prelen = 10;
+        memcpy(pre + prelen, (const char[]){BE_NO_DATA, 0, 0, 0, 4}, 5);
+        prelen += 5;
         off += m.total;
         if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
             return 2;
@@ -2433,7 +2460,19 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         m.len != 0)
         return 2;
     off += m.total;
-    if (client_defer_begin(c, st->query, st->query_len, pre, prelen, rt, flags) < 0)
+    if (pre[0] == BE_PARSE_COMPLETE) {
+        /* The session's unnamed statement is the BEGIN now, made on no node yet: a later Bind
+         * of it gets it prepared where it runs. */
+        struct classify_result cr;
+        struct proto_reader none;
+        client_classify(c, text, tlen, &cr);
+        proto_reader_init(&none, "", 0);
+        if (session_stmt_put(c, "", 0, text, tlen, &none, 0, cr.flags) == NULL) {
+            client_close(c, "53200", "out of memory");
+            return -1;
+        }
+    }
+    if (client_defer_begin(c, text, tlen, pre, prelen, rt, flags) < 0)
         return -1;
     buf_consume(&c->in, off);
     return 0;

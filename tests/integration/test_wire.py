@@ -1005,6 +1005,25 @@ class WireTest(unittest.TestCase):
                 out.append(raw(c))
                 c.send(Query("commit"))
                 out.append(raw(c))
+            # Parsed as the unnamed statement in the same batch (pgbench -M extended): the
+            # session's unnamed statement is the BEGIN from then on, and runs again as one.
+            c.send(Parse("BEGIN ISOLATION LEVEL REPEATABLE READ") + Bind() + Describe(b"P") +
+                   Execute() + Sync)
+            out.append(raw(c))
+            c.send(Query("show transaction_isolation"))
+            out.append(raw(c))
+            c.send(Query("commit"))
+            out.append(raw(c))
+            c.send(Parse("begin") + Bind() + Execute() + Sync)
+            out.append(raw(c))
+            c.send(Query("rollback"))
+            out.append(raw(c))
+            c.send(Parse("begin") + Bind() + Execute() + Sync)
+            out.append(raw(c))
+            c.send(Bind() + Execute() + Sync)  # inside the block: the node's warning
+            out.append(raw(c))
+            c.send(Query("rollback"))
+            out.append(raw(c))
             # Not taken (sent as they came): a mode the server refuses, several statements.
             for sql in ["begin isolation level snapshot", "begin; select 2; commit",
                         "/* c */ begin", "commit"]:
@@ -1027,8 +1046,12 @@ class WireTest(unittest.TestCase):
         self.assertIn([(b"2", b""), (b"C", b"START TRANSACTION\x00"), (b"Z", b"T")], out)
         self.assertIn([(b"2", b""), (b"D", b"\x00\x01\x00\x00\x00\x0242"),
                        (b"C", b"SELECT 1\x00"), (b"Z", b"T")], out)
-        # Every plain BEGIN outside a transaction block: 5 forms, then 4, then 2 prepared.
-        self.assertEqual(metric(proxy, "pgsteer_begins_deferred_total") - deferred, 11)
+        self.assertIn([(b"1", b""), (b"2", b""), (b"n", b""), (b"C", b"BEGIN\x00"),
+                       (b"Z", b"T")], out)
+        self.assertIn([(b"2", b""), (b"N", "25001"), (b"C", b"BEGIN\x00"), (b"Z", b"T")], out)
+        # Every plain BEGIN outside a transaction block: 5 forms, then 4, then 2 prepared and
+        # 3 parsed.
+        self.assertEqual(metric(proxy, "pgsteer_begins_deferred_total") - deferred, 14)
 
         # The node hears of the transaction with its first statement, not before.
         def state_after_begin(port):
