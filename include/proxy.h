@@ -96,6 +96,9 @@ struct proxy {
     /* the pool: backends whose clients left, per node, newest first (backend.c) */
     struct backend *pool[CONFIG_MAX_NODES];
     uint64_t nclients;
+    /* Clients this worker owns, and those handed to it not yet taken: other workers read it to
+     * give a new connection to the least loaded (client_accept). */
+    atomic_uint load;
     uint32_t next_client_id;
     struct param_cache *params;
     struct classify_functions wfuncs;
@@ -556,7 +559,10 @@ struct client {
                                client's, made on a shared backend since */
 };
 
-/* Accept callback helper: set up a client on an accepted connection. */
+/* Accept callback helper: set up a client on the connection waiting on `server`, on this
+ * worker, or on the worker that has the fewest clients when that one has fewer than this
+ * (the kernel spreads connections over the SO_REUSEPORT listeners by a hash, unevenly when
+ * there are few: 8 clients over 2 workers were often 6 and 2). */
 void client_accept(struct proxy *px, uv_stream_t *server);
 /* Close a client: sends ErrorResponse(sqlstate, message) first when sqlstate is not NULL,
  * logs `reason`, closes its backends, frees memory in the close callback. Idempotent. */

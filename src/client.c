@@ -4,9 +4,12 @@
  * session state that follows the client to every node lives in session.c. */
 #include "proxy.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "protocol.h"
@@ -181,6 +184,7 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     if (c->next)
         c->next->prev = c->prev;
     px->nclients--;
+    atomic_fetch_sub_explicit(&px->load, 1, memory_order_relaxed);
     atomic_fetch_sub(&px->shared->clients, 1);
     uv_close((uv_handle_t *)&c->tcp, client_close_cb);
 }
@@ -348,22 +352,10 @@ static void client_read_start(struct client *c)
     }
 }
 
-void client_accept(struct proxy *px, uv_stream_t *server)
+/* Set up client c of worker px, its handle (a TCP one when `tcp`) open on its connection. */
+static void client_start(struct proxy *px, struct client *c, bool tcp)
 {
-    struct client *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
-    c->px = px;
-    bool tcp = server->type == UV_TCP;
-    if (tcp)
-        uv_tcp_init(px->loop, &c->tcp);
-    else
-        uv_pipe_init(px->loop, &c->pipe, 0);
-    c->tcp.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
-        uv_close((uv_handle_t *)&c->tcp, client_close_cb);
-        return;
-    }
+    atomic_fetch_add_explicit(&px->load, 1, memory_order_relaxed);
     if (tcp)
         proxy_tcp_tune(&c->tcp, px->cfg);
     /* Unique in the process, and the worker that owns the client is id % nworkers (a cancel
@@ -401,6 +393,119 @@ void client_accept(struct proxy *px, uv_stream_t *server)
         return;
     }
     client_read_start(c);
+}
+
+/* A new client's connection, accepted by one worker for another (client_accept). */
+struct handoff {
+    uv_os_fd_t fd;
+    bool tcp;
+};
+
+/* Runs on worker w's thread: take the connection handed to it (arg, a struct handoff). */
+static void client_adopt(struct proxy *w, void *arg)
+{
+    struct handoff ho = *(struct handoff *)arg;
+    free(arg);
+    atomic_fetch_sub_explicit(&w->load, 1, memory_order_relaxed); /* client_start counts it */
+    struct client *c = w->loop_done ? NULL : calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(ho.fd);
+        return;
+    }
+    c->px = w;
+    if (ho.tcp)
+        uv_tcp_init(w->loop, &c->tcp);
+    else
+        uv_pipe_init(w->loop, &c->pipe, 0);
+    c->tcp.data = c;
+    int rc = ho.tcp ? uv_tcp_open(&c->tcp, ho.fd) : uv_pipe_open(&c->pipe, ho.fd);
+    if (rc < 0) {
+        log_warn("cannot take a connection handed over by another worker: %s", uv_strerror(rc));
+        close(ho.fd);
+        uv_close((uv_handle_t *)&c->tcp, client_close_cb);
+        return;
+    }
+    client_start(w, c, ho.tcp);
+}
+
+static void handoff_close_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Accept the connection waiting on `server` and hand it to worker `to`. Returns 0 when done
+ * (or when the connection was lost on the way, which is logged), -1 when nothing was accepted
+ * (out of memory: the caller takes it itself). */
+static int client_hand_off(struct proxy *px, uv_stream_t *server, struct proxy *to)
+{
+    bool tcp = server->type == UV_TCP;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } *h = malloc(sizeof(*h));
+    struct handoff *ho = malloc(sizeof(*ho));
+    if (h == NULL || ho == NULL) {
+        free(h);
+        free(ho);
+        return -1;
+    }
+    if (tcp)
+        uv_tcp_init(px->loop, &h->tcp);
+    else
+        uv_pipe_init(px->loop, &h->pipe, 0);
+    uv_os_fd_t fd = -1;
+    int rc = uv_accept(server, (uv_stream_t *)h);
+    if (rc == 0)
+        rc = uv_fileno((uv_handle_t *)h, &fd);
+    /* The handle closes its descriptor: the other worker opens a duplicate of it. */
+    if (rc == 0 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        rc = uv_translate_sys_error(errno);
+    uv_close((uv_handle_t *)h, handoff_close_cb);
+    if (rc == 0) {
+        ho->fd = fd;
+        ho->tcp = tcp;
+        atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed);
+        if (proxy_post(to, client_adopt, ho) == 0)
+            return 0;
+        atomic_fetch_sub_explicit(&to->load, 1, memory_order_relaxed);
+        close(fd);
+        rc = UV_ENOMEM;
+    }
+    free(ho);
+    log_warn("a new connection was lost handing it to worker %d: %s", to->worker, uv_strerror(rc));
+    return 0;
+}
+
+void client_accept(struct proxy *px, uv_stream_t *server)
+{
+    /* The least loaded worker, this one unless another has fewer clients. */
+    struct proxy *to = px;
+    unsigned least = atomic_load_explicit(&px->load, memory_order_relaxed);
+    for (int i = 0; i < px->shared->nworkers; i++) {
+        struct proxy *w = px->shared->workers[i];
+        unsigned l = atomic_load_explicit(&w->load, memory_order_relaxed);
+        if (l < least && !px->shutting_down) {
+            least = l;
+            to = w;
+        }
+    }
+    if (to != px && client_hand_off(px, server, to) == 0)
+        return;
+    struct client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->px = px;
+    bool tcp = server->type == UV_TCP;
+    if (tcp)
+        uv_tcp_init(px->loop, &c->tcp);
+    else
+        uv_pipe_init(px->loop, &c->pipe, 0);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, client_close_cb);
+        return;
+    }
+    client_start(px, c, tcp);
 }
 
 /* ---- startup ---- */

@@ -880,6 +880,13 @@ class UnixSocketTest(Base):
             self.assertEqual(self.one(c, "select current_setting('cluster_name') "
                                          "from items limit 1 for update")[0], primary)
         self.assertEqual(seen, replicas, "sessions spread over both replicas")
+        # Whichever worker accepted a connection, the one with fewer clients took it.
+        out = cl.run_psql(self.px.admin_port, "SHOW CLIENTS", user="admin", db="pgsteer",
+                          password="adminpw", bindir=CLUSTER.bindir).stdout
+        ids = [int(r.split("|")[0]) for r in out.strip().splitlines() if r[:1].isdigit()]
+        per_worker = [sum(1 for i in ids if i % 2 == w) for w in range(2)]
+        self.assertGreaterEqual(len(ids), 12)
+        self.assertLessEqual(abs(per_worker[0] - per_worker[1]), 1, ids)
         # The clients arrived over the socket: psql tells which kind of connection it made.
         out = cl.run_psql(self.px.port, ["\\conninfo"], host=self.sockdir,
                           password=cl.APP_PASSWORD, bindir=CLUSTER.bindir).stdout
