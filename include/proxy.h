@@ -554,10 +554,14 @@ struct client {
     /* defer_begin: a BEGIN answered at once and not sent yet (its Query message, empty when
      * none): it goes to the transaction's node ahead of its first statement */
     struct buf held_begin;
-    bool held_begin_query;  /* that BEGIN came as a Query (else as an extended batch) */
-    uint32_t unnamed_stale; /* bit i: backends[i] holds an unnamed statement older than the
-                               client's, made on a shared backend since */
+    uint8_t held_begin_kind; /* HELD_QUERY, HELD_PARSED, HELD_NAMED (client_defer_begin) */
+    uint32_t unnamed_stale;  /* bit i: backends[i] holds an unnamed statement older than the
+                                client's, made on a shared backend since */
 };
+
+/* How a deferred BEGIN came, and goes to the node: a Query; parsed as the unnamed statement and
+ * run; a named statement of the session, run. */
+enum { HELD_QUERY, HELD_PARSED, HELD_NAMED };
 
 /* Accept callback helper: set up a client on the connection waiting on `server`, on this
  * worker, or on the worker that has the fewest clients when that one has fewer than this

@@ -1414,35 +1414,55 @@ static bool client_may_defer_begin(const struct client *c, unsigned flags, struc
 }
 
 /* defer_begin: answer a BEGIN of text `sql` (classify_plain_begin's; `len` bytes), routed as
- * rt, at once as the node would, the `pre` bytes first (the extended protocol's BindComplete and
- * NoData), and keep it as a Query for client_release_begin. Returns 0, or -1 when c was
- * closed. */
-static int client_defer_begin(struct client *c, const char *sql, size_t len, const char *pre,
-                              size_t prelen, struct route rt, unsigned flags)
+ * rt, at once as the node would, the `pre` bytes first (the extended protocol's ParseComplete,
+ * BindComplete and NoData), and keep what is to reach the node for client_release_begin, by
+ * `kind`: HELD_QUERY the Query; HELD_PARSED the text parsed as the unnamed statement, bound
+ * and run; HELD_NAMED a Bind of the named statement `name` (nlen bytes, no NUL) and its run.
+ * Returns 0, or -1 when c was closed. */
+static int client_defer_begin(struct client *c, const char *sql, size_t len, const char *name,
+                              size_t nlen, const char *pre, size_t prelen, uint8_t kind,
+                              struct route rt, unsigned flags)
 {
     static const char begin[] = "C\0\0\0\012BEGIN\0Z\0\0\0\005T";
     static const char start[] = "C\0\0\0\026START TRANSACTION\0Z\0\0\0\005T";
+    /* an unnamed portal bound to the statement without parameters, run, and a Sync */
+    static const char run[] = {0,          0, 0, 0, 0, 0, 0,          /* Bind's end */
+                               FE_EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0, /* Execute "" */
+                               FE_SYNC,    0, 0, 0, 4};
     size_t i = 0;
     while (i < len &&
            (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r' || sql[i] == '\f'))
         i++;
     bool is_start = i < len && (sql[i] | 0x20) == 's'; /* else BEGIN */
-    buf_reset(&c->held_begin);
-    size_t st = proto_begin(&c->held_begin, FE_QUERY);
-    int rc = st == SIZE_MAX ? -1 : 0;
-    rc |= proto_put_bytes(&c->held_begin, sql, len);
-    rc |= proto_put_u8(&c->held_begin, 0);
-    if (rc < 0 || proto_end(&c->held_begin, st) < 0) {
-        buf_reset(&c->held_begin);
+    struct buf *h = &c->held_begin;
+    buf_reset(h);
+    int rc = 0;
+    if (kind == HELD_QUERY) {
+        size_t st = proto_begin(h, FE_QUERY);
+        rc |= proto_put_bytes(h, sql, len);
+        rc |= proto_put_u8(h, 0);
+        rc |= proto_end(h, st);
+    } else {
+        if (kind == HELD_PARSED)
+            rc |= proto_write_Parse(h, "", sql, len, NULL, 0);
+        size_t st = proto_begin(h, FE_BIND);
+        rc |= proto_put_u8(h, 0); /* the unnamed portal */
+        rc |= proto_put_bytes(h, name, nlen);
+        rc |= proto_put_bytes(h, run, 7); /* the name's NUL, no formats, parameters, results */
+        rc |= proto_end(h, st);
+        rc |= proto_put_bytes(h, run + 7, sizeof(run) - 7);
+    }
+    if (rc < 0) {
+        buf_reset(h);
         client_close(c, "53200", "out of memory");
         return -1;
     }
+    c->held_begin_kind = kind;
     client_count_route(c, rt, flags);
     (void)unit_writes(c, rt, flags); /* notes whether the transaction is read only */
     client_predict_tx(c, flags, rt.node);
     c->tx_status = 'T';
     c->px->begins_deferred++;
-    c->held_begin_query = prelen == 0;
     if (prelen && client_queue(c, pre, prelen) < 0)
         return -1;
     return (is_start ? client_queue(c, start, sizeof(start) - 1)
@@ -1452,23 +1472,44 @@ static int client_defer_begin(struct client *c, const char *sql, size_t len, con
 }
 
 /* defer_begin: the transaction's first unit is about to go to b (its node): the BEGIN held for
- * it goes first, its answers swallowed. Returns 0, or -1 when out of memory. */
+ * it goes first, its answers swallowed, in the shape the client sent it, so that b's statements
+ * are what the client believes them to be. Returns 0, or -1 when out of memory. */
 static int client_release_begin(struct client *c, struct backend *b)
 {
-    if (buf_avail(&c->held_begin) == 0)
+    static const uint8_t query[] = {EXP_QUERY};
+    static const uint8_t parsed[] = {EXP_PARSE, EXP_BIND, EXP_EXECUTE, EXP_SYNC};
+    static const uint8_t named[] = {EXP_BIND, EXP_EXECUTE, EXP_SYNC};
+    struct buf *h = &c->held_begin;
+    if (buf_avail(h) == 0)
         return 0;
-    int rc = backend_queue(b, buf_head(&c->held_begin), buf_avail(&c->held_begin));
+    uint8_t kind = c->held_begin_kind;
+    const uint8_t *kinds = kind == HELD_QUERY ? query : kind == HELD_PARSED ? parsed : named;
+    size_t nkinds = kind == HELD_QUERY    ? sizeof(query)
+                    : kind == HELD_PARSED ? sizeof(parsed)
+                                          : sizeof(named);
+    int rc = 0;
+    if (kind == HELD_NAMED) {
+        /* the Bind's statement name, after its type, length and unnamed portal */
+        const char *name = buf_head(h) + 6;
+        rc = session_ensure_prepared(c, b, name, strlen(name));
+    }
     if (rc == 0)
-        rc = backend_expect(b, EXP_QUERY, true, false);
-    buf_reset(&c->held_begin);
-    /* A Query drops the node's unnamed statement. The client's went with its own Query's BEGIN
-     * (c->unnamed_dropped); after an extended one it stays the client's, to be prepared on b
-     * again should a Bind name it, unless b keeps it under a name of its own. */
-    if (c->held_begin_query)
+        rc = backend_queue(b, buf_head(h), buf_avail(h));
+    for (size_t i = 0; i < nkinds && rc == 0; i++)
+        rc = backend_expect(b, kinds[i], true, false);
+    buf_reset(h);
+    struct stmt *un = session_stmt_find(c, "", 0);
+    if (kind == HELD_PARSED) {
+        /* b's unnamed statement is the client's now, the BEGIN */
         b->unnamed_alias = 0;
-    struct stmt *un = b->unnamed_alias ? NULL : session_stmt_find(c, "", 0);
-    if (un)
-        un->nodes &= ~(1u << b->node);
+        if (un)
+            un->nodes |= 1u << b->node;
+    } else if (kind == HELD_QUERY) {
+        /* a Query drops the unnamed statement, the client's (c->unnamed_dropped) and b's */
+        b->unnamed_alias = 0;
+        if (un)
+            un->nodes &= ~(1u << b->node);
+    }
     return rc;
 }
 
@@ -1521,7 +1562,7 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     }
     if ((flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) && client_may_defer_begin(c, flags, rt) &&
         len <= 256 && classify_plain_begin(sql, len))
-        return client_defer_begin(c, sql, len, NULL, 0, rt, flags);
+        return client_defer_begin(c, sql, len, NULL, 0, NULL, 0, HELD_QUERY, rt, flags);
     if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
         /* Answers must reach the client in order: wait for the other node to finish (or for
          * a read that may yet move to the primary). */
@@ -2492,13 +2533,15 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
 
 /* defer_begin for the extended protocol: when the batch at the head of c->in is exactly a
  * plain BEGIN run on its own, answer it at once and consume it (client_defer_begin; the node
- * gets the text as a Query). That is: a Parse of it as the unnamed statement, without
- * parameter types, and a Bind of that (pgbench -M extended, drivers that parse every query),
- * or a Bind of a named statement of the session that is one (pgbench -M prepared); the Bind
- * to the unnamed portal, without parameters; a Describe of that portal or none; its Execute; a
- * Sync. Returns 0 so, 2 for any other batch (nothing done), -1 when c was closed. */
+ * gets the same statements, run without a Describe). That is: a Parse of it as the unnamed
+ * statement, without parameter types, and a Bind of that (pgbench -M extended, drivers that parse
+ * every query), or a Bind of a named statement of the session that is one (pgbench -M prepared);
+ * the Bind to the unnamed portal, without parameters; a Describe of that portal or none; its
+ * Execute; a Sync. Returns 0 so, 2 for any other batch (nothing done), -1 when c was closed. */
 static int client_defer_begin_batch(struct client *c, struct route rt, unsigned flags)
 {
+    if (c->px->cfg->nodes[rt.node].pooled)
+        return 2; /* (its statements are rewritten per transaction there: not worth the care) */
     const char *p = buf_head(&c->in);
     size_t n = buf_avail(&c->in), off = 0;
     char pre[15]; /* the answers before CommandComplete: ParseComplete, BindComplete, NoData */
@@ -2566,8 +2609,8 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         return 2;
     off += m.total;
     if (pre[0] == BE_PARSE_COMPLETE) {
-        /* The session's unnamed statement is the BEGIN now, made on no node yet: a later Bind
-         * of it gets it prepared where it runs. */
+        /* The session's unnamed statement is the BEGIN now, made on the node as it is sent
+         * (client_release_begin). */
         struct classify_result cr;
         struct proto_reader none;
         client_classify(c, text, tlen, &cr);
@@ -2577,7 +2620,8 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
             return -1;
         }
     }
-    if (client_defer_begin(c, text, tlen, pre, prelen, rt, flags) < 0)
+    uint8_t kind = pre[0] == BE_PARSE_COMPLETE ? HELD_PARSED : HELD_NAMED;
+    if (client_defer_begin(c, text, tlen, name, slen, pre, prelen, kind, rt, flags) < 0)
         return -1;
     buf_consume(&c->in, off);
     return 0;
@@ -2633,7 +2677,7 @@ static int client_start_batch(struct client *c)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    if (session_sync_backend(c, b) < 0 || client_release_begin(c, b) < 0) {
+    if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;
     }
@@ -2648,6 +2692,11 @@ static int client_start_batch(struct client *c)
             client_close(c, "53200", "out of memory");
             return -1;
         }
+    }
+    /* (After that Close: a BEGIN held as the unnamed statement makes b's anew.) */
+    if (client_release_begin(c, b) < 0) {
+        client_close(c, "53200", "out of memory");
+        return -1;
     }
     c->batch_node = rt.node;
     c->batch_write = unit_writes(c, rt, flags);

@@ -154,6 +154,11 @@ def random_step(rng, live):
     if k == 10:
         return ("drop all", None, Query(rng.choice(("deallocate all", "discard all"))))
     if k == 11:
+        # (A BEGIN outside a transaction block is answered by pgsteer and sent with what
+        # follows, whether it comes as a Query or parsed and bound as the unnamed statement.)
+        if rng.random() < 0.25:
+            return ("tx", None, Parse(rng.choice(("begin", "start transaction"))) +
+                    Bind() + Describe(b"P") + Execute() + Sync)
         return ("tx", None, Query(rng.choice(("begin", "begin read only", "commit",
                                               "rollback", "select 1/0"))))
     # A write that takes no lock the other connection's open transaction could hold.
@@ -1027,6 +1032,32 @@ class WireTest(unittest.TestCase):
             out.append(raw(c))
             c.send(Query("rollback"))
             out.append(raw(c))
+            # The node holds the statements the client believes it holds: in a failed
+            # transaction a Bind of the unnamed one with a parameter too many is refused for
+            # that (08P01), where a statement pgsteer had to prepare again would fail first.
+            c.send(Parse("begin") + Bind() + Execute() + Sync)
+            out.append(raw(c))
+            for _ in range(2):
+                c.send(Describe(b"S", "nosuch") + Sync)
+                out.append(raw(c))
+                c.send(Bind("", [7]) + Execute() + Sync)
+                out.append(raw(c))
+                c.send(Query("rollback"))
+                out.append(raw(c))
+                c.send(Parse("select $1::int") + Sync + Parse("begin", name="b3") + Sync)
+                out.append((raw(c), raw(c)))
+                c.send(Bind(stmt="b3") + Execute() + Sync)
+                out.append(raw(c))
+                c.send(Describe(b"S", "nosuch") + Sync)
+                out.append(raw(c))
+                c.send(Bind("", [7, 8]) + Execute() + Sync)
+                out.append(raw(c))
+                c.send(Query("rollback") + Query("deallocate b3"))
+                out.append((raw(c), raw(c)))
+                c.send(Parse("begin") + Bind() + Execute() + Sync)
+                out.append(raw(c))
+            c.send(Query("rollback"))
+            out.append(raw(c))
             # Not taken (sent as they came): a mode the server refuses, several statements.
             for sql in ["begin isolation level snapshot", "begin; select 2; commit",
                         "/* c */ begin", "commit"]:
@@ -1052,9 +1083,10 @@ class WireTest(unittest.TestCase):
         self.assertIn([(b"1", b""), (b"2", b""), (b"n", b""), (b"C", b"BEGIN\x00"),
                        (b"Z", b"T")], out)
         self.assertIn([(b"2", b""), (b"N", "25001"), (b"C", b"BEGIN\x00"), (b"Z", b"T")], out)
+        self.assertEqual(sum(1 for r in out if r == [(b"E", "08P01"), (b"Z", b"E")]), 4)
         # Every plain BEGIN outside a transaction block: 5 forms, then 4, then 2 prepared and
-        # 3 parsed.
-        self.assertEqual(metric(proxy, "pgsteer_begins_deferred_total") - deferred, 14)
+        # 3 parsed, then 3 parsed and 2 prepared.
+        self.assertEqual(metric(proxy, "pgsteer_begins_deferred_total") - deferred, 19)
 
         # The node hears of the transaction with its first statement, not before.
         def state_after_begin(port):
