@@ -2531,6 +2531,18 @@ static int client_share_batch(struct client *c, struct backend *b, size_t len, s
     return 0;
 }
 
+/* client_defer_begin_batch: message *m at *off of `in` is accepted; its answer is `answer` (a
+ * message without a body, appended to pre at *prelen) and *m the next message. False when that
+ * one is not all there yet. */
+static bool begin_batch_next(const struct buf *in, size_t *off, struct proto_msg *m, char *pre,
+                             size_t *prelen, char answer)
+{
+    memcpy(pre + *prelen, (const char[]){answer, 0, 0, 0, 4}, 5);
+    *prelen += 5;
+    *off += m->total;
+    return proto_frame(buf_head(in) + *off, buf_avail(in) - *off, PROTO_MAX_MESSAGE, m) == 1;
+}
+
 /* defer_begin for the extended protocol: when the batch at the head of c->in is exactly a
  * plain BEGIN run on its own, answer it at once and consume it (client_defer_begin; the node
  * gets the same statements, run without a Describe). That is: a Parse of it as the unnamed
@@ -2561,10 +2573,7 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         if (r.err || r.pos != r.n || nlen != 0 || ntypes != 0 || tlen > 256 ||
             !classify_plain_begin(text, tlen))
             return 2;
-        memcpy(pre + prelen, (const char[]){BE_PARSE_COMPLETE, 0, 0, 0, 4}, 5);
-        prelen += 5;
-        off += m.total;
-        if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+        if (!begin_batch_next(&c->in, &off, &m, pre, &prelen, BE_PARSE_COMPLETE))
             return 2;
     }
     if (m.type != FE_BIND)
@@ -2587,18 +2596,11 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         text = st->query;
         tlen = st->query_len;
     }
-    memcpy(pre + prelen, (const char[]){BE_BIND_COMPLETE, 0, 0, 0, 4}, 5);
-    prelen += 5;
-    off += m.total;
-    if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+    if (!begin_batch_next(&c->in, &off, &m, pre, &prelen, BE_BIND_COMPLETE))
         return 2;
     if (m.type == FE_DESCRIBE) {
-        if (m.len != 2 || m.body[0] != 'P' || m.body[1] != 0)
-            return 2;
-        memcpy(pre + prelen, (const char[]){BE_NO_DATA, 0, 0, 0, 4}, 5);
-        prelen += 5;
-        off += m.total;
-        if (proto_frame(p + off, n - off, PROTO_MAX_MESSAGE, &m) != 1)
+        if (m.len != 2 || m.body[0] != 'P' || m.body[1] != 0 ||
+            !begin_batch_next(&c->in, &off, &m, pre, &prelen, BE_NO_DATA))
             return 2;
     }
     if (m.type != FE_EXECUTE || m.len != 5 || m.body[0] != 0)

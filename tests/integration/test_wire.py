@@ -77,6 +77,18 @@ def multiplexed_reads(px):
     return metric(px, "pgsteer_multiplexed_reads_total")
 
 
+def primary_backend_pid(via):
+    """The pid of the primary's server process behind Conn `via` (asked in a transaction,
+    which runs on the primary)."""
+    via.send(Query("begin"))
+    via.until_ready()
+    via.send(Query("select pg_backend_pid()"))
+    pid = int(via.until_ready()[1][1][0])
+    via.send(Query("commit"))
+    via.until_ready()
+    return pid
+
+
 def both(test, script, port=None):
     """Run script(conn) against the primary directly and through pgsteer (at `port`, by
     default the module's proxy); assert that both answer the same and return the answers."""
@@ -1093,12 +1105,7 @@ class WireTest(unittest.TestCase):
             via = Conn(port)
             direct = Conn(cluster.primary_port)
             try:
-                via.send(Query("begin"))
-                via.until_ready()
-                via.send(Query("select pg_backend_pid()"))
-                pid = int(via.until_ready()[1][1][0])
-                via.send(Query("commit"))
-                via.until_ready()
+                pid = primary_backend_pid(via)
 
                 def state():
                     direct.send(Query("select state from pg_stat_activity where pid = %d" % pid))
@@ -1128,12 +1135,7 @@ class WireTest(unittest.TestCase):
         via = Conn(proxy.port)
         direct = Conn(cluster.primary_port)
         try:
-            via.send(Query("begin"))
-            via.until_ready()
-            via.send(Query("select pg_backend_pid()"))
-            pid = int(via.until_ready()[1][1][0])
-            via.send(Query("commit"))
-            via.until_ready()
+            pid = primary_backend_pid(via)
             via.send(Query("begin"))
             self.assertEqual(via.until_ready(), [("C", "BEGIN"), ("Z", "T")])
             direct.send(Query("select pg_terminate_backend(%d)" % pid))
