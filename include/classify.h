@@ -110,12 +110,14 @@ void classify_sql_literals(const char *sql, size_t len, const struct classify_fu
 bool classify_is_write_function(const char *name, size_t len,
                                 const struct classify_functions *extra);
 
-/* defer_begin: true when `len` bytes of SQL (a NUL ends them early) are exactly one BEGIN
+/* defer_begin: whether `len` bytes of SQL (a NUL ends them early) are exactly one BEGIN
  * [WORK | TRANSACTION] or START TRANSACTION, with transaction modes written out in full
  * (ISOLATION LEVEL ..., READ WRITE, READ ONLY, [NOT] DEFERRABLE, commas between them or not),
  * then at most a ';' and white space: a statement that cannot fail on a primary outside a
- * transaction block. Anything else, comments included, is false. Pure; thread-safe. */
-bool classify_plain_begin(const char *sql, size_t len);
+ * transaction block. Returns CL_PLAIN_BEGIN or CL_PLAIN_START (which also names the tag the
+ * node answers with), or 0 for anything else, comments included. Pure; thread-safe. */
+enum { CL_PLAIN_BEGIN = 1, CL_PLAIN_START = 2 };
+int classify_plain_begin(const char *sql, size_t len);
 
 /* Short name of the most significant flag, for logs and stats ("read", "write", "begin", ...). */
 const char *classify_describe(unsigned flags);

@@ -1816,7 +1816,15 @@ static bool begin_is(const char *w, int n, const char *kw)
     return (size_t)n == strlen(kw) && strncasecmp(w, kw, (size_t)n) == 0;
 }
 
-bool classify_plain_begin(const char *sql, size_t len)
+/* Whether the next word of the BEGIN is `kw`. */
+static bool begin_next_is(const char *s, size_t len, size_t *at, const char *kw)
+{
+    const char *w;
+    int n = begin_word(s, len, at, false, &w);
+    return begin_is(w, n, kw);
+}
+
+int classify_plain_begin(const char *sql, size_t len)
 {
     const char *nul = memchr(sql, 0, len);
     if (nul)
@@ -1824,57 +1832,51 @@ bool classify_plain_begin(const char *sql, size_t len)
     size_t at = 0;
     const char *w;
     int n = begin_word(sql, len, &at, false, &w);
+    int kind = CL_PLAIN_BEGIN;
     if (begin_is(w, n, "start")) {
-        n = begin_word(sql, len, &at, false, &w);
-        if (!begin_is(w, n, "transaction"))
-            return false;
+        if (!begin_next_is(sql, len, &at, "transaction"))
+            return 0;
+        kind = CL_PLAIN_START;
     } else if (begin_is(w, n, "begin")) {
         size_t save = at;
         n = begin_word(sql, len, &at, false, &w);
         if (!begin_is(w, n, "work") && !begin_is(w, n, "transaction"))
             at = save; /* not the optional noise word: a mode, or the end */
     } else {
-        return false;
+        return 0;
     }
-    bool first = true;
-    for (;;) {
+    for (bool first = true;; first = false) {
         n = begin_word(sql, len, &at, !first, &w);
-        first = false;
         if (n == 0)
             break;
         if (begin_is(w, n, "deferrable"))
             continue;
         if (begin_is(w, n, "not")) {
-            n = begin_word(sql, len, &at, false, &w);
-            if (!begin_is(w, n, "deferrable"))
-                return false;
+            if (!begin_next_is(sql, len, &at, "deferrable"))
+                return 0;
             continue;
         }
         if (begin_is(w, n, "read")) {
             n = begin_word(sql, len, &at, false, &w);
             if (!begin_is(w, n, "write") && !begin_is(w, n, "only"))
-                return false;
+                return 0;
             continue;
         }
-        if (!begin_is(w, n, "isolation"))
-            return false;
-        n = begin_word(sql, len, &at, false, &w);
-        if (!begin_is(w, n, "level"))
-            return false;
+        if (!begin_is(w, n, "isolation") || !begin_next_is(sql, len, &at, "level"))
+            return 0;
         n = begin_word(sql, len, &at, false, &w);
         if (begin_is(w, n, "serializable"))
             continue;
         if (begin_is(w, n, "repeatable")) {
-            n = begin_word(sql, len, &at, false, &w);
-            if (!begin_is(w, n, "read"))
-                return false;
+            if (!begin_next_is(sql, len, &at, "read"))
+                return 0;
             continue;
         }
         if (!begin_is(w, n, "read"))
-            return false;
+            return 0;
         n = begin_word(sql, len, &at, false, &w);
         if (!begin_is(w, n, "committed") && !begin_is(w, n, "uncommitted"))
-            return false;
+            return 0;
     }
     /* The end: at most one ';', then white space. */
     if (at < len && sql[at] == ';')
@@ -1882,7 +1884,7 @@ bool classify_plain_begin(const char *sql, size_t len)
     while (at < len && (sql[at] == ' ' || sql[at] == '\t' || sql[at] == '\n' || sql[at] == '\r' ||
                         sql[at] == '\f'))
         at++;
-    return at == len;
+    return at == len ? kind : 0;
 }
 
 /* Precedence, most specific first: what pgsteer answers itself, then transaction boundaries,

@@ -481,10 +481,10 @@ void client_accept(struct proxy *px, uv_stream_t *server)
     /* The least loaded worker, this one unless another has fewer clients. */
     struct proxy *to = px;
     unsigned least = atomic_load_explicit(&px->load, memory_order_relaxed);
-    for (int i = 0; i < px->shared->nworkers; i++) {
+    for (int i = 0; i < px->shared->nworkers && !px->shutting_down; i++) {
         struct proxy *w = px->shared->workers[i];
         unsigned l = atomic_load_explicit(&w->load, memory_order_relaxed);
-        if (l < least && !px->shutting_down) {
+        if (l < least) {
             least = l;
             to = w;
         }
@@ -1413,15 +1413,15 @@ static bool client_may_defer_begin(const struct client *c, unsigned flags, struc
            c->copy_node < 0 && !c->retry_inflight && !client_busy(c);
 }
 
-/* defer_begin: answer a BEGIN of text `sql` (classify_plain_begin's; `len` bytes), routed as
- * rt, at once as the node would, the `pre` bytes first (the extended protocol's ParseComplete,
- * BindComplete and NoData), and keep what is to reach the node for client_release_begin, by
- * `kind`: HELD_QUERY the Query; HELD_PARSED the text parsed as the unnamed statement, bound
- * and run; HELD_NAMED a Bind of the named statement `name` (nlen bytes, no NUL) and its run.
- * Returns 0, or -1 when c was closed. */
-static int client_defer_begin(struct client *c, const char *sql, size_t len, const char *name,
-                              size_t nlen, const char *pre, size_t prelen, uint8_t kind,
-                              struct route rt, unsigned flags)
+/* defer_begin: answer a BEGIN of text `sql` (`len` bytes; `plain` is classify_plain_begin's
+ * word on it, CL_PLAIN_START for START TRANSACTION), routed as rt, at once as the node would, the
+ * `pre` bytes first (the extended protocol's ParseComplete, BindComplete and NoData), and keep what
+ * is to reach the node for client_release_begin, by `kind`: HELD_QUERY the Query; HELD_PARSED the
+ * text parsed as the unnamed statement, bound and run; HELD_NAMED a Bind of the named statement
+ * `name` (nlen bytes, no NUL) and its run. Returns 0, or -1 when c was closed. */
+static int client_defer_begin(struct client *c, const char *sql, size_t len, int plain,
+                              const char *name, size_t nlen, const char *pre, size_t prelen,
+                              uint8_t kind, struct route rt, unsigned flags)
 {
     static const char begin[] = "C\0\0\0\012BEGIN\0Z\0\0\0\005T";
     static const char start[] = "C\0\0\0\026START TRANSACTION\0Z\0\0\0\005T";
@@ -1429,11 +1429,6 @@ static int client_defer_begin(struct client *c, const char *sql, size_t len, con
     static const char run[] = {0,          0, 0, 0, 0, 0, 0,          /* Bind's end */
                                FE_EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0, /* Execute "" */
                                FE_SYNC,    0, 0, 0, 4};
-    size_t i = 0;
-    while (i < len &&
-           (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r' || sql[i] == '\f'))
-        i++;
-    bool is_start = i < len && (sql[i] | 0x20) == 's'; /* else BEGIN */
     struct buf *h = &c->held_begin;
     buf_reset(h);
     int rc = 0;
@@ -1465,8 +1460,8 @@ static int client_defer_begin(struct client *c, const char *sql, size_t len, con
     c->px->begins_deferred++;
     if (prelen && client_queue(c, pre, prelen) < 0)
         return -1;
-    return (is_start ? client_queue(c, start, sizeof(start) - 1)
-                     : client_queue(c, begin, sizeof(begin) - 1)) < 0
+    return (plain == CL_PLAIN_START ? client_queue(c, start, sizeof(start) - 1)
+                                    : client_queue(c, begin, sizeof(begin) - 1)) < 0
                ? -1
                : 0;
 }
@@ -1560,9 +1555,10 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
         client_send_ready(c);
         return 0;
     }
+    int plain = 0; /* classify_plain_begin's, when it may be deferred */
     if ((flags & (CL_BEGIN | CL_BEGIN_READ_ONLY)) && client_may_defer_begin(c, flags, rt) &&
-        len <= 256 && classify_plain_begin(sql, len))
-        return client_defer_begin(c, sql, len, NULL, 0, NULL, 0, HELD_QUERY, rt, flags);
+        len <= 256 && (plain = classify_plain_begin(sql, len)) != 0)
+        return client_defer_begin(c, sql, len, plain, NULL, 0, NULL, 0, HELD_QUERY, rt, flags);
     if (client_busy_elsewhere(c, rt.node) || c->retry_inflight) {
         /* Answers must reach the client in order: wait for the other node to finish (or for
          * a read that may yet move to the primary). */
@@ -2558,8 +2554,9 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
     size_t n = buf_avail(&c->in), off = 0;
     char pre[15]; /* the answers before CommandComplete: ParseComplete, BindComplete, NoData */
     size_t prelen = 0;
-    const char *text = NULL; /* the BEGIN's text, and its length */
+    const char *text = NULL; /* the BEGIN's text, its length, classify_plain_begin's word */
     size_t tlen = 0;
+    int plain = 0;
     struct proto_msg m;
     struct proto_reader r;
     if (proto_frame(p, n, PROTO_MAX_MESSAGE, &m) != 1)
@@ -2571,7 +2568,7 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         text = proto_read_str(&r, &tlen);
         int16_t ntypes = proto_read_i16(&r);
         if (r.err || r.pos != r.n || nlen != 0 || ntypes != 0 || tlen > 256 ||
-            !classify_plain_begin(text, tlen))
+            (plain = classify_plain_begin(text, tlen)) == 0)
             return 2;
         if (!begin_batch_next(&c->in, &off, &m, pre, &prelen, BE_PARSE_COMPLETE))
             return 2;
@@ -2591,7 +2588,7 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
     if (text == NULL) {
         const struct stmt *st = session_stmt_find(c, name, slen);
         if (st == NULL || st->ntypes != 0 || st->query_len > 256 ||
-            !classify_plain_begin(st->query, st->query_len))
+            (plain = classify_plain_begin(st->query, st->query_len)) == 0)
             return 2;
         text = st->query;
         tlen = st->query_len;
@@ -2623,7 +2620,7 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
         }
     }
     uint8_t kind = pre[0] == BE_PARSE_COMPLETE ? HELD_PARSED : HELD_NAMED;
-    if (client_defer_begin(c, text, tlen, name, slen, pre, prelen, kind, rt, flags) < 0)
+    if (client_defer_begin(c, text, tlen, plain, name, slen, pre, prelen, kind, rt, flags) < 0)
         return -1;
     buf_consume(&c->in, off);
     return 0;

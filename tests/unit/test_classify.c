@@ -702,6 +702,9 @@ static void test_classify_plain_begin(void **state)
         if (classify_plain_begin(no[i], strlen(no[i])))
             fail_msg("taken as a plain BEGIN: %s", no[i]);
     }
+    /* Which tag the node answers with. */
+    assert_int_equal(classify_plain_begin("begin work", 10), CL_PLAIN_BEGIN);
+    assert_int_equal(classify_plain_begin(" Start Transaction;", 19), CL_PLAIN_START);
     /* The length bounds the text, and a NUL ends it. */
     assert_true(classify_plain_begin("BEGIN; SELECT 1", 6));
     assert_false(classify_plain_begin("BEGIN READ ONLY", 10));
