@@ -735,6 +735,19 @@ static bool lit_op(const struct lexer *lx, const struct tok *t)
                            (o[0] == '>' && o[1] == '=') || (o[0] == '!' && o[1] == '='));
 }
 
+/* Whether the n digits at d are 2147483648 or 9223372036854775808 (leading zeros aside): the
+ * two integers whose negation fits a narrower type than they do. The server folds a unary
+ * minus into the constant it applies to, so -2147483648 is an int4 and -9223372036854775808 an
+ * int8, where minus a parameter of the literal's own type would be an int8 and a numeric
+ * (pg_typeof, the columns' types, which function or operator is chosen). */
+static bool lit_negation_narrows(const char *d, size_t n)
+{
+    while (n > 1 && *d == '0')
+        d++, n--;
+    return (n == 10 && memcmp(d, "2147483648", 10) == 0) ||
+           (n == 19 && memcmp(d, "9223372036854775808", 19) == 0);
+}
+
 /* classify_sql_literals' part of the lexer: notes integer literals right after such an operator,
  * and what makes a statement unfit to run with parameters. Everything else stays as written:
  * ORDER BY 1 and GROUP BY 1 name columns, type modifiers (varchar(10)) must be constants, and a
@@ -749,6 +762,8 @@ static void lex_note(struct lexer *lx, const struct tok *t)
         for (size_t i = 0; i < t->len && digits; i++)
             digits = is_digit((unsigned char)lx->s[t->off + i]);
         if (digits && lx->prev_op && !is_ident_char(lx_at(lx, t->off + t->len))) {
+            if (lit_negation_narrows(lx->s + t->off, t->len))
+                break; /* stays as written (see there) */
             if (L->n == CLASSIFY_MAX_LITERALS)
                 lx->lits_bad = true;
             else

@@ -848,6 +848,9 @@ class WireTest(unittest.TestCase):
                  "select v from w where id = 9999999999",
                  "select v from w where id = 99999999999999999999",
                  "select v, id = 2147483648, id > -2147483648 from w where id = 00012",
+                 # a unary minus folds into these two: an int4 and an int8, not int8, numeric
+                 "select -2147483648, pg_typeof(-9223372036854775808) from w where id = 12",
+                 "select abs(-2147483648) from w where id = 12",
                  "select id from w where id >= 95 and id < 98 order by 1 limit 10",
                  "select nosuch from w where id = 12",
                  "select v from w where id = 12345 and nosuch = 10",

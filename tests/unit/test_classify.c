@@ -729,6 +729,13 @@ static void test_classify_literals(void **state)
                         "24:2,32:2,40:1,44:1");
     assert_string_equal(lits_of("select a from t where a @> 10"), "-");
     assert_string_equal(lits_of("select a from t where a = -7"), "27:1");
+    /* the two integers whose negation is of a narrower type stay as written */
+    assert_string_equal(lits_of("select abs(-2147483648) from t where a = 5"), "41:1");
+    assert_string_equal(lits_of("select -2147483648, a - 00002147483648 from t where a = 5"),
+                        "56:1");
+    assert_string_equal(lits_of("select -9223372036854775808 from t where a = 5"), "45:1");
+    assert_string_equal(lits_of("select a from t where a = -2147483647 or a = 9223372036854775807"),
+                        "27:10,45:19");
     /* ORDER BY / GROUP BY positions, LIMIT and type modifiers stay; lists make it unusable */
     assert_string_equal(lits_of("select a from t where a = 10 order by 1 limit 5"), "26:2");
     assert_string_equal(lits_of("select a::varchar(10) from t where a = 10"), "-");
