@@ -34,9 +34,9 @@ enum classify_flag {
     CL_TX_READ_WRITE = 1u << 22,  /* READ WRITE written explicitly in transaction modes */
     CL_ROLLBACK = 1u << 21,       /* the END_TX is ROLLBACK or ABORT: nothing of it commits */
     CL_SET_CONFIG = 1u << 20,     /* calls set_config(): may change the session (also a write) */
-    CL_COPY = 1u << 19,
+    CL_COPY = 1u << 19,           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */
     CL_SAVEPOINT = 1u << 23,      /* SAVEPOINT, ROLLBACK TO SAVEPOINT or RELEASE SAVEPOINT
-                                     (which one: classify_result.savepoint) */           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */
+                                     (which one: classify_result.savepoint) */
 };
 
 /* A span of the classified text: [off, off+len). len == 0 when absent. */

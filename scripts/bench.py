@@ -984,7 +984,11 @@ def bench(args):
 
         extra = {name: pgsteer(yaml, name) for name, yaml in EXTRA_PGSTEER.items()
                  if name in contenders}
-        with pgsteer("") as px, bouncer, pool, contextlib.ExitStack() as stack:
+        with pgsteer("") as px, contextlib.ExitStack() as stack:
+            # The peers run only when measured (each needs its package installed).
+            for svc in (bouncer, pool):
+                if svc.name in contenders:
+                    stack.enter_context(svc)
             for name in extra:
                 stack.enter_context(extra[name])
             if "pgsteer-r1" in extra:
