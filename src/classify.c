@@ -748,6 +748,18 @@ static bool lit_negation_narrows(const char *d, size_t n)
            (n == 19 && memcmp(d, "9223372036854775808", 19) == 0);
 }
 
+/* Whether a word (n bytes at w) brings clauses whose expressions the server matches against
+ * others of the statement: GROUP BY (each selected column either grouped or inside an
+ * aggregate, "a + 1" against "a + 1"), DISTINCT (ON) against ORDER BY, and ON CONFLICT's
+ * target against an index's expressions and predicate. Two parameters never match as two equal
+ * literals do, so such a text with literals would fail to prepare (42803, 42P10) where the
+ * Query runs: it goes as it came. */
+static bool lit_matching_word(const char *w, size_t n)
+{
+    return (n == 5 && ci_eq(w, n, "group")) ||
+           (n == 8 && (ci_eq(w, n, "distinct") || ci_eq(w, n, "conflict")));
+}
+
 /* classify_sql_literals' part of the lexer: notes integer literals right after such an operator,
  * and what makes a statement unfit to run with parameters. Everything else stays as written:
  * ORDER BY 1 and GROUP BY 1 name columns, type modifiers (varchar(10)) must be constants, and a
@@ -780,15 +792,16 @@ static void lex_note(struct lexer *lx, const struct tok *t)
     case TK_IDENT:
         if (t->kw == KW_INTO)
             lx->lits_into = true;
+        else if (lit_matching_word(lx->s + t->off, t->len))
+            lx->lits_bad = true;
         break;
     case TK_OP:
         /* SELECT *, t.*, RETURNING *: columns that a change of the table changes, which a
-         * prepared statement may not follow (0A000). After ')' it may be DISTINCT ON (a) *. */
+         * prepared statement may not follow (0A000). (DISTINCT * is ruled out as DISTINCT.) */
         if (t->len == 1 && lx->s[t->off] == '*' &&
-            (lx->prev_type == TK_COMMA || lx->prev_type == TK_DOT || lx->prev_type == TK_RPAREN ||
+            (lx->prev_type == TK_COMMA || lx->prev_type == TK_DOT ||
              (lx->prev_type == TK_IDENT &&
               (lx->prev_kw == KW_SELECT || lx->prev_kw == KW_ALL ||
-               ci_eq(lx->s + lx->prev_off, lx->prev_len, "distinct") ||
                ci_eq(lx->s + lx->prev_off, lx->prev_len, "returning")))))
             lx->lits_bad = true;
         break;

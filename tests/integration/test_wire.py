@@ -851,6 +851,9 @@ class WireTest(unittest.TestCase):
                  # a unary minus folds into these two: an int4 and an int8, not int8, numeric
                  "select -2147483648, pg_typeof(-9223372036854775808) from w where id = 12",
                  "select abs(-2147483648) from w where id = 12",
+                 # expressions the server matches against others: as they came
+                 "select id + 1, count(*) from w where id = 12 group by id + 1",
+                 "select distinct on (id + 1) v from w where id = 12 order by id + 1",
                  "select id from w where id >= 95 and id < 98 order by 1 limit 10",
                  "select nosuch from w where id = 12",
                  "select v from w where id = 12345 and nosuch = 10",

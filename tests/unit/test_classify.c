@@ -753,6 +753,17 @@ static void test_classify_literals(void **state)
     assert_string_equal(lits_of("select * from t where a = 10"), "-");
     assert_string_equal(lits_of("select t.* from t where a = 10"), "-");
     assert_string_equal(lits_of("select distinct * from t where a = 10"), "-");
+    assert_string_equal(lits_of("select (a + 1) * 2 from t where a = 10"), "12:1,17:1,36:2");
+    /* clauses whose expressions must match others: GROUP BY, DISTINCT (ON), ON CONFLICT */
+    assert_string_equal(lits_of("select a + 1, count(*) from t group by a + 1"), "-");
+    assert_string_equal(lits_of("select b from t where a = 10 GROUP BY b"), "-");
+    assert_string_equal(lits_of("select distinct on (a + 1) b from t order by a + 1"), "-");
+    assert_string_equal(lits_of("select distinct a - 1 from t order by a - 1"), "-");
+    assert_string_equal(
+        lits_of(
+            "insert into t select a from u where a = 10 on conflict (a) where b = 1 do nothing"),
+        "-");
+    assert_string_equal(lits_of("select \"group\" from t where a = 10"), "32:2");
     assert_string_equal(lits_of("delete from t where a = 10 returning *"), "-");
     assert_string_equal(lits_of("delete from t where a = 10 returning a"), "24:2");
     assert_string_equal(lits_of("select count(*) from t where a = 10"), "33:2");
