@@ -37,6 +37,8 @@ enum classify_flag {
     CL_COPY = 1u << 19,           /* COPY (either direction; COPY ... FROM is also CL_WRITE) */
     CL_SAVEPOINT = 1u << 23,      /* SAVEPOINT, ROLLBACK TO SAVEPOINT or RELEASE SAVEPOINT
                                      (which one: classify_result.savepoint) */
+    CL_NAMES = 1u << 24,          /* may make a name stand for another object than before:
+                                     CREATE, ALTER, DO, IMPORT FOREIGN SCHEMA, SELECT INTO */
 };
 
 /* A span of the classified text: [off, off+len). len == 0 when absent. */

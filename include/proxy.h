@@ -291,6 +291,8 @@ struct backend {
     uint16_t unnamed_alias;
     uint64_t unnamed_alias_stmt;
     uint32_t sstmt_clock; /* uses of its statements so far (struct shared_stmt.used) */
+    uint32_t names_gen;   /* on a client's own backend: the client's names_gen when what it
+                             keeps was last known planned after the client's last CL_NAMES */
     /* hashes of texts seen once and not kept (a text is kept the second time it comes, so that
      * texts that never repeat take no place: sstmt_seen_once); NULL until the first */
     uint64_t *seen;
@@ -557,6 +559,10 @@ struct client {
     uint8_t held_begin_kind; /* HELD_QUERY, HELD_PARSED, HELD_NAMED (client_defer_begin) */
     uint32_t unnamed_stale;  /* bit i: backends[i] holds an unnamed statement older than the
                                 client's, made on a shared backend since */
+    /* statements of the session that may make a name stand for another object (CL_NAMES)
+     * so far: a backend that kept statements before the last one closes them at their next
+     * use (struct backend.names_gen) */
+    uint32_t names_gen;
 };
 
 /* How a deferred BEGIN came, and goes to the node: a Query; parsed as the unnamed statement and

@@ -1610,6 +1610,29 @@ static int sstmt_evict(struct backend *b)
     return 0;
 }
 
+/* Client c's own backend b is about to look for a text it keeps: when c has run something that
+ * may make a name stand for another object since b's statements were planned (CL_NAMES: a
+ * temporary table of the name of a table they read, say), close them all, so that the text is
+ * planned anew as one server plans every Query and every unnamed Parse. (PostgreSQL plans a
+ * prepared statement anew when something it uses changes or search_path does, not when a new
+ * object would take a name's place.) Returns 0, or -1 when out of memory. */
+static int kept_names_check(struct backend *b, const struct client *c)
+{
+    if (b->shared || b->names_gen == c->names_gen)
+        return 0; /* (a shared backend serves no session that made names its own: pinned) */
+    while (b->nsstmts > 0) {
+        uint16_t i = (uint16_t)(b->nsstmts - 1);
+        if (proto_write_Close(&b->out, 'S', b->sstmts[i].label) < 0 ||
+            backend_expect(b, EXP_CLOSE, true, false) < 0)
+            return -1;
+        backend_expect_last(b)->quiet = true;
+        sstmt_drop(b, i);
+    }
+    b->unnamed_alias = 0;
+    b->names_gen = c->names_gen;
+    return 0;
+}
+
 /* Texts a backend remembers having seen once (a direct-mapped table of their hashes). */
 #define SEEN_SLOTS 256
 
@@ -1651,6 +1674,8 @@ static int sstmt_take(struct backend *b, struct client *c, const struct stmt *st
 
 int backend_unnamed_parse(struct backend *b, struct client *c, struct stmt *s)
 {
+    if (kept_names_check(b, c) < 0)
+        return -1;
     uint16_t i = sstmt_find(b, s);
     bool parse = i == b->nsstmts;
     b->unnamed_alias = 0;
@@ -1843,6 +1868,8 @@ int backend_simple_query(struct backend *b, struct client *c, const char *q, siz
     t->data[t->len] = 0;
 
     struct stmt st = {.query = t->data, .query_len = t->len, .types = types, .ntypes = np};
+    if (kept_names_check(b, c) < 0)
+        return -1;
     uint16_t i = sstmt_find(b, &st);
     bool parse = i == b->nsstmts;
     if (!parse && !b->sstmts[i].ready)

@@ -985,7 +985,7 @@ static void scan_feed(struct cctx *c, struct stmt *st, struct scan *s, const str
         case KW_INTO:
             /* SELECT ... INTO creates a table; INSERT INTO / MERGE INTO are caught as DML. */
             if ((det & D_INTO) && s->p1 != KW_INSERT && s->p1 != KW_MERGE)
-                st->flags |= CL_WRITE;
+                st->flags |= CL_WRITE | CL_NAMES;
             break;
         case KW_TEMP:
         case KW_TEMPORARY:
@@ -1589,7 +1589,7 @@ static void stmt_create(struct cctx *c, struct stmt *st)
         t = lex_next(&c->lx);
     if (t.kw == KW_TEMP || t.kw == KW_TEMPORARY)
         st->flags |= CL_PIN;
-    st->flags |= CL_WRITE;
+    st->flags |= CL_WRITE | CL_NAMES;
     scan_to_end(c, st, &s, t);
 }
 
@@ -1717,6 +1717,9 @@ static void classify_stmt(struct cctx *c, struct tok t, struct stmt *st, int nes
     default:
         /* DDL, maintenance, LOCK, DO, unknown words: the primary. */
         st->flags |= CL_WRITE;
+        if (ci_eq(c->lx.s + t.off, t.len, "alter") || ci_eq(c->lx.s + t.off, t.len, "do") ||
+            ci_eq(c->lx.s + t.off, t.len, "import"))
+            st->flags |= CL_NAMES;
         skip_to_end(c, st, lex_next(&c->lx));
         return;
     }

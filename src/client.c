@@ -1574,6 +1574,8 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (b == NULL)
         return -1;
     b->unnamed_alias = 0; /* a Query drops the unnamed statement: so here too */
+    if (flags & CL_NAMES)
+        c->names_gen++; /* what backends keep is planned anew after it (backend.c) */
     client_count_route(c, rt, flags);
     bool writes = unit_writes(c, rt, flags);
     if (session_sync_backend(c, b) < 0 || client_release_begin(c, b) < 0 ||
@@ -1790,6 +1792,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
             c->pinned = true;
             c->pin_reason = "temp table, LISTEN, advisory lock or WITH HOLD cursor";
         }
+        if (cr.flags & CL_NAMES)
+            c->names_gen++; /* (and at its Binds: what runs after it plans anew) */
         kind = EXP_PARSE;
         if (pooled) {
             s->nodes = 0;
@@ -1842,6 +1846,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         uint64_t gen = c->change_gen;
         if (rc != 0)
             st = NULL;
+        if (st && (st->flags & CL_NAMES))
+            c->names_gen++;
         if (st && (st->flags & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)))
             session_batch_save(c, b);
         if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {

@@ -930,6 +930,47 @@ class WireTest(unittest.TestCase):
         finally:
             via.close()
 
+    def test_kept_statements_follow_a_table_that_takes_a_name(self):
+        # PostgreSQL plans a prepared statement anew when something it uses changes, not when
+        # a new object would take the place of a name in it: a temporary table named as a
+        # table that a kept statement reads. One server parses every Query and every unnamed
+        # Parse anew, so after the session creates one, what its backends keep is planned
+        # anew too. (The first temporary table adds pg_temp to the search path, which makes
+        # the server plan anew by itself: the session makes one first.)
+        sel = "select v from w where id = 12"
+
+        def s(c):
+            out = []
+
+            def q(sql):
+                c.send(Query(sql))
+                out.append((sql, c.until_ready()))
+
+            def ext(sql, params):
+                c.send(Parse(sql) + Bind("", params) + Describe(b"P") + Execute() + Sync)
+                out.append((sql, c.until_ready()))
+
+            q("create temp table other (x int)")
+            for _ in range(3):
+                q(sel)
+                ext("select v from w where id = $1", ["12"])
+            q("create temp table w (v int, id int)")
+            q("insert into w values (4242, 12)")
+            for _ in range(2):
+                q(sel)
+                ext("select v from w where id = $1", ["12"])
+            # the same through the extended protocol, and with ALTER ... RENAME
+            ext("alter table w rename to w_gone", [])
+            for _ in range(2):
+                q(sel)
+                ext("select v from w where id = $1", ["12"])
+            q("discard temp")
+            return out
+        out = both(self, s)
+        rows = [r for sql, r in out if sql.startswith("select")]
+        self.assertIn(("D", ("4242",)), rows[7])
+        self.assertIn(("D", ("120",)), rows[-1])
+
     def test_simple_query_whose_result_type_changed_runs_again(self):
         # A kept statement may not change its result type: after a column's type changes, the
         # node refuses it (0A000) where the Query, parsed anew, simply has the new type.

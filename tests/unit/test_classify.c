@@ -56,6 +56,7 @@ static const struct {
     {"ROLLBACK", CL_ROLLBACK},
     {"TX_READ_WRITE", CL_TX_READ_WRITE},
     {"SAVEPOINT", CL_SAVEPOINT},
+    {"NAMES", CL_NAMES},
 };
 
 static const char *const describe_words[] = {
