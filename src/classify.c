@@ -420,9 +420,11 @@ struct lexer {
     enum tok_type prev_type;
     enum kw prev_kw;
     size_t prev_off, prev_len;
-    bool prev_op;   /* the previous token is an operator a parameter may follow */
-    bool lits_bad;  /* something makes the statement unfit to run with parameters */
-    bool lits_into; /* an INTO (SELECT INTO makes a table: a utility statement) */
+    bool prev_op;    /* the previous token is an operator a parameter may follow */
+    bool lits_bad;   /* something makes the statement unfit to run with parameters */
+    bool lits_into;  /* an INTO (SELECT INTO makes a table: a utility statement) */
+    bool lits_order; /* an ORDER BY was seen: the server takes "ORDER BY -1" (a minus folded
+                        into the constant) as a column position, "-$1" as an expression */
 };
 
 /* Reads byte i, or 0 past the end: a NUL byte and the end of the text look alike, so every
@@ -774,8 +776,9 @@ static void lex_note(struct lexer *lx, const struct tok *t)
         for (size_t i = 0; i < t->len && digits; i++)
             digits = is_digit((unsigned char)lx->s[t->off + i]);
         if (digits && lx->prev_op && !is_ident_char(lx_at(lx, t->off + t->len))) {
-            if (lit_negation_narrows(lx->s + t->off, t->len))
-                break; /* stays as written (see there) */
+            if (lit_negation_narrows(lx->s + t->off, t->len) ||
+                (lx->lits_order && lx->prev_len == 1 && lx->s[lx->prev_off] == '-'))
+                break; /* stays as written (see there, and lits_order) */
             if (L->n == CLASSIFY_MAX_LITERALS)
                 lx->lits_bad = true;
             else
@@ -794,6 +797,9 @@ static void lex_note(struct lexer *lx, const struct tok *t)
             lx->lits_into = true;
         else if (lit_matching_word(lx->s + t->off, t->len))
             lx->lits_bad = true;
+        else if (lx->prev_type == TK_IDENT && ci_eq(lx->s + t->off, t->len, "by") &&
+                 ci_eq(lx->s + lx->prev_off, lx->prev_len, "order"))
+            lx->lits_order = true;
         break;
     case TK_OP:
         /* SELECT *, t.*, RETURNING *: columns that a change of the table changes, which a

@@ -854,6 +854,9 @@ class WireTest(unittest.TestCase):
                  # expressions the server matches against others: as they came
                  "select id + 1, count(*) from w where id = 12 group by id + 1",
                  "select distinct on (id + 1) v from w where id = 12 order by id + 1",
+                 # ORDER BY -1 names a position (refused); - 1 + 0 is an expression
+                 "select v from w where id = 12 order by -1",
+                 "select v from w where id < 14 order by - 1 + 0, (-1), v - 3",
                  "select id from w where id >= 95 and id < 98 order by 1 limit 10",
                  "select nosuch from w where id = 12",
                  "select v from w where id = 12345 and nosuch = 10",
@@ -970,6 +973,86 @@ class WireTest(unittest.TestCase):
         rows = [r for sql, r in out if sql.startswith("select")]
         self.assertIn(("D", ("4242",)), rows[7])
         self.assertIn(("D", ("120",)), rows[-1])
+
+    def test_random_simple_queries_match_the_primary(self):
+        # prepare_simple_queries turns a Query's integer literals into typed parameters of a
+        # statement the backend keeps: random texts with literals in every place (select
+        # lists, WHERE, ORDER BY, LIMIT, GROUP BY, DISTINCT, unary minus, function arguments,
+        # the limits of each integer type), each sent three times so that the second and third
+        # run as the kept statement, must get what one server gives, byte for byte.
+        nums = ("0", "1", "7", "12", "007", "2147483647", "2147483648", "9223372036854775807",
+                "9223372036854775808", "99999999999999999999", "10000000000")
+
+        def expr(rng, depth=0):
+            k = rng.randrange(12)
+            if depth > 2 or k < 3:
+                return rng.choice(("v", "id", rng.choice(nums)))
+            if k < 6:
+                return "%s %s %s" % (expr(rng, depth + 1), rng.choice("+-*/"),
+                                     rng.choice(nums))
+            if k == 6:
+                return "-%s" % rng.choice(nums)
+            if k == 7:
+                return "(%s)" % expr(rng, depth + 1)
+            if k == 8:
+                return "abs(%s)" % expr(rng, depth + 1)
+            if k == 9:
+                return "pg_typeof(%s)::text" % expr(rng, depth + 1)
+            if k == 10:
+                return "%s %s %s" % (expr(rng, depth + 1), rng.choice(("=", "<", ">=", "<>")),
+                                     expr(rng, depth + 1))
+            return rng.choice(("- %s", "(select %s)", "case when v > 50 then %s else 0 end",
+                               "%s::int8", "sum(v) over (order by id) + %s",
+                               "(select count(*) from w where id < %s)")) % expr(rng, depth + 1)
+
+        def text(rng):
+            if rng.random() < 0.1:  # (a change of nothing, or an error)
+                k = rng.choice(nums)
+                return "update w set v = v + %s - %s where id = %s" % (k, k, rng.choice(nums))
+            items = [expr(rng) for _ in range(rng.randint(1, 3))]
+            distinct = rng.random() < 0.1
+            sql = "select %s%s from w where id %s %s" % (
+                "distinct " if distinct else "", ", ".join(items),
+                rng.choice(("=", "<", "<=", ">", "<>")), rng.choice(("12", "5", "2", "100")))
+            if distinct or rng.random() < 0.15:
+                if not distinct:
+                    sql += " group by %s" % ", ".join(items)
+                # (rows in an order of their own, whatever the plan)
+                return "select * from (%s) q order by q" % sql
+            # The rows' order is the table's only up to its first update: so an order here.
+            sql += " order by %s, id" % rng.choice(("1", items[0], "v"))
+            if rng.random() < 0.3:
+                sql += " limit %s" % rng.choice(("1", "3", "2 + 1"))
+            return sql
+
+        def raw(c):
+            out = []
+            while True:
+                t, body = c.read()
+                if t in (b"S", b"N"):
+                    continue
+                if t == b"E":
+                    body = tuple(f for f in body.split(b"\0") if f and f[:1] not in b"FLR")
+                out.append((t, body))
+                if t == b"Z":
+                    return out
+
+        n = int(os.environ.get("SEEDS", "150"))
+        seed = int(os.environ.get("SEED0", "4711"))
+
+        def s(c):
+            rng = random.Random(seed)
+            out = []
+            for _ in range(n):
+                sql = text(rng)
+                for _ in range(3):
+                    c.send(Query(sql))
+                    out.append((sql, raw(c)))
+            return out
+        prepared = metric(proxy, "pgsteer_simple_queries_prepared_total")
+        both(self, s)
+        self.assertGreater(metric(proxy, "pgsteer_simple_queries_prepared_total") - prepared,
+                           n // 10)
 
     def test_simple_query_whose_result_type_changed_runs_again(self):
         # A kept statement may not change its result type: after a column's type changes, the

@@ -737,6 +737,9 @@ static void test_classify_literals(void **state)
     assert_string_equal(lits_of("select -9223372036854775808 from t where a = 5"), "45:1");
     assert_string_equal(lits_of("select a from t where a = -2147483647 or a = 9223372036854775807"),
                         "27:10,45:19");
+    /* after ORDER BY, a minus and its literal stay (ORDER BY -1 names a position) */
+    assert_string_equal(lits_of("select a from t where a = -5 order by -1, (-2), a - 3 + 4"),
+                        "27:1,56:1");
     /* ORDER BY / GROUP BY positions, LIMIT and type modifiers stay; lists make it unusable */
     assert_string_equal(lits_of("select a from t where a = 10 order by 1 limit 5"), "26:2");
     assert_string_equal(lits_of("select a::varchar(10) from t where a = 10"), "-");
