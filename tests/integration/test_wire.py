@@ -1049,10 +1049,11 @@ class WireTest(unittest.TestCase):
                     c.send(Query(sql))
                     out.append((sql, raw(c)))
             return out
-        prepared = metric(proxy, "pgsteer_simple_queries_prepared_total")
-        both(self, s)
-        self.assertGreater(metric(proxy, "pgsteer_simple_queries_prepared_total") - prepared,
-                           n // 10)
+        for px in (proxy, shared):  # own backends; one shared by every session's reads
+            prepared = metric(px, "pgsteer_simple_queries_prepared_total")
+            both(self, s, port=px.port)
+            self.assertGreater(metric(px, "pgsteer_simple_queries_prepared_total") - prepared,
+                               n // 10)
 
     def test_simple_query_whose_result_type_changed_runs_again(self):
         # A kept statement may not change its result type: after a column's type changes, the
