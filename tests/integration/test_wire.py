@@ -89,6 +89,21 @@ def primary_backend_pid(via):
     return pid
 
 
+def raw_answers(c):
+    """Every message up to the ReadyForQuery, whole but for parameter statuses, notices and
+    an error's place in the server's source (F, L, R), which differ between servers."""
+    out = []
+    while True:
+        t, body = c.read()
+        if t in (b"S", b"N"):
+            continue
+        if t == b"E":
+            body = tuple(f for f in body.split(b"\0") if f and f[:1] not in b"FLR")
+        out.append((t, body))
+        if t == b"Z":
+            return out
+
+
 def both(test, script, port=None):
     """Run script(conn) against the primary directly and through pgsteer (at `port`, by
     default the module's proxy); assert that both answer the same and return the answers."""
@@ -868,26 +883,12 @@ class WireTest(unittest.TestCase):
                  "delete from wlog where x = 123456",
                  "select v from w where id = 12 for update"]
 
-        def raw(c):
-            # every message up to the ReadyForQuery, whole but for an error's place in the
-            # server's source and the ReadyForQuery's status, which the transaction shows
-            out = []
-            while True:
-                t, body = c.read()
-                if t in (b"S", b"N"):
-                    continue
-                if t == b"E":
-                    body = tuple(f for f in body.split(b"\0") if f and f[:1] not in b"FLR")
-                out.append((t, body))
-                if t == b"Z":
-                    return out
-
         def s(c):
             out = []
             for sql in texts * 3 + ["begin", texts[0], "select 1/0", texts[0], "rollback",
                                         texts[1]]:
                 c.send(Query(sql))
-                out.append((sql, raw(c)))
+                out.append((sql, raw_answers(c)))
             return out
         out = both(self, s)
         self.assertIn((b"E", (b"SERROR", b"VERROR", b"C42703",
@@ -1025,18 +1026,6 @@ class WireTest(unittest.TestCase):
                 sql += " limit %s" % rng.choice(("1", "3", "2 + 1"))
             return sql
 
-        def raw(c):
-            out = []
-            while True:
-                t, body = c.read()
-                if t in (b"S", b"N"):
-                    continue
-                if t == b"E":
-                    body = tuple(f for f in body.split(b"\0") if f and f[:1] not in b"FLR")
-                out.append((t, body))
-                if t == b"Z":
-                    return out
-
         n = int(os.environ.get("SEEDS", "150"))
         seed = int(os.environ.get("SEED0", "4711"))
 
@@ -1047,7 +1036,7 @@ class WireTest(unittest.TestCase):
                 sql = text(rng)
                 for _ in range(3):
                     c.send(Query(sql))
-                    out.append((sql, raw(c)))
+                    out.append((sql, raw_answers(c)))
             return out
         for px in (proxy, shared):  # own backends; one shared by every session's reads
             prepared = metric(px, "pgsteer_simple_queries_prepared_total")
