@@ -1103,9 +1103,11 @@ def bench(args):
     }
     md = table_markdown(rows)
     print()
-    print("pgbench, scale %d, %ds x %d rounds (median), %s, %d cores, %s, over %s"
+    # (the processor too: runs on two machines of the same size can differ by 2x and more)
+    print("pgbench, scale %d, %ds x %d rounds (median), %s, %d cores (%s), %s, over %s"
           % (SCALE, args.duration, args.rounds, started.strftime("%Y-%m-%d"),
-             os.cpu_count(), doc["machine"].get("postgresql", ""),
+             os.cpu_count(), doc["machine"].get("cpu", "?"),
+             doc["machine"].get("postgresql", ""),
              "Unix-domain sockets" if args.unix else "loopback TCP"))
     print()
     print(md)
