@@ -762,6 +762,15 @@ static bool lit_matching_word(const char *w, size_t n)
            (n == 8 && (ci_eq(w, n, "distinct") || ci_eq(w, n, "conflict")));
 }
 
+/* Whether a word (n bytes at w) is RETURNING. A change that returns rows runs to its end before
+ * a Query's RowDescription goes out, so when it fails the client gets the error alone; the
+ * Describe of a kept statement's portal answers with the RowDescription first. (The same for
+ * a change inside WITH: classify_sql_literals.) */
+static bool lit_returning_word(const char *w, size_t n)
+{
+    return n == 9 && ci_eq(w, n, "returning");
+}
+
 /* classify_sql_literals' part of the lexer: notes integer literals right after such an operator,
  * and what makes a statement unfit to run with parameters. Everything else stays as written:
  * ORDER BY 1 and GROUP BY 1 name columns, type modifiers (varchar(10)) must be constants, and a
@@ -795,20 +804,20 @@ static void lex_note(struct lexer *lx, const struct tok *t)
     case TK_IDENT:
         if (t->kw == KW_INTO)
             lx->lits_into = true;
-        else if (lit_matching_word(lx->s + t->off, t->len))
+        else if (lit_matching_word(lx->s + t->off, t->len) ||
+                 lit_returning_word(lx->s + t->off, t->len))
             lx->lits_bad = true;
         else if (lx->prev_type == TK_IDENT && ci_eq(lx->s + t->off, t->len, "by") &&
                  ci_eq(lx->s + lx->prev_off, lx->prev_len, "order"))
             lx->lits_order = true;
         break;
     case TK_OP:
-        /* SELECT *, t.*, RETURNING *: columns that a change of the table changes, which a
-         * prepared statement may not follow (0A000). (DISTINCT * is ruled out as DISTINCT.) */
+        /* SELECT *, t.*: columns that a change of the table changes, which a prepared
+         * statement may not follow (0A000). (DISTINCT * and RETURNING * are ruled out by
+         * their first words.) */
         if (t->len == 1 && lx->s[t->off] == '*' &&
             (lx->prev_type == TK_COMMA || lx->prev_type == TK_DOT ||
-             (lx->prev_type == TK_IDENT &&
-              (lx->prev_kw == KW_SELECT || lx->prev_kw == KW_ALL ||
-               ci_eq(lx->s + lx->prev_off, lx->prev_len, "returning")))))
+             (lx->prev_type == TK_IDENT && (lx->prev_kw == KW_SELECT || lx->prev_kw == KW_ALL))))
             lx->lits_bad = true;
         break;
     default:
@@ -1812,8 +1821,10 @@ void classify_sql_literals(const char *sql, size_t len, const struct classify_fu
     if (lits != NULL) {
         bool plannable = first == KW_SELECT || first == KW_INSERT || first == KW_UPDATE ||
                          first == KW_DELETE || first == KW_WITH || first == KW_VALUES;
+        /* (WITH that changes something: its rows come after the change, as RETURNING's) */
         lits->usable = n == 1 && plannable && lits->n > 0 && !c.lx.lits_bad && !c.lx.error &&
-                       !c.too_deep && !(c.lx.lits_into && first != KW_INSERT);
+                       !c.too_deep && !(c.lx.lits_into && first != KW_INSERT) &&
+                       !(first == KW_WITH && (out->flags & CL_WRITE));
         if (!lits->usable)
             lits->n = 0;
     }

@@ -872,6 +872,10 @@ class WireTest(unittest.TestCase):
                  # ORDER BY -1 names a position (refused); - 1 + 0 is an expression
                  "select v from w where id = 12 order by -1",
                  "select v from w where id < 14 order by - 1 + 0, (-1), v - 3",
+                 # a change that returns rows and fails: the error alone, no RowDescription
+                 "update w set v = v + 2147483647 where id = 12 returning v",
+                 "with d as (delete from wlog where x = 123456) select v * 2147483647 from w "
+                 "where id = 12",
                  "select id from w where id >= 95 and id < 98 order by 1 limit 10",
                  "select nosuch from w where id = 12",
                  "select v from w where id = 12345 and nosuch = 10",
@@ -1007,9 +1011,24 @@ class WireTest(unittest.TestCase):
                                "(select count(*) from w where id < %s)")) % expr(rng, depth + 1)
 
         def text(rng):
-            if rng.random() < 0.1:  # (a change of nothing, or an error)
+            r = rng.random()
+            if r < 0.1:  # (a change of nothing, or an error)
                 k = rng.choice(nums)
-                return "update w set v = v + %s - %s where id = %s" % (k, k, rng.choice(nums))
+                return "update w set v = v + %s - %s where id = %s%s" % (
+                    k, k, rng.choice(nums), rng.choice(("", " returning v - %s, id" % k)))
+            if r < 0.2:  # other statement shapes: rows in an order of their own
+                a, b = expr(rng), expr(rng)
+                return "select * from (%s) q order by q" % rng.choice((
+                    "with x as (select v, id from w where id < %s) select %s from x where "
+                    "id > %s" % (rng.choice(nums), a, rng.choice(nums)),
+                    "select %s from w where id = %s union all select %s from w where id < %s"
+                    % (a, rng.choice(nums), b, rng.choice(nums)),
+                    "select %s from w where id in (select id from w where v > %s)"
+                    % (a, rng.choice(nums)),
+                    "select %s from (select v + %s as v, id from w) s where id <= %s"
+                    % (a, rng.choice(nums), rng.choice(nums)),
+                    "select count(*) filter (where v > %s), exists(select 1 from w where id = %s)"
+                    " from w" % (rng.choice(nums), rng.choice(nums))))
             items = [expr(rng) for _ in range(rng.randint(1, 3))]
             distinct = rng.random() < 0.1
             sql = "select %s%s from w where id %s %s" % (
