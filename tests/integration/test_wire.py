@@ -5,6 +5,7 @@ the same answers in the same order. Also asserts where statements ran."""
 
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -1028,7 +1029,14 @@ class WireTest(unittest.TestCase):
                     "select %s from (select v + %s as v, id from w) s where id <= %s"
                     % (a, rng.choice(nums), rng.choice(nums)),
                     "select count(*) filter (where v > %s), exists(select 1 from w where id = %s)"
-                    " from w" % (rng.choice(nums), rng.choice(nums))))
+                    " from w" % (rng.choice(nums), rng.choice(nums)),
+                    "select %s, b.v from w a join w b on b.id = a.id + %s where a.id < %s"
+                    % (re.sub(r"\b(v|id)\b", r"a.\1", a), rng.choice(nums),
+                       rng.choice(nums)),
+                    "select %s from w where v::numeric / %s > 1 and v is not null"
+                    % (a, rng.choice(nums)),
+                    "select %s from w where id = %s or not (v * %s < 0)"
+                    % (a, rng.choice(nums), rng.choice(nums))))
             items = [expr(rng) for _ in range(rng.randint(1, 3))]
             distinct = rng.random() < 0.1
             sql = "select %s%s from w where id %s %s" % (
