@@ -1619,7 +1619,8 @@ static int sstmt_evict(struct backend *b)
 static int kept_names_check(struct backend *b, const struct client *c)
 {
     if (b->shared || b->names_gen == c->names_gen)
-        return 0; /* (a shared backend serves no session that made names its own: pinned) */
+        return 0; /* (a shared backend serves no session with a temporary object: pinned;
+                     a session's other DDL is as another session's to it) */
     while (b->nsstmts > 0) {
         uint16_t i = (uint16_t)(b->nsstmts - 1);
         if (proto_write_Close(&b->out, 'S', b->sstmts[i].label) < 0 ||
