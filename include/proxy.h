@@ -250,8 +250,10 @@ struct backend {
     struct scram_client *scram;
     struct expect *exp; /* ring of owed responses */
     size_t exp_head, exp_count, exp_cap;
-    size_t fwd_outstanding;     /* owed responses the client will see */
-    bool cancel_pending;        /* a cancel came during the login: send it once logged in */
+    size_t fwd_outstanding; /* owed responses the client will see */
+    bool cancel_pending;    /* a cancel came during the login: send it once logged in */
+    struct cancel_wait *cancel_pending_wait; /* that cancel's client connection (a hold on
+                                                it, cancel_wait_hold), or NULL */
     uint64_t set_gen;           /* session changes replayed here up to this generation */
     struct buf startup_params;  /* ParameterStatus messages from login */
     struct buf reprepare_error; /* a failed re-prepare's ErrorResponse, given to the client in
@@ -279,7 +281,9 @@ struct backend {
     /* and the clients' named prepared statements it has prepared under names of its own
      * (backend_shared_bind); NULL until the first */
     struct shared_stmt *sstmts;
-    bool cancel_fence;    /* a cancel for the one client it runs is on its way: no new units */
+    /* a cancel is on its way to the node: a shared backend takes no new unit, and no backend
+     * goes to the pool or is shared, until the node has acted on it (cancel_send) */
+    bool cancel_fence;
     uint64_t progress_ms; /* loop time when it last sent anything, or was given a unit while
                              it owed nothing: a stall counts from there (multiplex_stall_ms) */
     uint16_t nsstmts;     /* entries in use, 0..SHARED_STMTS_MAX */
@@ -391,9 +395,10 @@ void backend_stmts_clear(struct backend *b);
 /* A cancel request from client c for its statement on shared backend b: sent to the node only
  * when everything b owes is c's (nothing of another client was sent there behind it, which
  * the node might be running by the time it acts on the request), and b then takes no new
- * unit until the node has acted on it. Returns 1 when sent, 0 when b owes nothing or a cancel
- * is already on its way (or out of memory), -1 when another client's statement is there. */
-int backend_shared_cancel(struct backend *b, struct client *c);
+ * unit until the node has acted on it (`w` is held until then, as by backend_cancel). Returns
+ * 1 when sent, 0 when b owes nothing or a cancel is already on its way (or out of memory), -1
+ * when another client's statement is there. */
+int backend_shared_cancel(struct backend *b, struct client *c, struct cancel_wait *w);
 /* Send what was queued on shared backend b before the loop next polls, together with what
  * other clients queue there meanwhile: several clients' reads reach the node in one write. */
 void backend_shared_defer_flush(struct backend *b);
@@ -407,8 +412,10 @@ void backend_close(struct backend *b);
 /* Cancel what b runs for its client: a CancelRequest with the node's key for b, on a new
  * connection to the node. Before b's login completes the node does not know that key, so the
  * request is held and sent right after the statements queued meanwhile. Best effort, as in
- * PostgreSQL: a cancel that reaches the node between statements does nothing. */
-void backend_cancel(struct backend *b);
+ * PostgreSQL: a cancel that reaches the node between statements does nothing. Until the node
+ * has acted on it (closed that connection), b goes to no pool and no other session; `w` (may
+ * be NULL) is held until then (cancel_wait_hold). */
+void backend_cancel(struct backend *b, struct cancel_wait *w);
 /* Stop/start reading the node (flow control for a slow client). */
 void backend_pause(struct backend *b);
 void backend_resume(struct backend *b);
@@ -420,8 +427,23 @@ enum client_state {
     CLIENT_AUTH,        /* authenticating the client */
     CLIENT_CONNECTING,  /* authenticated; waiting for the first backend's parameters */
     CLIENT_READY,       /* serving statements */
+    CLIENT_CANCELLING,  /* sent a CancelRequest: open until the nodes have acted on it */
     CLIENT_CLOSING,     /* uv_close called; freed in the close callback */
 };
+
+/* A CancelRequest's client connection, kept open until every node the request was passed to
+ * has acted on it (closed its cancel connection, which PostgreSQL does once it has signalled
+ * the server process), then closed, as PostgreSQL closes it: a client that waits for that
+ * close before its next statement (libpq's PQcancel does) cannot have the cancel land on that
+ * statement instead. Counted: one hold for the hand-over to the worker that owns the session,
+ * one per cancel connection to a node. Made and freed on the worker of the cancel connection
+ * (its home); held and released on any worker. */
+struct cancel_wait;
+/* One more hold on w (may be NULL). Any thread. */
+void cancel_wait_hold(struct cancel_wait *w);
+/* Drop a hold on w (may be NULL); the last one has w's home close the client connection and
+ * free w. Any thread. */
+void cancel_wait_release(struct cancel_wait *w);
 
 /* A named prepared statement of the client (protocol level, "" = unnamed). */
 struct stmt {
@@ -563,6 +585,7 @@ struct client {
      * so far: a backend that kept statements before the last one closes them at their next
      * use (struct backend.names_gen) */
     uint32_t names_gen;
+    struct cancel_wait *cancel_wait; /* CLIENT_CANCELLING: the request's, which points back */
 };
 
 /* How a deferred BEGIN came, and goes to the node: a Query; parsed as the unnamed statement and
@@ -614,6 +637,11 @@ void proxy_each(struct proxy *px0, proxy_fn fn, void *arg);
  * arg. Returns 0, or -1 when the call cannot be queued (out of memory), in which case fn is
  * not run and arg stays the caller's. If w's loop ends first, fn runs with w->loop_done set. */
 int proxy_post(struct proxy *w, proxy_fn fn, void *arg);
+/* proxy_post in two steps, for a call that must not fail when it is time to make it: the call
+ * made beforehand (NULL when out of memory; free it with free() if never posted), then posted,
+ * which cannot fail and hands the call to w. */
+struct proxy_call *proxy_call_new(proxy_fn fn, void *arg);
+void proxy_post_call(struct proxy *w, struct proxy_call *call);
 /* Mark a node as failed by the loop for a short time (no reads go there). */
 void proxy_node_failed(struct proxy *px, int node);
 /* Initialise the handle at h, the union of a uv_tcp_t and a uv_pipe_t in struct backend and

@@ -1279,9 +1279,10 @@ static void client_rows(struct proxy *px, void *arg)
                 off += (size_t)snprintf(nodes + off, sizeof(nodes) - off, "%s%s", off ? "," : "",
                                         px->cfg->nodes[i].name);
         }
-        const char *state = cl->state == CLIENT_READY     ? tx_name(cl->tx_status)
-                            : cl->state == CLIENT_CLOSING ? "closing"
-                                                          : "login";
+        const char *state = cl->state == CLIENT_READY        ? tx_name(cl->tx_status)
+                            : cl->state == CLIENT_CLOSING    ? "closing"
+                            : cl->state == CLIENT_CANCELLING ? "cancel request"
+                                                             : "login";
         const char *vals[] = {
             id,
             cl->user,

@@ -92,6 +92,8 @@ void backend_close(struct backend *b)
         (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
     }
     b->state = BACKEND_CLOSING;
+    cancel_wait_release(b->cancel_pending_wait); /* the cancel goes nowhere now */
+    b->cancel_pending_wait = NULL;
     if (b->parked)
         pool_unlink(b);
     if (b->shared)
@@ -108,23 +110,41 @@ struct cancel_req {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     };
+    uv_timer_t timer; /* gives up on a node that neither answers nor closes */
+    int handles_open; /* tcp + timer; freed when both closed */
     uv_connect_t connect;
     uv_write_t write;
     char packet[16];
-    /* A shared backend that takes no new unit until the node has acted on this request
-     * (backend_shared_cancel); its memory is kept until then (a handle of its own) */
+    /* The backend that goes to no pool or other client (and, shared, takes no new unit) until
+     * the node has acted on this request; its memory is kept until then (a hold of its own) */
     struct backend *fence;
-    char sink[64]; /* what the node might send before it closes */
+    struct cancel_wait *wait; /* the client connection that asked, held until then, or NULL */
+    char sink[64];            /* what the node might send before it closes */
 };
 
 static void cancel_close_cb(uv_handle_t *h)
 {
     struct cancel_req *r = h->data;
-    if (r->fence) {
-        r->fence->cancel_fence = false;
-        backend_free_if_closed(r->fence);
-    }
+    if (--r->handles_open > 0)
+        return;
+    r->fence->cancel_fence = false;
+    backend_free_if_closed(r->fence);
+    cancel_wait_release(r->wait);
     free(r);
+}
+
+/* Done with the node's cancel connection, acted on or not: close both handles. */
+static void cancel_done(struct cancel_req *r)
+{
+    if (!uv_is_closing((uv_handle_t *)&r->tcp)) {
+        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        uv_close((uv_handle_t *)&r->timer, cancel_close_cb);
+    }
+}
+
+static void cancel_timeout_cb(uv_timer_t *t)
+{
+    cancel_done(t->data);
 }
 
 static void cancel_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
@@ -139,70 +159,79 @@ static void cancel_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 {
     (void)ub;
     if (nread < 0)
-        uv_close((uv_handle_t *)s, cancel_close_cb);
+        cancel_done(s->data);
 }
 
 static void cancel_write_cb(uv_write_t *w, int status)
 {
     struct cancel_req *r = w->data;
-    if (r->fence && status == 0 &&
-        uv_read_start((uv_stream_t *)&r->tcp, cancel_alloc_cb, cancel_read_cb) == 0)
-        return;
-    uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+    if (status < 0 || uv_read_start((uv_stream_t *)&r->tcp, cancel_alloc_cb, cancel_read_cb) != 0)
+        cancel_done(r);
 }
 
 static void cancel_connect_cb(uv_connect_t *req, int status)
 {
     struct cancel_req *r = req->data;
     if (status < 0) {
-        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        cancel_done(r);
         return;
     }
     uv_buf_t ub = uv_buf_init(r->packet, sizeof(r->packet));
     r->write.data = r;
     if (uv_write(&r->write, (uv_stream_t *)&r->tcp, &ub, 1, cancel_write_cb) < 0)
-        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        cancel_done(r);
 }
 
-/* A CancelRequest with b's key on a new connection to b's node; the request frees itself.
- * With `fence`, b takes no new unit (b->cancel_fence) until the node has closed that
- * connection, which it does once it has signalled b's server process. Returns 0, or -1 when
- * nothing was sent. */
-static int cancel_send(struct backend *b, bool fence)
+/* A CancelRequest with b's key on a new connection to b's node; the request frees itself once
+ * the node has closed that connection, which it does once it has signalled b's server process
+ * (or after connect_timeout_ms, or when it cannot be reached). Until then b is fenced
+ * (b->cancel_fence: no pool, no other client, and a shared b takes no new unit, since the
+ * signal could reach what they send) and w is held. Returns 0, or -1 when nothing was sent
+ * (out of memory). */
+static int cancel_send(struct backend *b, struct cancel_wait *w)
 {
     struct proxy *px = b->px;
     const struct sockaddr_storage *addr = &px->nodes[b->node].addr;
     struct cancel_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
-    if (fence) {
-        r->fence = b;
-        b->handles_open++;
-        b->cancel_fence = true;
-    }
+    r->fence = b;
+    b->handles_open++;
+    b->cancel_fence = true;
+    r->wait = w;
+    cancel_wait_hold(w);
     proxy_stream_init(px->loop, &r->tcp, addr);
+    uv_timer_init(px->loop, &r->timer);
+    r->handles_open = 2;
     r->tcp.data = r;
+    r->timer.data = r;
     r->connect.data = r;
     proto_put_u32(r->packet, 16);
     proto_put_u32(r->packet + 4, PROTO_CANCEL_CODE);
     proto_put_u32(r->packet + 8, b->pid);
     proto_put_u32(r->packet + 12, b->key);
+    uv_timer_start(&r->timer, cancel_timeout_cb, (uint64_t)px->cfg->connect_timeout_ms, 0);
     if (proxy_stream_connect(&r->connect, &r->tcp, addr, cancel_connect_cb) < 0)
-        uv_close((uv_handle_t *)&r->tcp, cancel_close_cb);
+        cancel_done(r);
     return 0;
 }
 
-void backend_cancel(struct backend *b)
+void backend_cancel(struct backend *b, struct cancel_wait *w)
 {
     if (b->client == NULL || b->state == BACKEND_CLOSING)
         return;
-    if (b->state == BACKEND_READY)
-        (void)cancel_send(b, false);
-    else
-        b->cancel_pending = true; /* the node does not know this backend's key yet */
+    if (b->state == BACKEND_READY) {
+        (void)cancel_send(b, w);
+        return;
+    }
+    /* The node does not know this backend's key yet: sent once the login is done. */
+    b->cancel_pending = true;
+    cancel_wait_hold(w);
+    cancel_wait_release(b->cancel_pending_wait); /* an earlier request's: this one stands */
+    b->cancel_pending_wait = w;
 }
 
-int backend_shared_cancel(struct backend *b, struct client *c)
+int backend_shared_cancel(struct backend *b, struct client *c, struct cancel_wait *w)
 {
     if (b->state != BACKEND_READY || b->cancel_fence || b->exp_count == 0)
         return 0;
@@ -210,7 +239,7 @@ int backend_shared_cancel(struct backend *b, struct client *c)
         if (b->exp[(b->exp_head + k) % b->exp_cap].owner != c)
             return -1;
     }
-    return cancel_send(b, true) == 0 ? 1 : 0;
+    return cancel_send(b, w) == 0 ? 1 : 0;
 }
 
 int backend_queue(struct backend *b, const void *p, size_t n)
@@ -960,7 +989,9 @@ static void backend_handle_input(struct backend *b)
                 if (b->cancel_pending) {
                     b->cancel_pending = false;
                     if (b->client != NULL && b->fwd_outstanding > 0)
-                        (void)cancel_send(b, false);
+                        (void)cancel_send(b, b->cancel_pending_wait);
+                    cancel_wait_release(b->cancel_pending_wait);
+                    b->cancel_pending_wait = NULL;
                 }
             } else if (m.type == BE_ERROR) {
                 backend_fail_with_error(b, &m);

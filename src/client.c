@@ -142,6 +142,14 @@ static void client_free(struct client *c)
     free(c);
 }
 
+/* See proxy.h. */
+struct cancel_wait {
+    struct proxy *home;      /* the worker of the cancel connection */
+    struct client *client;   /* that connection, on home's thread only; NULL once closed */
+    struct proxy_call *done; /* cancel_wait_done on home, made beforehand: it cannot fail */
+    atomic_uint holds;       /* see cancel_wait_hold */
+};
+
 static void client_close_cb(uv_handle_t *h)
 {
     client_free(h->data);
@@ -165,6 +173,10 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     else
         log_debug("client %u closed: %s", c->id, reason);
     c->state = CLIENT_CLOSING;
+    if (c->cancel_wait) {
+        c->cancel_wait->client = NULL; /* the request goes on; its end finds c gone */
+        c->cancel_wait = NULL;
+    }
     if (c->shared_owed)
         backend_shared_forget(c);
     if (c->param_filler)
@@ -548,11 +560,34 @@ static bool client_cancel_held(struct client *c)
     return true;
 }
 
+/* On w's home: the nodes have acted on the request (or it went nowhere): close the client
+ * connection, as PostgreSQL closes a cancel connection, and free w. */
+static void cancel_wait_done(struct proxy *px, void *arg)
+{
+    (void)px;
+    struct cancel_wait *w = arg;
+    if (w->client != NULL)
+        client_close(w->client, NULL, "cancel request done"); /* clears w->client */
+    free(w);
+}
+
+void cancel_wait_hold(struct cancel_wait *w)
+{
+    if (w != NULL)
+        atomic_fetch_add(&w->holds, 1);
+}
+
+void cancel_wait_release(struct cancel_wait *w)
+{
+    if (w != NULL && atomic_fetch_sub(&w->holds, 1) == 1)
+        proxy_post_call(w->home, w->done);
+}
+
 /* CancelRequest: find the client by the key pgsteer gave it and cancel on every node that owes
  * it answers, with that backend's own key (backend_cancel; a backend still logging in sends it
- * once its queued statements are out), or the unit PAUSE holds (client_cancel_held). On the
- * worker that owns the client. */
-static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
+ * once its queued statements are out), or the unit PAUSE holds (client_cancel_held); `w` (may
+ * be NULL) is held until each node has acted on it. On the worker that owns the client. */
+static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key, struct cancel_wait *w)
 {
     struct client *target = NULL;
     for (struct client *c = px->clients; c; c = c->next) {
@@ -567,14 +602,14 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
         struct backend *b = target->backends[i];
         if (b == NULL || b->state == BACKEND_CLOSING || b->fwd_outstanding == 0)
             continue;
-        backend_cancel(b);
+        backend_cancel(b, w);
         log_info("client %u: cancel request %s node %s", target->id,
                  b->state == BACKEND_READY ? "sent to" : "held until the login to",
                  px->cfg->nodes[i].name);
     }
     for (int i = 0; i < CONFIG_MAX_NODES && target->shared_owed; i++) {
         struct backend *b = px->shared_be[i];
-        int rc = b ? backend_shared_cancel(b, target) : 0;
+        int rc = b ? backend_shared_cancel(b, target, w) : 0;
         if (rc != 0)
             log_info("client %u: cancel request %s node %s", target->id,
                      rc > 0 ? "sent over the shared backend to"
@@ -587,30 +622,56 @@ static void cancel_on_owner(struct proxy *px, uint32_t pid, uint32_t key)
 
 struct cancel_args {
     uint32_t pid, key;
+    struct cancel_wait *wait;
 };
 
 static void cancel_call(struct proxy *px, void *arg)
 {
     struct cancel_args *a = arg;
     if (!px->loop_done)
-        cancel_on_owner(px, a->pid, a->key);
+        cancel_on_owner(px, a->pid, a->key, a->wait);
+    cancel_wait_release(a->wait); /* the hand-over's hold */
     free(a);
 }
 
-static void client_handle_cancel(struct proxy *px, uint32_t pid, uint32_t key)
+/* Client c sent a CancelRequest: pass it to the worker that owns the session it names, and keep
+ * c open until the nodes have acted on it (struct cancel_wait); without the memory for that, c
+ * closes at once. Returns 0, or -1 when c was closed. */
+static int client_handle_cancel(struct client *c, uint32_t pid, uint32_t key)
 {
+    struct proxy *px = c->px;
     struct proxy *owner = px->shared->workers[pid % (uint32_t)px->shared->nworkers];
-    if (owner == px) {
-        cancel_on_owner(px, pid, key);
-        return;
-    }
+    struct cancel_wait *w = calloc(1, sizeof(*w));
     struct cancel_args *a = malloc(sizeof(*a));
-    if (a == NULL)
-        return;
-    a->pid = pid;
-    a->key = key;
-    if (proxy_post(owner, cancel_call, a) < 0)
-        free(a);
+    if (w != NULL && (w->done = proxy_call_new(cancel_wait_done, w)) == NULL) {
+        free(w);
+        w = NULL;
+    }
+    if (w != NULL) {
+        w->home = px;
+        w->client = c;
+        atomic_init(&w->holds, 1); /* the hand-over's */
+        c->cancel_wait = w;
+        c->state = CLIENT_CANCELLING;
+    }
+    if (a == NULL) {
+        cancel_wait_release(w); /* nothing handed over */
+    } else {
+        a->pid = pid;
+        a->key = key;
+        a->wait = w;
+        if (owner == px) {
+            cancel_call(px, a);
+        } else if (proxy_post(owner, cancel_call, a) < 0) {
+            free(a);
+            cancel_wait_release(w);
+        }
+    }
+    if (w == NULL) {
+        client_close(c, NULL, "cancel request");
+        return -1;
+    }
+    return 0;
 }
 
 static int client_start_auth(struct client *c);
@@ -708,10 +769,15 @@ static int client_handle_startup_packet(struct client *c)
         return 0;
     }
     if (code == PROTO_CANCEL_CODE) {
-        if (n == 16)
-            client_handle_cancel(c->px, proto_get_u32(p + 8), proto_get_u32(p + 12));
-        client_close(c, NULL, "cancel request");
-        return -1;
+        if (n != 16) {
+            client_close(c, NULL, "cancel request of a wrong length");
+            return -1;
+        }
+        uint32_t pid = proto_get_u32(p + 8), key = proto_get_u32(p + 12);
+        buf_consume(&c->in, (size_t)n);
+        if (client_handle_cancel(c, pid, key) < 0)
+            return -1;
+        return c->state == CLIENT_CANCELLING ? 1 : -1; /* nothing more is read from it */
     }
     if ((code >> 16) != 3) {
         client_close(c, "08P01", "unsupported frontend protocol");
@@ -2861,6 +2927,10 @@ void client_process(struct client *c)
 
 static void client_on_input(struct client *c)
 {
+    if (c->state == CLIENT_CANCELLING) {
+        buf_reset(&c->in); /* a client says nothing after a CancelRequest: ignored */
+        return;
+    }
     while (c->state == CLIENT_STARTUP) {
         int rc = client_handle_startup_packet(c);
         if (rc != 0)

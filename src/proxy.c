@@ -122,22 +122,37 @@ void proxy_each(struct proxy *px0, proxy_fn fn, void *arg)
     }
 }
 
-int proxy_post(struct proxy *w, proxy_fn fn, void *arg)
+struct proxy_call *proxy_call_new(proxy_fn fn, void *arg)
 {
     struct proxy_call *call = calloc(1, sizeof(*call));
     if (call == NULL)
-        return -1;
+        return NULL;
     call->fn = fn;
     call->arg = arg;
+    return call;
+}
+
+void proxy_post_call(struct proxy *w, struct proxy_call *call)
+{
     pthread_mutex_lock(&w->calls_lock);
     if (w->loop_done) {
         pthread_mutex_unlock(&w->calls_lock);
+        proxy_fn fn = call->fn;
+        void *arg = call->arg;
         free(call);
         fn(w, arg);
-        return 0;
+        return;
     }
     calls_push(w, call);
     pthread_mutex_unlock(&w->calls_lock);
+}
+
+int proxy_post(struct proxy *w, proxy_fn fn, void *arg)
+{
+    struct proxy_call *call = proxy_call_new(fn, arg);
+    if (call == NULL)
+        return -1;
+    proxy_post_call(w, call);
     return 0;
 }
 

@@ -1539,6 +1539,51 @@ class WireTest(unittest.TestCase):
         finally:
             c.close()
 
+    def test_cancel_connection_stays_open_until_the_node_has_acted(self):
+        # PostgreSQL closes a cancel connection once it has signalled the server process, and
+        # libpq's PQcancel waits for that close, so that the client's next statement cannot be
+        # the one the cancel lands on. pgsteer must close the client's cancel connection only
+        # when the node has closed its own: with the primary's postmaster stopped, the cancel
+        # is not acted on, and the client's cancel connection stays open; once it runs again,
+        # the statement is cancelled and the connection closes.
+        with open(os.path.join(cluster.nodes[0].datadir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        c = Conn(proxy.port)
+        stopped = False
+        try:
+            c.send(Query("begin"))
+            c.until_ready()
+            c.send(Query("select pg_sleep(10)"))  # in a transaction: on the primary
+            deadline = time.time() + 10
+            while cluster.psql(cluster.primary_port, "select count(*) from pg_stat_activity "
+                               "where state = 'active' and query = 'select pg_sleep(10)'",
+                               user="postgres", db="postgres") == "0":
+                self.assertLess(time.time(), deadline, "the statement never started")
+                time.sleep(0.05)
+            os.kill(postmaster, signal.SIGSTOP)
+            stopped = True
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
+            s.settimeout(0.5)
+            with self.assertRaises(socket.timeout, msg="pgsteer closed the cancel connection "
+                                   "before the node acted on the request"):
+                s.recv(1)
+            os.kill(postmaster, signal.SIGCONT)
+            stopped = False
+            s.settimeout(5)
+            t0 = time.time()
+            self.assertEqual(s.recv(1), b"", "the cancel connection closes without an answer")
+            s.close()
+            out = c.until_ready()
+            self.assertLess(time.time() - t0, 5)
+            self.assertEqual(out, [("T", ("pg_sleep",)), ("E", "57014"), ("Z", "E")])
+            c.send(Query("rollback"))
+            self.assertEqual(c.until_ready(), [("C", "ROLLBACK"), ("Z", "I")])
+        finally:
+            if stopped:
+                os.kill(postmaster, signal.SIGCONT)
+            c.close()
+
     def test_cancel_during_the_login_to_the_node_is_not_lost(self):
         # The replicas' postmasters are stopped, so pgsteer's login to the replica this client's
         # first read goes to hangs, with the statement queued behind it. A cancel that comes
