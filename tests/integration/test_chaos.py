@@ -75,8 +75,9 @@ class Client:
     """One application connection through pgsteer doing random work. Every answer is checked
     as it comes; self.problems collects what must not happen."""
 
-    def __init__(self, test, px, cid, seed, acked, problems):
+    def __init__(self, test, px, cid, seed, acked, never, problems):
         self.test, self.px, self.cid, self.seed = test, px, cid, seed
+        self.never = never  # writes of transactions that never committed
         self.rng = random.Random(seed)
         self.acked, self.problems = acked, problems
         self.conn = None
@@ -141,7 +142,7 @@ class Client:
         return False
 
     def step(self):
-        k = self.rng.randrange(16)
+        k = self.rng.randrange(17)
         self.last_kind, self.kind = self.kind, k
         tok = self.token()
         i = self.rng.randint(1, 100)
@@ -210,8 +211,10 @@ class Client:
             self.copy_in(tok)
         elif k < 15:
             self.abandon(tok)
-        else:
+        elif k < 16:
             self.cancel(tok)
+        else:
+            self.vanish_in_transaction(tok)
 
     def transaction(self, tok, i, row):
         """BEGIN alone (answered by pgsteer with defer_begin), a write, a read in it, COMMIT."""
@@ -321,6 +324,30 @@ class Client:
             other.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         other.sock.close()
 
+    def vanish_in_transaction(self, tok):
+        """Another connection that writes in a transaction and goes away without a Terminate,
+        after the write's answer or while it is on its way: the write must never be
+        committed, and the server process, still in the transaction, must serve no other
+        session (whose statements would then run in it)."""
+        try:
+            other = Conn(self.px.port, timeout=15)
+        except (WireError, OSError):
+            if self.strict:
+                self.problem("cannot connect after the killing stopped")
+            return
+        self.never.add(tok)
+        other.send(Query("begin") + Query("insert into chaos values (%d, %d)" % (tok, self.cid)))
+        if self.rng.random() < 0.5:
+            try:
+                ready = 0
+                while ready < 2:
+                    ready += other.read()[0] == b"Z"
+            except (WireError, OSError):
+                pass
+        if self.rng.random() < 0.5:
+            other.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        other.sock.close()
+
     def cancel(self, tok):
         """A read that sleeps, cancelled by a CancelRequest on a second connection with the
         key pgsteer gave: the answer is the read's or the cancel's error (57014)."""
@@ -423,14 +450,14 @@ class ChaosTest(unittest.TestCase):
         px = Pgsteer(cluster, extra_yaml=extra_yaml)
         with px:
             px.wait_replicas_eligible()
-            acked, problems = set(), []
+            acked, never, problems = set(), set(), []
             start = time.monotonic()
             chaos_end = start + CHAOS_SECONDS
             # Once the killing stops, a short pause for pgsteer to see what it ended, then
             # every step of every connection, old or new, must succeed.
             strict_after = chaos_end + 1.0
             until = strict_after + 2.0
-            clients = [Client(self, px, n + 1, seed * 100 + n, acked, problems)
+            clients = [Client(self, px, n + 1, seed * 100 + n, acked, never, problems)
                        for n in range(CLIENTS)]
             killer = Killer(seed)
             threads = [threading.Thread(target=cl.run, args=(until, strict_after))
@@ -461,6 +488,8 @@ class ChaosTest(unittest.TestCase):
             ids = set(int(x) for x in cluster.psql(
                 cluster.primary_port, "select id from chaos").split())
             self.assertEqual(acked - ids, set(), "acknowledged writes missing; " + summary)
+            self.assertEqual(never & ids, set(), "writes of abandoned transactions committed; "
+                             + summary)
             # No client left behind, and pgsteer's server connections are the ones the
             # servers have (none leaked, none counted that has ended).
             deadline = time.monotonic() + 10
