@@ -250,8 +250,10 @@ struct backend {
     struct scram_client *scram;
     struct expect *exp; /* ring of owed responses */
     size_t exp_head, exp_count, exp_cap;
-    size_t fwd_outstanding; /* owed responses the client will see */
-    bool cancel_pending;    /* a cancel came during the login: send it once logged in */
+    size_t fwd_outstanding;   /* owed responses the client will see */
+    const char *fail_message; /* why b fails on the next loop turn (backend_flush) */
+    bool diverged;            /* a replay of the session's changes failed: replaced once idle */
+    bool cancel_pending;      /* a cancel came during the login: send it once logged in */
     struct cancel_wait *cancel_pending_wait; /* that cancel's client connection (a hold on
                                                 it, cancel_wait_hold), or NULL */
     uint64_t set_gen;           /* session changes replayed here up to this generation */
@@ -328,7 +330,9 @@ int backend_expect(struct backend *b, enum expect_kind kind, bool swallow, bool 
 /* The response last expected (after a successful backend_expect), to mark it: `quiet`, `stmt`
  * or `change` (see struct expect). Owned by b; valid until the next backend_expect. */
 struct expect *backend_expect_last(struct backend *b);
-/* Send queued bytes now (when logged in). */
+/* Send queued bytes now (when logged in). A broken connection is failed (backend_fail: the
+ * client hears of it) on the next turn of the loop, never within this call, so the caller may
+ * go on using the session's statements and changes. */
 void backend_flush(struct backend *b);
 /* multiplex_reads: the worker's shared backend to `node` for c's user, database and startup
  * parameters, logged in and ready; made from a pooled backend when there is none yet, else
@@ -609,9 +613,11 @@ void client_process(struct client *c);
 /* Called by backend.c. */
 void client_backend_ready(struct client *c, struct backend *b);
 /* Backend to `node` failed and is closed already; it owed the client `owed_ready`
- * ReadyForQuery messages (and other responses when owed_any). */
+ * ReadyForQuery messages (and other responses when owed_any): each such unit gets an
+ * ErrorResponse(sqlstate, message) and its ReadyForQuery, but the first when `answered` (an
+ * error of the node's came for it already). */
 void client_backend_failed(struct client *c, int node, const char *sqlstate, const char *message,
-                           bool owed_any, size_t owed_ready);
+                           bool owed_any, size_t owed_ready, bool answered);
 /* A response message from backend b for the client; returns 0 or -1 when the client closed. */
 void client_on_ready_for_query(struct client *c, struct backend *b, char status,
                                const struct expect *e);

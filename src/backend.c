@@ -27,6 +27,7 @@ static int sstmt_name(char *dst, size_t cap, uint32_t name);
 static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
 static bool simple_refused(struct backend *b, struct client *c, uint16_t i);
 static void simple_error_position(struct backend *b, struct proto_msg *m);
+static struct expect *backend_head(struct backend *b);
 
 static void backend_free_if_closed(struct backend *b)
 {
@@ -216,15 +217,26 @@ static int cancel_send(struct backend *b, struct cancel_wait *w)
     return 0;
 }
 
+/* Whether b's next answer is to a Query of pgsteer's own: a replay of the session's changes,
+ * which the client's statement waits behind. */
+static bool replay_ahead(struct backend *b)
+{
+    const struct expect *head = b->exp_count ? backend_head(b) : NULL;
+    return head && head->swallow && head->kind == EXP_QUERY;
+}
+
 void backend_cancel(struct backend *b, struct cancel_wait *w)
 {
     if (b->client == NULL || b->state == BACKEND_CLOSING)
         return;
-    if (b->state == BACKEND_READY) {
+    if (b->state == BACKEND_READY && !replay_ahead(b)) {
         (void)cancel_send(b, w);
         return;
     }
-    /* The node does not know this backend's key yet: sent once the login is done. */
+    /* The node does not know this backend's key yet: sent once the login is done. Or the node
+     * is replaying the session's changes ahead of the client's statement: a cancel now would
+     * stop the replay, not the statement, which would then run without the change; sent once
+     * the replay is answered. */
     b->cancel_pending = true;
     cancel_wait_hold(w);
     cancel_wait_release(b->cancel_pending_wait); /* an earlier request's: this one stands */
@@ -333,6 +345,21 @@ static void backend_write_cb(uv_write_t *req, int status)
         client_process(b->client);
 }
 
+static void backend_fail_later_cb(uv_timer_t *t)
+{
+    struct backend *b = t->data;
+    backend_fail(b, "08006", b->fail_message);
+}
+
+/* backend_flush found b's connection broken: fail b on the next turn of the loop, not now,
+ * since the caller (a client's statement on its way, a replay, a deallocation on every node)
+ * still holds on to the session's statements and changes, which backend_fail may drop. */
+static void backend_fail_soon(struct backend *b, int err)
+{
+    b->fail_message = uv_strerror(err);
+    uv_timer_start(&b->timer, backend_fail_later_cb, 0, 0);
+}
+
 void backend_flush(struct backend *b)
 {
     if (b->write_pending || buf_avail(&b->out) == 0)
@@ -344,7 +371,7 @@ void backend_flush(struct backend *b)
     if (n > 0)
         buf_consume(&b->out, (size_t)n);
     else if (n < 0 && n != UV_EAGAIN) {
-        backend_fail(b, "08006", uv_strerror(n));
+        backend_fail_soon(b, n);
         return;
     }
     if (buf_avail(&b->out) == 0)
@@ -357,7 +384,7 @@ void backend_flush(struct backend *b)
     b->write_req.data = b;
     int rc = uv_write(&b->write_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_write_cb);
     if (rc < 0) {
-        backend_fail(b, "08006", uv_strerror(rc));
+        backend_fail_soon(b, rc);
         return;
     }
     b->write_pending = true;
@@ -836,6 +863,15 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         if (!e.swallow)
             buf_reset(&b->reprepare_error); /* held for the client's statement, now done */
+        if (b->cancel_pending && !replay_ahead(b)) {
+            /* The replays ahead of the client's statement are done: the held cancel now
+             * reaches the statement, if it still runs. */
+            b->cancel_pending = false;
+            if (b->fwd_outstanding > 0)
+                (void)cancel_send(b, b->cancel_pending_wait);
+            cancel_wait_release(b->cancel_pending_wait);
+            b->cancel_pending_wait = NULL;
+        }
         if (!e.swallow && client_queue(c, m->body - 5, m->total) < 0)
             return -1;
         client_on_ready_for_query(c, b, status, &e);
@@ -889,6 +925,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
             log_warn("client %u: replaying session state on node %s failed: %s", c->id,
                      c->px->cfg->nodes[b->node].name, text ? text : "?");
             forward = true;
+            b->diverged = true; /* replaced before the session's next unit (client_backend) */
         }
         if (head->swallow && head->kind == EXP_PARSE && !head->quiet)
             forward = true; /* a re-prepare failed: the client's Bind will not work here */
@@ -985,8 +1022,9 @@ static void backend_handle_input(struct backend *b)
                 if (b->state == BACKEND_CLOSING)
                     return;
                 backend_flush(b);
-                /* A cancel that came during the login: the statements are on their way now. */
-                if (b->cancel_pending) {
+                /* A cancel that came during the login: the statements are on their way now
+                 * (behind a replay of the session's changes, it waits for its answer). */
+                if (b->cancel_pending && !replay_ahead(b)) {
                     b->cancel_pending = false;
                     if (b->client != NULL && b->fwd_outstanding > 0)
                         (void)cancel_send(b, b->cancel_pending_wait);
@@ -1038,21 +1076,38 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     proxy_node_failed(px, b->node);
     size_t owed_ready = 0;
     bool owed_any = false, retry = false;
+    /* An error forwarded since the last ReadyForQuery (the node's own FATAL, say) answered the
+     * first unit owed already; the others get one each from client_backend_failed. */
+    bool answered = b->batch_error;
     while (b->exp_count) {
         struct expect e = backend_pop(b);
         retry |= e.retryable;
+        /* What the node never answered did not happen, for the client, which gets an error
+         * for it: a Parse of its own made no statement, and a statement that recorded a
+         * session change made none. */
+        if (e.stmt != 0 && e.kind == EXP_PARSE && !e.swallow)
+            session_stmt_forget(c, e.stmt);
+        if (e.change != 0)
+            session_change_undo(c, e.change);
         if (e.swallow)
             continue;
         owed_any = true;
         if (e.kind == EXP_SYNC || e.kind == EXP_QUERY)
             owed_ready++;
     }
+    /* A transaction open there, a block or a batch's implicit one, is gone: rolled back, with
+     * the changes to settings made in it. */
+    if (c->tx_saved_valid && (c->tx_node == b->node || b->tx_status != 'I' ||
+                              (c->tx_saved_implicit && c->batch_node == b->node))) {
+        session_tx_end(c, true, c->change_gen);
+        session_savepoints_clear(c);
+    }
     /* Drop the backend before calling back into the client, which may route again. */
     int node = b->node;
     backend_close(b);
     if (retry) /* the read that might have moved to the primary ends here, with the error */
         client_retry_settled(c);
-    client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready);
+    client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready, answered);
 }
 
 /* ---- the pool ----
@@ -1154,7 +1209,7 @@ static void pool_park(struct backend *b)
         uv_read_start((uv_stream_t *)&b->tcp, backend_alloc_cb, backend_read_cb);
         b->reading = true;
     }
-    backend_flush(b); /* on failure b is closed */
+    backend_flush(b); /* a broken connection closes b on the next loop turn */
 }
 
 struct backend *backend_pool_take(struct client *c, int node)
@@ -2158,7 +2213,7 @@ static void shared_prepare_cb(uv_prepare_t *h)
     for (; dirty; dirty &= dirty - 1) {
         struct backend *b = px->shared_be[__builtin_ctz(dirty)];
         if (b)
-            backend_flush(b); /* on failure b is closed and its clients told */
+            backend_flush(b); /* a broken connection fails b on the next loop turn */
     }
 }
 
@@ -2283,16 +2338,20 @@ static void shared_fail(struct backend *b, const char *sqlstate, const char *mes
     if (px->shared_be[node] == b)
         px->shared_be[node] = NULL;
     b->client = NULL;
+    bool answered = b->batch_error; /* the head's unit had the node's error already */
     while (b->exp_count) {
         struct expect e = backend_pop(b);
         if (e.owner == NULL || is_extended(e.kind))
             continue; /* the client hears it once, for the Sync or Query */
         e.owner->shared_owed--;
-        if (e.owner->state != CLIENT_READY)
+        if (e.owner->state != CLIENT_READY) {
+            answered = false;
             continue;
+        }
         if (e.retryable)
             client_retry_settled(e.owner);
-        client_backend_failed(e.owner, node, sqlstate, message, true, 1);
+        client_backend_failed(e.owner, node, sqlstate, message, true, 1, answered);
+        answered = false;
     }
     backend_close(b);
 }

@@ -167,6 +167,8 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
             client_queue(c, buf_head(&e), buf_avail(&e));
         buf_destroy(&e);
         client_flush(c);
+        if (c->state == CLIENT_CLOSING)
+            return; /* the connection was broken: the flush (or the queue) closed c */
     }
     if (sqlstate)
         log_info("client %u closed: %s", c->id, reason);
@@ -1200,6 +1202,16 @@ static void client_count_route(struct client *c, struct route rt, unsigned flags
 static struct backend *client_backend(struct client *c, int node)
 {
     struct backend *b = c->backends[node];
+    if (b && b->diverged && !c->pinned && b->exp_count == 0 && b->tx_status == 'I' &&
+        c->tx_node != node && c->batch_node != node && c->copy_node != node) {
+        /* A replay of the session's changes failed there: its session is not the client's.
+         * Idle now, it gives way to a backend brought to the session's state from the start. */
+        log_info("client %u: closing its backend to node %s, whose session state is not the "
+                 "client's",
+                 c->id, c->px->cfg->nodes[node].name);
+        backend_close(b);
+        b = NULL;
+    }
     if (b)
         return b;
     b = backend_pool_take(c, node);
@@ -2817,7 +2829,7 @@ static void client_flush_backends(struct client *c)
 {
     for (uint32_t m = c->backend_mask; m; m &= m - 1) {
         struct backend *b = c->backends[__builtin_ctz(m)];
-        if (b) /* flushing may close one (its bit clears then) */
+        if (b)
             backend_flush(b);
     }
 }
@@ -2985,7 +2997,7 @@ void client_on_copy_in(struct client *c, struct backend *b, bool extended)
 }
 
 void client_backend_failed(struct client *c, int node, const char *sqlstate, const char *message,
-                           bool owed_any, size_t owed_ready)
+                           bool owed_any, size_t owed_ready, bool answered)
 {
     if (c->state == CLIENT_CONNECTING) {
         /* The login to the primary failed: those waiting for the same parameters would fail
@@ -3014,15 +3026,21 @@ void client_backend_failed(struct client *c, int node, const char *sqlstate, con
         return;
     }
     bool batch_here = c->batch_node == node;
-    if (owed_any || batch_here)
-        client_send_error(c, sqlstate, message);
     if (c->tx_node == node && buf_avail(&c->held_begin) == 0) {
         /* (A BEGIN still held was not sent: the transaction begins on the next backend.) */
         c->tx_node = -1;
         c->tx_status = 'I';
     }
-    for (size_t i = 0; i < owed_ready; i++)
+    /* Each unit owed hears of the loss, as each would get its own answer: an error, then its
+     * ReadyForQuery. A batch still coming (its Sync not sent yet) hears it now, and its
+     * ReadyForQuery comes with its Sync (batch_failed). */
+    if (owed_ready == 0 && (owed_any || batch_here) && !answered)
+        client_send_error(c, sqlstate, message);
+    for (size_t i = 0; i < owed_ready; i++) {
+        if (i > 0 || !answered)
+            client_send_error(c, sqlstate, message);
         client_send_ready(c);
+    }
     if (batch_here)
         c->batch_failed = true;
     if (c->cur_node == node)

@@ -11,6 +11,7 @@ and server connections must match what the servers see."""
 
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -21,17 +22,18 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import Cluster, Pgsteer  # noqa: E402
+from cluster import Cluster, ClusterError, Pgsteer, config_yaml  # noqa: E402
 from wire import (Bind, Conn, Describe, Execute, Parse, Query, Sync, WireError,  # noqa: E402
                   error_field, msg, normalise)
 
 cluster = None
 
 # What a client may be told when the server process behind its statement ended: the server's
-# own FATAL (57P01, terminating connection due to administrator command), pgsteer's word that
-# the node's connection was lost (08006), and the error of a statement sent in a transaction
+# own FATAL (57P01, terminating connection due to administrator command; 57P02 and 57P03 when
+# a node stops, crashes or is starting), pgsteer's word that the node could not be reached
+# or its connection was lost (class 08), and the error of a statement sent in a transaction
 # that such an error already ended (25P02).
-LOST = {"57P01", "08006", "25P02"}
+LOST = {"57P01", "57P02", "57P03", "08000", "08001", "08003", "08006", "25P02"}
 
 # Seconds of killing per configuration, then of quiet. CHAOS_SECONDS in the environment makes
 # a longer run (for a stress run by hand).
@@ -166,9 +168,11 @@ class Client:
                 pre = Parse("select $1::bigint, v from w where id = $2", name="s")
                 want = [("1", None)]
             c.send(pre + Bind(stmt="s", params=(tok, i)) + Execute() + Sync)
-            if self.expect(self.answers(), want + [("2", None), row, ("C", "SELECT 1"),
-                                                   ("Z", "I")], "prepared read"):
-                self.prepared = True
+            got = self.answers()
+            self.expect(got, want + [("2", None), row, ("C", "SELECT 1"), ("Z", "I")],
+                        "prepared read")
+            # Prepared once its ParseComplete came, whatever failed after it.
+            self.prepared = self.prepared or got[0] == ("1", None)
         elif k < 7:
             c.send(Query("insert into chaos values (%d, %d)" % (tok, self.cid)))
             if self.expect(self.answers(), [("C", "INSERT 0 1"), ("Z", "I")], "insert"):
@@ -249,8 +253,14 @@ class Client:
                                                   "set") else self.UNKNOWN
             return
         c.send(Query("select current_setting('chaos.tag', true), %d::bigint" % tok))
-        self.expect(self.answers(), [("T", ("current_setting", "int8")), ("D", (self.tag, str(tok))),
-                                     ("C", "SELECT 1"), ("Z", "I")], "read of a setting")
+        got = self.answers()
+        if self.tag is None and got[1:2] == [("D", ("", str(tok)))]:
+            # Never set by the session: NULL, or '' on a server process where a session it
+            # served before had set it (a reset keeps such a setting, empty, as PostgreSQL
+            # does for any name with a dot that was ever set in it).
+            got[1] = ("D", (None, str(tok)))
+        self.expect(got, [("T", ("current_setting", "int8")), ("D", (self.tag, str(tok))),
+                          ("C", "SELECT 1"), ("Z", "I")], "read of a setting")
 
     def sql_prepared(self, tok, i, row):
         """PREPARE once per connection, then EXECUTE: the statement must be there on every
@@ -363,8 +373,10 @@ class Client:
             pass
         got = self.answers_with({"57014"})
         ok = [("T", ("pg_sleep", "int8")), ("D", ("", str(tok))), ("C", "SELECT 1"), ("Z", "I")]
+        # Cancelled before it ran, while it ran, or once its row was out.
         if got != ok and got not in ([("E", "57014"), ("Z", "I")],
-                                     [ok[0], ("E", "57014"), ("Z", "I")]):
+                                     [ok[0], ("E", "57014"), ("Z", "I")],
+                                     ok[:2] + [("E", "57014"), ("Z", "I")]):
             self.expect(got, ok, "cancelled read")
 
     def rollback(self):
@@ -374,9 +386,10 @@ class Client:
         if got[-1] != ("Z", "I"):
             self.problem("rollback left status %r" % (got[-1],))
 
-    def run(self, until, strict_after):
-        while time.monotonic() < until and len(self.problems) < 20:
-            self.strict = time.monotonic() >= strict_after
+    def run(self, strict, stop):
+        """Steps until `stop` is set; once `strict` is set every step must succeed."""
+        while not stop.is_set() and len(self.problems) < 20:
+            self.strict = strict.is_set()
             try:
                 if self.conn is None:
                     self.connect()
@@ -404,31 +417,51 @@ class Client:
 
 class Killer:
     """Ends pgsteer's server processes (user app, not the killer's own) on random nodes at
-    random moments, through a direct connection to every node."""
+    random moments, through a direct connection to every node; with `restarts`, also stops a
+    random node now and then (the primary too) and starts it again."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, restarts=False):
         self.rng = random.Random(seed)
-        self.conns = [Conn(port) for port in cluster.ports]
+        self.conns = [None] * len(cluster.nodes)
         self.killed = 0
+        self.restarted = 0
+        self.restarts = restarts
         self.stop = threading.Event()
 
-    def run(self):
-        while not self.stop.wait(self.rng.uniform(0.005, 0.06)):
-            c = self.rng.choice(self.conns)
-            # The monitor's connections too, now and then: it must reconnect on its own.
-            monitor = "" if self.rng.random() < 0.1 else \
-                " and application_name <> 'pgsteer-monitor'"
-            c.send(Query("select count(pg_terminate_backend(pid)) from (select pid from "
-                         "pg_stat_activity where usename = 'app' and pid <> pg_backend_pid() "
-                         "and backend_type = 'client backend'%s order by random() limit 1) p"
-                         % monitor))
-            for t, d in c.until_ready():
+    def kill_one(self):
+        i = self.rng.randrange(len(cluster.nodes))
+        # The monitor's connections too, now and then: it must reconnect on its own.
+        monitor = "" if self.rng.random() < 0.1 else \
+            " and application_name <> 'pgsteer-monitor'"
+        try:
+            if self.conns[i] is None:
+                self.conns[i] = Conn(cluster.nodes[i].port)
+            self.conns[i].send(Query(
+                "select count(pg_terminate_backend(pid)) from (select pid from "
+                "pg_stat_activity where usename = 'app' and pid <> pg_backend_pid() and "
+                "backend_type = 'client backend'%s order by random() limit 1) p" % monitor))
+            for t, d in self.conns[i].until_ready():
                 if t == "D":
                     self.killed += int(d[0])
+        except (WireError, OSError):
+            self.conns[i] = None  # the node is down or restarting: the next time
+
+    def run(self):
+        next_restart = time.monotonic() + self.rng.uniform(0.5, 1.5)
+        while not self.stop.wait(self.rng.uniform(0.005, 0.06)):
+            self.kill_one()
+            if self.restarts and time.monotonic() >= next_restart:
+                i = self.rng.randrange(len(cluster.nodes))
+                cluster.stop_node(i, mode=self.rng.choice(("fast", "immediate")))
+                time.sleep(self.rng.uniform(0.1, 0.6))
+                cluster.start_node(i)
+                self.restarted += 1
+                next_restart = time.monotonic() + self.rng.uniform(0.5, 1.5)
 
     def close(self):
         for c in self.conns:
-            c.close()
+            if c is not None:
+                c.close()
 
 
 def server_connections(port):
@@ -446,41 +479,67 @@ def server_connections(port):
 class ChaosTest(unittest.TestCase):
     maxDiff = None
 
-    def run_chaos(self, extra_yaml, seed):
+    def run_chaos(self, extra_yaml, seed, reloads=None, restarts=False):
+        """The run described at the top, with pgsteer started with extra_yaml; with
+        `reloads` (a list of configuration variants, each (extra YAML, replica2's weight)),
+        pgsteer's file is rewritten with one of them and reloaded every 0.05 to 0.3 s while
+        the killing goes on too; with `restarts`, nodes are stopped and started too."""
         px = Pgsteer(cluster, extra_yaml=extra_yaml)
         with px:
             px.wait_replicas_eligible()
             acked, never, problems = set(), set(), []
-            start = time.monotonic()
-            chaos_end = start + CHAOS_SECONDS
-            # Once the killing stops, a short pause for pgsteer to see what it ended, then
-            # every step of every connection, old or new, must succeed.
-            strict_after = chaos_end + 1.0
-            until = strict_after + 2.0
             clients = [Client(self, px, n + 1, seed * 100 + n, acked, never, problems)
                        for n in range(CLIENTS)]
-            killer = Killer(seed)
-            threads = [threading.Thread(target=cl.run, args=(until, strict_after))
-                       for cl in clients]
+            killer = Killer(seed, restarts)
+            strict, stop = threading.Event(), threading.Event()
+            threads = [threading.Thread(target=cl.run, args=(strict, stop)) for cl in clients]
             kt = threading.Thread(target=killer.run)
-            for t in threads + [kt]:
+            reloaded = [0]
+            rt = threading.Thread(target=self.reloader, args=(px, reloads, seed, killer.stop,
+                                                               reloaded))
+            for t in threads + [kt, rt]:
                 t.start()
             try:
-                time.sleep(max(0.0, chaos_end - time.monotonic()))
+                time.sleep(CHAOS_SECONDS)
             finally:
                 killer.stop.set()
                 kt.join()
-                for t in threads:
-                    t.join(60)
+                rt.join()
                 killer.close()
+                try:
+                    # Every node up and read from again; then a short pause for pgsteer to see
+                    # the ends of what was killed last; then every step of every connection,
+                    # old or new, must succeed.
+                    cluster.wait_replay()
+                    try:
+                        px.wait_replicas_eligible(timeout=30)
+                    except ClusterError as e:
+                        url = "http://127.0.0.1:%d/status" % px.admin_port
+                        with urllib.request.urlopen(url, timeout=5) as r:
+                            raise AssertionError("%s; /status: %s" % (e, r.read().decode()))
+                    time.sleep(1.0)
+                    strict.set()
+                    time.sleep(2.0)
+                finally:
+                    stop.set()
+                    for t in threads:
+                        t.join(60)
             hung = [t for t in threads if t.is_alive()]
             self.assertEqual(hung, [], "client threads still running")
             self.assertTrue(px.alive(), "pgsteer exited: %s" % px.log_text()[-3000:])
             summary = ("killed %d server processes; %d steps, %d errors, %d reconnections"
                        % (killer.killed, sum(c.steps for c in clients),
                           sum(c.errors for c in clients), sum(c.reconnects for c in clients)))
+            if restarts:
+                summary += "; %d nodes restarted" % killer.restarted
             if problems:
                 px.failed = True
+            if reloads:
+                summary += "; %d reloads" % reloaded[0]
+                m = metrics(px)
+                self.assertEqual(m.get('pgsteer_config_reloads_total{result="success"}'),
+                                 reloaded[0], summary)
+                self.assertEqual(m.get('pgsteer_config_reloads_total{result="failure"}'), 0)
             self.assertEqual(problems, [], summary)
             self.assertGreater(killer.killed, 10, summary)
             self.assertGreater(sum(c.errors for c in clients), 0, summary)
@@ -508,6 +567,37 @@ class ChaosTest(unittest.TestCase):
                              "against the servers'; " + summary)
             sys.stderr.write("\n  %s ... " % summary)
 
+    @staticmethod
+    def reloader(px, reloads, seed, stop, reloaded):
+        """Rewrite px's configuration with a random one of `reloads` and reload it, until
+        stop is set (see run_chaos); then back to the first. Counts reloads in reloaded[0]."""
+        if not reloads:
+            return
+        rng = random.Random(seed)
+
+        def reload(extra, weight):
+            text = config_yaml(cluster, px.port, px.admin_port, extra_yaml=extra,
+                               monitor="{interval_ms: 100}")
+            name = cluster.nodes[2].name
+            lines = [ln.replace("weight: 1", "weight: %d" % weight) if "name: %s," % name in ln
+                     else ln for ln in text.splitlines()]
+            with open(px.config_path + ".new", "w") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(px.config_path + ".new", px.config_path)
+            # One reload at a time: wait until this one is counted before the next.
+            before = metrics(px).get('pgsteer_config_reloads_total{result="success"}', 0)
+            px.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while metrics(px).get('pgsteer_config_reloads_total{result="success"}', 0) == before:
+                if time.monotonic() > deadline:
+                    raise AssertionError("a reload was not counted within 10 s")
+                time.sleep(0.01)
+            reloaded[0] += 1
+
+        while not stop.wait(rng.uniform(0.05, 0.3)):
+            reload(*rng.choice(reloads))
+        reload(*reloads[0])
+
     def test_defaults(self):
         self.run_chaos("", 1)
 
@@ -518,6 +608,22 @@ class ChaosTest(unittest.TestCase):
 
     def test_multiplexed_reads(self):
         self.run_chaos("read_balance: statement\nmultiplex_reads: on\nworkers: 1\n", 3)
+
+    def test_node_restarts(self):
+        # Nodes stopped (fast or immediate) and started again, the primary too, while server
+        # processes are ended as in the others.
+        self.run_chaos("", 5, restarts=True)
+
+    def test_reloads(self):
+        # Reloads that turn features on and off, and take a replica out of reading and back,
+        # while sessions use them.
+        self.run_chaos("", 4, reloads=[
+            ("", 1),
+            ("prepare_simple_queries: off\ncache_unnamed_statements: off\n", 1),
+            ("read_balance: statement\nmultiplex_reads: on\n", 1),
+            ("backend_idle_max: 0\ndefer_begin: off\n", 1),
+            ("read_balance: statement\n", 0),
+        ])
 
 
 if __name__ == "__main__":

@@ -1584,6 +1584,93 @@ class WireTest(unittest.TestCase):
                 os.kill(postmaster, signal.SIGCONT)
             c.close()
 
+    def test_what_a_lost_backend_never_answered_did_not_happen(self):
+        # A pipeline: a sleeping read, then a batch that prepares statement "s", then a PREPARE
+        # (a read, so on the same replica), each queued behind the sleep. The server process
+        # ends during the sleep, before it reads the rest: each unit gets an error and its
+        # ReadyForQuery, and no ParseComplete or CommandComplete, so for the client neither
+        # statement was made, and the session goes on without them: "s" can be prepared again
+        # (not 42P05) and "q" does not exist (26000). Then a transaction that changed a setting
+        # loses its server process: it is gone, rolled back, and the setting with it.
+        def kill(ports, query):
+            deadline = time.time() + 10
+            while True:
+                self.assertLess(time.time(), deadline, "the sleep never started")
+                for port in ports:
+                    if cluster.psql(port, "select count(pg_terminate_backend(pid)) from "
+                                    "pg_stat_activity where query = '%s'" % query,
+                                    user="postgres", db="postgres") != "0":
+                        return
+                time.sleep(0.05)
+
+        with Pgsteer(cluster, extra_yaml="read_balance: session\n") as px:
+            c = Conn(px.port)
+            try:
+                c.send(Parse("select pg_sleep(3)") + Bind() + Execute() + Sync +
+                       Parse("select $1::int", name="s") + Bind(stmt="s", params=(1,)) +
+                       Execute() + Sync + Query("prepare q as select 1"))
+                kill(cluster.replica_ports, "select pg_sleep(3)")
+                self.assertEqual(c.until_ready(3), [
+                    ("1", None), ("2", None), ("E", "57P01"), ("Z", "I"),  # the node's FATAL
+                    ("E", "08006"), ("Z", "I"), ("E", "08006"), ("Z", "I")])
+                c.send(Parse("select $1::int", name="s") + Bind(stmt="s", params=(7,)) +
+                       Execute() + Sync)
+                self.assertEqual(c.until_ready(), [("1", None), ("2", None), ("D", ("7",)),
+                                                   ("C", "SELECT 1"), ("Z", "I")])
+                c.send(Query("execute q"))
+                self.assertEqual(c.until_ready(), [("E", "26000"), ("Z", "I")])
+
+                c.send(Query("set chaos.tag = 'before'"))
+                c.until_ready()
+                c.send(Query("begin"))
+                c.until_ready()
+                c.send(Query("set chaos.tag = 'in the transaction'"))
+                self.assertEqual(c.until_ready(), [("C", "SET"), ("Z", "T")])
+                c.send(Query("select pg_sleep(4)"))
+                kill([cluster.primary_port], "select pg_sleep(4)")
+                self.assertEqual(c.until_ready(), [("T", ("pg_sleep",)), ("E", "57P01"),
+                                                   ("Z", "I")])
+                c.send(Query("show chaos.tag"))
+                self.assertEqual(c.until_ready(), [("T", ("chaos.tag",)), ("D", ("before",)),
+                                                   ("C", "SHOW"), ("Z", "I")])
+            finally:
+                c.close()
+
+    def test_a_client_gone_when_its_transaction_is_lost(self):
+        # pgsteer ends a client whose idle transaction's server process ended, with a FATAL
+        # error; here the client is gone too (reset) and pgsteer learns both in one turn of its
+        # loop, the server's end first (pgsteer is stopped meanwhile): writing the error fails,
+        # which closes the client, within the close that was under way. pgsteer must close it
+        # once and go on.
+        with Pgsteer(cluster, extra_yaml="workers: 1\n") as px:
+            c = Conn(px.port)
+            c.send(Query("begin"))
+            c.until_ready()
+            c.send(Query("select pg_backend_pid()"))
+            pid = int(c.until_ready()[1][1][0])
+            os.kill(px.proc.pid, signal.SIGSTOP)
+            try:
+                cluster.psql(cluster.primary_port, "select pg_terminate_backend(%d)" % pid,
+                             user="postgres", db="postgres")
+                deadline = time.time() + 10
+                while cluster.psql(cluster.primary_port, "select count(*) from "
+                                   "pg_stat_activity where pid = %d" % pid,
+                                   user="postgres", db="postgres") != "0":
+                    self.assertLess(time.time(), deadline, "the server process did not end")
+                    time.sleep(0.05)
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.sock.close()
+                time.sleep(0.2)
+            finally:
+                os.kill(px.proc.pid, signal.SIGCONT)
+            time.sleep(0.5)
+            self.assertTrue(px.alive(), px.log_text()[-2000:])
+            d = Conn(px.port)
+            d.send(Query("select 1"))
+            self.assertEqual(d.until_ready(), [("T", ("?column?",)), ("D", ("1",)),
+                                               ("C", "SELECT 1"), ("Z", "I")])
+            d.close()
+
     def test_cancel_during_the_login_to_the_node_is_not_lost(self):
         # The replicas' postmasters are stopped, so pgsteer's login to the replica this client's
         # first read goes to hangs, with the statement queued behind it. A cancel that comes
