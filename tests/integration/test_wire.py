@@ -1636,6 +1636,62 @@ class WireTest(unittest.TestCase):
             finally:
                 c.close()
 
+    def test_a_cancel_waits_for_the_replay_ahead_of_the_statement(self):
+        # A session prepared q (on a replica); its server process there ends, so its next read
+        # there goes to a new one, which first replays PREPARE q. The primary holds an ACCESS
+        # EXCLUSIVE lock on the table q reads, which the replicas hold too, so the replay waits.
+        # The client cancels its read meanwhile: the cancel must reach the read once the replay
+        # is done, not stop the replay (the read would then run in full, and q be missing).
+        cluster.psql(cluster.primary_port, "create table if not exists tlock (x int)")
+        cluster.wait_replay()
+        with Pgsteer(cluster, extra_yaml="workers: 1\nread_balance: session\n") as px:
+            c = Conn(px.port)
+            locker = Conn(cluster.primary_port)
+            try:
+                c.send(Query("prepare q as select count(*) from tlock"))
+                self.assertEqual(c.until_ready(), [("C", "PREPARE"), ("Z", "I")])
+                for port in cluster.replica_ports:
+                    cluster.psql(port, "select pg_terminate_backend(pid) from pg_stat_activity "
+                                 "where query = 'prepare q as select count(*) from tlock'",
+                                 user="postgres", db="postgres")
+                time.sleep(0.3)  # pgsteer reads the end of that backend
+                locker.send(Query("begin"))
+                locker.until_ready()
+                locker.send(Query("lock table tlock in access exclusive mode"))
+                locker.until_ready()
+                cluster.psql(cluster.primary_port, "select pg_switch_wal()", user="postgres",
+                             db="postgres")
+                cluster.wait_replay()
+                c.send(Query("select pg_sleep(5)"))
+                deadline = time.time() + 10
+                while not any(cluster.psql(port, "select count(*) from pg_stat_activity where "
+                                           "wait_event_type = 'Lock' and query ilike "
+                                           "'prepare%tlock'", user="postgres",
+                                           db="postgres") != "0"
+                              for port in cluster.replica_ports):
+                    self.assertLess(time.time(), deadline, "the replay did not wait: %s" % [
+                        cluster.psql(port, "select state, wait_event_type, query from "
+                                     "pg_stat_activity where usename = 'app'", user="postgres",
+                                     db="postgres") for port in cluster.ports])
+                    time.sleep(0.05)
+                s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+                s.sendall(struct.pack("!IIII", 16, 80877102, *c.key))
+                time.sleep(0.3)
+                locker.send(Query("commit"))
+                locker.until_ready()
+                t0 = time.time()
+                self.assertEqual(s.recv(1), b"")
+                s.close()
+                self.assertEqual(c.until_ready(), [("T", ("pg_sleep",)), ("E", "57014"),
+                                                   ("Z", "I")])
+                self.assertLess(time.time() - t0, 4, "the read ran in full: not cancelled")
+                c.send(Query("execute q"))
+                self.assertEqual(c.until_ready(), [("T", ("count",)), ("D", ("0",)),
+                                                   ("C", "SELECT 1"), ("Z", "I")])
+            finally:
+                c.close()
+                locker.close()
+
     def test_a_client_gone_when_its_transaction_is_lost(self):
         # pgsteer ends a client whose idle transaction's server process ended, with a FATAL
         # error; here the client is gone too (reset) and pgsteer learns both in one turn of its
