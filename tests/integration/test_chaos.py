@@ -319,31 +319,39 @@ class Client:
             if item[0] == "Z":
                 return out
 
-    def abandon(self, tok):
-        """Another connection that sends a long read and goes away while it streams, without
-        a Terminate; pgsteer must drop what the node still sends and keep nothing."""
+    def other_connection(self):
+        """A second connection of the client's, or None when it cannot log in (a problem once
+        the killing stopped)."""
         try:
-            other = Conn(self.px.port, timeout=15)
+            return Conn(self.px.port, timeout=15)
         except (WireError, OSError):
             if self.strict:
                 self.problem("cannot connect after the killing stopped")
-            return
-        other.send(Query("select g, %d from generate_series(1, 100000) g" % tok))
-        time.sleep(self.rng.uniform(0, 0.005))
+            return None
+
+    def vanish(self, other):
+        """Close `other` without a Terminate, half the time with a reset."""
         if self.rng.random() < 0.5:
             other.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         other.sock.close()
+
+    def abandon(self, tok):
+        """Another connection that sends a long read and goes away while it streams, without
+        a Terminate; pgsteer must drop what the node still sends and keep nothing."""
+        other = self.other_connection()
+        if other is None:
+            return
+        other.send(Query("select g, %d from generate_series(1, 100000) g" % tok))
+        time.sleep(self.rng.uniform(0, 0.005))
+        self.vanish(other)
 
     def vanish_in_transaction(self, tok):
         """Another connection that writes in a transaction and goes away without a Terminate,
         after the write's answer or while it is on its way: the write must never be
         committed, and the server process, still in the transaction, must serve no other
         session (whose statements would then run in it)."""
-        try:
-            other = Conn(self.px.port, timeout=15)
-        except (WireError, OSError):
-            if self.strict:
-                self.problem("cannot connect after the killing stopped")
+        other = self.other_connection()
+        if other is None:
             return
         self.never.add(tok)
         other.send(Query("begin") + Query("insert into chaos values (%d, %d)" % (tok, self.cid)))
@@ -354,9 +362,7 @@ class Client:
                     ready += other.read()[0] == b"Z"
             except (WireError, OSError):
                 pass
-        if self.rng.random() < 0.5:
-            other.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        other.sock.close()
+        self.vanish(other)
 
     def cancel(self, tok):
         """A read that sleeps, cancelled by a CancelRequest on a second connection with the
