@@ -450,7 +450,9 @@ class Killer:
                 if t == "D":
                     self.killed += int(d[0])
         except (WireError, OSError):
-            self.conns[i] = None  # the node is down or restarting: the next time
+            if self.conns[i] is not None:  # the node is down or restarting: the next time
+                self.conns[i].sock.close()
+                self.conns[i] = None
 
     def run(self):
         next_restart = time.monotonic() + self.rng.uniform(0.5, 1.5)
