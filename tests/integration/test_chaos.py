@@ -144,7 +144,7 @@ class Client:
         return False
 
     def step(self):
-        k = self.rng.randrange(17)
+        k = self.rng.randrange(18)
         self.last_kind, self.kind = self.kind, k
         tok = self.token()
         i = self.rng.randint(1, 100)
@@ -217,8 +217,10 @@ class Client:
             self.abandon(tok)
         elif k < 16:
             self.cancel(tok)
-        else:
+        elif k < 17:
             self.vanish_in_transaction(tok)
+        else:
+            self.settings_in_transaction(tok)
 
     def transaction(self, tok, i, row):
         """BEGIN alone (answered by pgsteer with defer_begin), a write, a read in it, COMMIT."""
@@ -241,6 +243,33 @@ class Client:
             self.acked.add(tok)
 
     UNKNOWN = object()
+
+    def settings_in_transaction(self, tok):
+        """SET in a transaction, a savepoint, SET again, ROLLBACK TO it, then COMMIT or
+        ROLLBACK: the session's setting is the transaction's after a commit, the one before
+        it after a rollback, and also the one before it when the transaction was lost with
+        its server process before its end was sent (the server rolled it back)."""
+        c = self.conn
+        before = self.tag
+        steps = [(Query("begin"), [("C", "BEGIN"), ("Z", "T")]),
+                 (Query("set chaos.tag = 'x%d'" % tok), [("C", "SET"), ("Z", "T")]),
+                 (Query("savepoint s"), [("C", "SAVEPOINT"), ("Z", "T")]),
+                 (Query("set chaos.tag = 'y%d'" % tok), [("C", "SET"), ("Z", "T")]),
+                 (Query("rollback to s"), [("C", "ROLLBACK"), ("Z", "T")])]
+        for q, want in steps:
+            c.send(q)
+            if not self.expect(self.answers(), want, "settings in a transaction"):
+                self.rollback()
+                self.tag = before  # lost with the transaction
+                return
+        commit = self.rng.random() < 0.5
+        c.send(Query("commit" if commit else "rollback"))
+        ok = self.expect(self.answers(), [("C", "COMMIT" if commit else "ROLLBACK"),
+                                          ("Z", "I")], "end of a transaction")
+        if not ok:
+            self.tag = self.UNKNOWN  # its end was sent: committed or not, who knows
+        else:
+            self.tag = "x%d" % tok if commit else before
 
     def setting(self, tok):
         """A setting of the session's (SET), then a read of it: the value must follow the
