@@ -225,6 +225,17 @@ static bool replay_ahead(struct backend *b)
     return head && head->swallow && head->kind == EXP_QUERY;
 }
 
+/* Send the cancel b held (cancel_pending) while it logged in or replayed the session's changes:
+ * it now reaches the client's statement, if that still runs. */
+static void cancel_send_held(struct backend *b)
+{
+    b->cancel_pending = false;
+    if (b->client != NULL && b->fwd_outstanding > 0)
+        (void)cancel_send(b, b->cancel_pending_wait);
+    cancel_wait_release(b->cancel_pending_wait);
+    b->cancel_pending_wait = NULL;
+}
+
 void backend_cancel(struct backend *b, struct cancel_wait *w)
 {
     if (b->client == NULL || b->state == BACKEND_CLOSING)
@@ -863,15 +874,8 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         }
         if (!e.swallow)
             buf_reset(&b->reprepare_error); /* held for the client's statement, now done */
-        if (b->cancel_pending && !replay_ahead(b)) {
-            /* The replays ahead of the client's statement are done: the held cancel now
-             * reaches the statement, if it still runs. */
-            b->cancel_pending = false;
-            if (b->fwd_outstanding > 0)
-                (void)cancel_send(b, b->cancel_pending_wait);
-            cancel_wait_release(b->cancel_pending_wait);
-            b->cancel_pending_wait = NULL;
-        }
+        if (b->cancel_pending && !replay_ahead(b))
+            cancel_send_held(b); /* the replays ahead of the client's statement are done */
         if (!e.swallow && client_queue(c, m->body - 5, m->total) < 0)
             return -1;
         client_on_ready_for_query(c, b, status, &e);
@@ -1024,13 +1028,8 @@ static void backend_handle_input(struct backend *b)
                 backend_flush(b);
                 /* A cancel that came during the login: the statements are on their way now
                  * (behind a replay of the session's changes, it waits for its answer). */
-                if (b->cancel_pending && !replay_ahead(b)) {
-                    b->cancel_pending = false;
-                    if (b->client != NULL && b->fwd_outstanding > 0)
-                        (void)cancel_send(b, b->cancel_pending_wait);
-                    cancel_wait_release(b->cancel_pending_wait);
-                    b->cancel_pending_wait = NULL;
-                }
+                if (b->cancel_pending && !replay_ahead(b))
+                    cancel_send_held(b);
             } else if (m.type == BE_ERROR) {
                 backend_fail_with_error(b, &m);
                 return;

@@ -87,6 +87,7 @@ class Client:
         self.tag = None  # chaos.tag's value in the session (None: never set), or UNKNOWN
         self.sqlprep = False  # PREPARE q done (True), not (False), or UNKNOWN
         self.seq = 0
+        self.status = "I"  # the transaction status of the last ReadyForQuery
         self.kind = self.last_kind = -1
         self.errors = 0
         self.reconnects = 0
@@ -103,6 +104,7 @@ class Client:
 
     def connect(self):
         self.conn = Conn(self.px.port, timeout=15)
+        self.status = "I"
         self.prepared = False
         self.tag = None
         self.sqlprep = False
@@ -131,6 +133,7 @@ class Client:
                     self.problem("error %s: %s" % (item[1], error_field(body, "M")))
             out.append(item)
             if item[0] == "Z":
+                self.status = item[1]
                 return out
 
     def expect(self, got, want, what):
@@ -415,7 +418,11 @@ class Client:
             self.expect(got, ok, "cancelled read")
 
     def rollback(self):
-        """After an error in a transaction (status E) or at its start: end it."""
+        """After an error in a transaction: end it, if the last ReadyForQuery says one is open
+        (a transaction lost with its server process is not: its error came with status I,
+        and a driver that reads the status sends nothing more)."""
+        if self.status == "I":
+            return
         self.conn.send(Query("rollback"))
         got = self.answers()
         if got[-1] != ("Z", "I"):
