@@ -72,6 +72,10 @@ struct proxy_shared {
      * evenly however the kernel spreads connections over the workers */
     pthread_mutex_t pick_lock;
     struct router pick_router;
+    /* per node: bumped when a statement that may make a name stand for another object
+     * (CL_NAMES) has committed and that node has it (the primary at once, a replica once it
+     * has replayed it): backends close what they keep at their next use (backend.c) */
+    atomic_uint names_gen[CONFIG_MAX_NODES];
 };
 
 /* One worker: an event loop on its own thread that owns its listener (SO_REUSEPORT when there
@@ -105,6 +109,13 @@ struct proxy {
     uint32_t eligible_mask;  /* replicas eligible in the newest snapshot */
     uint64_t eligible_epoch; /* bumped when a replica joins the eligible set */
     uint64_t cfg_gen;        /* bumped when a reload takes effect in this worker */
+    /* A CL_NAMES statement of one of this worker's sessions committed at names_at_ns: the
+     * replicas in names_wait bump their shared->names_gen once they have replayed up to
+     * names_lsn, the primary's position in the first snapshot sampled after that (LSN_INVALID
+     * until then) (proxy_names_committed, apply_snapshot) */
+    uint64_t names_at_ns;
+    lsn_t names_lsn;
+    uint32_t names_wait;
     bool shutting_down;
     uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
@@ -296,9 +307,10 @@ struct backend {
      * statement of id unnamed_alias_stmt: its Binds and Describes name that one instead */
     uint16_t unnamed_alias;
     uint64_t unnamed_alias_stmt;
-    uint32_t sstmt_clock; /* uses of its statements so far (struct shared_stmt.used) */
-    uint32_t names_gen;   /* on a client's own backend: the client's names_gen when what it
-                             keeps was last known planned after the client's last CL_NAMES */
+    uint32_t sstmt_clock;    /* uses of its statements so far (struct shared_stmt.used) */
+    uint32_t names_gen;      /* on a client's own backend: the client's names_gen when what it
+                                keeps was last known planned after the client's last CL_NAMES */
+    uint32_t node_names_gen; /* shared->names_gen[node] when that was last so */
     /* hashes of texts seen once and not kept (a text is kept the second time it comes, so that
      * texts that never repeat take no place: sstmt_seen_once); NULL until the first */
     uint64_t *seen;
@@ -589,6 +601,9 @@ struct client {
      * so far: a backend that kept statements before the last one closes them at their next
      * use (struct backend.names_gen) */
     uint32_t names_gen;
+    int names_node; /* -1, or the node a CL_NAMES statement was sent to: once that backend's
+                       answers are in and it is outside a transaction, the other sessions'
+                       backends plan what they keep anew (proxy_names_committed) */
     struct cancel_wait *cancel_wait; /* CLIENT_CANCELLING: the request's, which points back */
 };
 
@@ -648,6 +663,11 @@ int proxy_post(struct proxy *w, proxy_fn fn, void *arg);
  * which cannot fail and hands the call to w. */
 struct proxy_call *proxy_call_new(proxy_fn fn, void *arg);
 void proxy_post_call(struct proxy *w, struct proxy_call *call);
+/* A statement of one of px's sessions that may make a name stand for another object
+ * (CL_NAMES) has committed (or ended) on `node`: every worker's backends there plan what they
+ * keep anew at its next use, and those on the other nodes once the newest monitor round shows
+ * that node has replayed it. Loop thread of px. */
+void proxy_names_committed(struct proxy *px, int node);
 /* Mark a node as failed by the loop for a short time (no reads go there). */
 void proxy_node_failed(struct proxy *px, int node);
 /* Initialise the handle at h, the union of a uv_tcp_t and a uv_pipe_t in struct backend and

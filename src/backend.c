@@ -23,6 +23,7 @@ static void backend_pool_input(struct backend *b);
 static void shared_stmts_free(struct backend *b);
 static void shared_stmt_answered(struct backend *b, uint16_t i, bool ok);
 static void sstmt_drop(struct backend *b, uint16_t i);
+static int kept_names_check(struct backend *b, const struct client *c);
 static int sstmt_name(char *dst, size_t cap, uint32_t name);
 static bool unnamed_refused(struct backend *b, struct client *c, uint16_t i, uint32_t stmt);
 static bool simple_refused(struct backend *b, struct client *c, uint16_t i);
@@ -1586,6 +1587,8 @@ int backend_shared_bind(struct backend *b, struct client *c, struct stmt *st,
                         const struct proto_msg *bind, const char *rest, size_t rest_len,
                         bool unnamed)
 {
+    if (kept_names_check(b, c) < 0)
+        return -1;
     uint16_t i = sstmt_find(b, st);
     bool parse = i == b->nsstmts;
     if (!parse && !b->sstmts[i].ready)
@@ -1695,15 +1698,19 @@ static int sstmt_evict(struct backend *b)
     return 0;
 }
 
-/* Client c's own backend b is about to look for a text it keeps: when c has run something that
- * may make a name stand for another object since b's statements were planned (CL_NAMES: a
- * temporary table of the name of a table they read, say), close them all, so that the text is
- * planned anew as one server plans every Query and every unnamed Parse. (PostgreSQL plans a
- * prepared statement anew when something it uses changes or search_path does, not when a new
- * object would take a name's place.) Returns 0, or -1 when out of memory. */
+/* Backend b is about to look for a text it keeps for client c: when something that may make a
+ * name stand for another object (CL_NAMES: a temporary table of the name of a table they read,
+ * a table created in a schema earlier in search_path) has run since b's statements were
+ * planned, in c's session or committed by any session on b's node, close them all, so that
+ * the text is planned anew as one server plans every Query and every unnamed Parse.
+ * (PostgreSQL plans a prepared statement anew when something it uses changes or search_path
+ * does, not when a new object would take a name's place.) Returns 0, or -1 when out of
+ * memory. */
 static int kept_names_check(struct backend *b, const struct client *c)
 {
-    if (b->shared || b->names_gen == c->names_gen)
+    uint32_t node_gen =
+        atomic_load_explicit(&b->px->shared->names_gen[b->node], memory_order_relaxed);
+    if (b->node_names_gen == node_gen && (b->shared || b->names_gen == c->names_gen))
         return 0; /* (a shared backend serves no session with a temporary object: pinned;
                      a session's other DDL is as another session's to it) */
     while (b->nsstmts > 0) {
@@ -1716,6 +1723,7 @@ static int kept_names_check(struct backend *b, const struct client *c)
     }
     b->unnamed_alias = 0;
     b->names_gen = c->names_gen;
+    b->node_names_gen = node_gen;
     return 0;
 }
 

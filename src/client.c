@@ -187,6 +187,8 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         param_cache_unwait(c);
     if (buf_avail(&c->held_begin))
         c->tx_node = -1; /* the BEGIN was never sent: the node is outside a transaction */
+    if (c->names_node >= 0)
+        proxy_names_committed(px, c->names_node); /* (its answer will not come to c) */
     for (int i = 0; i < CONFIG_MAX_NODES; i++) {
         if (c->backends[i])
             backend_release(c->backends[i]);
@@ -380,6 +382,7 @@ static void client_start(struct proxy *px, struct client *c, bool tcp)
     c->tx_status = 'I';
     c->tx_node = -1;
     c->batch_node = -1;
+    c->names_node = -1;
     c->cur_node = -1;
     c->copy_node = -1;
     c->read_node = -1;
@@ -1586,6 +1589,14 @@ static int client_release_begin(struct client *c, struct backend *b)
     return rc;
 }
 
+/* Whether a CL_NAMES statement of these flags may change a name's meaning for other sessions
+ * too: not a temporary object alone (CL_PIN), which only its own session sees, so that a
+ * session that makes temporary tables often does not make every backend plan anew. */
+static bool names_for_all(unsigned flags)
+{
+    return !(flags & CL_PIN) || (flags & CL_MULTI);
+}
+
 static int client_handle_query(struct client *c, const struct proto_msg *m)
 {
     struct proxy *px = c->px;
@@ -1652,8 +1663,11 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
     if (b == NULL)
         return -1;
     b->unnamed_alias = 0; /* a Query drops the unnamed statement: so here too */
-    if (flags & CL_NAMES)
+    if (flags & CL_NAMES) {
         c->names_gen++; /* what backends keep is planned anew after it (backend.c) */
+        if (names_for_all(flags))
+            c->names_node = b->node;
+    }
     client_count_route(c, rt, flags);
     bool writes = unit_writes(c, rt, flags);
     if (session_sync_backend(c, b) < 0 || client_release_begin(c, b) < 0 ||
@@ -1924,8 +1938,11 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
         uint64_t gen = c->change_gen;
         if (rc != 0)
             st = NULL;
-        if (st && (st->flags & CL_NAMES))
+        if (st && (st->flags & CL_NAMES)) {
             c->names_gen++;
+            if (names_for_all(st->flags))
+                c->names_node = b->node;
+        }
         if (st && (st->flags & (CL_SET_SESSION | CL_SET_CONFIG | CL_SESSION_RESET)))
             session_batch_save(c, b);
         if (st && (st->flags & CL_SET_CONFIG) && !(st->flags & CL_MULTI)) {
@@ -2980,6 +2997,12 @@ void client_on_ready_for_query(struct client *c, struct backend *b, char status,
         /* The newest answer: the node's word on the transaction is authoritative. */
         c->tx_status = status;
         c->tx_node = status == 'I' ? -1 : b->node;
+    }
+    if (c->names_node == b->node && b->fwd_outstanding == 0 && status == 'I') {
+        /* What may give a name another meaning is in (committed or not): the other sessions'
+         * kept statements follow it. */
+        c->names_node = -1;
+        proxy_names_committed(c->px, b->node);
     }
     if (e->write && status == 'I')
         c->write_done_ns = uv_hrtime();

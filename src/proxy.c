@@ -50,6 +50,38 @@ void proxy_node_failed(struct proxy *px, int node)
     backend_pool_flush(px, node);
 }
 
+void proxy_names_committed(struct proxy *px, int node)
+{
+    if (node < 0 || node >= CONFIG_MAX_NODES)
+        return;
+    atomic_fetch_add_explicit(&px->shared->names_gen[node], 1, memory_order_relaxed);
+    /* The others wait for the monitor: a later commit's position covers an earlier one. */
+    uint32_t all = px->cfg->nnodes >= 32 ? UINT32_MAX : (1u << px->cfg->nnodes) - 1u;
+    px->names_wait |= all & ~(1u << node);
+    px->names_at_ns = uv_hrtime();
+    px->names_lsn = LSN_INVALID;
+}
+
+/* The replicas that px's sessions' CL_NAMES statements wait for, given snapshot s. */
+static void names_on_snapshot(struct proxy *px, const struct monitor_snapshot *s)
+{
+    if (px->names_lsn == LSN_INVALID) {
+        if (s->primary_lsn == LSN_INVALID || (uint64_t)s->primary_sampled_ns <= px->names_at_ns)
+            return;
+        px->names_lsn = s->primary_lsn; /* sampled after the commit: it covers it */
+    }
+    for (size_t i = 0; i < 32; i++) {
+        if (!(px->names_wait & (1u << i)))
+            continue;
+        if (i >= s->nnodes) {
+            px->names_wait &= ~(1u << i); /* (gone from the configuration) */
+        } else if (s->nodes[i].replay_lsn >= px->names_lsn) {
+            atomic_fetch_add_explicit(&px->shared->names_gen[i], 1, memory_order_relaxed);
+            px->names_wait &= ~(1u << i);
+        }
+    }
+}
+
 /* ---- calls between workers ---- */
 
 struct proxy_call {
@@ -219,6 +251,8 @@ static void apply_snapshot(struct proxy *px, struct monitor_snapshot *s)
         }
     }
     px->eligible_mask = mask;
+    if (px->names_wait)
+        names_on_snapshot(px, s);
     /* A node the monitor cannot reach keeps no pooled backends: they would fail their client's
      * first statement, where a new connection after the node's return would not. */
     for (size_t i = 0; i < s->nnodes && i < CONFIG_MAX_NODES; i++) {

@@ -980,6 +980,76 @@ class WireTest(unittest.TestCase):
         self.assertIn(("D", ("4242",)), rows[7])
         self.assertIn(("D", ("120",)), rows[-1])
 
+    def test_kept_statements_follow_another_sessions_table_that_takes_a_name(self):
+        # A table created in a schema earlier in search_path takes the place of a name in every
+        # other session's statements: one server parses each Query and unnamed Parse anew and
+        # reads the new table, where a statement kept prepared would go on reading the old one
+        # (nothing it uses changed). Once such a statement has committed through pgsteer, the
+        # backends of every session plan what they keep anew: on the primary at once, on a
+        # replica once it has replayed the commit (planned anew before, the statement would
+        # find the old table and keep it). Through sessions' own backends and through the
+        # backends that multiplex_reads shares. The schema is the user's ("$user", first in
+        # the default search_path), made first so that the path itself does not change.
+        sel = "select v from shadowed where id = 12"
+        ext = "select v from shadowed where id = $1"
+
+        def reads(c):
+            got = []
+            for _ in range(6):
+                c.send(Query(sel))
+                got += [m[1][0] for m in c.until_ready() if m[0] == "D"]
+                c.send(Parse(ext) + Bind("", ["12"]) + Describe(b"P") + Execute() + Sync)
+                got += [m[1][0] for m in c.until_ready() if m[0] == "D"]
+            return got
+
+        def replay(what):
+            for port in cluster.replica_ports:
+                cluster.psql(port, "select pg_wal_replay_%s()" % what)
+
+        cluster.psql(cluster.primary_port,
+                     "create table shadowed (id int, v text); "
+                     "insert into shadowed values (12, 'public')")
+        try:
+            for px in (proxy, shared):
+                cluster.psql(cluster.primary_port, "create schema app")
+                cluster.wait_replay()
+                a, b = Conn(px.port), Conn(px.port)
+                try:
+                    self.assertEqual(reads(a), ["public"] * 12)
+                    # Another session's temporary table is its own: what a keeps stays.
+                    b.send(Query("create temp table shadowed (id int, v text)"))
+                    self.assertEqual(b.until_ready()[-1], ("Z", "I"))
+                    cluster.wait_replay()
+                    time.sleep(0.5)
+                    prepared = metric(px, "pgsteer_unnamed_statements_prepared_total")
+                    self.assertEqual(reads(a), ["public"] * 12)
+                    self.assertEqual(
+                        metric(px, "pgsteer_unnamed_statements_prepared_total"), prepared)
+                    before = metric(px, "pgsteer_unnamed_statements_reused_total")
+                    replay("pause")
+                    try:
+                        b.send(Query("create table app.shadowed (id int, v text)"))
+                        self.assertEqual(b.until_ready()[-1], ("Z", "I"))
+                        b.send(Query("insert into app.shadowed values (12, 'app')"))
+                        self.assertEqual(b.until_ready()[-1], ("Z", "I"))
+                        # the replicas have not replayed it: their answer stands
+                        self.assertEqual(reads(a), ["public"] * 12, px.name)
+                    finally:
+                        replay("resume")
+                    cluster.wait_replay()
+                    time.sleep(0.5)  # a monitor round that has seen the replicas replay it
+                    self.assertEqual(reads(a), ["app"] * 12, px.name)
+                    # and what is planned anew is kept again
+                    self.assertGreater(
+                        metric(px, "pgsteer_unnamed_statements_reused_total"), before)
+                finally:
+                    a.close()
+                    b.close()
+                    cluster.psql(cluster.primary_port, "drop schema app cascade")
+        finally:
+            cluster.psql(cluster.primary_port, "drop table shadowed")
+            cluster.wait_replay()
+
     def test_random_simple_queries_match_the_primary(self):
         # prepare_simple_queries turns a Query's integer literals into typed parameters of a
         # statement the backend keeps: random texts with literals in every place (select
