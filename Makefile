@@ -3,11 +3,11 @@
 # runs the unit tests and the integration tests against a real primary and two replicas.
 
 CC      ?= cc
-PKGS    := libuv yaml-0.1 libpq libcrypto
+PKGS    := libuv yaml-0.1 libpq libssl libcrypto
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -luv -lyaml -lpq -lcrypto) -lpthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -luv -lyaml -lpq -lssl -lcrypto) -lpthread
 
 ifeq ($(SAN),1)
 CFLAGS  += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

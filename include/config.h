@@ -23,6 +23,14 @@ enum fallback { FALLBACK_PRIMARY = 0, FALLBACK_ERROR = 1 };
  * stays eligible), or every statement takes the next replica. */
 enum read_balance { READ_BALANCE_SESSION = 0, READ_BALANCE_STATEMENT = 1 };
 enum cpu_affinity { CPU_AFFINITY_OFF = 0, CPU_AFFINITY_AUTO = 1 };
+/* TLS on pgsteer's connections to the nodes; the values are libpq's sslmode words. */
+enum tls_mode {
+    TLS_MODE_DISABLE = 0,
+    TLS_MODE_PREFER = 1,
+    TLS_MODE_REQUIRE = 2,
+    TLS_MODE_VERIFY_CA = 3,
+    TLS_MODE_VERIFY_FULL = 4
+};
 
 struct config_addr {
     char host[256]; /* numeric IPv4/IPv6 address or host name */
@@ -57,6 +65,14 @@ struct config_monitor {
     char *dbname;           /* default "postgres" */
 };
 
+/* server_tls. Each file given was readable when the config was loaded. */
+struct config_tls {
+    enum tls_mode mode; /* default disable */
+    char *ca_file;      /* NULL when unset; set whenever mode is verify-ca or verify-full */
+    char *cert_file;    /* NULL when unset; set exactly when key_file is */
+    char *key_file;     /* NULL when unset */
+};
+
 struct config {
     char *path;
     struct config_addr listen; /* default 127.0.0.1:6432 */
@@ -75,6 +91,9 @@ struct config {
     char **write_functions; /* lower-case function names */
     size_t nwrite_functions;
     struct config_monitor monitor;
+    /* TLS to the nodes, for backends and the monitor's connections alike. Reloadable: a reload
+     * applies to connections opened after it */
+    struct config_tls server_tls;
     enum consistency consistency;   /* default session */
     enum fallback fallback;         /* default primary */
     enum read_balance read_balance; /* default session */
@@ -121,6 +140,10 @@ struct config *config_load(const char *path, char **errors);
 struct config *config_parse(const char *name, const char *text, size_t len, char **errors);
 
 void config_free(struct config *c);
+
+/* The libpq sslmode word for a mode ("disable", "prefer", ...); "?" for a value outside the
+ * enum. */
+const char *config_tls_mode_name(enum tls_mode m);
 
 /* Find a user by name; NULL when absent. */
 const struct config_user *config_find_user(const struct config *c, const char *name);

@@ -22,6 +22,7 @@
 #include "latency.h"
 #include "monitor.h"
 #include "router.h"
+#include "tls.h"
 
 /* Per-node runtime state kept by the loop (the monitor's view arrives in snapshots). */
 struct node_rt {
@@ -109,6 +110,7 @@ struct proxy {
     uint32_t eligible_mask;  /* replicas eligible in the newest snapshot */
     uint64_t eligible_epoch; /* bumped when a replica joins the eligible set */
     uint64_t cfg_gen;        /* bumped when a reload takes effect in this worker */
+    struct tls_ctx *tls;     /* server_tls: a reference, NULL when TLS to the nodes is off */
     /* A CL_NAMES statement of one of this worker's sessions committed at names_at_ns: the
      * replicas in names_wait bump their shared->names_gen once they have replayed up to
      * names_lsn, the primary's position in the first snapshot sampled after that (LSN_INVALID
@@ -187,6 +189,10 @@ enum backend_state {
     BACKEND_CLOSING,        /* uv_close called; freed in the close callback */
 };
 
+/* Where a backend's TLS (server_tls) stands: not used; SSLRequest sent, waiting for the node's
+ * 'S' or 'N'; handshake under way; established (every byte goes through b->tls). */
+enum backend_tls { BTLS_NONE = 0, BTLS_ASKED, BTLS_HANDSHAKE, BTLS_UP };
+
 /* One response the backend owes us, in the order the messages were sent. */
 enum expect_kind {
     EXP_PARSE = 0,
@@ -256,6 +262,13 @@ struct backend {
     struct buf in;
     struct buf out;     /* queued for the node */
     struct buf writing; /* handed to uv_write, not touched until its callback */
+    /* TLS to the node: the context the connection was opened under (a reference), the TLS
+     * state once the node agreed, how far it is (enum backend_tls), the ciphertext read and
+     * not yet decrypted, and the ciphertext of `out` not yet written */
+    struct tls_ctx *tls_ctx;
+    struct tls_conn *tls;
+    uint8_t tls_phase;
+    struct buf tls_in, tls_out;
     bool write_pending;
     uint32_t pid, key; /* the node's BackendKeyData */
     struct scram_client *scram;

@@ -61,9 +61,10 @@ fi
 
 case "$mode" in
 build) want="$build_pkgs" need_pg=0 ;;
-# prometheus: its promtool checks the format of pgsteer's /metrics in the integration tests.
+# prometheus: its promtool checks the format of pgsteer's /metrics in the integration tests;
+# openssl: its command makes the certificates of the TLS tests.
 test)
-    want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format prometheus"
+    want="$build_pkgs libcmocka-dev python3 python3-psycopg2 pgbouncer clang-format prometheus openssl"
     need_pg=1
     ;;
 demo) want="$build_pkgs python3" need_pg=1 ;;

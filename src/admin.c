@@ -1426,6 +1426,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "tcp_keepalive_idle_s", cfg->tcp_keepalive_idle_s), rows++;
     kv_int(c, "tcp_keepalive_interval_s", cfg->tcp_keepalive_interval_s), rows++;
     kv_int(c, "tcp_keepalive_count", cfg->tcp_keepalive_count), rows++;
+    kv_row(c, "server_tls.mode", config_tls_mode_name(cfg->server_tls.mode)), rows++;
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else

@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "protocol.h"
+#include "tls.h"
 #include "session.h"
 
 #define BACKEND_READ_CHUNK (64 * 1024)
@@ -40,6 +41,10 @@ static void backend_free_if_closed(struct backend *b)
     buf_destroy(&b->startup_params);
     buf_destroy(&b->reprepare_error);
     buf_destroy(&b->login);
+    buf_destroy(&b->tls_in);
+    buf_destroy(&b->tls_out);
+    tls_conn_free(b->tls);
+    tls_ctx_unref(b->tls_ctx);
     free(b->pool_key);
     free(b->scram);
     free(b->exp);
@@ -91,7 +96,13 @@ void backend_close(struct backend *b)
         /* Best effort Terminate; uv_try_write does not need the buffer afterwards. */
         char t[5] = {FE_TERMINATE, 0, 0, 0, 4};
         uv_buf_t ub = uv_buf_init(t, sizeof(t));
-        (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
+        if (b->tls == NULL) {
+            (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
+        } else if (tls_write(b->tls, t, sizeof(t)) == 0 &&
+                   tls_take_output(b->tls, &b->tls_out) == 0) {
+            ub = uv_buf_init((char *)buf_head(&b->tls_out), (unsigned)buf_avail(&b->tls_out));
+            (void)uv_try_write((uv_stream_t *)&b->tcp, &ub, 1);
+        }
     }
     b->state = BACKEND_CLOSING;
     cancel_wait_release(b->cancel_pending_wait); /* the cancel goes nowhere now */
@@ -374,24 +385,42 @@ static void backend_fail_soon(struct backend *b, int err)
 
 void backend_flush(struct backend *b)
 {
-    if (b->write_pending || buf_avail(&b->out) == 0)
+    if (b->write_pending || b->state != BACKEND_READY)
         return;
-    if (b->state != BACKEND_READY)
+    /* What goes on the wire: `out`, or over TLS its ciphertext (encrypted only when no write is
+     * in flight, so that `out` fills up and holds the client back while the node is slow). */
+    struct buf *src = &b->out;
+    if (b->tls != NULL) {
+        if (buf_avail(&b->out) > 0) {
+            if (tls_write(b->tls, buf_head(&b->out), buf_avail(&b->out)) < 0) {
+                b->fail_message = tls_error(b->tls);
+                uv_timer_start(&b->timer, backend_fail_later_cb, 0, 0);
+                return;
+            }
+            buf_reset(&b->out);
+            if (tls_take_output(b->tls, &b->tls_out) < 0) {
+                backend_fail_soon(b, UV_ENOMEM);
+                return;
+            }
+        }
+        src = &b->tls_out;
+    }
+    if (buf_avail(src) == 0)
         return;
-    uv_buf_t now = uv_buf_init((char *)buf_head(&b->out), (unsigned)buf_avail(&b->out));
+    uv_buf_t now = uv_buf_init((char *)buf_head(src), (unsigned)buf_avail(src));
     int n = uv_try_write((uv_stream_t *)&b->tcp, &now, 1);
     if (n > 0)
-        buf_consume(&b->out, (size_t)n);
+        buf_consume(src, (size_t)n);
     else if (n < 0 && n != UV_EAGAIN) {
         backend_fail_soon(b, n);
         return;
     }
-    if (buf_avail(&b->out) == 0)
+    if (buf_avail(src) == 0)
         return;
-    /* Swap buffers: `out` keeps accepting while `writing` is in flight. */
+    /* Swap buffers: `out` (or `tls_out`) keeps accepting while `writing` is in flight. */
     struct buf tmp = b->writing;
-    b->writing = b->out;
-    b->out = tmp;
+    b->writing = *src;
+    *src = tmp;
     uv_buf_t ub = uv_buf_init((char *)buf_head(&b->writing), (unsigned)buf_avail(&b->writing));
     b->write_req.data = b;
     int rc = uv_write(&b->write_req, (uv_stream_t *)&b->tcp, &ub, 1, backend_write_cb);
@@ -400,6 +429,72 @@ void backend_flush(struct backend *b)
         return;
     }
     b->write_pending = true;
+}
+
+/* A write of its own during a TLS login (the SSLRequest, the handshake, login messages): the
+ * handshake may have more than one write in flight, so each owns its bytes. */
+struct tls_write {
+    uv_write_t req;
+    struct backend *b;
+    struct buf bytes;
+};
+
+static void backend_tls_write_cb(uv_write_t *req, int status)
+{
+    struct tls_write *w = req->data;
+    struct backend *b = w->b;
+    buf_destroy(&w->bytes);
+    free(w);
+    if (b->state != BACKEND_CLOSING && status < 0)
+        backend_fail(b, "08006", uv_strerror(status));
+}
+
+/* Write bytes (emptied: their memory moves to the write) as they are. Returns 0, or -1 when
+ * the write cannot start (out of memory, a broken connection). */
+static int backend_write_owned(struct backend *b, struct buf *bytes)
+{
+    if (buf_avail(bytes) == 0)
+        return 0;
+    struct tls_write *w = malloc(sizeof(*w));
+    if (w == NULL)
+        return -1;
+    w->b = b;
+    w->bytes = *bytes;
+    buf_init(bytes);
+    w->req.data = w;
+    uv_buf_t ub = uv_buf_init((char *)buf_head(&w->bytes), (unsigned)buf_avail(&w->bytes));
+    if (uv_write(&w->req, (uv_stream_t *)&b->tcp, &ub, 1, backend_tls_write_cb) < 0) {
+        buf_destroy(&w->bytes);
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
+/* Send what TLS has to say to the node (handshake records, alerts). Returns 0 or -1. */
+static int backend_tls_output(struct backend *b)
+{
+    struct buf out;
+    buf_init(&out);
+    if (tls_take_output(b->tls, &out) < 0) {
+        buf_destroy(&out);
+        return -1;
+    }
+    int rc = backend_write_owned(b, &out);
+    buf_destroy(&out);
+    return rc;
+}
+
+/* A login message during a TLS login: the SSLRequest in plain text, anything after it
+ * encrypted. msg is emptied. Returns 0 or -1. */
+static int backend_send_tls(struct backend *b, struct buf *msg)
+{
+    if (b->tls == NULL)
+        return backend_write_owned(b, msg);
+    int rc = tls_write(b->tls, buf_head(msg), buf_avail(msg));
+    buf_destroy(msg);
+    buf_init(msg);
+    return rc < 0 ? -1 : backend_tls_output(b);
 }
 
 static void backend_login_write_cb(uv_write_t *req, int status)
@@ -415,6 +510,8 @@ static void backend_login_write_cb(uv_write_t *req, int status)
  * `msg` is emptied (its memory moves to the backend). */
 static int backend_send_login(struct backend *b, struct buf *msg)
 {
+    if (b->tls_phase != BTLS_NONE)
+        return backend_send_tls(b, msg);
     buf_destroy(&b->login);
     b->login = *msg;
     buf_init(msg);
@@ -426,20 +523,38 @@ static int backend_send_login(struct backend *b, struct buf *msg)
 
 static void shared_flush_head(struct backend *b);
 
-static void backend_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+/* Room for a read at the end of b's input: at least BACKEND_READ_CHUNK bytes. Returns 0, or
+ * -1 when out of memory. */
+static int backend_in_room(struct backend *b)
 {
-    (void)suggested;
-    struct backend *b = h->data;
     if (b->in.off > 0 && b->in.off == b->in.len)
         buf_reset(&b->in);
     else if (b->in.off > b->in.cap / 2)
         buf_compact(&b->in);
-    if (buf_reserve(&b->in, BACKEND_READ_CHUNK) < 0) {
+    return buf_reserve(&b->in, BACKEND_READ_CHUNK);
+}
+
+static void backend_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+{
+    (void)suggested;
+    struct backend *b = h->data;
+    struct buf *in = &b->in;
+    if (b->tls != NULL) {
+        in = &b->tls_in; /* ciphertext: decrypted into `in` by the read callback */
+        buf_reset(in);
+        if (buf_reserve(in, BACKEND_READ_CHUNK) < 0) {
+            *ub = uv_buf_init(NULL, 0);
+            return;
+        }
+    } else if (backend_in_room(b) < 0) {
         *ub = uv_buf_init(NULL, 0);
         return;
     }
-    *ub = uv_buf_init(b->in.data + b->in.len, (unsigned)(b->in.cap - b->in.len));
+    *ub = uv_buf_init(in->data + in->len, (unsigned)(in->cap - in->len));
 }
+
+static void backend_input(struct backend *b);
+static void backend_tls_input(struct backend *b, size_t n);
 
 static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 {
@@ -454,7 +569,17 @@ static void backend_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     }
     if (nread == 0)
         return;
+    if (b->tls_phase != BTLS_NONE) {
+        backend_tls_input(b, (size_t)nread);
+        return;
+    }
     b->in.len += (size_t)nread;
+    backend_input(b);
+}
+
+/* Input was added to b->in: handle it. */
+static void backend_input(struct backend *b)
+{
     if (b->parked) {
         backend_pool_input(b);
         return;
@@ -508,6 +633,94 @@ void backend_resume(struct backend *b)
     }
 }
 
+static void backend_send_startup(struct backend *b);
+
+/* The TLS handshake has new input: go on, and once it is complete, log in over it. */
+static void backend_tls_step(struct backend *b)
+{
+    int r = tls_handshake(b->tls);
+    if (backend_tls_output(b) < 0) {
+        backend_fail(b, "08006", "cannot write to the node");
+        return;
+    }
+    if (r < 0) {
+        backend_fail(b, "08001", tls_error(b->tls));
+        return;
+    }
+    if (r == 1) {
+        b->tls_phase = BTLS_UP;
+        log_debug("node %s: TLS %s", b->px->cfg->nodes[b->node].name, tls_describe(b->tls));
+        backend_send_startup(b);
+    }
+}
+
+/* n bytes arrived on a connection that asked for TLS: the node's answer to the SSLRequest
+ * (in b->in), or ciphertext (in b->tls_in), decrypted into b->in and handled. */
+static void backend_tls_input(struct backend *b, size_t n)
+{
+    if (b->tls_phase == BTLS_ASKED) {
+        b->in.len += n;
+        char answer = b->in.data[b->in.off];
+        buf_consume(&b->in, 1);
+        enum tls_mode mode = tls_ctx_mode(b->tls_ctx);
+        if (answer == 'S' && buf_avail(&b->in) == 0) {
+            b->tls = tls_conn_new(b->tls_ctx, b->px->cfg->nodes[b->node].host);
+            if (b->tls == NULL) {
+                backend_fail(b, "53200", "out of memory");
+                return;
+            }
+            b->tls_phase = BTLS_HANDSHAKE;
+            backend_tls_step(b);
+        } else if (answer == 'N' && mode == TLS_MODE_PREFER) {
+            b->tls_phase = BTLS_NONE; /* plain text, as the node wants */
+            backend_send_startup(b);
+        } else if (answer == 'N') {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "the node does not accept TLS (server_tls mode %s)",
+                     config_tls_mode_name(mode));
+            backend_fail(b, "08001", msg);
+        } else {
+            /* Bytes after the 'S' came before any handshake: someone else's, not the node's. */
+            backend_fail(b, "08P01", "the node answered the TLS request wrongly");
+        }
+        return;
+    }
+    b->tls_in.len += n;
+    if (tls_feed(b->tls, buf_head(&b->tls_in), buf_avail(&b->tls_in)) < 0) {
+        backend_fail(b, "53200", "out of memory");
+        return;
+    }
+    buf_reset(&b->tls_in);
+    if (b->tls_phase == BTLS_HANDSHAKE) {
+        backend_tls_step(b);
+        if (b->state == BACKEND_CLOSING || b->tls_phase != BTLS_UP)
+            return;
+    }
+    bool got = false;
+    for (;;) {
+        if (backend_in_room(b) < 0) {
+            backend_fail(b, "53200", "out of memory");
+            return;
+        }
+        ssize_t r = tls_read(b->tls, b->in.data + b->in.len, b->in.cap - b->in.len);
+        if (r < 0) {
+            backend_fail(b, "08006", tls_error(b->tls));
+            return;
+        }
+        if (r == 0)
+            break;
+        b->in.len += (size_t)r;
+        got = true;
+    }
+    /* (Reading may have something to send back: a key update's answer.) */
+    if (backend_tls_output(b) < 0) {
+        backend_fail(b, "08006", "cannot write to the node");
+        return;
+    }
+    if (got)
+        backend_input(b);
+}
+
 static void backend_timeout_cb(uv_timer_t *t)
 {
     struct backend *b = t->data;
@@ -525,11 +738,35 @@ static void backend_connect_cb(uv_connect_t *req, int status)
         backend_fail(b, "08001", msg);
         return;
     }
-    struct client *c = b->client;
     if (b->tcp.type == UV_TCP)
         proxy_tcp_tune(&b->tcp, b->px->cfg);
     b->state = BACKEND_AUTH;
-    /* StartupMessage: the client's own parameters, so each node's session starts the same. */
+    if (b->tls_ctx != NULL && b->tcp.type == UV_TCP) {
+        /* server_tls: ask first; the login goes once the node has answered (and the
+         * handshake is done). PostgreSQL offers no TLS on Unix-domain sockets. */
+        static const char ssl_request[8] = {0, 0, 0, 8, 0x04, (char)0xd2, 0x16, 0x2f};
+        struct buf req;
+        buf_init(&req);
+        b->tls_phase = BTLS_ASKED;
+        if (buf_append(&req, ssl_request, sizeof(ssl_request)) < 0 ||
+            backend_send_tls(b, &req) < 0) {
+            buf_destroy(&req);
+            backend_fail(b, "53200", "out of memory");
+            return;
+        }
+        buf_destroy(&req);
+        backend_resume(b);
+        return;
+    }
+    backend_send_startup(b);
+    backend_resume(b);
+}
+
+/* Log in: the StartupMessage, with the client's own parameters, so each node's session starts
+ * the same. */
+static void backend_send_startup(struct backend *b)
+{
+    struct client *c = b->client;
     const char *kv[2 * (CLIENT_MAX_PARAMS + 2)];
     size_t n = 0;
     kv[n++] = "user";
@@ -548,10 +785,10 @@ static void backend_connect_cb(uv_connect_t *req, int status)
         return;
     }
     if (backend_send_login(b, &msg) < 0) {
+        buf_destroy(&msg);
         backend_fail(b, "53200", "out of memory");
         return;
     }
-    backend_resume(b);
 }
 
 struct backend *backend_open(struct client *c, int node)
@@ -572,6 +809,7 @@ struct backend *backend_open(struct client *c, int node)
         free(b);
         return NULL;
     }
+    b->tls_ctx = tls_ctx_ref(px->tls);
     memcpy(b->pool_key, c->param_key, c->param_keylen);
     b->pool_keylen = c->param_keylen;
     buf_init(&b->in);
@@ -580,6 +818,8 @@ struct backend *backend_open(struct client *c, int node)
     buf_init(&b->startup_params);
     buf_init(&b->reprepare_error);
     buf_init(&b->login);
+    buf_init(&b->tls_in);
+    buf_init(&b->tls_out);
     proxy_stream_init(px->loop, &b->tcp, &px->nodes[node].addr);
     uv_timer_init(px->loop, &b->timer);
     b->handles_open = 2;

@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include <yaml.h>
 
 /* A config file is a few kilobytes; the limits keep a hostile or corrupt file from costing
@@ -772,9 +774,9 @@ struct key_section {
 
 /* Splits mapping `map` into the values of the `nkeys` known keys (vals[i] NULL when absent;
  * keys[i] is the key node). Reports keys that are not scalars, unknown or repeated; `nested`
- * (may be NULL) names a section whose keys get a hint when found here. */
+ * (`nnested` of them, may be NULL) name sections whose keys get a hint when found here. */
 static void walk_map(struct ctx *c, const struct ynode *map, const char *const *names, size_t nkeys,
-                     const struct key_section *nested, const struct ynode **keys,
+                     const struct key_section *nested, size_t nnested, const struct ynode **keys,
                      const struct ynode **vals)
 {
     for (size_t i = 0; i < nkeys; i++)
@@ -816,9 +818,10 @@ static void walk_map(struct ctx *c, const struct ynode *map, const char *const *
             }
         }
         const char *section = NULL;
-        for (size_t i = 0; nested && i < nested->nkeys; i++)
-            if (strlen(nested->keys[i]) == k->len && strcmp(nested->keys[i], k->str) == 0)
-                section = nested->name;
+        for (size_t s = 0; s < nnested && !section; s++)
+            for (size_t i = 0; i < nested[s].nkeys; i++)
+                if (strlen(nested[s].keys[i]) == k->len && strcmp(nested[s].keys[i], k->str) == 0)
+                    section = nested[s].name;
         if (hint)
             report_at(c, k, "unknown key '%s' (did you mean '%s'?)", show(k, tmp, sizeof tmp),
                       hint);
@@ -892,7 +895,7 @@ static void parse_users(struct ctx *c, const struct ynode *map, const struct yno
             }
             continue;
         }
-        walk_map(c, e, names, 2, NULL, k, val);
+        walk_map(c, e, names, 2, NULL, 0, k, val);
         if (!val[0])
             report_missing(c, e, "name");
         else if (get_text(c, val[0], "name", false, &u->name)) {
@@ -931,7 +934,7 @@ static void parse_node(struct ctx *c, const struct ynode *e, struct config_node 
     enum { N_NAME, N_HOST, N_PORT, N_ROLE, N_WEIGHT, N_MHOST, N_MPORT, N_POOLER, N_COUNT };
     static const char *const pooler_names[] = {"none", "transaction"};
     const struct ynode *k[N_COUNT], *v[N_COUNT];
-    walk_map(c, e, names, N_COUNT, NULL, k, v);
+    walk_map(c, e, names, N_COUNT, NULL, 0, k, v);
     nd->weight = 1;
     *role_ok = false;
     *name_at = v[N_NAME];
@@ -1116,7 +1119,7 @@ static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *c
                 report_type(c, v, "a mapping", "monitor");
             return;
         }
-        walk_map(c, v, monitor_keys, M_N, NULL, k, val);
+        walk_map(c, v, monitor_keys, M_N, NULL, 0, k, val);
     }
     if (val[M_INTERVAL])
         get_int32(c, val[M_INTERVAL], "interval_ms", 10, 60000, &m->interval_ms);
@@ -1152,6 +1155,73 @@ static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *c
     }
 }
 
+static const char *const tls_mode_names[] = {"disable", "prefer", "require", "verify-ca",
+                                             "verify-full"};
+static const char *const server_tls_keys[] = {"mode", "ca_file", "cert_file", "key_file"};
+
+const char *config_tls_mode_name(enum tls_mode m)
+{
+    size_t i = (size_t)m;
+    return i < sizeof tls_mode_names / sizeof tls_mode_names[0] ? tls_mode_names[i] : "?";
+}
+
+/* A file read to set up TLS to the nodes: it must be readable now, so that a wrong path or
+ * permission shows at load (or reload) rather than as failing connections later. */
+static void get_tls_file(struct ctx *c, const struct ynode *v, const char *key, char **out)
+{
+    if (!get_text(c, v, key, false, out))
+        return;
+    int err = 0;
+    struct stat st;
+    if (access(*out, R_OK) != 0)
+        err = errno;
+    else if (stat(*out, &st) == 0 && S_ISDIR(st.st_mode))
+        err = EISDIR;
+    char t[256];
+    if (err)
+        report_at(c, v, "%s: cannot read '%s': %s", key, show(v, t, sizeof t), strerror(err));
+}
+
+static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
+{
+    enum { T_MODE, T_CA, T_CERT, T_KEY, T_N };
+    struct config_tls *t = &cfg->server_tls;
+    const struct ynode *k[T_N], *val[T_N];
+    if (!v || ynode_is_null(v)) /* null: every setting commented out */
+        return;
+    if (v->type != YNODE_MAP) {
+        if (v->type != YNODE_BAD)
+            report_type(c, v, "a mapping", "server_tls");
+        return;
+    }
+    walk_map(c, v, server_tls_keys, T_N, NULL, 0, k, val);
+    int e = 0;
+    bool mode_ok = false;
+    if (val[T_MODE] &&
+        (mode_ok = get_enum(c, val[T_MODE], "server_tls.mode", tls_mode_names, 5, &e)))
+        t->mode = (enum tls_mode)e;
+    if (val[T_CA])
+        get_tls_file(c, val[T_CA], "server_tls.ca_file", &t->ca_file);
+    if (val[T_CERT])
+        get_tls_file(c, val[T_CERT], "server_tls.cert_file", &t->cert_file);
+    if (val[T_KEY])
+        get_tls_file(c, val[T_KEY], "server_tls.key_file", &t->key_file);
+
+    /* Verifying the node's certificate needs the CAs to verify it against. */
+    if (mode_ok && (t->mode == TLS_MODE_VERIFY_CA || t->mode == TLS_MODE_VERIFY_FULL) && !val[T_CA])
+        report_at(c, val[T_MODE],
+                  "'server_tls.ca_file' is required when 'server_tls.mode' is %s (the CA "
+                  "certificates to check the node's certificate against)",
+                  tls_mode_names[t->mode]);
+    /* A client certificate is useless without its key, and the reverse. */
+    if (val[T_CERT] && !val[T_KEY])
+        report_at(c, val[T_CERT],
+                  "'server_tls.cert_file' needs 'server_tls.key_file' (give both or neither)");
+    if (val[T_KEY] && !val[T_CERT])
+        report_at(c, val[T_KEY],
+                  "'server_tls.key_file' needs 'server_tls.cert_file' (give both or neither)");
+}
+
 static const char *const auth_names[] = {"scram-sha-256", "md5", "trust"};
 static const char *const consistency_names[] = {"session", "eventual", "strong"};
 static const char *const fallback_names[] = {"primary", "error"};
@@ -1172,6 +1242,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "nodes",
                                         "write_functions",
                                         "monitor",
+                                        "server_tls",
                                         "consistency",
                                         "fallback",
                                         "read_balance",
@@ -1205,6 +1276,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_NODES,
         K_WRITE_FUNCTIONS,
         K_MONITOR,
+        K_SERVER_TLS,
         K_CONSISTENCY,
         K_FALLBACK,
         K_READ_BALANCE,
@@ -1231,9 +1303,11 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     };
     _Static_assert(K_COUNT == sizeof names / sizeof names[0], "key table");
     const struct ynode *k[K_COUNT], *v[K_COUNT];
-    static const struct key_section monitor = {"monitor", monitor_keys,
-                                               sizeof monitor_keys / sizeof monitor_keys[0]};
-    walk_map(c, root, names, K_COUNT, &monitor, k, v);
+    static const struct key_section nested[] = {
+        {"monitor", monitor_keys, sizeof monitor_keys / sizeof monitor_keys[0]},
+        {"server_tls", server_tls_keys, sizeof server_tls_keys / sizeof server_tls_keys[0]},
+    };
+    walk_map(c, root, names, K_COUNT, nested, sizeof nested / sizeof nested[0], k, v);
 
     /* Sections are read in this order, not the file's: whether an empty password is allowed
      * depends on auth_method, and the monitor's defaults on users. */
@@ -1263,6 +1337,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_WRITE_FUNCTIONS])
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, v[K_MONITOR], cfg);
+    parse_server_tls(c, v[K_SERVER_TLS], cfg);
     if (v[K_CONSISTENCY] && get_enum(c, v[K_CONSISTENCY], "consistency", consistency_names, 3, &e))
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))
@@ -1335,6 +1410,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->monitor.max_lag_ms = 1000;
     cfg->monitor.connect_timeout_ms = 1000;
     cfg->monitor.recover_checks = 3;
+    cfg->server_tls.mode = TLS_MODE_DISABLE;
     cfg->consistency = CONSISTENCY_SESSION;
     cfg->fallback = FALLBACK_PRIMARY;
     cfg->read_balance = READ_BALANCE_SESSION;
@@ -1488,6 +1564,9 @@ void config_free(struct config *c)
     free(c->monitor.user);
     free(c->monitor.password);
     free(c->monitor.dbname);
+    free(c->server_tls.ca_file);
+    free(c->server_tls.cert_file);
+    free(c->server_tls.key_file);
     free(c->log_level);
     free(c);
 }

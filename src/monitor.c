@@ -100,6 +100,8 @@ struct monitor {
     char *user;
     char *password;
     char *dbname;
+    const char *sslmode; /* server_tls: libpq's word for its mode (a static string) */
+    char *sslrootcert, *sslcert, *sslkey;
     uint64_t interval_ns;
     uint64_t timeout_ns;
     int timeout_ms;
@@ -200,7 +202,7 @@ static void node_fail(struct mon_node *n, const char *msg, bool drop)
 
 static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
 {
-    const char *keys[9], *vals[9];
+    const char *keys[13], *vals[13];
     int k = 0;
     keys[k] = "host", vals[k++] = n->host;
     keys[k] = "port", vals[k++] = n->port;
@@ -211,6 +213,13 @@ static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
         keys[k] = "user", vals[k++] = m->user;
     if (m->password != NULL)
         keys[k] = "password", vals[k++] = m->password;
+    keys[k] = "sslmode", vals[k++] = m->sslmode; /* as pgsteer's own connections */
+    if (m->sslrootcert != NULL)
+        keys[k] = "sslrootcert", vals[k++] = m->sslrootcert;
+    if (m->sslcert != NULL)
+        keys[k] = "sslcert", vals[k++] = m->sslcert;
+    if (m->sslkey != NULL)
+        keys[k] = "sslkey", vals[k++] = m->sslkey;
     keys[k] = NULL, vals[k] = NULL;
 
     /* Caution: a host name (not an address) is resolved synchronously inside libpq, which can
@@ -739,9 +748,18 @@ struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup)
     m->user = dup_or_null(mc->user);
     m->password = dup_or_null(mc->password);
     m->dbname = dup_or_null(mc->dbname);
+    const struct config_tls *tc = &cfg->server_tls;
+    m->sslmode = config_tls_mode_name(tc->mode);
+    bool verify = tc->mode == TLS_MODE_VERIFY_CA || tc->mode == TLS_MODE_VERIFY_FULL;
+    m->sslrootcert = verify ? dup_or_null(tc->ca_file) : NULL; /* (libpq verifies with one) */
+    m->sslcert = dup_or_null(tc->cert_file);
+    m->sslkey = dup_or_null(tc->key_file);
     bool oom = (mc->user != NULL && m->user == NULL) ||
                (mc->password != NULL && m->password == NULL) ||
-               (mc->dbname != NULL && m->dbname == NULL);
+               (mc->dbname != NULL && m->dbname == NULL) ||
+               (verify && tc->ca_file != NULL && m->sslrootcert == NULL) ||
+               (tc->cert_file != NULL && m->sslcert == NULL) ||
+               (tc->key_file != NULL && m->sslkey == NULL);
     /* Every node starts UP: the first round's answers decide, and a node that fails it is
      * evicted (and logged) right away. */
     m->primary_up = true;
@@ -814,5 +832,8 @@ void monitor_free(struct monitor *m)
     free(m->user);
     free(m->password);
     free(m->dbname);
+    free(m->sslrootcert);
+    free(m->sslcert);
+    free(m->sslkey);
     free(m);
 }

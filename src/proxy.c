@@ -372,6 +372,7 @@ struct reload_plan {
     int occupant[CONFIG_MAX_NODES * 2]; /* index in nc->nodes of the node in each slot, or -1 */
     bool fresh[CONFIG_MAX_NODES], moved[CONFIG_MAX_NODES];
     struct sockaddr_storage addrs[CONFIG_MAX_NODES]; /* for fresh and moved slots */
+    struct tls_ctx *tls;                             /* server_tls; NULL when off */
 };
 
 /* Take a reload's new configuration in worker px, on its own thread. */
@@ -417,6 +418,11 @@ static void reload_apply(struct proxy *px, void *arg)
         px->snap->nnodes = plan->nslots;
     }
     px->cfg = plan->nc;
+    /* New connections to the nodes use the new TLS settings; open ones keep theirs. */
+    if (!px->loop_done) {
+        tls_ctx_unref(px->tls);
+        px->tls = tls_ctx_ref(plan->tls);
+    }
     px->poll_ns = (uint64_t)plan->nc->busy_poll_us * 1000; /* a running poll ends by itself */
     px->cfg_gen++; /* write_functions may have changed: classify again */
     px->wfuncs.names = (const char *const *)plan->nc->write_functions;
@@ -580,8 +586,17 @@ int proxy_reload(struct proxy *px, char **errors)
     nc->nodes = arr;
     nc->nnodes = nslots;
 
+    char tls_err[400];
+    struct tls_ctx *tls = tls_ctx_new(&nc->server_tls, tls_err, sizeof(tls_err));
+    if (tls == NULL && tls_err[0]) {
+        char msg[500];
+        snprintf(msg, sizeof(msg), "%s: %s\n", old->path, tls_err);
+        config_free(nc);
+        return reload_reject(px, strdup(msg), errors);
+    }
     struct monitor *nm = monitor_new(nc, &px->monitor_wakeup);
     if (nm == NULL) {
+        tls_ctx_unref(tls);
         config_free(nc);
         return reload_reject(px, strdup("cannot create the monitor for the new nodes\n"), errors);
     }
@@ -612,7 +627,7 @@ int proxy_reload(struct proxy *px, char **errors)
     if (monitor_start(nm) < 0)
         log_error("reload: cannot start the monitor thread; node states will not be updated");
 
-    struct reload_plan plan = {.nc = nc, .nslots = nslots, .old_nnodes = old->nnodes};
+    struct reload_plan plan = {.nc = nc, .nslots = nslots, .old_nnodes = old->nnodes, .tls = tls};
     memcpy(plan.occupant, occupant, sizeof(plan.occupant));
     memcpy(plan.fresh, fresh, sizeof(plan.fresh));
     memcpy(plan.moved, moved, sizeof(plan.moved));
@@ -627,6 +642,7 @@ int proxy_reload(struct proxy *px, char **errors)
                      arr[s].host, arr[s].port);
     }
     proxy_each(px, reload_apply, &plan);
+    tls_ctx_unref(tls); /* (each worker holds its own reference) */
     pthread_mutex_lock(&px->shared->pick_lock);
     router_init(&px->shared->pick_router);
     pthread_mutex_unlock(&px->shared->pick_lock);
@@ -1007,6 +1023,8 @@ static void worker_free(struct proxy *px)
 {
     free(px->snap);
     px->snap = NULL;
+    tls_ctx_unref(px->tls);
+    px->tls = NULL;
     free(px->drains);
     px->drains = NULL;
     px->ndrains = px->drains_cap = 0;
@@ -1104,6 +1122,12 @@ int proxy_run(struct config *cfg)
         log_error("cannot resolve listen address %s", cfg->listen.host);
         return 1;
     }
+    char tls_err[400];
+    struct tls_ctx *tls = tls_ctx_new(&cfg->server_tls, tls_err, sizeof(tls_err));
+    if (tls == NULL && tls_err[0]) {
+        log_error("%s", tls_err);
+        return 1;
+    }
     for (int i = 1; i < n; i++) {
         workers[i] = calloc(1, sizeof(struct proxy));
         if (workers[i] == NULL || uv_loop_init(&workers[i]->own_loop) < 0) {
@@ -1113,9 +1137,11 @@ int proxy_run(struct config *cfg)
     }
     for (int i = 0; i < n; i++) {
         uv_loop_t *loop = i == 0 ? uv_default_loop() : &workers[i]->own_loop;
+        workers[i]->tls = tls_ctx_ref(tls);
         if (worker_init(workers[i], i, &shared, loop, cfg, &la, addrs) < 0)
             return 1;
     }
+    tls_ctx_unref(tls); /* (each worker holds its own reference) */
     if (cfg->has_admin_listen && admin_start(&px) < 0)
         return 1;
     uv_async_init(px.loop, &px.monitor_wakeup, on_monitor_wakeup);

@@ -548,9 +548,10 @@ def pgsteer_binary():
 
 def config_yaml(cluster, port, admin_port, auth_method="scram-sha-256", extra_yaml="",
                 users=((APP_USER, APP_PASSWORD),), monitor="{interval_ms: 100}",
-                node_host="127.0.0.1"):
+                node_host="127.0.0.1", monitor_host=None):
     """The YAML pgsteer is started with (see docs/configuration.md). `node_host` is where every
-    node is reached: an address, or the cluster's socket directory (cluster.sockdir)."""
+    node is reached: an address, or the cluster's socket directory (cluster.sockdir);
+    `monitor_host`, when given, where the monitor reaches them instead."""
     lines = [
         "listen: 127.0.0.1:%d" % port,
         "admin_listen: 127.0.0.1:%d" % admin_port,
@@ -561,6 +562,8 @@ def config_yaml(cluster, port, admin_port, auth_method="scram-sha-256", extra_ya
     lines.append("nodes:")
     for n in cluster.nodes:
         w = ", weight: 1" if n.role == "replica" else ""
+        if monitor_host:
+            w += ", monitor_host: %s" % monitor_host
         lines.append("  - {name: %s, host: %s, port: %d, role: %s%s}"
                      % (n.name, node_host, n.port, n.role, w))
     if monitor:
@@ -588,6 +591,7 @@ class Pgsteer:
         self.extra_yaml = extra_yaml
         self.preexec_fn = None  # run in the child before exec (e.g. to enter a cgroup)
         self.node_host = "127.0.0.1"  # or cluster.sockdir: the nodes over Unix-domain sockets
+        self.monitor_host = None  # where the monitor reaches the nodes, if not at node_host
         self.fixed_port = None  # listen on this port rather than a free one
         self.command_prefix = []  # run pgsteer under this command (e.g. valgrind and options)
         self.monitor_yaml = monitor  # the `monitor:` value (flow mapping); None leaves it out
@@ -637,7 +641,8 @@ class Pgsteer:
             with open(self.config_path, "w") as f:
                 f.write(config_yaml(self.cluster, self.port, self.admin_port, self.auth_method,
                                     self.extra_yaml, monitor=self.monitor_yaml,
-                                    node_host=self.node_host))
+                                    node_host=self.node_host,
+                                    monitor_host=self.monitor_host))
             logf = open(self.log_path, "ab")
             try:
                 self.proc = subprocess.Popen(self.command_prefix +

@@ -393,6 +393,7 @@ class ConsoleTest(Base):
         self.assertIn("queries_read-your-writes", stats)
         cfg = dict(rows(admin_psql(PX, "SHOW CONFIG").stdout))
         self.assertEqual(cfg["listen"], "127.0.0.1:%d" % PX.port)
+        self.assertEqual(cfg["server_tls.mode"], "disable")
         self.assertNotIn("secret", admin_psql(PX, "SHOW CONFIG").stdout)
         # A client is listed with its address: the port is its socket's own.
         with socket.create_connection(("127.0.0.1", PX.port)) as s:

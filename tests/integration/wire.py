@@ -82,8 +82,12 @@ class Conn:
         p.update(params or {})
         body = struct.pack("!I", 196608) + b"".join(cstr(k) + cstr(v) for k, v in p.items())
         body += b"\0"
-        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
-        self._auth(user, password)
+        try:
+            self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            self._auth(user, password)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def _auth(self, user, password):
         while True:

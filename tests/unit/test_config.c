@@ -3,6 +3,7 @@
  * problem, and robustness against truncated and corrupted input. Run from the repository root
  * (fixtures are read from tests/data/config/ and conf/). */
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -11,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -125,6 +128,11 @@ static void test_config_load_sets_every_key(void **state)
     assert_string_equal(c->monitor.user, "report");
     assert_string_equal(c->monitor.password, "s3cret: with colon");
     assert_string_equal(c->monitor.dbname, "health");
+
+    assert_int_equal(c->server_tls.mode, TLS_MODE_VERIFY_FULL);
+    assert_string_equal(c->server_tls.ca_file, "tests/data/config/tls/ca.pem");
+    assert_string_equal(c->server_tls.cert_file, "tests/data/config/tls/client.crt");
+    assert_string_equal(c->server_tls.key_file, "tests/data/config/tls/client.key");
 
     assert_int_equal(c->consistency, CONSISTENCY_STRONG);
     assert_int_equal(c->fallback, FALLBACK_ERROR);
@@ -330,6 +338,246 @@ static void test_config_parse_accepts_null_errors_pointer(void **state)
     assert_non_null(c);
     config_free(c);
     config_free(NULL);
+}
+
+/* ---- server_tls --------------------------------------------------------------------------- */
+
+/* A new empty file in /tmp, readable by its owner only, to name in server_tls; path[] must hold
+ * 32 bytes. The caller unlinks it. */
+static void make_temp_file(char *path)
+{
+    strcpy(path, "/tmp/pgsteer-test-XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        fail_msg("mkstemp: %s", strerror(errno));
+    close(fd);
+}
+
+static void test_config_server_tls_defaults(void **state)
+{
+    (void)state;
+    struct config *c = parse(BASE);
+    assert_int_equal(c->server_tls.mode, TLS_MODE_DISABLE);
+    assert_null(c->server_tls.ca_file);
+    assert_null(c->server_tls.cert_file);
+    assert_null(c->server_tls.key_file);
+    config_free(c);
+    /* Every key commented out: the defaults too. */
+    c = parse("server_tls:\n#  mode: require\n" BASE);
+    assert_int_equal(c->server_tls.mode, TLS_MODE_DISABLE);
+    assert_null(c->server_tls.ca_file);
+    config_free(c);
+    c = parse("server_tls: {}\n" BASE);
+    assert_int_equal(c->server_tls.mode, TLS_MODE_DISABLE);
+    config_free(c);
+}
+
+static void test_config_server_tls_parses_each_mode(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *word;
+        enum tls_mode mode;
+    } cases[] = {
+        {"disable", TLS_MODE_DISABLE},         {"prefer", TLS_MODE_PREFER},
+        {"require", TLS_MODE_REQUIRE},         {"verify-ca", TLS_MODE_VERIFY_CA},
+        {"verify-full", TLS_MODE_VERIFY_FULL},
+    };
+    char ca[32];
+    make_temp_file(ca);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        /* With ca_file, which the verify modes need and the others accept. */
+        snprintf(text, sizeof text, "server_tls: {mode: %s, ca_file: %s}\n" BASE, cases[i].word,
+                 ca);
+        struct config *c = parse(text);
+        assert_int_equal(c->server_tls.mode, cases[i].mode);
+        assert_string_equal(c->server_tls.ca_file, ca);
+        assert_string_equal(config_tls_mode_name(c->server_tls.mode), cases[i].word);
+        config_free(c);
+        if (cases[i].mode == TLS_MODE_VERIFY_CA || cases[i].mode == TLS_MODE_VERIFY_FULL)
+            continue;
+        snprintf(text, sizeof text, "server_tls:\n  mode: %s\n" BASE, cases[i].word);
+        c = parse(text);
+        assert_int_equal(c->server_tls.mode, cases[i].mode);
+        assert_null(c->server_tls.ca_file);
+        config_free(c);
+    }
+    assert_string_equal(config_tls_mode_name((enum tls_mode)5), "?");
+    unlink(ca);
+}
+
+static void test_config_server_tls_rejects_bad_modes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *value;
+        const char *error;
+    } cases[] = {
+        {"allow", "t.yaml:2:9: invalid value for 'server_tls.mode': 'allow' (expected disable, "
+                  "prefer, require, verify-ca or verify-full)\n"},
+        {"sometimes", "t.yaml:2:9: invalid value for 'server_tls.mode': 'sometimes' (expected "
+                      "disable, prefer, require, verify-ca or verify-full)\n"},
+        {"Require", "t.yaml:2:9: invalid value for 'server_tls.mode': 'Require' (expected "
+                    "disable, prefer, require, verify-ca or verify-full)\n"},
+        {"on", "t.yaml:2:9: invalid value for 'server_tls.mode': 'on' (expected disable, "
+               "prefer, require, verify-ca or verify-full)\n"},
+        {"~", "t.yaml:2:9: invalid value for 'server_tls.mode': null (expected disable, "
+              "prefer, require, verify-ca or verify-full)\n"},
+        {"[require]", "t.yaml:2:9: invalid value for 'server_tls.mode': a list (expected "
+                      "disable, prefer, require, verify-ca or verify-full)\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "server_tls:\n  mode: %s\n" BASE, cases[i].value);
+        expect_errors(text, cases[i].error);
+    }
+    expect_errors("server_tls: require\n" BASE,
+                  "t.yaml:1:13: expected a mapping for 'server_tls', got 'require'\n");
+    expect_errors("server_tls: [{mode: require}]\n" BASE,
+                  "t.yaml:1:13: expected a mapping for 'server_tls', got a list\n");
+}
+
+static void test_config_server_tls_verify_needs_ca_file(void **state)
+{
+    (void)state;
+    expect_errors("server_tls:\n  mode: verify-full\n" BASE,
+                  "t.yaml:2:9: 'server_tls.ca_file' is required when 'server_tls.mode' is "
+                  "verify-full (the CA certificates to check the node's certificate against)\n");
+    expect_errors("server_tls: {mode: verify-ca}\n" BASE,
+                  "t.yaml:1:20: 'server_tls.ca_file' is required when 'server_tls.mode' is "
+                  "verify-ca (the CA certificates to check the node's certificate against)\n");
+    /* An unusable ca_file is reported for itself, not as missing as well. */
+    expect_errors("server_tls:\n  mode: verify-full\n  ca_file: ~\n" BASE,
+                  "t.yaml:3:12: expected a string for 'server_tls.ca_file', got null\n");
+}
+
+static void test_config_server_tls_needs_cert_and_key(void **state)
+{
+    (void)state;
+    char f[32];
+    make_temp_file(f);
+    char text[512], expected[512];
+    snprintf(text, sizeof text, "server_tls:\n  mode: require\n  cert_file: %s\n" BASE, f);
+    expect_errors(text, "t.yaml:3:14: 'server_tls.cert_file' needs 'server_tls.key_file' (give "
+                        "both or neither)\n");
+    snprintf(text, sizeof text, "server_tls: {key_file: %s}\n" BASE, f);
+    expect_errors(text, "t.yaml:1:24: 'server_tls.key_file' needs 'server_tls.cert_file' (give "
+                        "both or neither)\n");
+    /* Both checked for readability, whatever the pairing. */
+    snprintf(text, sizeof text, "server_tls:\n  key_file: /nonexistent/client.key\n" BASE);
+    snprintf(expected, sizeof expected,
+             "t.yaml:2:13: server_tls.key_file: cannot read '/nonexistent/client.key': No such "
+             "file or directory\n"
+             "t.yaml:2:13: 'server_tls.key_file' needs 'server_tls.cert_file' (give both or "
+             "neither)\n");
+    expect_errors(text, expected);
+    unlink(f);
+}
+
+static void test_config_server_tls_rejects_unreadable_files(void **state)
+{
+    (void)state;
+    expect_errors("server_tls:\n"
+                  "  mode: verify-full\n"
+                  "  ca_file: /nonexistent/ca.pem\n" BASE,
+                  "t.yaml:3:12: server_tls.ca_file: cannot read '/nonexistent/ca.pem': No such "
+                  "file or directory\n");
+    /* Checked even where the mode does not use it. */
+    expect_errors("server_tls: {ca_file: /nonexistent/ca.pem}\n" BASE,
+                  "t.yaml:1:23: server_tls.ca_file: cannot read '/nonexistent/ca.pem': No such "
+                  "file or directory\n");
+    expect_errors("server_tls: {mode: verify-ca, ca_file: /tmp}\n" BASE,
+                  "t.yaml:1:40: server_tls.ca_file: cannot read '/tmp': Is a directory\n");
+    expect_errors("server_tls: {mode: verify-ca, ca_file: ''}\n" BASE,
+                  "t.yaml:1:40: 'server_tls.ca_file' must not be empty\n");
+    expect_errors("server_tls:\n"
+                  "  cert_file: /nonexistent/client.crt\n"
+                  "  key_file: [a]\n" BASE,
+                  "t.yaml:2:14: server_tls.cert_file: cannot read '/nonexistent/client.crt': No "
+                  "such file or directory\n"
+                  "t.yaml:3:13: expected a string for 'server_tls.key_file', got a list\n");
+    /* A file its owner may not read; root reads anything, so only checked as another user. */
+    if (geteuid() != 0) {
+        char f[32], text[512], expected[512];
+        make_temp_file(f);
+        assert_int_equal(chmod(f, 0), 0);
+        snprintf(text, sizeof text, "server_tls: {mode: verify-ca, ca_file: %s}\n" BASE, f);
+        snprintf(expected, sizeof expected,
+                 "t.yaml:1:40: server_tls.ca_file: cannot read '%s': Permission denied\n", f);
+        expect_errors(text, expected);
+        unlink(f);
+    }
+}
+
+static void test_config_server_tls_reports_unknown_keys(void **state)
+{
+    (void)state;
+    expect_errors("server_tls:\n  mode: require\n  sslmode: require\n  ca_fle: x\n" BASE,
+                  "t.yaml:3:3: unknown key 'sslmode'\n"
+                  "t.yaml:4:3: unknown key 'ca_fle' (did you mean 'ca_file'?)\n");
+    expect_errors("ca_file: /etc/ssl/ca.pem\n" BASE,
+                  "t.yaml:1:1: unknown key 'ca_file' (it belongs under 'server_tls')\n");
+    expect_errors("server_tsl: {mode: require}\n" BASE,
+                  "t.yaml:1:1: unknown key 'server_tsl' (did you mean 'server_tls'?)\n");
+    expect_errors("server_tls: {mode: require, mode: prefer}\n" BASE,
+                  "t.yaml:1:29: duplicate key 'mode' (first at line 1)\n");
+}
+
+static void test_config_server_tls_reports_all_problems(void **state)
+{
+    (void)state;
+    expect_errors("server_tls:\n"
+                  "  mode: allow\n"
+                  "  ca_file: /nonexistent/ca.pem\n"
+                  "  cert_file: /nonexistent/client.crt\n"
+                  "  colour: blue\n"
+                  "workers: 0\n" BASE,
+                  "t.yaml:2:9: invalid value for 'server_tls.mode': 'allow' (expected disable, "
+                  "prefer, require, verify-ca or verify-full)\n"
+                  "t.yaml:3:12: server_tls.ca_file: cannot read '/nonexistent/ca.pem': No such "
+                  "file or directory\n"
+                  "t.yaml:4:14: server_tls.cert_file: cannot read '/nonexistent/client.crt': No "
+                  "such file or directory\n"
+                  "t.yaml:4:14: 'server_tls.cert_file' needs 'server_tls.key_file' (give both or "
+                  "neither)\n"
+                  "t.yaml:5:3: unknown key 'colour'\n"
+                  "t.yaml:6:10: 'workers' must be between 1 and 64, got 0\n");
+}
+
+static void test_config_server_tls_accepts_full_mapping(void **state)
+{
+    (void)state;
+    char ca[32], cert[32], key[32], text[1024];
+    make_temp_file(ca);
+    make_temp_file(cert);
+    make_temp_file(key);
+    snprintf(text, sizeof text,
+             "server_tls:\n"
+             "  mode: verify-full\n"
+             "  ca_file: %s\n"
+             "  cert_file: '%s'\n"
+             "  key_file: \"%s\"\n" BASE,
+             ca, cert, key);
+    struct config *c = parse(text);
+    assert_int_equal(c->server_tls.mode, TLS_MODE_VERIFY_FULL);
+    assert_string_equal(config_tls_mode_name(c->server_tls.mode), "verify-full");
+    assert_string_equal(c->server_tls.ca_file, ca);
+    assert_string_equal(c->server_tls.cert_file, cert);
+    assert_string_equal(c->server_tls.key_file, key);
+    config_free(c);
+    /* A client certificate with a mode that verifies nothing. */
+    snprintf(text, sizeof text, "server_tls: {mode: prefer, cert_file: %s, key_file: %s}\n" BASE,
+             cert, key);
+    c = parse(text);
+    assert_int_equal(c->server_tls.mode, TLS_MODE_PREFER);
+    assert_null(c->server_tls.ca_file);
+    assert_string_equal(c->server_tls.cert_file, cert);
+    assert_string_equal(c->server_tls.key_file, key);
+    config_free(c);
+    unlink(ca);
+    unlink(cert);
+    unlink(key);
 }
 
 /* ---- max_lag_bytes ------------------------------------------------------------------------ */
@@ -1127,6 +1375,15 @@ int main(void)
         cmocka_unit_test(test_config_parse_takes_monitor_password_from_its_user),
         cmocka_unit_test(test_config_parse_finds_primary_anywhere),
         cmocka_unit_test(test_config_parse_accepts_null_errors_pointer),
+        cmocka_unit_test(test_config_server_tls_defaults),
+        cmocka_unit_test(test_config_server_tls_parses_each_mode),
+        cmocka_unit_test(test_config_server_tls_rejects_bad_modes),
+        cmocka_unit_test(test_config_server_tls_verify_needs_ca_file),
+        cmocka_unit_test(test_config_server_tls_needs_cert_and_key),
+        cmocka_unit_test(test_config_server_tls_rejects_unreadable_files),
+        cmocka_unit_test(test_config_server_tls_reports_unknown_keys),
+        cmocka_unit_test(test_config_server_tls_reports_all_problems),
+        cmocka_unit_test(test_config_server_tls_accepts_full_mapping),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),

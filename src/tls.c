@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/* TLS over memory BIOs for pgsteer's connections to the nodes: see tls.h. */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+struct tls_ctx {
+    SSL_CTX *ssl;
+    enum tls_mode mode;
+    atomic_int refs;
+};
+
+struct tls_conn {
+    SSL *ssl;
+    BIO *rbio; /* ciphertext from the node (owned by ssl) */
+    BIO *wbio; /* ciphertext for the node (owned by ssl) */
+    char err[256];
+    char desc[96];
+};
+
+/* OpenSSL's first queued error (or `fallback`) after `what`, into dst; the queue is cleared,
+ * since it is per thread and the next operation must not see this one's errors. */
+static void openssl_error(char *dst, size_t cap, const char *what, const char *fallback)
+{
+    unsigned long e = ERR_get_error();
+    char text[200];
+    if (e != 0)
+        ERR_error_string_n(e, text, sizeof(text));
+    else
+        snprintf(text, sizeof(text), "%s", fallback);
+    ERR_clear_error();
+    snprintf(dst, cap, "%s: %s", what, text);
+}
+
+struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errcap)
+{
+    if (errcap > 0)
+        err[0] = 0;
+    if (cfg->mode == TLS_MODE_DISABLE)
+        return NULL;
+    ERR_clear_error();
+    SSL_CTX *s = SSL_CTX_new(TLS_client_method());
+    if (s == NULL) {
+        openssl_error(err, errcap, "cannot make a TLS context", "out of memory");
+        return NULL;
+    }
+    /* PostgreSQL accepts TLS 1.2 and later by default (ssl_min_protocol_version). */
+    SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+    SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (cfg->ca_file != NULL && SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
+        char what[300];
+        snprintf(what, sizeof(what), "server_tls.ca_file %s", cfg->ca_file);
+        openssl_error(err, errcap, what, "cannot be loaded");
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    if (cfg->cert_file != NULL) {
+        char what[300];
+        if (SSL_CTX_use_certificate_chain_file(s, cfg->cert_file) != 1) {
+            snprintf(what, sizeof(what), "server_tls.cert_file %s", cfg->cert_file);
+            openssl_error(err, errcap, what, "cannot be loaded");
+            SSL_CTX_free(s);
+            return NULL;
+        }
+        if (cfg->key_file == NULL ||
+            SSL_CTX_use_PrivateKey_file(s, cfg->key_file, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(s) != 1) {
+            snprintf(what, sizeof(what), "server_tls.key_file %s",
+                     cfg->key_file ? cfg->key_file : "(none)");
+            openssl_error(err, errcap, what, "cannot be loaded or does not match cert_file");
+            SSL_CTX_free(s);
+            return NULL;
+        }
+    }
+    bool verify = cfg->mode == TLS_MODE_VERIFY_CA || cfg->mode == TLS_MODE_VERIFY_FULL;
+    SSL_CTX_set_verify(s, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        snprintf(err, errcap, "out of memory");
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    ctx->ssl = s;
+    ctx->mode = cfg->mode;
+    atomic_init(&ctx->refs, 1);
+    return ctx;
+}
+
+struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx)
+{
+    if (ctx != NULL)
+        atomic_fetch_add(&ctx->refs, 1);
+    return ctx;
+}
+
+void tls_ctx_unref(struct tls_ctx *ctx)
+{
+    if (ctx == NULL || atomic_fetch_sub(&ctx->refs, 1) != 1)
+        return;
+    SSL_CTX_free(ctx->ssl); /* (its connections hold their own references to it) */
+    free(ctx);
+}
+
+enum tls_mode tls_ctx_mode(const struct tls_ctx *ctx)
+{
+    return ctx ? ctx->mode : TLS_MODE_DISABLE;
+}
+
+/* Whether host is a numeric IPv4 or IPv6 address. */
+static bool is_ip(const char *host)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host)
+{
+    struct tls_conn *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->ssl = SSL_new(ctx->ssl);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* An empty memory BIO reads as "try again", not as the end of the input. */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_connect_state(t->ssl);
+    bool ok = true;
+    if (host != NULL && !is_ip(host))
+        ok = SSL_set_tlsext_host_name(t->ssl, host) == 1;
+    if (ok && host != NULL && ctx->mode == TLS_MODE_VERIFY_FULL) {
+        /* The certificate must name the host: a DNS name in subjectAltName (or the CN when
+         * there is none), or an IP address entry for a numeric host. */
+        if (is_ip(host))
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host) == 1;
+        else
+            ok = SSL_set1_host(t->ssl, host) == 1;
+    }
+    if (!ok) {
+        tls_conn_free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    return t;
+}
+
+void tls_conn_free(struct tls_conn *t)
+{
+    if (t == NULL)
+        return;
+    SSL_free(t->ssl); /* frees both BIOs */
+    free(t);
+}
+
+int tls_feed(struct tls_conn *t, const char *p, size_t n)
+{
+    while (n > 0) {
+        int part = n > INT_MAX ? INT_MAX : (int)n;
+        int w = BIO_write(t->rbio, p, part);
+        if (w <= 0) {
+            snprintf(t->err, sizeof(t->err), "out of memory");
+            ERR_clear_error();
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Why the last call on t's SSL with result r failed, into t->err. */
+static void conn_error(struct tls_conn *t, int r, const char *what)
+{
+    int e = SSL_get_error(t->ssl, r);
+    long v = SSL_get_verify_result(t->ssl);
+    if (v != X509_V_OK) {
+        snprintf(t->err, sizeof(t->err), "%s: the node's certificate: %s", what,
+                 X509_verify_cert_error_string(v));
+        ERR_clear_error();
+    } else if (e == SSL_ERROR_ZERO_RETURN) {
+        snprintf(t->err, sizeof(t->err), "%s: the node closed the TLS connection", what);
+        ERR_clear_error();
+    } else {
+        openssl_error(t->err, sizeof(t->err), what,
+                      e == SSL_ERROR_SYSCALL ? "unexpected end of the TLS stream" : "TLS error");
+    }
+}
+
+int tls_handshake(struct tls_conn *t)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        snprintf(t->desc, sizeof(t->desc), "%s/%s", SSL_get_version(t->ssl),
+                 SSL_get_cipher_name(t->ssl));
+        return 1;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    conn_error(t, r, "TLS handshake with the node failed");
+    return -1;
+}
+
+ssize_t tls_read(struct tls_conn *t, char *dst, size_t cap)
+{
+    if (cap == 0)
+        return 0;
+    ERR_clear_error();
+    int r = SSL_read(t->ssl, dst, cap > INT_MAX ? INT_MAX : (int)cap);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    conn_error(t, r, "TLS");
+    return -1;
+}
+
+int tls_write(struct tls_conn *t, const char *p, size_t n)
+{
+    ERR_clear_error();
+    while (n > 0) {
+        int part = n > INT_MAX ? INT_MAX : (int)n;
+        int w = SSL_write(t->ssl, p, part);
+        if (w <= 0) {
+            conn_error(t, w, "TLS");
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int tls_take_output(struct tls_conn *t, struct buf *out)
+{
+    size_t n = BIO_ctrl_pending(t->wbio);
+    if (n == 0)
+        return 0;
+    if (buf_reserve(out, n) < 0)
+        return -1;
+    int r = BIO_read(t->wbio, out->data + out->len, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0)
+        out->len += (size_t)r;
+    return 0;
+}
+
+const char *tls_error(const struct tls_conn *t)
+{
+    return t ? t->err : "";
+}
+
+const char *tls_describe(const struct tls_conn *t)
+{
+    return t ? t->desc : "";
+}
