@@ -119,7 +119,7 @@ struct proxy {
     lsn_t names_lsn;
     uint32_t names_wait;
     bool shutting_down;
-    uint64_t retries_25006; /* reads retried on the primary after a replica refused them */
+    uint64_t read_retries; /* reads retried on the primary: refused by a replica, or its login */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
     struct latency_hist lat_request, lat_response;
     /* admin interface (admin.c) and operations (proxy.c) */
@@ -651,8 +651,9 @@ void client_on_ready_for_query(struct client *c, struct backend *b, char status,
                                const struct expect *e);
 /* The node entered copy-in for the client (CopyInResponse), from an Execute when extended. */
 void client_on_copy_in(struct client *c, struct backend *b, bool extended);
-/* A retryable read was refused by a replica and its answers swallowed: run it on the primary. */
-void client_retry_on_primary(struct client *c);
+/* A retryable read was refused by a replica and its answers swallowed, or its backend there
+ * could not log in: run it on the primary. `why` (static text) goes to the log. */
+void client_retry_on_primary(struct client *c, const char *why);
 /* The retryable read got an answer the client may see: send what was held back. */
 void client_retry_settled(struct client *c);
 

@@ -512,7 +512,8 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                          dirs[d], hists[d]->count);
     }
     rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
-                      "Reads a replica refused (25006, 40001) that were retried on the primary.");
+                      "Reads retried on the primary: a replica refused them (25006, 40001) "
+                      "or could not be reached for them.");
     rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
     rc |= prom_family(out, "pgsteer_multiplexed_reads_total", "counter",
                       "Reads sent over a backend shared by several clients (multiplex_reads).");
@@ -679,7 +680,7 @@ static void collect_worker(struct proxy *px, void *arg)
     st->clients += px->nclients;
     for (int i = 0; i < ROUTE_REASON_COUNT; i++)
         st->route_reasons[i] += px->route_reasons[i];
-    st->read_retries += px->retries_25006;
+    st->read_retries += px->read_retries;
     st->multiplexed += px->multiplexed;
     st->multiplex_stalls += px->multiplex_stalls;
     st->unnamed_prepared += px->unnamed_prepared;

@@ -1110,7 +1110,7 @@ static int backend_handle_response(struct backend *b, const struct proto_msg *m)
         b->rolled_back = false;
         b->batch_error = false;
         if (e.swallow && e.retryable) {
-            client_retry_on_primary(c);
+            client_retry_on_primary(c, "a replica refused a read as a write");
             return c->state == CLIENT_CLOSING || b->state == BACKEND_CLOSING ? -1 : 0;
         }
         if (!e.swallow)
@@ -1315,13 +1315,16 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     log_warn("client %u: backend to node %s failed: %s", c->id, name, message);
     proxy_node_failed(px, b->node);
     size_t owed_ready = 0;
-    bool owed_any = false, retry = false;
+    bool owed_any = false, retry = false, owed_other = false;
     /* An error forwarded since the last ReadyForQuery (the node's own FATAL, say) answered the
      * first unit owed already; the others get one each from client_backend_failed. */
     bool answered = b->batch_error;
+    /* Nothing of the client's reached a node that never let the backend in. */
+    bool login = b->state != BACKEND_READY;
     while (b->exp_count) {
         struct expect e = backend_pop(b);
         retry |= e.retryable;
+        owed_other |= !e.swallow && !e.retryable;
         /* What the node never answered did not happen, for the client, which gets an error
          * for it: a Parse of its own made no statement, and a statement that recorded a
          * session change made none. */
@@ -1345,6 +1348,14 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     /* Drop the backend before calling back into the client, which may route again. */
     int node = b->node;
     backend_close(b);
+    if (retry && login && !owed_other && !answered && c->state == CLIENT_READY &&
+        node != px->cfg->primary) {
+        /* A read that would have been the replica's first statement on a backend that could
+         * not log in (the node down, refusing, or failing TLS): the primary runs it instead,
+         * as it does a read a replica refuses. */
+        client_retry_on_primary(c, "a replica could not be reached for a read");
+        return;
+    }
     if (retry) /* the read that might have moved to the primary ends here, with the error */
         client_retry_settled(c);
     client_backend_failed(c, node, sqlstate, message, owed_any, owed_ready, answered);
@@ -2585,7 +2596,8 @@ static void shared_fail(struct backend *b, const char *sqlstate, const char *mes
     if (px->shared_be[node] == b)
         px->shared_be[node] = NULL;
     b->client = NULL;
-    bool answered = b->batch_error; /* the head's unit had the node's error already */
+    bool answered = b->batch_error;         /* the head's unit had the node's error already */
+    bool login = b->state != BACKEND_READY; /* (the node saw none of what is queued) */
     while (b->exp_count) {
         struct expect e = backend_pop(b);
         if (e.owner == NULL || is_extended(e.kind))
@@ -2593,6 +2605,11 @@ static void shared_fail(struct backend *b, const char *sqlstate, const char *mes
         e.owner->shared_owed--;
         if (e.owner->state != CLIENT_READY) {
             answered = false;
+            continue;
+        }
+        if (e.retryable && login && node != px->cfg->primary) {
+            /* as backend_fail does for a client's own backend */
+            client_retry_on_primary(e.owner, "a replica could not be reached for a read");
             continue;
         }
         if (e.retryable)

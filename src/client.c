@@ -1098,14 +1098,14 @@ void client_retry_settled(struct client *c)
     c->retry_inflight = false;
 }
 
-void client_retry_on_primary(struct client *c)
+void client_retry_on_primary(struct client *c, const char *why)
 {
     struct proxy *px = c->px;
     int p = px->cfg->primary;
     c->retry_inflight = false;
     buf_reset(&c->retry_hold);
-    px->retries_25006++;
-    log_info("client %u: a replica refused a read as a write; retrying it on the primary", c->id);
+    px->read_retries++;
+    log_info("client %u: %s; retrying it on the primary", c->id, why);
     struct backend *b = client_backend(c, p);
     if (b == NULL)
         return;
