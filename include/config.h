@@ -31,6 +31,15 @@ enum tls_mode {
     TLS_MODE_VERIFY_CA = 3,
     TLS_MODE_VERIFY_FULL = 4
 };
+/* TLS on the clients' connections to pgsteer: allow serves TLS to a client that asks for it,
+ * require refuses TCP clients that do not, verify-ca also asks each client for a certificate
+ * signed by a CA in ca_file. Unix-socket clients are never asked for TLS. */
+enum client_tls_mode {
+    CLIENT_TLS_DISABLE = 0,
+    CLIENT_TLS_ALLOW = 1,
+    CLIENT_TLS_REQUIRE = 2,
+    CLIENT_TLS_VERIFY_CA = 3
+};
 
 struct config_addr {
     char host[256]; /* numeric IPv4/IPv6 address or host name */
@@ -73,6 +82,14 @@ struct config_tls {
     char *key_file;     /* NULL when unset */
 };
 
+/* client_tls. Each file given was readable when the config was loaded. */
+struct config_client_tls {
+    enum client_tls_mode mode; /* default disable */
+    char *cert_file;           /* pgsteer's certificate chain; set whenever mode is not disable */
+    char *key_file;            /* its private key; set exactly when cert_file is */
+    char *ca_file;             /* CAs of client certificates; set whenever mode is verify-ca */
+};
+
 struct config {
     char *path;
     struct config_addr listen; /* default 127.0.0.1:6432 */
@@ -94,6 +111,9 @@ struct config {
     /* TLS to the nodes, for backends and the monitor's connections alike. Reloadable: a reload
      * applies to connections opened after it */
     struct config_tls server_tls;
+    /* TLS from the clients over TCP. Reloadable: a reload applies to connections accepted
+     * after it */
+    struct config_client_tls client_tls;
     enum consistency consistency;   /* default session */
     enum fallback fallback;         /* default primary */
     enum read_balance read_balance; /* default session */
@@ -144,6 +164,9 @@ void config_free(struct config *c);
 /* The libpq sslmode word for a mode ("disable", "prefer", ...); "?" for a value outside the
  * enum. */
 const char *config_tls_mode_name(enum tls_mode m);
+
+/* The client_tls mode word ("disable", "allow", ...); "?" for a value outside the enum. */
+const char *config_client_tls_mode_name(enum client_tls_mode m);
 
 /* Find a user by name; NULL when absent. */
 const struct config_user *config_find_user(const struct config *c, const char *name);

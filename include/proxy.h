@@ -107,10 +107,11 @@ struct proxy {
     uint32_t next_client_id;
     struct param_cache *params;
     struct classify_functions wfuncs;
-    uint32_t eligible_mask;  /* replicas eligible in the newest snapshot */
-    uint64_t eligible_epoch; /* bumped when a replica joins the eligible set */
-    uint64_t cfg_gen;        /* bumped when a reload takes effect in this worker */
-    struct tls_ctx *tls;     /* server_tls: a reference, NULL when TLS to the nodes is off */
+    uint32_t eligible_mask;     /* replicas eligible in the newest snapshot */
+    uint64_t eligible_epoch;    /* bumped when a replica joins the eligible set */
+    uint64_t cfg_gen;           /* bumped when a reload takes effect in this worker */
+    struct tls_ctx *tls;        /* server_tls: a reference, NULL when TLS to the nodes is off */
+    struct tls_ctx *client_tls; /* client_tls: a reference, NULL when clients get no TLS */
     /* A CL_NAMES statement of one of this worker's sessions committed at names_at_ns: the
      * replicas in names_wait bump their shared->names_gen once they have replayed up to
      * names_lsn, the primary's position in the first snapshot sampled after that (LSN_INVALID
@@ -529,7 +530,14 @@ struct client {
     struct buf writing;
     bool write_pending;
     bool reading;
+    bool over_tcp;      /* not a Unix-domain socket: TLS may be asked for (client_tls) */
     uint32_t read_size; /* bytes to read next: grows while reads fill it */
+    /* client_tls: the connection's TLS once the client asked for it and got 'S' (owned), how
+     * far it is (enum client_tls_phase), and the ciphertext read and to be written; in and out
+     * above then hold plaintext, and writing ciphertext */
+    struct tls_conn *tls;
+    uint8_t tls_phase;
+    struct buf tls_in, tls_out;
     char *user;
     char *database;
     char *password; /* configured password: also logs pgsteer in to nodes */
@@ -619,6 +627,10 @@ struct client {
                        backends plan what they keep anew (proxy_names_committed) */
     struct cancel_wait *cancel_wait; /* CLIENT_CANCELLING: the request's, which points back */
 };
+
+/* Where a client's TLS stands: none; handshake under way (handshake bytes only, each way);
+ * established (every byte goes through c->tls). */
+enum client_tls_phase { CTLS_NONE = 0, CTLS_HANDSHAKE, CTLS_UP };
 
 /* How a deferred BEGIN came, and goes to the node: a Query; parsed as the unnamed statement and
  * run; a named statement of the session, run. */

@@ -1297,6 +1297,7 @@ static void client_rows(struct proxy *px, void *arg)
             nodes,
             a,
             p,
+            cl->tls_phase == CTLS_UP ? tls_describe(cl->tls) : NULL,
         };
         pg_row(&ra->c->out, vals, NCOLS(vals));
         ra->rows++;
@@ -1305,8 +1306,9 @@ static void client_rows(struct proxy *px, void *arg)
 
 static void show_clients(struct admin_conn *c)
 {
-    static const char *const cols[] = {"id",     "user",       "database", "state", "tx_node",
-                                       "pinned", "pin_reason", "backends", "addr",  "port"};
+    static const char *const cols[] = {"id",      "user",   "database",   "state",
+                                       "tx_node", "pinned", "pin_reason", "backends",
+                                       "addr",    "port",   "tls"};
     pg_rowdesc(&c->out, cols, NCOLS(cols));
     struct rows_arg ra = {c, 0};
     proxy_each(c->a->px, client_rows, &ra);
@@ -1323,8 +1325,12 @@ static void server_rows(struct proxy *px, void *arg)
         for (struct backend *b = px->pool[i]; b; b = b->pool_next) {
             char pid[16];
             snprintf(pid, sizeof(pid), "%u", b->pid);
-            const char *vals[] = {NULL, px->cfg->nodes[i].name,
-                                  b->resetting ? "resetting" : "pooled", pid, "0"};
+            const char *vals[] = {NULL,
+                                  px->cfg->nodes[i].name,
+                                  b->resetting ? "resetting" : "pooled",
+                                  pid,
+                                  "0",
+                                  b->tls_phase == BTLS_UP ? tls_describe(b->tls) : NULL};
             pg_row(&ra->c->out, vals, NCOLS(vals));
             ra->rows++;
         }
@@ -1337,7 +1343,9 @@ static void server_rows(struct proxy *px, void *arg)
         char pid[16], owed[24];
         snprintf(pid, sizeof(pid), "%u", b->pid);
         snprintf(owed, sizeof(owed), "%zu", b->exp_count);
-        const char *vals[] = {NULL, px->cfg->nodes[i].name, "shared", pid, owed};
+        const char *vals[] = {NULL,     px->cfg->nodes[i].name,
+                              "shared", pid,
+                              owed,     b->tls_phase == BTLS_UP ? tls_describe(b->tls) : NULL};
         pg_row(&ra->c->out, vals, NCOLS(vals));
         ra->rows++;
     }
@@ -1350,9 +1358,12 @@ static void server_rows(struct proxy *px, void *arg)
             snprintf(id, sizeof(id), "%u", cl->id);
             snprintf(pid, sizeof(pid), "%u", b->pid);
             snprintf(owed, sizeof(owed), "%zu", b->exp_count);
-            const char *vals[] = {id, px->cfg->nodes[i].name,
+            const char *vals[] = {id,
+                                  px->cfg->nodes[i].name,
                                   (unsigned)b->state < 5 ? states[b->state] : "?",
-                                  b->pid ? pid : NULL, owed};
+                                  b->pid ? pid : NULL,
+                                  owed,
+                                  b->tls_phase == BTLS_UP ? tls_describe(b->tls) : NULL};
             pg_row(&ra->c->out, vals, NCOLS(vals));
             ra->rows++;
         }
@@ -1361,7 +1372,7 @@ static void server_rows(struct proxy *px, void *arg)
 
 static void show_servers(struct admin_conn *c)
 {
-    static const char *const cols[] = {"client_id", "node", "state", "node_pid", "owed"};
+    static const char *const cols[] = {"client_id", "node", "state", "node_pid", "owed", "tls"};
     pg_rowdesc(&c->out, cols, NCOLS(cols));
     struct rows_arg ra = {c, 0};
     proxy_each(c->a->px, server_rows, &ra);
@@ -1428,6 +1439,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "tcp_keepalive_interval_s", cfg->tcp_keepalive_interval_s), rows++;
     kv_int(c, "tcp_keepalive_count", cfg->tcp_keepalive_count), rows++;
     kv_row(c, "server_tls.mode", config_tls_mode_name(cfg->server_tls.mode)), rows++;
+    kv_row(c, "client_tls.mode", config_client_tls_mode_name(cfg->client_tls.mode)), rows++;
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else

@@ -114,6 +114,9 @@ static void client_classify(struct client *c, const char *q, size_t len,
 
 static void client_free(struct client *c)
 {
+    tls_conn_free(c->tls);
+    buf_destroy(&c->tls_in);
+    buf_destroy(&c->tls_out);
     buf_destroy(&c->in);
     buf_destroy(&c->out);
     buf_destroy(&c->writing);
@@ -253,9 +256,24 @@ static void client_write_cb(uv_write_t *req, int status)
     }
 }
 
+/* client_tls: encrypt what waits in c->out into c->tls_out (nothing before the handshake is
+ * done: the handshake's own bytes are there already). Returns 0, or -1 when c was closed. */
+static int client_tls_seal(struct client *c)
+{
+    if (c->tls_phase != CTLS_UP || buf_avail(&c->out) == 0)
+        return 0;
+    if (tls_write(c->tls, buf_head(&c->out), buf_avail(&c->out)) < 0 ||
+        tls_take_output(c->tls, &c->tls_out) < 0) {
+        client_close(c, NULL, tls_error(c->tls)[0] ? tls_error(c->tls) : "out of memory");
+        return -1;
+    }
+    buf_reset(&c->out);
+    return 0;
+}
+
 void client_flush(struct client *c)
 {
-    if (buf_avail(&c->out) == 0 || c->state == CLIENT_CLOSING)
+    if (c->state == CLIENT_CLOSING)
         return;
     if (c->write_pending) {
         /* The client is not reading as fast as its nodes answer: what waits for the write in
@@ -265,21 +283,30 @@ void client_flush(struct client *c)
             client_set_backends_paused(c, true);
         return;
     }
+    /* With TLS the bytes to write are the ciphertext of what is queued. */
+    struct buf *src = &c->out;
+    if (c->tls_phase != CTLS_NONE) {
+        if (client_tls_seal(c) < 0)
+            return;
+        src = &c->tls_out;
+    }
+    if (buf_avail(src) == 0)
+        return;
     /* Most answers fit the socket buffer: write them at once, without a write request, and
      * keep only what the kernel did not take for uv_write. */
-    uv_buf_t now = uv_buf_init((char *)buf_head(&c->out), (unsigned)buf_avail(&c->out));
+    uv_buf_t now = uv_buf_init((char *)buf_head(src), (unsigned)buf_avail(src));
     int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
     if (n > 0)
-        buf_consume(&c->out, (size_t)n);
+        buf_consume(src, (size_t)n);
     else if (n < 0 && n != UV_EAGAIN) {
         client_close(c, NULL, uv_strerror(n));
         return;
     }
-    if (buf_avail(&c->out) == 0)
+    if (buf_avail(src) == 0)
         return;
     struct buf tmp = c->writing;
-    c->writing = c->out;
-    c->out = tmp;
+    c->writing = *src;
+    *src = tmp;
     uv_buf_t ub = uv_buf_init((char *)buf_head(&c->writing), (unsigned)buf_avail(&c->writing));
     c->write_req.data = c;
     int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &ub, 1, client_write_cb);
@@ -309,23 +336,77 @@ static void client_send_ready(struct client *c)
 
 /* ---- input ---- */
 
-static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+/* Make room at the end of `in` for the next read of c (read_size bytes). */
+static void client_in_room(struct client *c, struct buf *in, uv_buf_t *ub)
 {
-    (void)suggested;
-    struct client *c = h->data;
-    if (c->in.off > 0 && c->in.off == c->in.len)
-        buf_reset(&c->in);
-    else if (c->in.off > c->in.cap / 2)
-        buf_compact(&c->in);
+    if (in->off > 0 && in->off == in->len)
+        buf_reset(in);
+    else if (in->off > in->cap / 2)
+        buf_compact(in);
     /* Read as much as the client sent last time, and more when it filled the space: an idle
      * client holds a small buffer, a busy one reads in large chunks. */
     if (c->read_size == 0)
         c->read_size = CLIENT_READ_MIN;
-    if (buf_reserve(&c->in, c->read_size) < 0) {
+    if (buf_reserve(in, c->read_size) < 0) {
         *ub = uv_buf_init(NULL, 0);
         return;
     }
-    *ub = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *ub = uv_buf_init(in->data + in->len, (unsigned)(in->cap - in->len));
+}
+
+static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
+{
+    (void)suggested;
+    struct client *c = h->data;
+    /* With TLS the socket's bytes are ciphertext, turned into c->in's plaintext after. */
+    client_in_room(c, c->tls_phase != CTLS_NONE ? &c->tls_in : &c->in, ub);
+}
+
+/* client_tls: take the ciphertext just read (tls_in) through c's TLS: the handshake's next
+ * step, then whatever plaintext it holds into c->in. Returns 0, or -1 when c was closed (a
+ * failed handshake or a broken stream gets no error message: the client could not read one). */
+static int client_tls_input(struct client *c)
+{
+    if (tls_feed(c->tls, buf_head(&c->tls_in), buf_avail(&c->tls_in)) < 0) {
+        client_close(c, NULL, "out of memory");
+        return -1;
+    }
+    buf_reset(&c->tls_in);
+    if (c->tls_phase == CTLS_HANDSHAKE) {
+        int r = tls_handshake(c->tls);
+        if (tls_take_output(c->tls, &c->tls_out) < 0) {
+            client_close(c, NULL, "out of memory");
+            return -1;
+        }
+        if (r < 0) {
+            log_info("client %u: %s", c->id, tls_error(c->tls));
+            client_flush(c); /* the alert that says why, if any */
+            client_close(c, NULL, tls_error(c->tls));
+            return -1;
+        }
+        if (r == 0)
+            return 0;
+        c->tls_phase = CTLS_UP;
+        log_debug("client %u: TLS %s", c->id, tls_describe(c->tls));
+    }
+    if (c->in.off > 0 && c->in.off == c->in.len)
+        buf_reset(&c->in);
+    else if (c->in.off > c->in.cap / 2)
+        buf_compact(&c->in);
+    for (;;) {
+        if (buf_reserve(&c->in, CLIENT_READ_MIN) < 0) {
+            client_close(c, NULL, "out of memory");
+            return -1;
+        }
+        ssize_t n = tls_read(c->tls, c->in.data + c->in.len, c->in.cap - c->in.len);
+        if (n < 0) {
+            client_close(c, NULL, tls_error(c->tls));
+            return -1;
+        }
+        if (n == 0)
+            return 0;
+        c->in.len += (size_t)n;
+    }
 }
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
@@ -344,9 +425,15 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (nread == 0)
         return;
     proxy_note_input(c->px);
-    c->in.len += (size_t)nread;
     if ((size_t)nread >= c->read_size && c->read_size < CLIENT_READ_CHUNK)
         c->read_size *= 2;
+    if (c->tls_phase != CTLS_NONE) {
+        c->tls_in.len += (size_t)nread;
+        if (client_tls_input(c) < 0)
+            return;
+    } else {
+        c->in.len += (size_t)nread;
+    }
     client_on_input(c);
     if (c->state != CLIENT_CLOSING)
         client_flush(c);
@@ -387,9 +474,12 @@ static void client_start(struct proxy *px, struct client *c, bool tcp)
     c->copy_node = -1;
     c->read_node = -1;
     c->consistency = px->cfg->consistency;
+    c->over_tcp = tcp;
     buf_init(&c->in);
     buf_init(&c->out);
     buf_init(&c->writing);
+    buf_init(&c->tls_in);
+    buf_init(&c->tls_out);
     buf_init(&c->retry_sql);
     buf_init(&c->kept_batch);
     buf_init(&c->held_begin);
@@ -752,6 +842,37 @@ static int client_handle_startup(struct client *c, const char *p, size_t n)
     return client_start_auth(c);
 }
 
+/* client_tls: c asked for TLS (SSLRequest, nothing after it): say 'S', in plain text, and
+ * take the handshake that follows. Returns 0, or -1 when c was closed. */
+static int client_tls_start(struct client *c)
+{
+    struct tls_conn *t = tls_conn_accept(c->px->client_tls);
+    if (t == NULL) {
+        client_close(c, NULL, "out of memory");
+        return -1;
+    }
+    if (client_queue(c, "S", 1) < 0) {
+        tls_conn_free(t);
+        return -1;
+    }
+    client_flush(c); /* (before c->tls_phase says that what is queued is to be encrypted) */
+    if (c->state == CLIENT_CLOSING) {
+        tls_conn_free(t);
+        return -1;
+    }
+    c->tls = t;
+    /* What the flush left goes out first: tls_out comes after the writing buffer. */
+    if (buf_avail(&c->out)) {
+        if (buf_append(&c->tls_out, buf_head(&c->out), buf_avail(&c->out)) < 0) {
+            client_close(c, NULL, "out of memory");
+            return -1;
+        }
+        buf_reset(&c->out);
+    }
+    c->tls_phase = CTLS_HANDSHAKE;
+    return 0;
+}
+
 static int client_handle_startup_packet(struct client *c)
 {
     uint32_t code;
@@ -770,7 +891,9 @@ static int client_handle_startup_packet(struct client *c)
             client_close(c, "08P01", "unexpected data after encryption request");
             return -1;
         }
-        client_queue(c, "N", 1);
+        if (code == PROTO_SSL_CODE && c->px->client_tls && c->over_tcp && c->tls == NULL)
+            return client_tls_start(c);
+        client_queue(c, "N", 1); /* (a second SSLRequest, inside TLS, too: as a server does) */
         return 0;
     }
     if (code == PROTO_CANCEL_CODE) {
@@ -786,6 +909,15 @@ static int client_handle_startup_packet(struct client *c)
     }
     if ((code >> 16) != 3) {
         client_close(c, "08P01", "unsupported frontend protocol");
+        return -1;
+    }
+    if (c->tls == NULL && c->over_tcp && c->px->cfg->client_tls.mode >= CLIENT_TLS_REQUIRE) {
+        char why[128];
+        snprintf(why, sizeof(why),
+                 "pgsteer accepts connections over TCP with TLS only (client_tls "
+                 "mode %s)",
+                 config_client_tls_mode_name(c->px->cfg->client_tls.mode));
+        client_close(c, "28000", why);
         return -1;
     }
     int rc = client_handle_startup(c, p + 8, (size_t)n - 8);

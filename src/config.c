@@ -1222,6 +1222,67 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
                   "'server_tls.key_file' needs 'server_tls.cert_file' (give both or neither)");
 }
 
+static const char *const client_tls_mode_names[] = {"disable", "allow", "require", "verify-ca"};
+static const char *const client_tls_keys[] = {"mode", "cert_file", "key_file", "ca_file"};
+
+const char *config_client_tls_mode_name(enum client_tls_mode m)
+{
+    size_t i = (size_t)m;
+    return i < sizeof client_tls_mode_names / sizeof client_tls_mode_names[0]
+               ? client_tls_mode_names[i]
+               : "?";
+}
+
+static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
+{
+    enum { T_MODE, T_CERT, T_KEY, T_CA, T_N };
+    struct config_client_tls *t = &cfg->client_tls;
+    const struct ynode *k[T_N], *val[T_N];
+    if (!v || ynode_is_null(v)) /* null: every setting commented out */
+        return;
+    if (v->type != YNODE_MAP) {
+        if (v->type != YNODE_BAD)
+            report_type(c, v, "a mapping", "client_tls");
+        return;
+    }
+    walk_map(c, v, client_tls_keys, T_N, NULL, 0, k, val);
+    int e = 0;
+    bool mode_ok = false;
+    if (val[T_MODE] &&
+        (mode_ok = get_enum(c, val[T_MODE], "client_tls.mode", client_tls_mode_names, 4, &e)))
+        t->mode = (enum client_tls_mode)e;
+    if (val[T_CERT])
+        get_tls_file(c, val[T_CERT], "client_tls.cert_file", &t->cert_file);
+    if (val[T_KEY])
+        get_tls_file(c, val[T_KEY], "client_tls.key_file", &t->key_file);
+    if (val[T_CA])
+        get_tls_file(c, val[T_CA], "client_tls.ca_file", &t->ca_file);
+
+    /* Serving TLS needs pgsteer's own certificate and key. */
+    if (mode_ok && t->mode != CLIENT_TLS_DISABLE) {
+        if (!val[T_CERT])
+            report_at(c, val[T_MODE],
+                      "'client_tls.cert_file' is required when 'client_tls.mode' is %s "
+                      "(the certificate pgsteer shows its clients)",
+                      client_tls_mode_names[t->mode]);
+        if (!val[T_KEY])
+            report_at(c, val[T_MODE],
+                      "'client_tls.key_file' is required when 'client_tls.mode' is %s "
+                      "(the private key of client_tls.cert_file)",
+                      client_tls_mode_names[t->mode]);
+    }
+    if (mode_ok && t->mode == CLIENT_TLS_VERIFY_CA && !val[T_CA])
+        report_at(c, val[T_MODE],
+                  "'client_tls.ca_file' is required when 'client_tls.mode' is verify-ca (the CA "
+                  "certificates to check the clients' certificates against)");
+    if (val[T_CERT] && !val[T_KEY] && !(mode_ok && t->mode != CLIENT_TLS_DISABLE))
+        report_at(c, val[T_CERT],
+                  "'client_tls.cert_file' needs 'client_tls.key_file' (give both or neither)");
+    if (val[T_KEY] && !val[T_CERT] && !(mode_ok && t->mode != CLIENT_TLS_DISABLE))
+        report_at(c, val[T_KEY],
+                  "'client_tls.key_file' needs 'client_tls.cert_file' (give both or neither)");
+}
+
 static const char *const auth_names[] = {"scram-sha-256", "md5", "trust"};
 static const char *const consistency_names[] = {"session", "eventual", "strong"};
 static const char *const fallback_names[] = {"primary", "error"};
@@ -1243,6 +1304,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "write_functions",
                                         "monitor",
                                         "server_tls",
+                                        "client_tls",
                                         "consistency",
                                         "fallback",
                                         "read_balance",
@@ -1277,6 +1339,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_WRITE_FUNCTIONS,
         K_MONITOR,
         K_SERVER_TLS,
+        K_CLIENT_TLS,
         K_CONSISTENCY,
         K_FALLBACK,
         K_READ_BALANCE,
@@ -1306,6 +1369,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     static const struct key_section nested[] = {
         {"monitor", monitor_keys, sizeof monitor_keys / sizeof monitor_keys[0]},
         {"server_tls", server_tls_keys, sizeof server_tls_keys / sizeof server_tls_keys[0]},
+        {"client_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
     };
     walk_map(c, root, names, K_COUNT, nested, sizeof nested / sizeof nested[0], k, v);
 
@@ -1338,6 +1402,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, v[K_MONITOR], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
+    parse_client_tls(c, v[K_CLIENT_TLS], cfg);
     if (v[K_CONSISTENCY] && get_enum(c, v[K_CONSISTENCY], "consistency", consistency_names, 3, &e))
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))
@@ -1411,6 +1476,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->monitor.connect_timeout_ms = 1000;
     cfg->monitor.recover_checks = 3;
     cfg->server_tls.mode = TLS_MODE_DISABLE;
+    cfg->client_tls.mode = CLIENT_TLS_DISABLE;
     cfg->consistency = CONSISTENCY_SESSION;
     cfg->fallback = FALLBACK_PRIMARY;
     cfg->read_balance = READ_BALANCE_SESSION;
@@ -1567,6 +1633,9 @@ void config_free(struct config *c)
     free(c->server_tls.ca_file);
     free(c->server_tls.cert_file);
     free(c->server_tls.key_file);
+    free(c->client_tls.cert_file);
+    free(c->client_tls.key_file);
+    free(c->client_tls.ca_file);
     free(c->log_level);
     free(c);
 }

@@ -373,6 +373,7 @@ struct reload_plan {
     bool fresh[CONFIG_MAX_NODES], moved[CONFIG_MAX_NODES];
     struct sockaddr_storage addrs[CONFIG_MAX_NODES]; /* for fresh and moved slots */
     struct tls_ctx *tls;                             /* server_tls; NULL when off */
+    struct tls_ctx *client_tls;                      /* client_tls; NULL when off */
 };
 
 /* Take a reload's new configuration in worker px, on its own thread. */
@@ -422,6 +423,9 @@ static void reload_apply(struct proxy *px, void *arg)
     if (!px->loop_done) {
         tls_ctx_unref(px->tls);
         px->tls = tls_ctx_ref(plan->tls);
+        /* New clients get the new certificate and mode; connected ones keep theirs. */
+        tls_ctx_unref(px->client_tls);
+        px->client_tls = tls_ctx_ref(plan->client_tls);
     }
     px->poll_ns = (uint64_t)plan->nc->busy_poll_us * 1000; /* a running poll ends by itself */
     px->cfg_gen++; /* write_functions may have changed: classify again */
@@ -594,9 +598,18 @@ int proxy_reload(struct proxy *px, char **errors)
         config_free(nc);
         return reload_reject(px, strdup(msg), errors);
     }
+    struct tls_ctx *ctls = tls_server_ctx_new(&nc->client_tls, tls_err, sizeof(tls_err));
+    if (ctls == NULL && tls_err[0]) {
+        char msg[500];
+        snprintf(msg, sizeof(msg), "%s: %s\n", old->path, tls_err);
+        tls_ctx_unref(tls);
+        config_free(nc);
+        return reload_reject(px, strdup(msg), errors);
+    }
     struct monitor *nm = monitor_new(nc, &px->monitor_wakeup);
     if (nm == NULL) {
         tls_ctx_unref(tls);
+        tls_ctx_unref(ctls);
         config_free(nc);
         return reload_reject(px, strdup("cannot create the monitor for the new nodes\n"), errors);
     }
@@ -627,7 +640,8 @@ int proxy_reload(struct proxy *px, char **errors)
     if (monitor_start(nm) < 0)
         log_error("reload: cannot start the monitor thread; node states will not be updated");
 
-    struct reload_plan plan = {.nc = nc, .nslots = nslots, .old_nnodes = old->nnodes, .tls = tls};
+    struct reload_plan plan = {
+        .nc = nc, .nslots = nslots, .old_nnodes = old->nnodes, .tls = tls, .client_tls = ctls};
     memcpy(plan.occupant, occupant, sizeof(plan.occupant));
     memcpy(plan.fresh, fresh, sizeof(plan.fresh));
     memcpy(plan.moved, moved, sizeof(plan.moved));
@@ -643,6 +657,7 @@ int proxy_reload(struct proxy *px, char **errors)
     }
     proxy_each(px, reload_apply, &plan);
     tls_ctx_unref(tls); /* (each worker holds its own reference) */
+    tls_ctx_unref(ctls);
     pthread_mutex_lock(&px->shared->pick_lock);
     router_init(&px->shared->pick_router);
     pthread_mutex_unlock(&px->shared->pick_lock);
@@ -1025,6 +1040,8 @@ static void worker_free(struct proxy *px)
     px->snap = NULL;
     tls_ctx_unref(px->tls);
     px->tls = NULL;
+    tls_ctx_unref(px->client_tls);
+    px->client_tls = NULL;
     free(px->drains);
     px->drains = NULL;
     px->ndrains = px->drains_cap = 0;
@@ -1128,6 +1145,12 @@ int proxy_run(struct config *cfg)
         log_error("%s", tls_err);
         return 1;
     }
+    struct tls_ctx *ctls = tls_server_ctx_new(&cfg->client_tls, tls_err, sizeof(tls_err));
+    if (ctls == NULL && tls_err[0]) {
+        log_error("%s", tls_err);
+        tls_ctx_unref(tls);
+        return 1;
+    }
     for (int i = 1; i < n; i++) {
         workers[i] = calloc(1, sizeof(struct proxy));
         if (workers[i] == NULL || uv_loop_init(&workers[i]->own_loop) < 0) {
@@ -1138,10 +1161,12 @@ int proxy_run(struct config *cfg)
     for (int i = 0; i < n; i++) {
         uv_loop_t *loop = i == 0 ? uv_default_loop() : &workers[i]->own_loop;
         workers[i]->tls = tls_ctx_ref(tls);
+        workers[i]->client_tls = tls_ctx_ref(ctls);
         if (worker_init(workers[i], i, &shared, loop, cfg, &la, addrs) < 0)
             return 1;
     }
     tls_ctx_unref(tls); /* (each worker holds its own reference) */
+    tls_ctx_unref(ctls);
     if (cfg->has_admin_listen && admin_start(&px) < 0)
         return 1;
     uv_async_init(px.loop, &px.monitor_wakeup, on_monitor_wakeup);

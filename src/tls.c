@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* TLS over memory BIOs for pgsteer's connections to the nodes: see tls.h. */
+/* TLS over memory BIOs for pgsteer's connections to the nodes and from clients: see tls.h. */
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -16,14 +16,16 @@
 
 struct tls_ctx {
     SSL_CTX *ssl;
-    enum tls_mode mode;
+    enum tls_mode mode; /* a context for the nodes */
+    bool server;        /* a context for clients (tls_server_ctx_new) */
     atomic_int refs;
 };
 
 struct tls_conn {
     SSL *ssl;
-    BIO *rbio; /* ciphertext from the node (owned by ssl) */
-    BIO *wbio; /* ciphertext for the node (owned by ssl) */
+    BIO *rbio;        /* ciphertext from the peer (owned by ssl) */
+    BIO *wbio;        /* ciphertext for the peer (owned by ssl) */
+    const char *peer; /* "node" or "client", for messages */
     char err[256];
     char desc[96];
 };
@@ -42,48 +44,45 @@ static void openssl_error(char *dst, size_t cap, const char *what, const char *f
     snprintf(dst, cap, "%s: %s", what, text);
 }
 
-struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errcap)
+/* Load the certificate chain and key named by `key` ("server_tls", "client_tls") into s. Returns 0,
+ * or -1 with why in err. */
+static int load_cert(SSL_CTX *s, const char *key, const char *cert, const char *pkey, char *err,
+                     size_t errcap)
 {
-    if (errcap > 0)
-        err[0] = 0;
-    if (cfg->mode == TLS_MODE_DISABLE)
-        return NULL;
+    char what[300];
+    if (SSL_CTX_use_certificate_chain_file(s, cert) != 1) {
+        snprintf(what, sizeof(what), "%s.cert_file %s", key, cert);
+        openssl_error(err, errcap, what, "cannot be loaded");
+        return -1;
+    }
+    if (pkey == NULL || SSL_CTX_use_PrivateKey_file(s, pkey, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(s) != 1) {
+        snprintf(what, sizeof(what), "%s.key_file %s", key, pkey ? pkey : "(none)");
+        openssl_error(err, errcap, what, "cannot be loaded or does not match cert_file");
+        return -1;
+    }
+    return 0;
+}
+
+/* A new OpenSSL context for `method`, TLS 1.2 or later (PostgreSQL's default
+ * ssl_min_protocol_version), without compression or renegotiation; NULL with why in err. */
+static SSL_CTX *ssl_ctx_new(const SSL_METHOD *method, char *err, size_t errcap)
+{
     ERR_clear_error();
-    SSL_CTX *s = SSL_CTX_new(TLS_client_method());
+    SSL_CTX *s = SSL_CTX_new(method);
     if (s == NULL) {
         openssl_error(err, errcap, "cannot make a TLS context", "out of memory");
         return NULL;
     }
-    /* PostgreSQL accepts TLS 1.2 and later by default (ssl_min_protocol_version). */
     SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
     SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    if (cfg->ca_file != NULL && SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
-        char what[300];
-        snprintf(what, sizeof(what), "server_tls.ca_file %s", cfg->ca_file);
-        openssl_error(err, errcap, what, "cannot be loaded");
-        SSL_CTX_free(s);
-        return NULL;
-    }
-    if (cfg->cert_file != NULL) {
-        char what[300];
-        if (SSL_CTX_use_certificate_chain_file(s, cfg->cert_file) != 1) {
-            snprintf(what, sizeof(what), "server_tls.cert_file %s", cfg->cert_file);
-            openssl_error(err, errcap, what, "cannot be loaded");
-            SSL_CTX_free(s);
-            return NULL;
-        }
-        if (cfg->key_file == NULL ||
-            SSL_CTX_use_PrivateKey_file(s, cfg->key_file, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(s) != 1) {
-            snprintf(what, sizeof(what), "server_tls.key_file %s",
-                     cfg->key_file ? cfg->key_file : "(none)");
-            openssl_error(err, errcap, what, "cannot be loaded or does not match cert_file");
-            SSL_CTX_free(s);
-            return NULL;
-        }
-    }
-    bool verify = cfg->mode == TLS_MODE_VERIFY_CA || cfg->mode == TLS_MODE_VERIFY_FULL;
-    SSL_CTX_set_verify(s, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    return s;
+}
+
+/* s (taken) in a new tls_ctx with one reference; NULL, s freed, when out of memory. */
+static struct tls_ctx *ctx_wrap(SSL_CTX *s, enum tls_mode mode, bool server, char *err,
+                                size_t errcap)
+{
     struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         snprintf(err, errcap, "out of memory");
@@ -91,9 +90,77 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
         return NULL;
     }
     ctx->ssl = s;
-    ctx->mode = cfg->mode;
+    ctx->mode = mode;
+    ctx->server = server;
     atomic_init(&ctx->refs, 1);
     return ctx;
+}
+
+struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errcap)
+{
+    if (errcap > 0)
+        err[0] = 0;
+    if (cfg->mode == TLS_MODE_DISABLE)
+        return NULL;
+    SSL_CTX *s = ssl_ctx_new(TLS_client_method(), err, errcap);
+    if (s == NULL)
+        return NULL;
+    if (cfg->ca_file != NULL && SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
+        char what[300];
+        snprintf(what, sizeof(what), "server_tls.ca_file %s", cfg->ca_file);
+        openssl_error(err, errcap, what, "cannot be loaded");
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    if (cfg->cert_file != NULL &&
+        load_cert(s, "server_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0) {
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    bool verify = cfg->mode == TLS_MODE_VERIFY_CA || cfg->mode == TLS_MODE_VERIFY_FULL;
+    SSL_CTX_set_verify(s, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    return ctx_wrap(s, cfg->mode, false, err, errcap);
+}
+
+struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap)
+{
+    if (errcap > 0)
+        err[0] = 0;
+    if (cfg->mode == CLIENT_TLS_DISABLE)
+        return NULL;
+    SSL_CTX *s = ssl_ctx_new(TLS_server_method(), err, errcap);
+    if (s == NULL)
+        return NULL;
+    /* As a PostgreSQL server by default, and no session resumption (each connection is one
+     * session, and tickets would only be bytes more on each handshake). */
+    SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(s, 0);
+    if (cfg->cert_file == NULL) {
+        snprintf(err, errcap, "client_tls.cert_file is required");
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    if (load_cert(s, "client_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0) {
+        SSL_CTX_free(s);
+        return NULL;
+    }
+    if (cfg->mode == CLIENT_TLS_VERIFY_CA) {
+        char what[300];
+        snprintf(what, sizeof(what), "client_tls.ca_file %s", cfg->ca_file ? cfg->ca_file : "");
+        STACK_OF(X509_NAME) *names = cfg->ca_file ? SSL_load_client_CA_file(cfg->ca_file) : NULL;
+        if (names == NULL || SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
+            openssl_error(err, errcap, what, "cannot be loaded");
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            SSL_CTX_free(s);
+            return NULL;
+        }
+        SSL_CTX_set_client_CA_list(s, names); /* (takes names) */
+        SSL_CTX_set_verify(s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    } else {
+        SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx_wrap(s, TLS_MODE_DISABLE, true, err, errcap);
 }
 
 struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx)
@@ -123,7 +190,8 @@ static bool is_ip(const char *host)
     return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
 }
 
-struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host)
+/* A connection of ctx, its side not set yet; NULL when out of memory. */
+static struct tls_conn *conn_make(struct tls_ctx *ctx)
 {
     struct tls_conn *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -142,6 +210,23 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host)
     /* An empty memory BIO reads as "try again", not as the end of the input. */
     BIO_set_mem_eof_return(t->rbio, -1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    t->peer = ctx->server ? "client" : "node";
+    return t;
+}
+
+struct tls_conn *tls_conn_accept(struct tls_ctx *ctx)
+{
+    struct tls_conn *t = conn_make(ctx);
+    if (t != NULL)
+        SSL_set_accept_state(t->ssl);
+    return t;
+}
+
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host)
+{
+    struct tls_conn *t = conn_make(ctx);
+    if (t == NULL)
+        return NULL;
     SSL_set_connect_state(t->ssl);
     bool ok = true;
     if (host != NULL && !is_ip(host))
@@ -192,11 +277,11 @@ static void conn_error(struct tls_conn *t, int r, const char *what)
     int e = SSL_get_error(t->ssl, r);
     long v = SSL_get_verify_result(t->ssl);
     if (v != X509_V_OK) {
-        snprintf(t->err, sizeof(t->err), "%s: the node's certificate: %s", what,
+        snprintf(t->err, sizeof(t->err), "%s: the %s's certificate: %s", what, t->peer,
                  X509_verify_cert_error_string(v));
         ERR_clear_error();
     } else if (e == SSL_ERROR_ZERO_RETURN) {
-        snprintf(t->err, sizeof(t->err), "%s: the node closed the TLS connection", what);
+        snprintf(t->err, sizeof(t->err), "%s: the %s closed the TLS connection", what, t->peer);
         ERR_clear_error();
     } else {
         openssl_error(t->err, sizeof(t->err), what,
@@ -216,7 +301,9 @@ int tls_handshake(struct tls_conn *t)
     int e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0;
-    conn_error(t, r, "TLS handshake with the node failed");
+    char what[64];
+    snprintf(what, sizeof(what), "TLS handshake with the %s failed", t->peer);
+    conn_error(t, r, what);
     return -1;
 }
 

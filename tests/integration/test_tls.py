@@ -1,23 +1,32 @@
 # SPDX-License-Identifier: MIT
-"""TLS between pgsteer and the nodes (server_tls). A primary that takes the application's
+"""TLS between pgsteer and the nodes (server_tls), and between applications and pgsteer
+(client_tls). A primary that takes the application's
 connections over TLS only (pg_hba: `hostnossl ... reject`) with a certificate of a test CA
 naming 127.0.0.1, and a replica without TLS. The monitor reaches the nodes over their
 Unix-domain sockets (where PostgreSQL has no TLS), so that each test sees what pgsteer's own
-connections do: the monitor keeps both nodes eligible whatever the mode."""
+connections do: the monitor keeps both nodes eligible whatever the mode. pgsteer shows
+applications the same certificate as the primary (it names 127.0.0.1), and an application may
+show one of the test CA (CN app) or of the other CA."""
 
+import hashlib
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import Cluster, Pgsteer  # noqa: E402
+import psycopg2  # noqa: E402
+import psycopg2.errors  # noqa: E402
+from cluster import APP_DB, APP_PASSWORD, APP_USER, Cluster, Pgsteer, run_psql  # noqa: E402
 from wire import Bind, Conn, Execute, Parse, Query, Sync, WireError  # noqa: E402
 
 cluster = None
@@ -31,7 +40,8 @@ def openssl(*args):
 
 
 def make_certs(d):
-    """A test CA with a server certificate for IP 127.0.0.1, and another CA."""
+    """A test CA with a server certificate for IP 127.0.0.1 and a client certificate, and
+    another CA with a client certificate."""
     os.makedirs(d)
     ext = os.path.join(d, "san.cnf")
     with open(ext, "w") as f:
@@ -45,9 +55,16 @@ def make_certs(d):
     openssl("x509", "-req", "-in", os.path.join(d, "server.csr"), "-days", "2",
             "-CA", os.path.join(d, "ca.crt"), "-CAkey", os.path.join(d, "ca.key"),
             "-CAcreateserial", "-extfile", ext, "-out", os.path.join(d, "server.crt"))
-    os.chmod(os.path.join(d, "server.key"), 0o600)
-    if os.geteuid() == 0:  # the server runs as postgres and must own its key
-        for name in os.listdir(d):
+    for name, ca in (("app", "ca"), ("stranger", "other-ca")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % name,
+                "-keyout", os.path.join(d, name + ".key"), "-out", os.path.join(d, name + ".csr"))
+        openssl("x509", "-req", "-in", os.path.join(d, name + ".csr"), "-days", "2",
+                "-CA", os.path.join(d, ca + ".crt"), "-CAkey", os.path.join(d, ca + ".key"),
+                "-CAcreateserial", "-out", os.path.join(d, name + ".crt"))
+    for name in ("server.key", "app.key", "stranger.key"):
+        os.chmod(os.path.join(d, name), 0o600)
+    if os.geteuid() == 0:  # the server runs as postgres and must own its key (libpq, as root,
+        for name in ("server.key", "server.crt"):  # wants the client keys root's)
             shutil.chown(os.path.join(d, name), "postgres", "postgres")
     return d
 
@@ -256,6 +273,185 @@ class TlsTest(unittest.TestCase):
                     raise
                 time.sleep(0.1)
         self.assertEqual(got, [[("true",)]])
+
+
+def client_tls_yaml(mode, ca=None):
+    """pgsteer's client_tls with the test certificate (and ca_file when given), TLS to the
+    nodes too (the primary takes nothing else), and an admin user."""
+    ca_part = ", ca_file: %s" % os.path.join(certs, ca) if ca else ""
+    return ("client_tls: {mode: %s, cert_file: %s, key_file: %s%s}\n"
+            "server_tls: {mode: require}\n"
+            "admin_users:\n  - {name: admin, password: admin-secret}\n"
+            % (mode, os.path.join(certs, "server.crt"), os.path.join(certs, "server.key"), ca_part))
+
+
+class ClientTlsTest(unittest.TestCase):
+    def proxy(self, mode, ca=None, extra_yaml=""):
+        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca) + extra_yaml)
+        px.monitor_host = cluster.sockdir
+        px.start()
+        self.addCleanup(px.stop)
+        return px
+
+    def psql(self, px, sql, conninfo, check=True, host="127.0.0.1"):
+        """psql through px with libpq settings `conninfo` ("sslmode=require ...")."""
+        return run_psql(px.port, sql, host=host, password=APP_PASSWORD, check=check,
+                        db="dbname=%s %s" % (APP_DB, conninfo))
+
+    def connect(self, px, **kw):
+        return psycopg2.connect(host="127.0.0.1", port=px.port, user=APP_USER,
+                                password=APP_PASSWORD, dbname=APP_DB, connect_timeout=10, **kw)
+
+    def admin(self, px, sql):
+        out = run_psql(px.admin_port, sql, user="admin", db="pgsteer", password="admin-secret")
+        return [r.split("|") for r in out.stdout.strip().splitlines() if r]
+
+    def test_allow_serves_tls_and_plain_clients(self):
+        px = self.proxy("allow")
+        tls = self.connect(px, sslmode="require")
+        plain = self.connect(px, sslmode="disable")
+        try:
+            self.assertTrue(tls.info.ssl_in_use)
+            self.assertFalse(plain.info.ssl_in_use)
+            self.assertEqual(tls.info.ssl_attribute("protocol")[:5], "TLSv1")
+            for conn in (tls, plain):
+                with conn.cursor() as cur:
+                    cur.execute("insert into tls_t values (3)")
+                    cur.execute("select count(*) > 0 from tls_t")
+                    self.assertEqual(cur.fetchone(), (True,))
+                conn.commit()
+            # SHOW CLIENTS tells which client uses TLS; SHOW CONFIG the mode
+            clients = self.admin(px, "SHOW CLIENTS")
+            self.assertEqual(sorted(r[10][:5] for r in clients), ["", "TLSv1"])
+            config = dict(r[:2] for r in self.admin(px, "SHOW CONFIG"))
+            self.assertEqual(config["client_tls.mode"], "allow")
+        finally:
+            tls.close()
+            plain.close()
+
+    def test_a_client_checks_pgsteers_certificate(self):
+        px = self.proxy("allow")
+        ok = self.psql(px, "select 1", "sslmode=verify-full sslrootcert=%s"
+                       % os.path.join(certs, "ca.crt"))
+        self.assertEqual(ok.stdout.strip(), "1")
+        bad = self.psql(px, "select 1", "sslmode=verify-full sslrootcert=%s"
+                        % os.path.join(certs, "other-ca.crt"), check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("certificate verify failed", bad.stderr)
+
+    def test_require_refuses_plain_tcp_but_not_a_unix_socket(self):
+        sockdir = tempfile.mkdtemp(prefix="px-", dir=cluster.tmpdir)
+        px = self.proxy("require", extra_yaml="unix_socket_dir: %s\n" % sockdir)
+        plain = self.psql(px, "select 1", "sslmode=disable", check=False)
+        self.assertNotEqual(plain.returncode, 0)
+        self.assertIn("pgsteer accepts connections over TCP with TLS only (client_tls mode "
+                      "require)", plain.stderr)
+        self.assertEqual(self.psql(px, "select 1", "sslmode=require").stdout.strip(), "1")
+        local = self.psql(px, "select 1", "sslmode=disable", host=sockdir)
+        self.assertEqual(local.stdout.strip(), "1")
+
+    def test_verify_ca_needs_a_client_certificate_of_its_ca(self):
+        px = self.proxy("verify-ca", ca="ca.crt")
+        good = self.psql(px, "select 1", "sslmode=require sslcert=%s sslkey=%s"
+                         % (os.path.join(certs, "app.crt"), os.path.join(certs, "app.key")))
+        self.assertEqual(good.stdout.strip(), "1")
+        for conninfo in ("sslmode=require sslcert=/nonexistent sslkey=/nonexistent",
+                         "sslmode=require sslcert=%s sslkey=%s"
+                         % (os.path.join(certs, "stranger.crt"),
+                            os.path.join(certs, "stranger.key")),
+                         "sslmode=disable"):
+            bad = self.psql(px, "select 1", conninfo, check=False)
+            self.assertNotEqual(bad.returncode, 0, conninfo)
+        with open(px.log_path) as f:
+            log = f.read()
+        self.assertIn("TLS handshake with the client failed", log)
+        self.assertIn("the client's certificate", log)
+
+    def test_large_answers_pipelines_and_cancel_over_tls(self):
+        px = self.proxy("require")
+        conn = self.connect(px, sslmode="require")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                big = "y" * (3 * 1024 * 1024)
+                cur.execute("select length(%s), md5(%s)", (big, big))
+                self.assertEqual(cur.fetchone(), (len(big), hashlib.md5(big.encode()).hexdigest()))
+                cur.execute("select g, md5(g::text) from generate_series(1, 50000) g")
+                rows = cur.fetchall()
+                self.assertEqual(len(rows), 50000)
+                self.assertEqual(rows[-1], (50000, "1017bfd4673955ffee4641ad3d481b1c"))
+                # a cancel (libpq sends it in plain text, as PostgreSQL allows) stops a
+                # statement of a TLS session
+                timer = threading.Timer(0.5, conn.cancel)
+                timer.start()
+                started = time.monotonic()
+                with self.assertRaises(psycopg2.errors.QueryCanceled):
+                    cur.execute("select pg_sleep(20)")
+                timer.join()
+                self.assertLess(time.monotonic() - started, 10)
+                cur.execute("select 42")
+                self.assertEqual(cur.fetchone(), (42,))
+        finally:
+            conn.close()
+
+    def test_pgbench_over_tls(self):
+        px = self.proxy("require")
+        script = os.path.join(cluster.tmpdir, "tls-bench.sql")
+        with open(script, "w") as f:
+            f.write("\\set n random(1, 1000)\nselect :n, repeat('z', :n);\n")
+        env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="require")
+        for mode in ("simple", "extended", "prepared"):
+            p = subprocess.run([os.path.join(cluster.bindir, "pgbench"), "-n", "-h", "127.0.0.1",
+                                "-p", str(px.port), "-U", APP_USER, "-c", "4", "-j", "2",
+                                "-t", "300", "-M", mode, "-f", script, APP_DB],
+                               env=env, capture_output=True, text=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+            self.assertIn("number of transactions actually processed: 1200/1200", p.stdout)
+            self.assertIn("number of failed transactions: 0", p.stdout)
+
+    def test_bytes_that_are_not_tls_close_the_connection(self):
+        px = self.proxy("allow")
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        try:
+            s.sendall(struct.pack("!II", 8, 80877103))  # SSLRequest
+            self.assertEqual(s.recv(1), b"S")
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while True:  # a TLS alert at most, then the end
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertLess(len(got), 64)
+        finally:
+            s.close()
+        # and pgsteer goes on serving others
+        conn = self.connect(px, sslmode="require")
+        conn.close()
+        with open(px.log_path) as f:
+            self.assertIn("TLS handshake with the client failed", f.read())
+
+    def test_a_reload_turns_client_tls_on(self):
+        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")
+        px.monitor_host = cluster.sockdir
+        px.start()
+        self.addCleanup(px.stop)
+        off = self.psql(px, "select 1", "sslmode=require", check=False)
+        self.assertNotEqual(off.returncode, 0)
+        self.assertIn("does not support SSL", off.stderr)
+        with open(px.config_path) as f:
+            text = f.read()
+        with open(px.config_path, "w") as f:
+            f.write(text.replace("server_tls: {mode: require}\n",
+                                 client_tls_yaml("require").split("admin_users")[0]))
+        px.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            on = self.psql(px, "select 1", "sslmode=require", check=False)
+            if on.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(on.stdout.strip(), "1", on.stderr)
 
 
 if __name__ == "__main__":

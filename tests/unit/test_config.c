@@ -133,6 +133,10 @@ static void test_config_load_sets_every_key(void **state)
     assert_string_equal(c->server_tls.ca_file, "tests/data/config/tls/ca.pem");
     assert_string_equal(c->server_tls.cert_file, "tests/data/config/tls/client.crt");
     assert_string_equal(c->server_tls.key_file, "tests/data/config/tls/client.key");
+    assert_int_equal(c->client_tls.mode, CLIENT_TLS_VERIFY_CA);
+    assert_string_equal(c->client_tls.cert_file, "tests/data/config/tls/client.crt");
+    assert_string_equal(c->client_tls.key_file, "tests/data/config/tls/client.key");
+    assert_string_equal(c->client_tls.ca_file, "tests/data/config/tls/ca.pem");
 
     assert_int_equal(c->consistency, CONSISTENCY_STRONG);
     assert_int_equal(c->fallback, FALLBACK_ERROR);
@@ -578,6 +582,125 @@ static void test_config_server_tls_accepts_full_mapping(void **state)
     unlink(ca);
     unlink(cert);
     unlink(key);
+}
+
+/* ---- client_tls --------------------------------------------------------------------------- */
+
+static void test_config_client_tls_defaults(void **state)
+{
+    (void)state;
+    struct config *c = parse(BASE);
+    assert_int_equal(c->client_tls.mode, CLIENT_TLS_DISABLE);
+    assert_null(c->client_tls.cert_file);
+    assert_null(c->client_tls.key_file);
+    assert_null(c->client_tls.ca_file);
+    config_free(c);
+    c = parse("client_tls:\n#  mode: require\n" BASE);
+    assert_int_equal(c->client_tls.mode, CLIENT_TLS_DISABLE);
+    config_free(c);
+    c = parse("client_tls: {mode: disable}\n" BASE);
+    assert_int_equal(c->client_tls.mode, CLIENT_TLS_DISABLE);
+    assert_string_equal(config_client_tls_mode_name(c->client_tls.mode), "disable");
+    config_free(c);
+}
+
+static void test_config_client_tls_parses_each_mode(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *word;
+        enum client_tls_mode mode;
+    } cases[] = {
+        {"allow", CLIENT_TLS_ALLOW},
+        {"require", CLIENT_TLS_REQUIRE},
+        {"verify-ca", CLIENT_TLS_VERIFY_CA},
+    };
+    char cert[32], key[32], ca[32];
+    make_temp_file(cert);
+    make_temp_file(key);
+    make_temp_file(ca);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "client_tls:\n  mode: %s\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n" BASE,
+                 cases[i].word, cert, key, ca);
+        struct config *c = parse(text);
+        assert_int_equal(c->client_tls.mode, cases[i].mode);
+        assert_string_equal(c->client_tls.cert_file, cert);
+        assert_string_equal(c->client_tls.key_file, key);
+        assert_string_equal(c->client_tls.ca_file, ca);
+        assert_string_equal(config_client_tls_mode_name(c->client_tls.mode), cases[i].word);
+        config_free(c);
+        if (cases[i].mode == CLIENT_TLS_VERIFY_CA)
+            continue;
+        /* Without ca_file, which only verify-ca needs. */
+        snprintf(text, sizeof text, "client_tls: {mode: %s, cert_file: %s, key_file: %s}\n" BASE,
+                 cases[i].word, cert, key);
+        c = parse(text);
+        assert_int_equal(c->client_tls.mode, cases[i].mode);
+        assert_null(c->client_tls.ca_file);
+        config_free(c);
+    }
+    assert_string_equal(config_client_tls_mode_name((enum client_tls_mode)4), "?");
+    unlink(cert);
+    unlink(key);
+    unlink(ca);
+}
+
+static void test_config_client_tls_rejects_bad_modes(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"prefer", "verify-full", "on", "Require"};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char text[512], expected[512];
+        snprintf(text, sizeof text, "client_tls:\n  mode: %s\n" BASE, values[i]);
+        snprintf(expected, sizeof expected,
+                 "t.yaml:2:9: invalid value for 'client_tls.mode': '%s' (expected disable, "
+                 "allow, require or verify-ca)\n",
+                 values[i]);
+        expect_errors(text, expected);
+    }
+    expect_errors("client_tls: require\n" BASE,
+                  "t.yaml:1:13: expected a mapping for 'client_tls', got 'require'\n");
+}
+
+static void test_config_client_tls_needs_its_files(void **state)
+{
+    (void)state;
+    char f[32], text[512], expected[1024];
+    make_temp_file(f);
+    /* Serving TLS needs a certificate and its key. */
+    expect_errors("client_tls:\n  mode: require\n" BASE,
+                  "t.yaml:2:9: 'client_tls.cert_file' is required when 'client_tls.mode' is "
+                  "require (the certificate pgsteer shows its clients)\n"
+                  "t.yaml:2:9: 'client_tls.key_file' is required when 'client_tls.mode' is "
+                  "require (the private key of client_tls.cert_file)\n");
+    snprintf(text, sizeof text, "client_tls: {mode: allow, cert_file: %s}\n" BASE, f);
+    expect_errors(text, "t.yaml:1:20: 'client_tls.key_file' is required when 'client_tls.mode' "
+                        "is allow (the private key of client_tls.cert_file)\n");
+    /* verify-ca also needs the CAs that sign the clients' certificates. */
+    snprintf(text, sizeof text,
+             "client_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n" BASE, f, f);
+    expect_errors(text, "t.yaml:2:9: 'client_tls.ca_file' is required when 'client_tls.mode' is "
+                        "verify-ca (the CA certificates to check the clients' certificates "
+                        "against)\n");
+    /* Files named with the mode off are still checked, and go in pairs. */
+    snprintf(text, sizeof text, "client_tls:\n  key_file: %s\n" BASE, f);
+    expect_errors(text, "t.yaml:2:13: 'client_tls.key_file' needs 'client_tls.cert_file' (give "
+                        "both or neither)\n");
+    snprintf(text, sizeof text,
+             "client_tls:\n  mode: allow\n  cert_file: /nonexistent/server.crt\n"
+             "  key_file: %s\n  ca_file: /tmp\n  cipher: x\n" BASE,
+             f);
+    snprintf(expected, sizeof expected,
+             "t.yaml:3:14: client_tls.cert_file: cannot read '/nonexistent/server.crt': No such "
+             "file or directory\n"
+             "t.yaml:5:12: client_tls.ca_file: cannot read '/tmp': Is a directory\n"
+             "t.yaml:6:3: unknown key 'cipher'\n");
+    expect_errors(text, expected);
+    expect_errors("clent_tls: {mode: allow}\n" BASE,
+                  "t.yaml:1:1: unknown key 'clent_tls' (did you mean 'client_tls'?)\n");
+    unlink(f);
 }
 
 /* ---- max_lag_bytes ------------------------------------------------------------------------ */
@@ -1384,6 +1507,10 @@ int main(void)
         cmocka_unit_test(test_config_server_tls_reports_unknown_keys),
         cmocka_unit_test(test_config_server_tls_reports_all_problems),
         cmocka_unit_test(test_config_server_tls_accepts_full_mapping),
+        cmocka_unit_test(test_config_client_tls_defaults),
+        cmocka_unit_test(test_config_client_tls_parses_each_mode),
+        cmocka_unit_test(test_config_client_tls_rejects_bad_modes),
+        cmocka_unit_test(test_config_client_tls_needs_its_files),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The tls module against an OpenSSL server in memory: certificates made here (a CA with a
- * node certificate for 127.0.0.1 and node.test, and a second CA), the bytes moved by hand,
- * also one at a time. */
+/* The tls module against an OpenSSL server in memory, and its server side (client_tls) against
+ * its client side: certificates made here (a CA with a node certificate for 127.0.0.1 and
+ * node.test and a client certificate, and a second CA with a client certificate), the bytes
+ * moved by hand, also one at a time. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,9 +20,10 @@
 
 #include "tls.h"
 
-static EVP_PKEY *ca_key, *other_key, *node_key;
-static X509 *ca_cert, *other_cert, *node_cert;
-static char ca_path[64], other_path[64];
+static EVP_PKEY *ca_key, *other_key, *node_key, *app_key;
+static X509 *ca_cert, *other_cert, *node_cert, *app_cert, *stranger_cert;
+static char ca_path[64], other_path[64], node_cert_path[64], node_key_path[64];
+static char app_cert_path[64], app_key_path[64], stranger_cert_path[64];
 
 static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
                        const char *san)
@@ -59,6 +61,15 @@ static void write_pem(char *path, size_t cap, const char *tag, X509 *x)
     fclose(f);
 }
 
+static void write_key(char *path, size_t cap, const char *tag, EVP_PKEY *k)
+{
+    snprintf(path, cap, "/tmp/pgsteer-test-%s-%ld.pem", tag, (long)getpid());
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -70,6 +81,16 @@ static int setup(void **state)
     node_cert = make_cert(node_key, "test node", ca_cert, ca_key, "IP:127.0.0.1,DNS:node.test");
     write_pem(ca_path, sizeof(ca_path), "ca", ca_cert);
     write_pem(other_path, sizeof(other_path), "other", other_cert);
+    /* pgsteer's own certificate for clients is the node's here; an application's signed by
+     * the CA, and one signed by the other CA */
+    write_pem(node_cert_path, sizeof(node_cert_path), "node", node_cert);
+    write_key(node_key_path, sizeof(node_key_path), "nodekey", node_key);
+    app_key = EVP_EC_gen("P-256");
+    app_cert = make_cert(app_key, "app", ca_cert, ca_key, NULL);
+    stranger_cert = make_cert(app_key, "stranger", other_cert, other_key, NULL);
+    write_pem(app_cert_path, sizeof(app_cert_path), "app", app_cert);
+    write_key(app_key_path, sizeof(app_key_path), "appkey", app_key);
+    write_pem(stranger_cert_path, sizeof(stranger_cert_path), "stranger", stranger_cert);
     return 0;
 }
 
@@ -78,6 +99,14 @@ static int teardown(void **state)
     (void)state;
     unlink(ca_path);
     unlink(other_path);
+    unlink(node_cert_path);
+    unlink(node_key_path);
+    unlink(app_cert_path);
+    unlink(app_key_path);
+    unlink(stranger_cert_path);
+    X509_free(app_cert);
+    X509_free(stranger_cert);
+    EVP_PKEY_free(app_key);
     X509_free(ca_cert);
     X509_free(other_cert);
     X509_free(node_cert);
@@ -292,6 +321,155 @@ static void test_tls_context_errors(void **state)
     assert_int_equal(tls_ctx_mode(NULL), TLS_MODE_DISABLE);
 }
 
+/* ---- the server side: pgsteer's end of a client's connection ---- */
+
+static struct tls_ctx *server_ctx(enum client_tls_mode mode, const char *ca)
+{
+    struct config_client_tls cfg = {.mode = mode,
+                                    .cert_file = node_cert_path,
+                                    .key_file = node_key_path,
+                                    .ca_file = (char *)ca};
+    char err[400];
+    struct tls_ctx *ctx = tls_server_ctx_new(&cfg, err, sizeof(err));
+    assert_non_null(ctx);
+    assert_string_equal(err, "");
+    assert_int_equal(tls_ctx_mode(ctx), TLS_MODE_DISABLE);
+    return ctx;
+}
+
+/* Move each end's output to the other, `step` bytes at a time (0: at once). */
+static void pump2(struct tls_conn *a, struct tls_conn *b, size_t step)
+{
+    struct tls_conn *ends[2][2] = {{a, b}, {b, a}};
+    for (int e = 0; e < 2; e++) {
+        struct buf out;
+        buf_init(&out);
+        assert_int_equal(tls_take_output(ends[e][0], &out), 0);
+        size_t n = buf_avail(&out), k = step ? step : n;
+        for (size_t i = 0; i < n; i += k)
+            assert_int_equal(tls_feed(ends[e][1], buf_head(&out) + i, n - i < k ? n - i : k), 0);
+        buf_destroy(&out);
+    }
+}
+
+/* Both handshakes to their end; the server side's last result (the client's in *cr). */
+static int handshake2(struct tls_conn *client, struct tls_conn *server, size_t step, int *cr)
+{
+    int c = 0, s = 0;
+    for (int round = 0; round < 50 && (c == 0 || s == 0); round++) {
+        if (c == 0)
+            c = tls_handshake(client);
+        pump2(client, server, step);
+        if (s == 0)
+            s = tls_handshake(server);
+        pump2(client, server, step);
+        if (c < 0 || s < 0)
+            break;
+    }
+    *cr = c;
+    return s;
+}
+
+static void test_tls_server_side_carries_a_clients_session(void **state)
+{
+    (void)state;
+    struct tls_ctx *sctx = server_ctx(CLIENT_TLS_ALLOW, NULL);
+    struct tls_ctx *cctx = ctx_for(TLS_MODE_VERIFY_FULL, ca_path); /* checks pgsteer's name */
+    for (size_t step = 0; step <= 1; step++) {
+        struct tls_conn *srv = tls_conn_accept(sctx), *cli = tls_conn_new(cctx, "node.test");
+        assert_non_null(srv);
+        assert_non_null(cli);
+        int cr;
+        assert_int_equal(handshake2(cli, srv, step, &cr), 1);
+        assert_int_equal(cr, 1);
+        assert_non_null(strstr(tls_describe(srv), "TLSv1."));
+        assert_string_equal(tls_describe(srv), tls_describe(cli));
+        /* a startup packet one way, 100 kB of answers the other */
+        static const char startup[] = "\0\0\0\x08\x04\xd2\x16\x2f";
+        assert_int_equal(tls_write(cli, startup, 8), 0);
+        pump2(cli, srv, step);
+        char got[8];
+        assert_int_equal(tls_read(srv, got, sizeof(got)), 8);
+        assert_memory_equal(got, startup, 8);
+        size_t n = 100 * 1024;
+        char *data = malloc(n), *back = malloc(n);
+        for (size_t i = 0; i < n; i++)
+            data[i] = (char)(i * 13 + i / 97);
+        assert_int_equal(tls_write(srv, data, n), 0);
+        pump2(cli, srv, step);
+        size_t have = 0;
+        ssize_t r;
+        while ((r = tls_read(cli, back + have, n - have)) > 0)
+            have += (size_t)r;
+        assert_int_equal(r, 0);
+        assert_int_equal(have, n);
+        assert_memory_equal(back, data, n);
+        free(data);
+        free(back);
+        tls_conn_free(srv);
+        tls_conn_free(cli);
+    }
+    tls_ctx_unref(sctx);
+    tls_ctx_unref(cctx);
+}
+
+/* A client of `cert` (NULL: none) against a verify-ca server: the server side's result. */
+static int verify_ca_handshake(const char *cert, char *err, size_t errcap)
+{
+    struct tls_ctx *sctx = server_ctx(CLIENT_TLS_VERIFY_CA, ca_path);
+    struct config_tls ccfg = {.mode = TLS_MODE_REQUIRE,
+                              .cert_file = (char *)cert,
+                              .key_file = cert ? app_key_path : NULL};
+    char cerr[400];
+    struct tls_ctx *cctx = tls_ctx_new(&ccfg, cerr, sizeof(cerr));
+    assert_non_null(cctx);
+    struct tls_conn *srv = tls_conn_accept(sctx), *cli = tls_conn_new(cctx, "127.0.0.1");
+    int cr, s = handshake2(cli, srv, 0, &cr);
+    snprintf(err, errcap, "%s", tls_error(srv));
+    tls_conn_free(srv);
+    tls_conn_free(cli);
+    tls_ctx_unref(sctx);
+    tls_ctx_unref(cctx);
+    return s;
+}
+
+static void test_tls_verify_ca_asks_clients_for_a_certificate_of_its_ca(void **state)
+{
+    (void)state;
+    char err[256];
+    assert_int_equal(verify_ca_handshake(app_cert_path, err, sizeof(err)), 1);
+    assert_int_equal(verify_ca_handshake(NULL, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "TLS handshake with the client failed"));
+    assert_int_equal(verify_ca_handshake(stranger_cert_path, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "the client's certificate"));
+}
+
+static void test_tls_server_context_errors(void **state)
+{
+    (void)state;
+    char err[400];
+    struct config_client_tls off = {.mode = CLIENT_TLS_DISABLE};
+    assert_null(tls_server_ctx_new(&off, err, sizeof(err)));
+    assert_string_equal(err, "");
+
+    struct config_client_tls nocert = {
+        .mode = CLIENT_TLS_REQUIRE, .cert_file = "/nonexistent/c.pem", .key_file = node_key_path};
+    assert_null(tls_server_ctx_new(&nocert, err, sizeof(err)));
+    assert_non_null(strstr(err, "client_tls.cert_file /nonexistent/c.pem"));
+
+    struct config_client_tls mismatch = {
+        .mode = CLIENT_TLS_ALLOW, .cert_file = node_cert_path, .key_file = app_key_path};
+    assert_null(tls_server_ctx_new(&mismatch, err, sizeof(err)));
+    assert_non_null(strstr(err, "client_tls.key_file"));
+
+    struct config_client_tls noca = {.mode = CLIENT_TLS_VERIFY_CA,
+                                     .cert_file = node_cert_path,
+                                     .key_file = node_key_path,
+                                     .ca_file = "/nonexistent/ca.pem"};
+    assert_null(tls_server_ctx_new(&noca, err, sizeof(err)));
+    assert_non_null(strstr(err, "client_tls.ca_file /nonexistent/ca.pem"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -301,6 +479,9 @@ int main(void)
         cmocka_unit_test(test_tls_verify_full_checks_the_name),
         cmocka_unit_test(test_tls_require_and_prefer_check_no_certificate),
         cmocka_unit_test(test_tls_context_errors),
+        cmocka_unit_test(test_tls_server_side_carries_a_clients_session),
+        cmocka_unit_test(test_tls_verify_ca_asks_clients_for_a_certificate_of_its_ca),
+        cmocka_unit_test(test_tls_server_context_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
