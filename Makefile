@@ -63,12 +63,14 @@ test: deps
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory test-drivers
 
-# The drivers' cases run twice: as pgsteer is by default, and with sessions' reads sharing
-# backends (multiplex_reads), which every driver's statements must not notice.
+# The drivers' cases run three times: as pgsteer is by default, with sessions' reads sharing
+# backends (multiplex_reads), which every driver's statements must not notice, and with every
+# driver over TLS (client_tls: require; each checks pgsteer's certificate).
 test-drivers: pgsteer
 	@scripts/deps.sh drivers
 	@tests/drivers/run.sh
 	@PGSTEER_EXTRA_YAML='multiplex_reads: on' tests/drivers/run.sh
+	@PGSTEER_DRIVERS_TLS=1 tests/drivers/run.sh
 
 bench:
 	@scripts/deps.sh bench

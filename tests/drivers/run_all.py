@@ -7,6 +7,7 @@ a time limit. It reads where to connect from the environment:
 
     PGSTEER_HOST PGSTEER_PORT PGSTEER_USER PGSTEER_PASSWORD PGSTEER_DB
     PRIMARY_PORT REPLICA_PORTS (comma-separated) DRIVER_SCHEMA
+    PGSTEER_SSLROOTCERT (set when pgsteer takes clients over TLS only: the CA to verify it by)
 
 and prints one line per case, "ok NAME" or "FAIL NAME: message". DRIVER_SCHEMA is a schema
 made for that driver alone (see FIXTURES), so drivers never see each other's rows.
@@ -198,9 +199,23 @@ def main(argv):
         multiplex = "multiplex_reads: on" in extra_yaml
         if "read_balance" not in extra_yaml:
             extra_yaml = "read_balance: statement\n" + extra_yaml
+        # PGSTEER_DRIVERS_TLS=1: every driver reaches pgsteer over TLS and checks its
+        # certificate (client_tls require: a driver left in plain text is refused, so a pass
+        # says the driver's TLS and pgsteer's took every case, large rows and COPY included).
+        tls_env = {}
+        if os.environ.get("PGSTEER_DRIVERS_TLS") == "1":
+            certs = cl.make_certs(os.path.join(workdir, "certs"))
+            tls_yaml = ("client_tls:\n  mode: require\n  cert_file: %s\n  key_file: %s\n"
+                        % (os.path.join(certs, "server.crt"), os.path.join(certs, "server.key")))
+            extra_yaml += "\n" + tls_yaml
+            root = os.path.join(certs, "ca.crt")
+            # libpq's drivers read PGSSLMODE and PGSSLROOTCERT; the others, PGSTEER_SSLROOTCERT.
+            tls_env = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": root,
+                       "PGSTEER_SSLROOTCERT": root, "PGSTEER_CLIENT_TLS_YAML": tls_yaml}
         with cl.Cluster(replicas=2) as c, cl.Pgsteer(c, extra_yaml=extra_yaml) as px:
-            print("cluster up in %.1fs: primary :%d, replicas %s; pgsteer :%d"
-                  % (c.start_seconds, c.primary_port, c.replica_ports, px.port), flush=True)
+            print("cluster up in %.1fs: primary :%d, replicas %s; pgsteer :%d%s"
+                  % (c.start_seconds, c.primary_port, c.replica_ports, px.port,
+                     ", clients over TLS (verify-full)" if tls_env else ""), flush=True)
             for d in sel:
                 c.psql(c.primary_port, fixtures(d.schema))
             c.wait_replay()
@@ -214,6 +229,7 @@ def main(argv):
                 "CLUSTER_SOCKDIR": c.sockdir, "PG_BINDIR": c.bindir,
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
             })
+            env.update(tls_env)
             summary = []
             others = {}  # auth_method -> another pgsteer, for drivers that cannot do SCRAM
             for d in sel:

@@ -108,8 +108,8 @@ def start_pgsteer(nodes_yaml, name):
     cfg = os.path.join(TMP, name + ".yaml")
     with open(cfg, "w") as f:
         f.write("listen: 127.0.0.1:%d\nadmin_listen: 127.0.0.1:%d\nauth_method: scram-sha-256\n"
-                "users:\n  - {name: %s, password: %s}\nnodes:\n%smonitor: {interval_ms: 100}\n"
-                % (port, admin, hn.USER, hn.PASSWORD, nodes_yaml))
+                "users:\n  - {name: %s, password: %s}\nnodes:\n%smonitor: {interval_ms: 100}\n%s"
+                % (port, admin, hn.USER, hn.PASSWORD, nodes_yaml, CLIENT_TLS_YAML))
     log = open(os.path.join(TMP, name + ".log"), "ab")
     proc = subprocess.Popen([os.environ.get("PGSTEER_BIN", cl.pgsteer_binary()), "-c", cfg],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -126,6 +126,11 @@ def start_pgsteer(nodes_yaml, name):
     return proc, port
 
 
+# Set when the driver run takes clients over TLS only (run_all.py): the client_tls section of
+# the shared pgsteer, given to pgsteer behind PgBouncer too. In front, PgBouncer reaches pgsteer
+# over TLS (server_tls_sslmode) while the test's connections to PgBouncer stay plain.
+CLIENT_TLS_YAML = os.environ.get("PGSTEER_CLIENT_TLS_YAML", "")
+APP_SSLMODE = None  # libpq's, from the environment
 procs = []
 bouncers = []
 if MODE == "behind":
@@ -141,12 +146,17 @@ if MODE == "behind":
 else:
     # pgsteer in front of the nodes is the shared one from run_all.py (PGSTEER_PORT).
     b = Bouncer("bouncer-front", hn.PORT, "session",
-                extra="default_pool_size = 1\nserver_lifetime = 3600")
+                extra="default_pool_size = 1\nserver_lifetime = 3600"
+                + ("\nserver_tls_sslmode = require" if CLIENT_TLS_YAML else ""))
+    if CLIENT_TLS_YAML:
+        APP_SSLMODE = "disable"  # (PgBouncer has no certificate of its own here)
     bouncers.append(b)
     APP_PORT = b.port
 
 
 def connect(**kw):
+    if APP_SSLMODE:
+        kw.setdefault("sslmode", APP_SSLMODE)
     kw.setdefault("autocommit", True)
     return psycopg.connect(host="127.0.0.1", port=APP_PORT, user=hn.USER, password=hn.PASSWORD,
                            dbname=hn.DB, connect_timeout=10, **kw)

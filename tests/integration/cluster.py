@@ -150,6 +150,41 @@ _live_lock = threading.RLock()
 _handlers_installed = False
 
 
+def openssl(*args):
+    """Runs the openssl command; raises when it fails."""
+    subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
+
+
+def make_certs(d):
+    """A test CA with a server certificate for IP 127.0.0.1 and a client certificate, and
+    another CA with a client certificate."""
+    os.makedirs(d)
+    ext = os.path.join(d, "san.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName = IP:127.0.0.1\n")
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=pgsteer test %s" % ca, "-keyout", os.path.join(d, ca + ".key"),
+                "-out", os.path.join(d, ca + ".crt"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pgsteer test node",
+            "-keyout", os.path.join(d, "server.key"), "-out", os.path.join(d, "server.csr"))
+    openssl("x509", "-req", "-in", os.path.join(d, "server.csr"), "-days", "2",
+            "-CA", os.path.join(d, "ca.crt"), "-CAkey", os.path.join(d, "ca.key"),
+            "-CAcreateserial", "-extfile", ext, "-out", os.path.join(d, "server.crt"))
+    for name, ca in (("app", "ca"), ("stranger", "other-ca")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % name,
+                "-keyout", os.path.join(d, name + ".key"), "-out", os.path.join(d, name + ".csr"))
+        openssl("x509", "-req", "-in", os.path.join(d, name + ".csr"), "-days", "2",
+                "-CA", os.path.join(d, ca + ".crt"), "-CAkey", os.path.join(d, ca + ".key"),
+                "-CAcreateserial", "-out", os.path.join(d, name + ".crt"))
+    for name in ("server.key", "app.key", "stranger.key"):
+        os.chmod(os.path.join(d, name), 0o600)
+    if os.geteuid() == 0:  # the server runs as postgres and must own its key (libpq, as root,
+        for name in ("server.key", "server.crt"):  # wants the client keys root's)
+            shutil.chown(os.path.join(d, name), "postgres", "postgres")
+    return d
+
+
 def _register(obj):
     global _handlers_installed
     with _live_lock:

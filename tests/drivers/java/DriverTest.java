@@ -70,6 +70,11 @@ public class DriverTest {
         p.setProperty("ApplicationName", "drv-jdbc");
         p.setProperty("connectTimeout", "10");
         p.setProperty("socketTimeout", "60");
+        String root = System.getenv("PGSTEER_SSLROOTCERT");
+        if (root != null && !root.isEmpty()) { /* pgsteer takes clients over TLS only */
+            p.setProperty("sslmode", "verify-full");
+            p.setProperty("sslrootcert", root);
+        }
         return DriverManager.getConnection("jdbc:postgresql://" + HOST + ":" + PORT + "/" + DB
                                            + (extra.isEmpty() ? "" : "?" + extra), p);
     }

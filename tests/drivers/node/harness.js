@@ -15,6 +15,12 @@ const conf = {
   replicas: REPLICAS,
   schema: env.DRIVER_SCHEMA || 'public',
   caseTimeout: Number(env.DRIVER_CASE_TIMEOUT || 30) * 1000,
+  // TLS options when pgsteer takes clients over TLS only: its certificate checked against
+  // the test CA, and its name (127.0.0.1) against the certificate's.
+  ssl: env.PGSTEER_SSLROOTCERT
+    ? { ca: require('fs').readFileSync(env.PGSTEER_SSLROOTCERT),
+        host: env.PGSTEER_HOST || '127.0.0.1' }
+    : false,
 };
 const ALL_BYTES = Buffer.from([...Array(256).keys()]);
 const UNICODE_TEXT = 'zażółć gęślą jaźń · Ελληνικά · 日本語 · \u{1F418}';

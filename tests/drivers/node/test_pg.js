@@ -16,7 +16,7 @@ const S = conf.schema;
 
 async function connect(extra = {}) {
   const c = new pg.Client({ host: conf.host, port: conf.port, user: conf.user,
-                            password: conf.password, database: conf.database,
+                            password: conf.password, database: conf.database, ssl: conf.ssl,
                             application_name: 'drv-node-pg', connectionTimeoutMillis: 10000,
                             ...extra });
   await c.connect();

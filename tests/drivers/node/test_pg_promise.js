@@ -15,8 +15,8 @@ const { PreparedStatement: PS } = pgp;
 const { TransactionMode, isolationLevel } = pgp.txMode;
 
 const db = pgp({ host: conf.host, port: conf.port, user: conf.user, password: conf.password,
-                 database: conf.database, application_name: 'drv-pg-promise', max: 1,
-                 idleTimeoutMillis: 200 });
+                 database: conf.database, ssl: conf.ssl, application_name: 'drv-pg-promise',
+                 max: 1, idleTimeoutMillis: 200 });
 
 // Each case gets a fresh pgsteer session (a task on a new connection: max 1, and the idle
 // connection is released between cases), so one case's writes do not route the next reads.

@@ -13,7 +13,8 @@ const S = conf.schema;
 
 function open(extra = {}) {
   return postgres({ host: conf.host, port: conf.port, user: conf.user, pass: conf.password,
-                    database: conf.database, max: 1, connect_timeout: 10, onnotice: () => {},
+                    database: conf.database, ssl: conf.ssl, max: 1, connect_timeout: 10,
+                    onnotice: () => {},
                     connection: { application_name: 'drv-postgresjs' }, ...extra });
 }
 

@@ -21,6 +21,9 @@ PRIMARY = int(os.environ.get("PRIMARY_PORT", "0"))
 REPLICAS = [int(p) for p in os.environ.get("REPLICA_PORTS", "").split(",") if p]
 SCHEMA = os.environ.get("DRIVER_SCHEMA", "public")
 CASE_TIMEOUT = float(os.environ.get("DRIVER_CASE_TIMEOUT", "30"))
+# Set when pgsteer takes clients over TLS only: the CA its certificate is checked against.
+# Drivers on libpq follow PGSSLMODE and PGSSLROOTCERT, set alongside.
+SSLROOTCERT = os.environ.get("PGSTEER_SSLROOTCERT")
 
 # Seeded by run_all.py in every driver's schema: blobs row 1 holds these, row 2 NULLs.
 ALL_BYTES = bytes(range(256))

@@ -12,7 +12,7 @@ import pg8000
 
 from harness import (ALL_BYTES, PORT, HOST, USER, PASSWORD, DB, PRIMARY, REPLICAS, SCHEMA,
                      UNICODE_TEXT, check, eq, expect_sqlstate, on_primary, on_replica,
-                     run_cases)
+                     run_cases, SSLROOTCERT)
 
 S = SCHEMA
 
@@ -23,7 +23,8 @@ class connect:
 
     def __enter__(self):
         self.c = pg8000.connect(user=USER, host=HOST, port=PORT, database=DB,
-                                password=PASSWORD, timeout=20)
+                                password=PASSWORD, timeout=20,
+                                ssl=bool(SSLROOTCERT))  # (1.10 does not verify it)
         self.c.autocommit = self.autocommit
         return self.c
 
