@@ -205,14 +205,25 @@ def fd_count(pid):
 
 # ---- the cluster ---------------------------------------------------------------------------
 class BenchCluster(cl.Cluster):
-    """The test cluster with caches sized for pgbench scale 10 (about 160 MB)."""
+    """The test cluster with caches sized for pgbench scale 10 (about 160 MB); with `tls`,
+    the nodes also take clients over TLS (ssl = on), with the certificate every contender
+    shows (`certs`: the directory cluster.make_certs fills)."""
+
+    tls = False
+    certs = None
 
     def _conf_lines(self, node):
-        return cl.Cluster._conf_lines(self, node) + [
+        lines = cl.Cluster._conf_lines(self, node) + [
             "# pgsteer benchmark",
             "shared_buffers = 256MB",
-            "",
         ]
+        if self.tls:
+            if self.certs is None:
+                self.certs = cl.make_certs(os.path.join(self.tmpdir, "certs"))
+            lines += ["ssl = on",
+                      "ssl_cert_file = '%s'" % os.path.join(self.certs, "server.crt"),
+                      "ssl_key_file = '%s'" % os.path.join(self.certs, "server.key")]
+        return lines + [""]
 
 
 def spawn_as_postgres(c, args, log_path, cwd):
@@ -287,6 +298,7 @@ class Service:
         self.target_port = None  # PgBouncer: the node it fronts (default: the primary)
         self.unix = False  # --unix: reach the nodes over their Unix-domain sockets
         self.client_auth = "scram-sha-256"  # PgBouncer: how clients log in (--connect: trust)
+        self.certs = None  # --tls: clients over TLS with this directory's server.crt and .key
         self.command_prefix = []  # run the program under this command (valgrind, ...)
 
     def __enter__(self):
@@ -359,8 +371,11 @@ class PgBouncer(Service):
                 "log_disconnections = 0",
                 "log_pooler_errors = 1",
                 "stats_period = 60",
-                "",
-            ]))
+            ] + ([
+                "client_tls_sslmode = require",
+                "client_tls_cert_file = %s" % os.path.join(self.certs, "server.crt"),
+                "client_tls_key_file = %s" % os.path.join(self.certs, "server.key"),
+            ] if self.certs else []) + [""]))
             self.proc = spawn_as_postgres(self.c, self.command_prefix + ["pgbouncer", ini],
                                           self.log_path, self.dir)
             try:
@@ -438,6 +453,10 @@ class Pgpool(Service):
                 "health_check_database = 'postgres'",
                 "health_check_max_retries = 3",
             ]
+            if self.certs:
+                lines += ["ssl = on",
+                          "ssl_cert = '%s'" % os.path.join(self.certs, "server.crt"),
+                          "ssl_key = '%s'" % os.path.join(self.certs, "server.key")]
             for i, n in enumerate(self.c.nodes):
                 lines += [
                     "backend_hostname%d = '%s'" % (i, self.c.sockdir if self.unix
@@ -532,8 +551,13 @@ def pgbench_args(bindir, host, port, dbname, script, mode, clients, threads, dur
     return args + [dbname]
 
 
+# --tls: pgbench reaches every contender over TLS.
+PGBENCH_SSLMODE = "disable"
+
+
 def pgbench_env():
     env = dict(os.environ)
+    env["PGSSLMODE"] = PGBENCH_SSLMODE
     env["PGPASSWORD"] = cl.APP_PASSWORD
     env["PGCONNECT_TIMEOUT"] = "10"
     env["PGAPPNAME"] = "pgsteer-bench"
@@ -944,7 +968,11 @@ def bench(args):
     log("%d configurations x %d contenders x %d rounds of %ds"
         % (len(configs), len(contenders), args.rounds, args.duration))
 
-    with BenchCluster(replicas=2) as c:
+    global PGBENCH_SSLMODE
+    PGBENCH_SSLMODE = "require" if args.tls else "disable"
+    c = BenchCluster(replicas=2)
+    c.tls = args.tls
+    with c:
         log("cluster up in %.1fs (%s); pgbench -i -s %d on the primary"
             % (c.start_seconds, c.tmpdir, SCALE))
         load_data(c)
@@ -975,6 +1003,13 @@ def bench(args):
         # --connect: clients log in without a password to every proxy (see the top).
         client_auth = "trust" if args.connect else "scram-sha-256"
         bouncer.client_auth = client_auth
+        # --tls: every contender takes pgbench over TLS with the same certificate; the hops
+        # from the proxies to the nodes stay plain, as in a sidecar on the nodes' network.
+        if args.tls:
+            bouncer.certs = pool.certs = c.certs
+            base_yaml = ("client_tls:\n  mode: require\n  cert_file: %s\n  key_file: %s\n%s"
+                         % (os.path.join(c.certs, "server.crt"),
+                            os.path.join(c.certs, "server.key"), base_yaml))
 
         def pgsteer(extra, name=None):
             px = cl.Pgsteer(c, extra_yaml=extra + base_yaml, name=name, auth_method=client_auth)
@@ -1089,6 +1124,7 @@ def bench(args):
                      "threads": args.threads, "modes": modes, "scripts": scripts,
                      "contenders": contenders, "scale": SCALE, "warmup_s": args.warmup,
                      "transport": "unix" if args.unix else "tcp",
+                     "client_tls": args.tls,
                      "connection_per_transaction": args.connect,
                      "proxy_client_auth": "trust" if args.connect else "scram-sha-256 "
                                           "(Pgpool-II: trust)"},
@@ -1108,7 +1144,8 @@ def bench(args):
           % (SCALE, args.duration, args.rounds, started.strftime("%Y-%m-%d"),
              os.cpu_count(), doc["machine"].get("cpu", "?"),
              doc["machine"].get("postgresql", ""),
-             "Unix-domain sockets" if args.unix else "loopback TCP"))
+             "Unix-domain sockets" if args.unix else
+             "loopback TCP with TLS from pgbench" if args.tls else "loopback TCP"))
     print()
     print(md)
     print()
@@ -1662,6 +1699,11 @@ def main(argv=None):
     ap.add_argument("--unix", action="store_true",
                     help="every contender over Unix-domain sockets: pgbench to the proxy (or "
                          "to PostgreSQL) and the proxy to the nodes")
+    ap.add_argument("--tls", action="store_true",
+                    help="pgbench reaches every contender over TLS (sslmode=require): the nodes "
+                         "with ssl = on, pgsteer with client_tls, PgBouncer with "
+                         "client_tls_sslmode, Pgpool-II with ssl; the proxies' hops to the "
+                         "nodes stay plain")
     ap.add_argument("--pgsteer-yaml", default="", metavar="YAML",
                     help="extra configuration lines for pgsteer, e.g. 'workers: 1'")
     ap.add_argument("--idle-conns", type=int, default=0, metavar="N",
@@ -1683,6 +1725,8 @@ def main(argv=None):
             args.rounds = 1
         if "--warmup" not in given:
             args.warmup = 1
+    if args.tls and args.unix:
+        ap.error("--tls and --unix do not go together: PostgreSQL has no TLS on Unix sockets")
     if args.duration < 1 or args.rounds < 1 or args.threads < 1 or args.warmup < 1:
         ap.error("--duration, --rounds, --threads and --warmup must be at least 1")
     for sig in (signal.SIGTERM, signal.SIGHUP):
