@@ -532,11 +532,13 @@ struct client {
     bool reading;
     bool over_tcp;      /* not a Unix-domain socket: TLS may be asked for (client_tls) */
     uint32_t read_size; /* bytes to read next: grows while reads fill it */
-    /* client_tls: the connection's TLS once the client asked for it and got 'S' (owned), how
-     * far it is (enum client_tls_phase), and the ciphertext read and to be written; in and out
-     * above then hold plaintext, and writing ciphertext */
+    /* client_tls: the connection's TLS once the client asked for it and got 'S', or started it
+     * at once (tls_direct: its first bytes were a TLS handshake) (owned), how far it is (enum
+     * client_tls_phase), and the ciphertext read and to be written; in and out above then hold
+     * plaintext, and writing ciphertext */
     struct tls_conn *tls;
     uint8_t tls_phase;
+    bool tls_direct;
     struct buf tls_in, tls_out;
     char *user;
     char *database;

@@ -7,6 +7,7 @@
 #ifndef PGSTEER_TLS_H
 #define PGSTEER_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -65,5 +66,8 @@ const char *tls_error(const struct tls_conn *t);
 /* The protocol version and cipher agreed, for SHOW SERVERS ("TLSv1.3/TLS_AES_256_GCM_SHA384");
  * "" before the handshake is complete. */
 const char *tls_describe(const struct tls_conn *t);
+/* Whether the handshake agreed on the ALPN protocol "postgresql" (a server-side t, once the
+ * handshake is complete): what a client must ask for to start TLS without an SSLRequest. */
+bool tls_alpn_postgresql(const struct tls_conn *t);
 
 #endif

@@ -387,7 +387,16 @@ static int client_tls_input(struct client *c)
         if (r == 0)
             return 0;
         c->tls_phase = CTLS_UP;
-        log_debug("client %u: TLS %s", c->id, tls_describe(c->tls));
+        log_debug("client %u: TLS %s%s", c->id, tls_describe(c->tls),
+                  c->tls_direct ? " (direct)" : "");
+        if (c->tls_direct && !tls_alpn_postgresql(c->tls)) {
+            /* Without ALPN a TLS connection straight to a port could be meant for another
+             * protocol (PostgreSQL refuses it so); the error goes out over the TLS now up. */
+            client_close(c, "08P01",
+                         "direct TLS connection without the ALPN protocol "
+                         "\"postgresql\"");
+            return -1;
+        }
     }
     if (c->in.off > 0 && c->in.off == c->in.len)
         buf_reset(&c->in);
@@ -873,8 +882,31 @@ static int client_tls_start(struct client *c)
     return 0;
 }
 
+/* client_tls: c's first bytes (in c->in) are a TLS handshake, not a startup packet
+ * (sslnegotiation=direct: no SSLRequest first, ALPN "postgresql"): take them as its start.
+ * Returns 0, or -1 when c was closed. */
+static int client_tls_direct(struct client *c)
+{
+    struct tls_conn *t = tls_conn_accept(c->px->client_tls);
+    if (t == NULL || buf_append(&c->tls_in, buf_head(&c->in), buf_avail(&c->in)) < 0) {
+        tls_conn_free(t);
+        client_close(c, NULL, "out of memory");
+        return -1;
+    }
+    buf_reset(&c->in);
+    c->tls = t;
+    c->tls_direct = true;
+    c->tls_phase = CTLS_HANDSHAKE;
+    return client_tls_input(c);
+}
+
 static int client_handle_startup_packet(struct client *c)
 {
+    /* A startup packet's first byte is the top of its length, always 0; a TLS handshake
+     * record starts with 22. */
+    if (c->tls == NULL && c->over_tcp && c->px->client_tls && buf_avail(&c->in) > 0 &&
+        (uint8_t)buf_head(&c->in)[0] == 0x16)
+        return client_tls_direct(c);
     uint32_t code;
     int n = proto_frame_startup(buf_head(&c->in), buf_avail(&c->in), &code);
     if (n == 0)

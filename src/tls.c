@@ -122,6 +122,23 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
     return ctx_wrap(s, cfg->mode, false, err, errcap);
 }
 
+/* ALPN on a context for clients: "postgresql", the only protocol spoken, when the client
+ * offers it; a client that offers others only is refused (no_application_protocol), as
+ * PostgreSQL refuses it. A client that offers none gets none. */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    static const unsigned char ours[] = "\012postgresql";
+    unsigned char *sel = NULL;
+    (void)ssl;
+    (void)arg;
+    if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap)
 {
     if (errcap > 0)
@@ -135,6 +152,7 @@ struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *er
      * session, and tickets would only be bytes more on each handshake). */
     SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_alpn_select_cb(s, alpn_select, NULL);
     SSL_CTX_set_num_tickets(s, 0);
     if (cfg->cert_file == NULL) {
         snprintf(err, errcap, "client_tls.cert_file is required");
@@ -359,4 +377,12 @@ const char *tls_error(const struct tls_conn *t)
 const char *tls_describe(const struct tls_conn *t)
 {
     return t ? t->desc : "";
+}
+
+bool tls_alpn_postgresql(const struct tls_conn *t)
+{
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    return n == 10 && memcmp(p, "postgresql", 10) == 0;
 }

@@ -210,8 +210,11 @@ def main(argv):
             extra_yaml += "\n" + tls_yaml
             root = os.path.join(certs, "ca.crt")
             # libpq's drivers read PGSSLMODE and PGSSLROOTCERT; the others, PGSTEER_SSLROOTCERT.
+            # node-postgres (and pg-promise on it) reads PGSSLNEGOTIATION: it starts TLS at
+            # once, with ALPN, instead of an SSLRequest first (libpq before 17 ignores it).
             tls_env = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": root,
-                       "PGSTEER_SSLROOTCERT": root, "PGSTEER_CLIENT_TLS_YAML": tls_yaml}
+                       "PGSSLNEGOTIATION": "direct", "PGSTEER_SSLROOTCERT": root,
+                       "PGSTEER_CLIENT_TLS_YAML": tls_yaml}
         with cl.Cluster(replicas=2) as c, cl.Pgsteer(c, extra_yaml=extra_yaml) as px:
             print("cluster up in %.1fs: primary :%d, replicas %s; pgsteer :%d%s"
                   % (c.start_seconds, c.primary_port, c.replica_ports, px.port,

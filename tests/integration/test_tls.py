@@ -12,6 +12,7 @@ import hashlib
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -396,6 +397,61 @@ class ClientTlsTest(unittest.TestCase):
         conn.close()
         with open(px.log_path) as f:
             self.assertIn("TLS handshake with the client failed", f.read())
+
+    def direct(self, alpn):
+        """A wrap for wire.Conn: TLS from the first byte, as libpq 17's sslnegotiation=direct,
+        checking pgsteer's certificate, offering the ALPN protocols `alpn` (None: no ALPN)."""
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+        if alpn is not None:
+            ctx.set_alpn_protocols(alpn)
+        return lambda s: ctx.wrap_socket(s, server_hostname="127.0.0.1")
+
+    def test_tls_from_the_first_byte_with_alpn(self):
+        px = self.proxy("require")
+        c = Conn(px.port, wrap=self.direct(["postgresql"]))
+        try:
+            self.assertEqual(c.sock.selected_alpn_protocol(), "postgresql")
+            self.assertEqual(c.sock.version()[:5], "TLSv1")
+            c.send(Query("select count(*) > 0 from tls_t"))
+            self.assertIn(("D", ("t",)), c.until_ready())
+            # the client's bytes are plaintext under the TLS: a large statement crosses intact
+            big = "x" * 300000
+            c.send(Query("select md5('%s')" % big))
+            self.assertIn(("D", (hashlib.md5(big.encode()).hexdigest(),)), c.until_ready())
+            clients = self.admin(px, "SHOW CLIENTS")
+            self.assertEqual([r[10][:5] for r in clients], ["TLSv1"])
+        finally:
+            c.close()
+        with open(px.log_path) as f:
+            self.assertNotIn("TLS handshake with the client failed", f.read())
+
+    def test_tls_from_the_first_byte_needs_alpn_postgresql(self):
+        px = self.proxy("allow")
+        # No ALPN: the handshake completes, then the error comes over TLS, as from PostgreSQL.
+        with self.assertRaises(WireError) as cm:
+            Conn(px.port, wrap=self.direct(None))
+        self.assertIn("08P01", str(cm.exception))
+        self.assertIn('direct TLS connection without the ALPN protocol "postgresql"',
+                      str(cm.exception))
+        # Other protocols only: the handshake fails (no_application_protocol).
+        with self.assertRaises(ssl.SSLError) as cm:
+            Conn(px.port, wrap=self.direct(["http/1.1", "h2"]))
+        self.assertIn("NO APPLICATION PROTOCOL", str(cm.exception).upper())
+        # ALPN with postgresql among others is fine, after an SSLRequest too.
+        c = Conn(px.port, wrap=self.direct(["h2", "postgresql"]))
+        c.close()
+        ok = self.psql(px, "select 1", "sslmode=require")
+        self.assertEqual(ok.stdout.strip(), "1")
+
+    def test_tls_from_the_first_byte_without_client_tls(self):
+        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")
+        px.monitor_host = cluster.sockdir
+        px.start()
+        self.addCleanup(px.stop)
+        with self.assertRaises((ssl.SSLError, OSError, WireError)):
+            Conn(px.port, wrap=self.direct(["postgresql"]))
+        self.assertTrue(px.alive())
+        self.assertEqual(self.psql(px, "select 1", "sslmode=disable").stdout.strip(), "1")
 
     def test_a_reload_turns_client_tls_on(self):
         px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")

@@ -73,8 +73,16 @@ class WireError(Exception):
 
 class Conn:
     def __init__(self, port, user="app", password="secret", database="app", timeout=10,
-                 params=None):
+                 params=None, wrap=None):
+        """`wrap`, given, turns the new socket into the one to speak on (an
+        ssl.SSLContext's wrap_socket, for TLS from the first byte)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if wrap is not None:
+            try:
+                self.sock = wrap(self.sock)
+            except BaseException:
+                self.sock.close()
+                raise
         self.buf = b""
         self.params = {}
         self.key = None
