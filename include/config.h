@@ -33,12 +33,14 @@ enum tls_mode {
 };
 /* TLS on the clients' connections to pgsteer: allow serves TLS to a client that asks for it,
  * require refuses TCP clients that do not, verify-ca also asks each client for a certificate
- * signed by a CA in ca_file. Unix-socket clients are never asked for TLS. */
+ * signed by a CA in ca_file, verify-full also wants the certificate's CN to be the user name
+ * the client logs in as. Unix-socket clients are never asked for TLS. */
 enum client_tls_mode {
     CLIENT_TLS_DISABLE = 0,
     CLIENT_TLS_ALLOW = 1,
     CLIENT_TLS_REQUIRE = 2,
-    CLIENT_TLS_VERIFY_CA = 3
+    CLIENT_TLS_VERIFY_CA = 3,
+    CLIENT_TLS_VERIFY_FULL = 4
 };
 
 struct config_addr {
@@ -87,7 +89,7 @@ struct config_client_tls {
     enum client_tls_mode mode; /* default disable */
     char *cert_file;           /* pgsteer's certificate chain; set whenever mode is not disable */
     char *key_file;            /* its private key; set exactly when cert_file is */
-    char *ca_file;             /* CAs of client certificates; set whenever mode is verify-ca */
+    char *ca_file; /* CAs of client certificates; set whenever mode is verify-ca or verify-full */
 };
 
 struct config {

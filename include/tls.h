@@ -66,6 +66,10 @@ const char *tls_error(const struct tls_conn *t);
 /* The protocol version and cipher agreed, for SHOW SERVERS ("TLSv1.3/TLS_AES_256_GCM_SHA384");
  * "" before the handshake is complete. */
 const char *tls_describe(const struct tls_conn *t);
+/* The Common Name of the peer's certificate (a server-side t whose client showed one), as a
+ * string into dst. Returns its length, or -1 when there is no certificate or CN, when the CN
+ * holds a NUL byte, or when it does not fit cap. */
+int tls_peer_cn(const struct tls_conn *t, char *dst, size_t cap);
 /* Whether the handshake agreed on the ALPN protocol "postgresql" (a server-side t, once the
  * handshake is complete): what a client must ask for to start TLS without an SSLRequest. */
 bool tls_alpn_postgresql(const struct tls_conn *t);

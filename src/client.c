@@ -983,6 +983,19 @@ static int client_auth_ok(struct client *c);
 
 static int client_start_auth(struct client *c)
 {
+    /* client_tls verify-full: the certificate must name the user (as PostgreSQL's
+     * clientcert=verify-full), whatever the login method that follows. */
+    if (c->tls != NULL && c->px->cfg->client_tls.mode == CLIENT_TLS_VERIFY_FULL) {
+        char cn[256], msg[400];
+        if (tls_peer_cn(c->tls, cn, sizeof(cn)) < 0 || strcmp(cn, c->user) != 0) {
+            snprintf(msg, sizeof(msg),
+                     "certificate validation (client_tls verify-full) failed for user \"%s\": "
+                     "CN mismatch",
+                     c->user);
+            client_close(c, "28000", msg);
+            return -1;
+        }
+    }
     const struct config_user *u = config_find_user(c->px->cfg, c->user);
     if (u == NULL && c->px->cfg->auth_method != AUTH_METHOD_TRUST) {
         client_auth_failed(c);

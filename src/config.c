@@ -1222,7 +1222,8 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
                   "'server_tls.key_file' needs 'server_tls.cert_file' (give both or neither)");
 }
 
-static const char *const client_tls_mode_names[] = {"disable", "allow", "require", "verify-ca"};
+static const char *const client_tls_mode_names[] = {"disable", "allow", "require", "verify-ca",
+                                                    "verify-full"};
 static const char *const client_tls_keys[] = {"mode", "cert_file", "key_file", "ca_file"};
 
 const char *config_client_tls_mode_name(enum client_tls_mode m)
@@ -1249,7 +1250,7 @@ static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config
     int e = 0;
     bool mode_ok = false;
     if (val[T_MODE] &&
-        (mode_ok = get_enum(c, val[T_MODE], "client_tls.mode", client_tls_mode_names, 4, &e)))
+        (mode_ok = get_enum(c, val[T_MODE], "client_tls.mode", client_tls_mode_names, 5, &e)))
         t->mode = (enum client_tls_mode)e;
     if (val[T_CERT])
         get_tls_file(c, val[T_CERT], "client_tls.cert_file", &t->cert_file);
@@ -1271,10 +1272,11 @@ static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config
                       "(the private key of client_tls.cert_file)",
                       client_tls_mode_names[t->mode]);
     }
-    if (mode_ok && t->mode == CLIENT_TLS_VERIFY_CA && !val[T_CA])
+    if (mode_ok && t->mode >= CLIENT_TLS_VERIFY_CA && !val[T_CA])
         report_at(c, val[T_MODE],
-                  "'client_tls.ca_file' is required when 'client_tls.mode' is verify-ca (the CA "
-                  "certificates to check the clients' certificates against)");
+                  "'client_tls.ca_file' is required when 'client_tls.mode' is %s (the CA "
+                  "certificates to check the clients' certificates against)",
+                  client_tls_mode_names[t->mode]);
     if (val[T_CERT] && !val[T_KEY] && !(mode_ok && t->mode != CLIENT_TLS_DISABLE))
         report_at(c, val[T_CERT],
                   "'client_tls.cert_file' needs 'client_tls.key_file' (give both or neither)");

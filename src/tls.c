@@ -163,7 +163,7 @@ struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *er
         SSL_CTX_free(s);
         return NULL;
     }
-    if (cfg->mode == CLIENT_TLS_VERIFY_CA) {
+    if (cfg->mode >= CLIENT_TLS_VERIFY_CA) {
         char what[300];
         snprintf(what, sizeof(what), "client_tls.ca_file %s", cfg->ca_file ? cfg->ca_file : "");
         STACK_OF(X509_NAME) *names = cfg->ca_file ? SSL_load_client_CA_file(cfg->ca_file) : NULL;
@@ -377,6 +377,26 @@ const char *tls_error(const struct tls_conn *t)
 const char *tls_describe(const struct tls_conn *t)
 {
     return t ? t->desc : "";
+}
+
+int tls_peer_cn(const struct tls_conn *t, char *dst, size_t cap)
+{
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    if (x == NULL || cap == 0)
+        return -1;
+    X509_NAME *name = X509_get_subject_name(x);
+    int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    if (i < 0)
+        return -1;
+    const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+    int n = ASN1_STRING_length(s);
+    const unsigned char *p = ASN1_STRING_get0_data(s);
+    /* A NUL inside would let "app\0.evil" pass as "app". */
+    if (n < 0 || (size_t)n >= cap || memchr(p, 0, (size_t)n) != NULL)
+        return -1;
+    memcpy(dst, p, (size_t)n);
+    dst[n] = 0;
+    return n;
 }
 
 bool tls_alpn_postgresql(const struct tls_conn *t)

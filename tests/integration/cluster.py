@@ -171,13 +171,13 @@ def make_certs(d):
     openssl("x509", "-req", "-in", os.path.join(d, "server.csr"), "-days", "2",
             "-CA", os.path.join(d, "ca.crt"), "-CAkey", os.path.join(d, "ca.key"),
             "-CAcreateserial", "-extfile", ext, "-out", os.path.join(d, "server.crt"))
-    for name, ca in (("app", "ca"), ("stranger", "other-ca")):
+    for name, ca in (("app", "ca"), ("report", "ca"), ("stranger", "other-ca")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % name,
                 "-keyout", os.path.join(d, name + ".key"), "-out", os.path.join(d, name + ".csr"))
         openssl("x509", "-req", "-in", os.path.join(d, name + ".csr"), "-days", "2",
                 "-CA", os.path.join(d, ca + ".crt"), "-CAkey", os.path.join(d, ca + ".key"),
                 "-CAcreateserial", "-out", os.path.join(d, name + ".crt"))
-    for name in ("server.key", "app.key", "stranger.key"):
+    for name in ("server.key", "app.key", "report.key", "stranger.key"):
         os.chmod(os.path.join(d, name), 0o600)
     if os.geteuid() == 0:  # the server runs as postgres and must own its key (libpq, as root,
         for name in ("server.key", "server.crt"):  # wants the client keys root's)

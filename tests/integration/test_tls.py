@@ -253,8 +253,8 @@ def client_tls_yaml(mode, ca=None):
 
 
 class ClientTlsTest(unittest.TestCase):
-    def proxy(self, mode, ca=None, extra_yaml=""):
-        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca) + extra_yaml)
+    def proxy(self, mode, ca=None, extra_yaml="", **kw):
+        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca) + extra_yaml, **kw)
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -333,6 +333,38 @@ class ClientTlsTest(unittest.TestCase):
             log = f.read()
         self.assertIn("TLS handshake with the client failed", log)
         self.assertIn("the client's certificate", log)
+
+    def test_verify_full_wants_the_users_name_in_the_certificate(self):
+        def cert(name):
+            return "sslmode=require sslcert=%s sslkey=%s" % (
+                os.path.join(certs, name + ".crt"), os.path.join(certs, name + ".key"))
+        mismatch = ('certificate validation (client_tls verify-full) failed for user "app": '
+                    'CN mismatch')
+        px = self.proxy("verify-full", ca="ca.crt")
+        self.assertEqual(self.psql(px, "select 1", cert("app")).stdout.strip(), "1")
+        # a certificate of the right CA for another name (CN report): logging in as app fails
+        bad = self.psql(px, "select 1", cert("report"), check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn(mismatch, bad.stderr)
+        # (the SQLSTATE, over TLS from the first byte with the same certificate)
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+        ctx.set_alpn_protocols(["postgresql"])
+        ctx.load_cert_chain(os.path.join(certs, "report.crt"), os.path.join(certs, "report.key"))
+        with self.assertRaises(WireError) as cm:
+            Conn(px.port, wrap=lambda s: ctx.wrap_socket(s, server_hostname="127.0.0.1"))
+        self.assertEqual(str(cm.exception), "28000: " + mismatch)
+        config = dict(r[:2] for r in self.admin(px, "SHOW CONFIG"))
+        self.assertEqual(config["client_tls.mode"], "verify-full")
+        # With auth_method trust the certificate alone logs a client in, as PostgreSQL's
+        # cert method: no password asked for.
+        px = self.proxy("verify-full", ca="ca.crt", auth_method="trust")
+        ok = run_psql(px.port, "select 1", host="127.0.0.1", db="dbname=%s %s"
+                      % (APP_DB, cert("app")))
+        self.assertEqual(ok.stdout.strip(), "1")
+        bad = run_psql(px.port, "select 1", host="127.0.0.1", check=False,
+                       db="dbname=%s %s" % (APP_DB, cert("report")))
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn(mismatch, bad.stderr)
 
     def test_large_answers_pipelines_and_cancel_over_tls(self):
         px = self.proxy("require")

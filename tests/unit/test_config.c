@@ -614,6 +614,7 @@ static void test_config_client_tls_parses_each_mode(void **state)
         {"allow", CLIENT_TLS_ALLOW},
         {"require", CLIENT_TLS_REQUIRE},
         {"verify-ca", CLIENT_TLS_VERIFY_CA},
+        {"verify-full", CLIENT_TLS_VERIFY_FULL},
     };
     char cert[32], key[32], ca[32];
     make_temp_file(cert);
@@ -631,7 +632,7 @@ static void test_config_client_tls_parses_each_mode(void **state)
         assert_string_equal(c->client_tls.ca_file, ca);
         assert_string_equal(config_client_tls_mode_name(c->client_tls.mode), cases[i].word);
         config_free(c);
-        if (cases[i].mode == CLIENT_TLS_VERIFY_CA)
+        if (cases[i].mode >= CLIENT_TLS_VERIFY_CA)
             continue;
         /* Without ca_file, which only verify-ca needs. */
         snprintf(text, sizeof text, "client_tls: {mode: %s, cert_file: %s, key_file: %s}\n" BASE,
@@ -641,7 +642,7 @@ static void test_config_client_tls_parses_each_mode(void **state)
         assert_null(c->client_tls.ca_file);
         config_free(c);
     }
-    assert_string_equal(config_client_tls_mode_name((enum client_tls_mode)4), "?");
+    assert_string_equal(config_client_tls_mode_name((enum client_tls_mode)5), "?");
     unlink(cert);
     unlink(key);
     unlink(ca);
@@ -650,13 +651,13 @@ static void test_config_client_tls_parses_each_mode(void **state)
 static void test_config_client_tls_rejects_bad_modes(void **state)
 {
     (void)state;
-    static const char *const values[] = {"prefer", "verify-full", "on", "Require"};
+    static const char *const values[] = {"prefer", "verify", "on", "Require"};
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
         char text[512], expected[512];
         snprintf(text, sizeof text, "client_tls:\n  mode: %s\n" BASE, values[i]);
         snprintf(expected, sizeof expected,
                  "t.yaml:2:9: invalid value for 'client_tls.mode': '%s' (expected disable, "
-                 "allow, require or verify-ca)\n",
+                 "allow, require, verify-ca or verify-full)\n",
                  values[i]);
         expect_errors(text, expected);
     }
@@ -683,6 +684,11 @@ static void test_config_client_tls_needs_its_files(void **state)
              "client_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n" BASE, f, f);
     expect_errors(text, "t.yaml:2:9: 'client_tls.ca_file' is required when 'client_tls.mode' is "
                         "verify-ca (the CA certificates to check the clients' certificates "
+                        "against)\n");
+    snprintf(text, sizeof text,
+             "client_tls: {mode: verify-full, cert_file: %s, key_file: %s}\n" BASE, f, f);
+    expect_errors(text, "t.yaml:1:20: 'client_tls.ca_file' is required when 'client_tls.mode' is "
+                        "verify-full (the CA certificates to check the clients' certificates "
                         "against)\n");
     /* Files named with the mode off are still checked, and go in pairs. */
     snprintf(text, sizeof text, "client_tls:\n  key_file: %s\n" BASE, f);

@@ -21,20 +21,22 @@
 #include "tls.h"
 
 static EVP_PKEY *ca_key, *other_key, *node_key, *app_key;
-static X509 *ca_cert, *other_cert, *node_cert, *app_cert, *stranger_cert;
+static X509 *ca_cert, *other_cert, *node_cert, *app_cert, *stranger_cert, *nul_cert;
 static char ca_path[64], other_path[64], node_cert_path[64], node_key_path[64];
-static char app_cert_path[64], app_key_path[64], stranger_cert_path[64];
+static char app_cert_path[64], app_key_path[64], stranger_cert_path[64], nul_cert_path[64];
 
-static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
-                       const char *san)
+/* A certificate of key for the CN's cnlen bytes (-1: up to its NUL), signed by issuer (NULL:
+ * by itself, a CA), with subjectAltName san if given. */
+static X509 *make_cert_n(EVP_PKEY *key, const char *cn, int cnlen, X509 *issuer,
+                         EVP_PKEY *issuer_key, const char *san)
 {
     X509 *x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), cn[0] + (long)strlen(cn));
+    ASN1_INTEGER_set(X509_get_serialNumber(x), cn[0] + (long)strlen(cn) + cnlen);
     X509_gmtime_adj(X509_getm_notBefore(x), -3600);
     X509_gmtime_adj(X509_getm_notAfter(x), 86400);
     X509_set_pubkey(x, key);
     X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, cnlen, -1, 0);
     X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);
@@ -50,6 +52,12 @@ static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *is
     }
     X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256());
     return x;
+}
+
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
+                       const char *san)
+{
+    return make_cert_n(key, cn, -1, issuer, issuer_key, san);
 }
 
 static void write_pem(char *path, size_t cap, const char *tag, X509 *x)
@@ -91,6 +99,9 @@ static int setup(void **state)
     write_pem(app_cert_path, sizeof(app_cert_path), "app", app_cert);
     write_key(app_key_path, sizeof(app_key_path), "appkey", app_key);
     write_pem(stranger_cert_path, sizeof(stranger_cert_path), "stranger", stranger_cert);
+    /* the CA's, for a CN with a NUL inside: "app" to whoever stops reading there */
+    nul_cert = make_cert_n(app_key, "app\0.evil", 9, ca_cert, ca_key, NULL);
+    write_pem(nul_cert_path, sizeof(nul_cert_path), "nul", nul_cert);
     return 0;
 }
 
@@ -104,6 +115,8 @@ static int teardown(void **state)
     unlink(app_cert_path);
     unlink(app_key_path);
     unlink(stranger_cert_path);
+    unlink(nul_cert_path);
+    X509_free(nul_cert);
     X509_free(app_cert);
     X509_free(stranger_cert);
     EVP_PKEY_free(app_key);
@@ -413,8 +426,10 @@ static void test_tls_server_side_carries_a_clients_session(void **state)
     tls_ctx_unref(cctx);
 }
 
-/* A client of `cert` (NULL: none) against a verify-ca server: the server side's result. */
-static int verify_ca_handshake(const char *cert, char *err, size_t errcap)
+/* A client of `cert` (NULL: none) against a verify-ca server: the server side's result; the
+ * CN of the client's certificate as the server sees it goes to cn (tls_peer_cn's result in
+ * *cnlen). */
+static int verify_ca_handshake(const char *cert, char *err, size_t errcap, char *cn, int *cnlen)
 {
     struct tls_ctx *sctx = server_ctx(CLIENT_TLS_VERIFY_CA, ca_path);
     struct config_tls ccfg = {.mode = TLS_MODE_REQUIRE,
@@ -426,6 +441,7 @@ static int verify_ca_handshake(const char *cert, char *err, size_t errcap)
     struct tls_conn *srv = tls_conn_accept(sctx), *cli = tls_conn_new(cctx, "127.0.0.1");
     int cr, s = handshake2(cli, srv, 0, &cr);
     snprintf(err, errcap, "%s", tls_error(srv));
+    *cnlen = tls_peer_cn(srv, cn, 64);
     tls_conn_free(srv);
     tls_conn_free(cli);
     tls_ctx_unref(sctx);
@@ -436,12 +452,19 @@ static int verify_ca_handshake(const char *cert, char *err, size_t errcap)
 static void test_tls_verify_ca_asks_clients_for_a_certificate_of_its_ca(void **state)
 {
     (void)state;
-    char err[256];
-    assert_int_equal(verify_ca_handshake(app_cert_path, err, sizeof(err)), 1);
-    assert_int_equal(verify_ca_handshake(NULL, err, sizeof(err)), -1);
+    char err[256], cn[64];
+    int cnlen;
+    assert_int_equal(verify_ca_handshake(app_cert_path, err, sizeof(err), cn, &cnlen), 1);
+    assert_int_equal(cnlen, 3); /* the name verify-full compares with the user's */
+    assert_string_equal(cn, "app");
+    assert_int_equal(verify_ca_handshake(NULL, err, sizeof(err), cn, &cnlen), -1);
     assert_non_null(strstr(err, "TLS handshake with the client failed"));
-    assert_int_equal(verify_ca_handshake(stranger_cert_path, err, sizeof(err)), -1);
+    assert_int_equal(cnlen, -1);
+    assert_int_equal(verify_ca_handshake(stranger_cert_path, err, sizeof(err), cn, &cnlen), -1);
     assert_non_null(strstr(err, "the client's certificate"));
+    /* a chain that checks out, but a CN no user name can equal */
+    assert_int_equal(verify_ca_handshake(nul_cert_path, err, sizeof(err), cn, &cnlen), 1);
+    assert_int_equal(cnlen, -1);
 }
 
 static void test_tls_server_context_errors(void **state)
