@@ -10,6 +10,7 @@ show one of the test CA (CN app) or of the other CA."""
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import psycopg2  # noqa: E402
 import psycopg2.errors  # noqa: E402
 from cluster import (APP_DB, APP_PASSWORD, APP_USER, Cluster, Pgsteer, make_certs,  # noqa: E402
-                     run_psql)
+                     openssl, run_psql)
 from wire import Bind, Conn, Execute, Parse, Query, Sync, WireError  # noqa: E402
 
 cluster = None
@@ -474,6 +475,68 @@ class ClientTlsTest(unittest.TestCase):
         c.close()
         ok = self.psql(px, "select 1", "sslmode=require")
         self.assertEqual(ok.stdout.strip(), "1")
+
+    def test_a_cancel_request_over_tls(self):
+        # PostgreSQL 17's libpq sends its cancel requests over TLS when the session used it:
+        # the CancelRequest comes after the handshake, as the startup packet would.
+        px = self.proxy("require")
+        c = Conn(px.port, wrap=self.direct(["postgresql"]))
+        try:
+            c.send(Query("select pg_sleep(20)"))
+            time.sleep(0.5)
+            s = self.direct(["postgresql"])(socket.create_connection(("127.0.0.1", px.port),
+                                                                     timeout=10))
+            started = time.monotonic()
+            s.sendall(struct.pack("!IIII", 16, 80877102, c.key[0], c.key[1]))
+            self.assertEqual(s.recv(1), b"")  # closed once the cancel is on its way
+            s.close()
+            self.assertIn(("E", "57014"), c.until_ready())
+            self.assertLess(time.monotonic() - started, 10)
+            c.send(Query("select 42"))
+            self.assertIn(("D", ("42",)), c.until_ready())
+        finally:
+            c.close()
+
+    def test_a_reload_takes_a_renewed_certificate(self):
+        d = tempfile.mkdtemp(prefix="renew-", dir=cluster.tmpdir)
+        crt, key = os.path.join(d, "px.crt"), os.path.join(d, "px.key")
+        shutil.copy(os.path.join(certs, "server.crt"), crt)
+        shutil.copy(os.path.join(certs, "server.key"), key)
+        px = Pgsteer(cluster, extra_yaml="client_tls: {mode: require, cert_file: %s, key_file: "
+                     "%s}\nserver_tls: {mode: require}\n" % (crt, key))
+        px.monitor_host = cluster.sockdir
+        px.start()
+        self.addCleanup(px.stop)
+        old = Conn(px.port, wrap=self.direct(["postgresql"]))
+        try:
+            # renewed in place (a new key, and another CA's signature), as a certificate manager
+            # does, then a reload
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pgsteer renewed",
+                    "-keyout", key + ".new", "-out", os.path.join(d, "px.csr"))
+            openssl("x509", "-req", "-in", os.path.join(d, "px.csr"), "-days", "2",
+                    "-CA", os.path.join(certs, "other-ca.crt"),
+                    "-CAkey", os.path.join(certs, "other-ca.key"), "-CAcreateserial",
+                    "-extfile", os.path.join(certs, "san.cnf"), "-out", crt + ".new")
+            os.rename(crt + ".new", crt)
+            os.rename(key + ".new", key)
+            px.proc.send_signal(signal.SIGHUP)
+            verify = "sslmode=verify-full sslrootcert=%s"
+            deadline = time.monotonic() + 10
+            while True:
+                new = self.psql(px, "select 1", verify % os.path.join(certs, "other-ca.crt"),
+                                check=False)
+                if new.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(new.stdout.strip(), "1", new.stderr)
+            stale = self.psql(px, "select 1", verify % os.path.join(certs, "ca.crt"),
+                              check=False)
+            self.assertIn("certificate verify failed", stale.stderr)
+            # a client connected before keeps its session
+            old.send(Query("select 7"))
+            self.assertIn(("D", ("7",)), old.until_ready())
+        finally:
+            old.close()
 
     def test_tls_from_the_first_byte_without_client_tls(self):
         px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")
