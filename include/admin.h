@@ -73,7 +73,8 @@ struct admin_stats {
     const char *primary_reason; /* the primary node's state reason; "" when unknown */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
     uint64_t read_retries;
-    uint64_t multiplexed;      /* reads sent over shared backends (multiplex_reads) */
+    uint64_t tls_clients, tls_failures; /* client_tls: clients over TLS now, failed handshakes */
+    uint64_t multiplexed;               /* reads sent over shared backends (multiplex_reads) */
     uint64_t multiplex_stalls; /* reads kept off a stalled shared backend (multiplex_stall_ms) */
     uint64_t unnamed_prepared; /* unnamed statements' texts kept prepared (cache_unnamed_...) */
     uint64_t unnamed_reused;   /* Parses of such a text answered by a kept statement */

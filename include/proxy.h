@@ -121,6 +121,8 @@ struct proxy {
     uint32_t names_wait;
     bool shutting_down;
     uint64_t read_retries; /* reads retried on the primary: refused by a replica, or its login */
+    uint64_t tls_clients;  /* client connections of this worker over TLS now (client_tls) */
+    uint64_t tls_failures; /* clients' TLS handshakes that failed, and direct ones without ALPN */
     uint64_t route_reasons[ROUTE_REASON_COUNT];
     struct latency_hist lat_request, lat_response;
     /* admin interface (admin.c) and operations (proxy.c) */

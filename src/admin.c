@@ -515,6 +515,14 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
                       "Reads retried on the primary: a replica refused them (25006, 40001) "
                       "or could not be reached for them.");
     rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
+    rc |= prom_family(out, "pgsteer_client_tls_connections", "gauge",
+                      "Client connections over TLS (client_tls).");
+    rc |= buf_printf(out, "pgsteer_client_tls_connections %" PRIu64 "\n", st->tls_clients);
+    rc |= prom_family(out, "pgsteer_client_tls_handshake_failures_total", "counter",
+                      "Clients' TLS handshakes that failed (a certificate refused, bytes that "
+                      "are not TLS, direct TLS without ALPN postgresql).");
+    rc |= buf_printf(out, "pgsteer_client_tls_handshake_failures_total %" PRIu64 "\n",
+                     st->tls_failures);
     rc |= prom_family(out, "pgsteer_multiplexed_reads_total", "counter",
                       "Reads sent over a backend shared by several clients (multiplex_reads).");
     rc |= buf_printf(out, "pgsteer_multiplexed_reads_total %" PRIu64 "\n", st->multiplexed);
@@ -681,6 +689,8 @@ static void collect_worker(struct proxy *px, void *arg)
     for (int i = 0; i < ROUTE_REASON_COUNT; i++)
         st->route_reasons[i] += px->route_reasons[i];
     st->read_retries += px->read_retries;
+    st->tls_clients += px->tls_clients;
+    st->tls_failures += px->tls_failures;
     st->multiplexed += px->multiplexed;
     st->multiplex_stalls += px->multiplex_stalls;
     st->unnamed_prepared += px->unnamed_prepared;
@@ -1207,6 +1217,8 @@ static void show_stats(struct admin_conn *c)
         kv_row(c, k, u64s(v, st->route_reasons[r])), rows++;
     }
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
+    kv_row(c, "client_tls_connections", u64s(v, st->tls_clients)), rows++;
+    kv_row(c, "client_tls_handshake_failures", u64s(v, st->tls_failures)), rows++;
     kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
     kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
     kv_row(c, "unnamed_statements_prepared", u64s(v, st->unnamed_prepared)), rows++;

@@ -203,6 +203,8 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
     if (c->next)
         c->next->prev = c->prev;
     px->nclients--;
+    if (c->tls_phase == CTLS_UP)
+        px->tls_clients--;
     atomic_fetch_sub_explicit(&px->load, 1, memory_order_relaxed);
     atomic_fetch_sub(&px->shared->clients, 1);
     uv_close((uv_handle_t *)&c->tcp, client_close_cb);
@@ -379,6 +381,7 @@ static int client_tls_input(struct client *c)
             return -1;
         }
         if (r < 0) {
+            c->px->tls_failures++;
             log_info("client %u: %s", c->id, tls_error(c->tls));
             client_flush(c); /* the alert that says why, if any */
             client_close(c, NULL, tls_error(c->tls));
@@ -387,9 +390,11 @@ static int client_tls_input(struct client *c)
         if (r == 0)
             return 0;
         c->tls_phase = CTLS_UP;
+        c->px->tls_clients++;
         log_debug("client %u: TLS %s%s", c->id, tls_describe(c->tls),
                   c->tls_direct ? " (direct)" : "");
         if (c->tls_direct && !tls_alpn_postgresql(c->tls)) {
+            c->px->tls_failures++;
             /* Without ALPN a TLS connection straight to a port could be meant for another
              * protocol (PostgreSQL refuses it so); the error goes out over the TLS now up. */
             client_close(c, "08P01",

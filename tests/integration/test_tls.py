@@ -245,10 +245,11 @@ class TlsTest(unittest.TestCase):
 
 def client_tls_yaml(mode, ca=None):
     """pgsteer's client_tls with the test certificate (and ca_file when given), TLS to the
-    nodes too (the primary takes nothing else), and an admin user."""
+    nodes where they offer it (the primary takes nothing else; the replica has none), and an
+    admin user."""
     ca_part = ", ca_file: %s" % os.path.join(certs, ca) if ca else ""
     return ("client_tls: {mode: %s, cert_file: %s, key_file: %s%s}\n"
-            "server_tls: {mode: require}\n"
+            "server_tls: {mode: prefer}\n"
             "admin_users:\n  - {name: admin, password: admin-secret}\n"
             % (mode, os.path.join(certs, "server.crt"), os.path.join(certs, "server.key"), ca_part))
 
@@ -293,6 +294,9 @@ class ClientTlsTest(unittest.TestCase):
             self.assertEqual(sorted(r[10][:5] for r in clients), ["", "TLSv1"])
             config = dict(r[:2] for r in self.admin(px, "SHOW CONFIG"))
             self.assertEqual(config["client_tls.mode"], "allow")
+            stats = dict(r[:2] for r in self.admin(px, "SHOW STATS"))
+            self.assertEqual(stats["client_tls_connections"], "1")
+            self.assertEqual(stats["client_tls_handshake_failures"], "0")
         finally:
             tls.close()
             plain.close()
@@ -430,6 +434,10 @@ class ClientTlsTest(unittest.TestCase):
         conn.close()
         with open(px.log_path) as f:
             self.assertIn("TLS handshake with the client failed", f.read())
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % px.admin_port) as r:
+            metrics = r.read().decode()
+        self.assertIn("\npgsteer_client_tls_handshake_failures_total 1\n", metrics)
+        self.assertIn("\npgsteer_client_tls_connections 0\n", metrics)
 
     def direct(self, alpn):
         """A wrap for wire.Conn: TLS from the first byte, as libpq 17's sslnegotiation=direct,
@@ -503,7 +511,7 @@ class ClientTlsTest(unittest.TestCase):
         shutil.copy(os.path.join(certs, "server.crt"), crt)
         shutil.copy(os.path.join(certs, "server.key"), key)
         px = Pgsteer(cluster, extra_yaml="client_tls: {mode: require, cert_file: %s, key_file: "
-                     "%s}\nserver_tls: {mode: require}\n" % (crt, key))
+                     "%s}\nserver_tls: {mode: prefer}\n" % (crt, key))
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -539,7 +547,7 @@ class ClientTlsTest(unittest.TestCase):
             old.close()
 
     def test_tls_from_the_first_byte_without_client_tls(self):
-        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")
+        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: prefer}\n")
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -549,7 +557,7 @@ class ClientTlsTest(unittest.TestCase):
         self.assertEqual(self.psql(px, "select 1", "sslmode=disable").stdout.strip(), "1")
 
     def test_a_reload_turns_client_tls_on(self):
-        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: require}\n")
+        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: prefer}\n")
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -559,7 +567,7 @@ class ClientTlsTest(unittest.TestCase):
         with open(px.config_path) as f:
             text = f.read()
         with open(px.config_path, "w") as f:
-            f.write(text.replace("server_tls: {mode: require}\n",
+            f.write(text.replace("server_tls: {mode: prefer}\n",
                                  client_tls_yaml("require").split("admin_users")[0]))
         px.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10

@@ -163,6 +163,8 @@ static void fill_stats(struct admin_stats *st)
     st->route_reasons[ROUTE_TRANSACTION] = 2;
     st->route_reasons[ROUTE_PINNED] = 1;
     st->read_retries = 5;
+    st->tls_clients = 2;
+    st->tls_failures = 3;
     st->reloads = 1;
     st->nnodes = 2;
     st->nodes[0] = (struct admin_node_stats){
@@ -283,6 +285,8 @@ static void test_admin_metrics_format(void **state)
     assert_non_null(strstr(t, "pgsteer_queries_total{reason=\"pinned\"} 1\n"));
     assert_non_null(strstr(t, "pgsteer_queries_total{reason=\"read-your-writes\"} 0\n"));
     assert_non_null(strstr(t, "pgsteer_read_retries_total 5\n"));
+    assert_non_null(strstr(t, "pgsteer_client_tls_connections 2\n"));
+    assert_non_null(strstr(t, "pgsteer_client_tls_handshake_failures_total 3\n"));
     assert_non_null(strstr(t, "pgsteer_node_up{node=\"pg1\"} 1\n"));
     /* Label values are escaped. */
     assert_non_null(strstr(t, "pgsteer_node_lag_bytes{node=\"pg\\\"2\"} 50331648\n"));
