@@ -412,6 +412,13 @@ static int prom_family(struct buf *b, const char *name, const char *type, const 
     return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A metric family of one sample without labels: name value */
+static int prom_u64(struct buf *b, const char *name, const char *type, const char *help,
+                    uint64_t value)
+{
+    return prom_family(b, name, type, help) | buf_printf(b, "%s %" PRIu64 "\n", name, value);
+}
+
 /* One per-node sample: name{node="..."[,extra]} value */
 static int prom_node(struct buf *b, const char *name, const struct admin_node_stats *n,
                      const char *extra, const char *value)
@@ -469,8 +476,8 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
     rc |= buf_printf(out, "pgsteer_start_time_seconds %.3f\n", (double)st->start_unix_ms / 1000.0);
     rc |= prom_family(out, "pgsteer_uptime_seconds", "gauge", "Seconds since pgsteer started.");
     rc |= buf_printf(out, "pgsteer_uptime_seconds %.3f\n", st->uptime_seconds);
-    rc |= prom_family(out, "pgsteer_client_connections", "gauge", "Client connections open now.");
-    rc |= buf_printf(out, "pgsteer_client_connections %" PRIu64 "\n", st->clients);
+    rc |= prom_u64(out, "pgsteer_client_connections", "gauge", "Client connections open now.",
+                   st->clients);
     rc |= prom_family(out, "pgsteer_workers", "gauge", "Event-loop worker threads.");
     rc |= buf_printf(out, "pgsteer_workers %d\n", st->workers);
     rc |= prom_family(out, "pgsteer_paused", "gauge",
@@ -511,56 +518,62 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
         rc |= buf_printf(out, "pgsteer_proxy_seconds_count{direction=\"%s\"} %" PRIu64 "\n",
                          dirs[d], hists[d]->count);
     }
-    rc |= prom_family(out, "pgsteer_read_retries_total", "counter",
-                      "Reads retried on the primary: a replica refused them (25006, 40001) "
-                      "or could not be reached for them.");
-    rc |= buf_printf(out, "pgsteer_read_retries_total %" PRIu64 "\n", st->read_retries);
-    rc |= prom_family(out, "pgsteer_client_tls_connections", "gauge",
-                      "Client connections over TLS (client_tls).");
-    rc |= buf_printf(out, "pgsteer_client_tls_connections %" PRIu64 "\n", st->tls_clients);
-    rc |= prom_family(out, "pgsteer_client_tls_handshake_failures_total", "counter",
-                      "Clients' TLS handshakes that failed (a certificate refused, bytes that "
-                      "are not TLS, direct TLS without ALPN postgresql).");
-    rc |= buf_printf(out, "pgsteer_client_tls_handshake_failures_total %" PRIu64 "\n",
-                     st->tls_failures);
-    rc |= prom_family(out, "pgsteer_multiplexed_reads_total", "counter",
-                      "Reads sent over a backend shared by several clients (multiplex_reads).");
-    rc |= buf_printf(out, "pgsteer_multiplexed_reads_total %" PRIu64 "\n", st->multiplexed);
-    rc |= prom_family(out, "pgsteer_multiplex_stalls_total", "counter",
-                      "Reads that could have shared a backend but used the session's own, since "
-                      "the shared one had answered nothing for multiplex_stall_ms.");
-    rc |= buf_printf(out, "pgsteer_multiplex_stalls_total %" PRIu64 "\n", st->multiplex_stalls);
-    rc |= prom_family(out, "pgsteer_unnamed_statements_prepared_total", "counter",
-                      "Texts of clients' unnamed statements a backend prepared under a name of "
-                      "its own to keep (cache_unnamed_statements).");
-    rc |= buf_printf(out, "pgsteer_unnamed_statements_prepared_total %" PRIu64 "\n",
-                     st->unnamed_prepared);
-    rc |= prom_family(out, "pgsteer_unnamed_statements_reused_total", "counter",
-                      "Parses of a client's unnamed statement that a backend answered with a "
-                      "statement it kept prepared: the node did not parse or plan the text "
-                      "again.");
-    rc |= buf_printf(out, "pgsteer_unnamed_statements_reused_total %" PRIu64 "\n",
-                     st->unnamed_reused);
-    rc |= prom_family(out, "pgsteer_simple_queries_prepared_total", "counter",
-                      "Texts of simple-protocol queries, their integer literals made parameters, "
-                      "that a backend prepared to keep (prepare_simple_queries).");
-    rc |=
-        buf_printf(out, "pgsteer_simple_queries_prepared_total %" PRIu64 "\n", st->simple_prepared);
-    rc |= prom_family(out, "pgsteer_simple_queries_reused_total", "counter",
-                      "Simple-protocol queries run as a statement their backend kept prepared: "
-                      "the node did not parse or plan the text again.");
-    rc |= buf_printf(out, "pgsteer_simple_queries_reused_total %" PRIu64 "\n", st->simple_reused);
-    rc |= prom_family(out, "pgsteer_begins_deferred_total", "counter",
-                      "BEGINs answered by pgsteer at once and sent to the primary ahead of the "
-                      "transaction's first statement (defer_begin).");
-    rc |= buf_printf(out, "pgsteer_begins_deferred_total %" PRIu64 "\n", st->begins_deferred);
-    rc |= prom_family(out, "pgsteer_busy_poll_reads_total", "counter",
-                      "Reads that arrived while a worker polled instead of sleeping "
-                      "(busy_poll_us).");
-    rc |= buf_printf(out, "pgsteer_busy_poll_reads_total %" PRIu64 "\n", st->busy_poll_reads);
-    rc |= prom_family(out, "pgsteer_busy_poll_sleeps_total", "counter",
-                      "Times a worker polled for busy_poll_us without input and went to sleep.");
-    rc |= buf_printf(out, "pgsteer_busy_poll_sleeps_total %" PRIu64 "\n", st->busy_poll_sleeps);
+    /* The counters and gauges of one sample each: uint64_t fields of struct admin_stats. */
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } scalars[] = {
+        {"pgsteer_read_retries_total", "counter",
+         "Reads retried on the primary: a replica refused them (25006, 40001) "
+         "or could not be reached for them.",
+         offsetof(struct admin_stats, read_retries)},
+        {"pgsteer_client_tls_connections", "gauge", "Client connections over TLS (client_tls).",
+         offsetof(struct admin_stats, tls_clients)},
+        {"pgsteer_client_tls_handshake_failures_total", "counter",
+         "Clients' TLS handshakes that failed (a certificate refused, bytes that "
+         "are not TLS, direct TLS without ALPN postgresql).",
+         offsetof(struct admin_stats, tls_failures)},
+        {"pgsteer_multiplexed_reads_total", "counter",
+         "Reads sent over a backend shared by several clients (multiplex_reads).",
+         offsetof(struct admin_stats, multiplexed)},
+        {"pgsteer_multiplex_stalls_total", "counter",
+         "Reads that could have shared a backend but used the session's own, since "
+         "the shared one had answered nothing for multiplex_stall_ms.",
+         offsetof(struct admin_stats, multiplex_stalls)},
+        {"pgsteer_unnamed_statements_prepared_total", "counter",
+         "Texts of clients' unnamed statements a backend prepared under a name of "
+         "its own to keep (cache_unnamed_statements).",
+         offsetof(struct admin_stats, unnamed_prepared)},
+        {"pgsteer_unnamed_statements_reused_total", "counter",
+         "Parses of a client's unnamed statement that a backend answered with a "
+         "statement it kept prepared: the node did not parse or plan the text "
+         "again.",
+         offsetof(struct admin_stats, unnamed_reused)},
+        {"pgsteer_simple_queries_prepared_total", "counter",
+         "Texts of simple-protocol queries, their integer literals made parameters, "
+         "that a backend prepared to keep (prepare_simple_queries).",
+         offsetof(struct admin_stats, simple_prepared)},
+        {"pgsteer_simple_queries_reused_total", "counter",
+         "Simple-protocol queries run as a statement their backend kept prepared: "
+         "the node did not parse or plan the text again.",
+         offsetof(struct admin_stats, simple_reused)},
+        {"pgsteer_begins_deferred_total", "counter",
+         "BEGINs answered by pgsteer at once and sent to the primary ahead of the "
+         "transaction's first statement (defer_begin).",
+         offsetof(struct admin_stats, begins_deferred)},
+        {"pgsteer_busy_poll_reads_total", "counter",
+         "Reads that arrived while a worker polled instead of sleeping "
+         "(busy_poll_us).",
+         offsetof(struct admin_stats, busy_poll_reads)},
+        {"pgsteer_busy_poll_sleeps_total", "counter",
+         "Times a worker polled for busy_poll_us without input and went to sleep.",
+         offsetof(struct admin_stats, busy_poll_sleeps)},
+    };
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)st + scalars[i].off, sizeof(v));
+        rc |= prom_u64(out, scalars[i].name, scalars[i].type, scalars[i].help, v);
+    }
     rc |= prom_family(out, "pgsteer_config_reloads_total", "counter",
                       "Configuration reloads by result.");
     rc |= buf_printf(out, "pgsteer_config_reloads_total{result=\"success\"} %" PRIu64 "\n",
