@@ -603,6 +603,11 @@ struct client {
     bool retry_inflight;
     struct buf retry_sql;
     struct buf retry_hold;
+    /* An extended read batch (up to its Sync) sent to a replica backend still logging in, kept
+     * so that it can be routed again should that login fail (nothing of it reached the node);
+     * login_node is that node, -1 when nothing is kept */
+    struct buf login_batch;
+    int login_node;
     struct route last_route;
     struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
     unsigned shared_owed;             /* answers shared backends owe the client (multiplex_reads) */
@@ -672,6 +677,10 @@ void client_on_copy_in(struct client *c, struct backend *b, bool extended);
 void client_retry_on_primary(struct client *c, const char *why);
 /* The retryable read got an answer the client may see: send what was held back. */
 void client_retry_settled(struct client *c);
+/* The replica backend for which c kept its extended read batch (login_batch) could not log
+ * in, and nothing else was owed there: route the batch again, as if it came now (the failed
+ * node is off reads for a while). Called from backend.c after the backend is closed. */
+void client_retry_batch(struct client *c, int node, const char *why);
 
 /* The monitor published a new snapshot: clients waiting for one may go on. */
 void client_on_snapshot(struct client *c);

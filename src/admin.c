@@ -524,8 +524,8 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
         size_t off;
     } scalars[] = {
         {"pgsteer_read_retries_total", "counter",
-         "Reads retried on the primary: a replica refused them (25006, 40001) "
-         "or could not be reached for them.",
+         "Reads run again: on the primary when a replica refused them (25006, 40001), "
+         "elsewhere when their replica could not be reached.",
          offsetof(struct admin_stats, read_retries)},
         {"pgsteer_client_tls_connections", "gauge", "Client connections over TLS (client_tls).",
          offsetof(struct admin_stats, tls_clients)},

@@ -1314,7 +1314,7 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
     const char *name = px->cfg->nodes[b->node].name;
     log_warn("client %u: backend to node %s failed: %s", c->id, name, message);
     proxy_node_failed(px, b->node);
-    size_t owed_ready = 0;
+    size_t owed_ready = 0, owed_syncs = 0;
     bool owed_any = false, retry = false, owed_other = false;
     /* An error forwarded since the last ReadyForQuery (the node's own FATAL, say) answered the
      * first unit owed already; the others get one each from client_backend_failed. */
@@ -1337,6 +1337,8 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
         owed_any = true;
         if (e.kind == EXP_SYNC || e.kind == EXP_QUERY)
             owed_ready++;
+        if (e.kind == EXP_SYNC)
+            owed_syncs++;
     }
     /* A transaction open there, a block or a batch's implicit one, is gone: rolled back, with
      * the changes to settings made in it. */
@@ -1355,6 +1357,17 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
          * as it does a read a replica refuses. */
         client_retry_on_primary(c, "a replica could not be reached for a read");
         return;
+    }
+    if (login && c->login_node == node && owed_ready == 1 && owed_syncs == 1 && !answered &&
+        !retry && c->state == CLIENT_READY && !c->processing) {
+        /* An extended read batch, the replica backend's only unit, that never reached the
+         * node: routed again, to another replica or the primary. */
+        client_retry_batch(c, node, "a replica could not be reached for a read");
+        return;
+    }
+    if (c->login_node == node) { /* (what it kept is owed an error now) */
+        c->login_node = -1;
+        buf_reset(&c->login_batch);
     }
     if (retry) /* the read that might have moved to the primary ends here, with the error */
         client_retry_settled(c);

@@ -124,6 +124,7 @@ static void client_free(struct client *c)
     buf_destroy(&c->kept_batch);
     buf_destroy(&c->held_begin);
     buf_destroy(&c->retry_hold);
+    buf_destroy(&c->login_batch);
     buf_destroy(&c->scratch);
     client_classify_cache_free(c);
     free(c->user);
@@ -498,6 +499,8 @@ static void client_start(struct proxy *px, struct client *c, bool tcp)
     buf_init(&c->kept_batch);
     buf_init(&c->held_begin);
     buf_init(&c->retry_hold);
+    buf_init(&c->login_batch);
+    c->login_node = -1;
     buf_init(&c->scratch);
     c->next = px->clients;
     if (px->clients)
@@ -1214,6 +1217,11 @@ static int client_auth_ok(struct client *c)
 
 void client_backend_ready(struct client *c, struct backend *b)
 {
+    if (c->login_node == b->node) {
+        /* In: the kept batch is the node's now. */
+        c->login_node = -1;
+        buf_reset(&c->login_batch);
+    }
     if (c->state != CLIENT_CONNECTING)
         return;
     struct param_cache *pc = c->param_filler;
@@ -1302,6 +1310,36 @@ void client_retry_on_primary(struct client *c, const char *why)
     buf_reset(&c->retry_sql);
     c->cur_node = p;
     backend_flush(b);
+}
+
+void client_retry_batch(struct client *c, int node, const char *why)
+{
+    struct buf *in = &c->in;
+    size_t n = buf_avail(&c->login_batch);
+    c->login_node = -1;
+    c->px->read_retries++;
+    log_info("client %u: %s; routing it again", c->id, why);
+    if (c->batch_node == node) {
+        c->batch_node = -1;
+        c->batch_failed = false;
+    }
+    if (c->cur_node == node)
+        c->cur_node = -1;
+    /* The batch goes back in front of what the client sent after it. */
+    if (in->off >= n) {
+        in->off -= n;
+    } else if (buf_reserve(in, n) == 0) {
+        memmove(in->data + in->off + n, in->data + in->off, in->len - in->off);
+        in->len += n;
+    } else {
+        client_close(c, "53200", "out of memory");
+        return;
+    }
+    memcpy(in->data + in->off, buf_head(&c->login_batch), n);
+    buf_reset(&c->login_batch);
+    c->stalled = false;
+    client_process(c);
+    client_flush(c);
 }
 
 /* Read-your-writes: once a monitor round sampled the primary after the session's last write
@@ -1884,9 +1922,11 @@ static int client_handle_query(struct client *c, const struct proto_msg *m)
 /* ---- extended protocol ---- */
 
 /* Scan the buffered extended messages up to the next Sync or Flush. Returns 1 when the unit is
- * complete (flags set), 0 when more input is needed, -1 on a malformed message (closed). */
-static int client_scan_batch(struct client *c, unsigned *flags)
+ * complete (flags set; *synced the bytes up to and with its Sync when a Sync ends it, else 0),
+ * 0 when more input is needed, -1 on a malformed message (closed). */
+static int client_scan_batch(struct client *c, unsigned *flags, size_t *synced)
 {
+    *synced = 0;
     const char *p = buf_head(&c->in);
     size_t n = buf_avail(&c->in), off = 0;
     unsigned f = 0;
@@ -1936,6 +1976,9 @@ static int client_scan_batch(struct client *c, unsigned *flags)
             f |= CL_WRITE;
             break;
         case FE_SYNC:
+            *synced = off;
+            *flags = f;
+            return 1;
         case FE_FLUSH:
             *flags = f;
             return 1;
@@ -2269,7 +2312,8 @@ static int client_forward_batch_msg(struct client *c, const struct proto_msg *m)
 static int client_maybe_rebind(struct client *c)
 {
     unsigned flags;
-    int rc = client_scan_batch(c, &flags);
+    size_t synced;
+    int rc = client_scan_batch(c, &flags, &synced);
     if (rc <= 0)
         return rc < 0 ? -1 : 1;
     c->batch_flushed = false;
@@ -2912,7 +2956,8 @@ static int client_defer_begin_batch(struct client *c, struct route rt, unsigned 
 static int client_start_batch(struct client *c)
 {
     unsigned flags;
-    int rc = client_scan_batch(c, &flags);
+    size_t synced;
+    int rc = client_scan_batch(c, &flags, &synced);
     if (rc <= 0)
         return rc < 0 ? -1 : 1;
     if (flags & (CL_PGSTEER_SET | CL_PGSTEER_SHOW)) {
@@ -2955,10 +3000,21 @@ static int client_start_batch(struct client *c)
                 return rc;
         }
     }
+    /* (before anything of this batch is owed) */
+    bool alone = !client_busy(c);
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
+    buf_reset(&c->login_batch);
+    c->login_node = -1;
+    if (synced && alone && rt.reason == ROUTE_READ && rt.node != c->px->cfg->primary &&
+        b->state != BACKEND_READY) {
+        /* A read, the backend's first unit, on a replica it is still logging in to: kept, to
+         * be routed again should that login fail (client_retry_batch). */
+        if (buf_append(&c->login_batch, buf_head(&c->in), synced) == 0)
+            c->login_node = rt.node;
+    }
     if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");
         return -1;

@@ -154,15 +154,42 @@ class TlsTest(unittest.TestCase):
         # (a read that came after the failure went to the primary at once)
         self.assertGreaterEqual(read_retries(px), 1)
 
-    def test_an_extended_read_whose_replica_cannot_be_reached_fails_once(self):
-        # Only a simple-protocol read is kept to be run again; an extended one hears 08001 (its
-        # connection stays usable), and the next read goes to the primary.
+    def test_an_extended_read_whose_replica_cannot_be_reached_runs_elsewhere(self):
+        # An extended batch kept while its replica backend logs in is routed again when that
+        # login fails: here to the primary (the only other node), its named statement made
+        # there, and the session's settings with it.
+        px = self.proxy("{mode: verify-full, ca_file: %s}" % os.path.join(certs, "ca.crt"))
+        primary = str(cluster.primary_port)
+        c = Conn(px.port)
+        try:
+            c.send(Query("set application_name = 'ext-moved'"))
+            c.until_ready()
+            c.send(Parse("select inet_server_port(), $1::int, current_setting('application_name')",
+                         name="s1") + Bind(stmt="s1", params=("7",)) + Execute() + Sync)
+            out = c.until_ready()
+            self.assertEqual([m for m in out if m[0] == "E"], [])
+            self.assertIn(("D", (primary, "7", "ext-moved")), out)
+            # the statement is the session's: bound again, and used after other traffic
+            c.send(Bind(stmt="s1", params=("8",)) + Execute() + Sync)
+            self.assertIn(("D", (primary, "8", "ext-moved")), c.until_ready())
+        finally:
+            c.close()
+        self.assertEqual(read_retries(px), 1)
+        with open(px.log_path) as f:
+            self.assertIn("a replica could not be reached for a read; routing it again",
+                          f.read())
+
+    def test_pipelined_extended_reads_whose_replica_cannot_be_reached_fail(self):
+        # Two batches queued on the backend before its login fails: neither is kept to be
+        # routed again (only a backend's one unit is), each hears 08001, and the session
+        # goes on.
         px = self.proxy("{mode: verify-full, ca_file: %s}" % os.path.join(certs, "ca.crt"))
         c = Conn(px.port)
         try:
-            c.send(Parse("select inet_server_port()") + Bind() + Execute() + Sync)
-            out = c.until_ready()
-            self.assertEqual([m[1] for m in out if m[0] == "E"], ["08001"])
+            batch = Parse("select inet_server_port()") + Bind() + Execute() + Sync
+            c.send(batch + batch)
+            out = c.until_ready(2)
+            self.assertEqual([m[1] for m in out if m[0] == "E"], ["08001", "08001"])
             self.assertEqual(self.ask(c, "select inet_server_port()"),
                              [(str(cluster.primary_port),)])
         finally:
