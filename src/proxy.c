@@ -1119,7 +1119,10 @@ int proxy_run(struct config *cfg)
         n = 1;
     if (n > CONFIG_MAX_WORKERS)
         n = CONFIG_MAX_WORKERS;
-    struct proxy *workers[CONFIG_MAX_WORKERS] = {&px};
+    /* (static: a start that fails half-way returns with the workers made so far unfreed, the
+     * process about to exit, and they stay reachable rather than leaked) */
+    static struct proxy *workers[CONFIG_MAX_WORKERS];
+    workers[0] = &px;
     shared.workers = workers;
     shared.nworkers = n;
     shared.cpu_affinity = cfg->cpu_affinity;
