@@ -138,7 +138,9 @@ struct config {
     enum cpu_affinity cpu_affinity; /* default off; auto pins worker i to the i-th CPU */
     int busy_poll_us;               /* poll this long after input before sleeping; default 0 */
     int shutdown_timeout_ms;        /* default 30000 */
-    int connect_timeout_ms;         /* backend connect timeout, default 5000 */
+    /* a client not logged in this long after it connected is closed; default 60000; 0: never */
+    int client_login_timeout_ms;
+    int connect_timeout_ms; /* backend connect timeout, default 5000 */
     /* A client's backend that is idle when the client leaves is reset and kept for the next
      * client with the same user, database and startup parameters (backend.c, "the pool") */
     int backend_idle_max;        /* kept per node in the whole process; default 20; 0: none */

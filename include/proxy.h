@@ -163,7 +163,10 @@ struct proxy {
     /* Units queued on shared backends during one turn of the loop go out in one write per
      * backend, before the loop next polls (backend_shared_defer_flush) */
     uv_prepare_t shared_prepare;
-    uint32_t shared_dirty;     /* bit i: shared_be[i] has queued bytes to send */
+    uint32_t shared_dirty; /* bit i: shared_be[i] has queued bytes to send */
+    /* client_login_timeout_ms: closes the clients that have not logged in in time */
+    uv_timer_t login_timer;
+    uint64_t login_timeouts;   /* clients closed so */
     uint64_t multiplexed;      /* statements sent over a shared backend */
     uint64_t multiplex_stalls; /* reads that used an own backend: the shared one was stalled */
     /* cache_unnamed_statements: unnamed statements prepared under a backend's own name, and
@@ -532,8 +535,9 @@ struct client {
     struct buf writing;
     bool write_pending;
     bool reading;
-    bool over_tcp;      /* not a Unix-domain socket: TLS may be asked for (client_tls) */
-    uint32_t read_size; /* bytes to read next: grows while reads fill it */
+    bool over_tcp;       /* not a Unix-domain socket: TLS may be asked for (client_tls) */
+    uint32_t read_size;  /* bytes to read next: grows while reads fill it */
+    int64_t accepted_ms; /* proxy_now_ms() when accepted (client_login_timeout_ms) */
     /* client_tls: the connection's TLS once the client asked for it and got 'S', or started it
      * at once (tls_direct: its first bytes were a TLS handshake) (owned), how far it is (enum
      * client_tls_phase), and the ciphertext read and to be written; in and out above then hold

@@ -533,6 +533,9 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
          "Clients' TLS handshakes that failed (a certificate refused, bytes that "
          "are not TLS, direct TLS without ALPN postgresql).",
          offsetof(struct admin_stats, tls_failures)},
+        {"pgsteer_client_login_timeouts_total", "counter",
+         "Clients closed for not logging in within client_login_timeout_ms.",
+         offsetof(struct admin_stats, login_timeouts)},
         {"pgsteer_multiplexed_reads_total", "counter",
          "Reads sent over a backend shared by several clients (multiplex_reads).",
          offsetof(struct admin_stats, multiplexed)},
@@ -704,6 +707,7 @@ static void collect_worker(struct proxy *px, void *arg)
     st->read_retries += px->read_retries;
     st->tls_clients += px->tls_clients;
     st->tls_failures += px->tls_failures;
+    st->login_timeouts += px->login_timeouts;
     st->multiplexed += px->multiplexed;
     st->multiplex_stalls += px->multiplex_stalls;
     st->unnamed_prepared += px->unnamed_prepared;
@@ -1232,6 +1236,7 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "read_retries_on_primary", u64s(v, st->read_retries)), rows++;
     kv_row(c, "client_tls_connections", u64s(v, st->tls_clients)), rows++;
     kv_row(c, "client_tls_handshake_failures", u64s(v, st->tls_failures)), rows++;
+    kv_row(c, "client_login_timeouts", u64s(v, st->login_timeouts)), rows++;
     kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
     kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
     kv_row(c, "unnamed_statements_prepared", u64s(v, st->unnamed_prepared)), rows++;
@@ -1455,6 +1460,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "multiplex_stall_ms", cfg->multiplex_stall_ms), rows++;
     kv_int(c, "max_client_conn", cfg->max_client_conn), rows++;
     kv_int(c, "shutdown_timeout_ms", cfg->shutdown_timeout_ms), rows++;
+    kv_int(c, "client_login_timeout_ms", cfg->client_login_timeout_ms), rows++;
     kv_int(c, "connect_timeout_ms", cfg->connect_timeout_ms), rows++;
     kv_int(c, "backend_idle_max", cfg->backend_idle_max), rows++;
     kv_int(c, "backend_idle_timeout_ms", cfg->backend_idle_timeout_ms), rows++;

@@ -490,6 +490,7 @@ static void client_start(struct proxy *px, struct client *c, bool tcp)
     c->read_node = -1;
     c->consistency = px->cfg->consistency;
     c->over_tcp = tcp;
+    c->accepted_ms = proxy_now_ms();
     buf_init(&c->in);
     buf_init(&c->out);
     buf_init(&c->writing);

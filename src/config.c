@@ -1320,6 +1320,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "cpu_affinity",
                                         "busy_poll_us",
                                         "shutdown_timeout_ms",
+                                        "client_login_timeout_ms",
                                         "connect_timeout_ms",
                                         "backend_idle_max",
                                         "backend_idle_timeout_ms",
@@ -1355,6 +1356,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_CPU_AFFINITY,
         K_BUSY_POLL,
         K_SHUTDOWN,
+        K_LOGIN_TIMEOUT,
         K_CONNECT,
         K_IDLE_MAX,
         K_IDLE_TIMEOUT,
@@ -1424,6 +1426,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                   &cfg->busy_poll_us);
     if (v[K_SHUTDOWN])
         get_int32(c, v[K_SHUTDOWN], "shutdown_timeout_ms", 0, INT_MAX, &cfg->shutdown_timeout_ms);
+    if (v[K_LOGIN_TIMEOUT])
+        get_int32(c, v[K_LOGIN_TIMEOUT], "client_login_timeout_ms", 0, INT_MAX,
+                  &cfg->client_login_timeout_ms);
     if (v[K_CONNECT])
         get_int32(c, v[K_CONNECT], "connect_timeout_ms", 1, INT_MAX, &cfg->connect_timeout_ms);
     if (v[K_IDLE_MAX])
@@ -1486,6 +1491,7 @@ static void set_defaults(struct ctx *c, struct config *cfg)
     cfg->workers = 0;
     cfg->cpu_affinity = CPU_AFFINITY_OFF;
     cfg->shutdown_timeout_ms = 30000;
+    cfg->client_login_timeout_ms = 60000;
     cfg->connect_timeout_ms = 5000;
     cfg->backend_idle_max = 20;
     cfg->multiplex_stall_ms = 10;

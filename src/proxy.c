@@ -774,6 +774,45 @@ static void shutdown_tick(uv_timer_t *t)
     }
 }
 
+/* How often login_tick looks: about four times per timeout, at most once a second (also when
+ * off, so that a reload can turn it on). */
+static uint64_t login_tick_ms(int timeout_ms)
+{
+    if (timeout_ms <= 0 || timeout_ms >= 4000)
+        return 1000;
+    return timeout_ms / 4 < 10 ? 10 : (uint64_t)timeout_ms / 4;
+}
+
+/* client_login_timeout_ms: close the clients still logging in (startup, TLS handshake,
+ * authentication) that long after they were accepted. */
+static void login_tick(uv_timer_t *t)
+{
+    struct proxy *px = t->data;
+    int timeout = px->cfg->client_login_timeout_ms;
+    uint64_t period = login_tick_ms(timeout);
+    if (uv_timer_get_repeat(t) != period)
+        uv_timer_set_repeat(t, period);
+    if (timeout <= 0)
+        return;
+    int64_t now = proxy_now_ms();
+    for (struct client *c = px->clients, *next; c; c = next) {
+        next = c->next;
+        if ((c->state != CLIENT_STARTUP && c->state != CLIENT_AUTH) ||
+            now - c->accepted_ms < timeout)
+            continue;
+        px->login_timeouts++;
+        if (c->tls_phase == CTLS_HANDSHAKE) {
+            /* (nothing it could read: the handshake is not done) */
+            log_info("client %u closed: TLS handshake not finished within "
+                     "client_login_timeout_ms",
+                     c->id);
+            client_close(c, NULL, "TLS handshake timeout");
+        } else {
+            client_close(c, "57014", "canceling authentication due to timeout");
+        }
+    }
+}
+
 /* SIGTERM: stop accepting, let clients finish their transactions. A proxy_fn. */
 static void drain_begin(struct proxy *px, void *arg)
 {
@@ -1004,6 +1043,11 @@ static int worker_init(struct proxy *px, int index, struct proxy_shared *sh, uv_
     px->poll_idle.data = px;
     uv_prepare_init(loop, &px->shared_prepare);
     px->shared_prepare.data = px;
+    uv_timer_init(loop, &px->login_timer);
+    px->login_timer.data = px;
+    uint64_t tick = login_tick_ms(cfg->client_login_timeout_ms);
+    uv_timer_start(&px->login_timer, login_tick, tick, tick);
+    uv_unref((uv_handle_t *)&px->login_timer); /* (housekeeping: keeps no loop alive) */
     px->poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
     /* Several workers each listen on the same address with SO_REUSEPORT, and the kernel
      * spreads new connections over them. */

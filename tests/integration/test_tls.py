@@ -573,6 +573,45 @@ class ClientTlsTest(unittest.TestCase):
         finally:
             old.close()
 
+    def test_a_client_that_does_not_log_in_in_time_is_closed(self):
+        px = self.proxy("allow", extra_yaml="client_login_timeout_ms: 400\n")
+
+        def until_closed(s):
+            got, started = b"", time.monotonic()
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return got, time.monotonic() - started
+                got += chunk
+
+        silent = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        stalled_auth = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        stalled_tls = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        session = Conn(px.port)
+        try:
+            body = struct.pack("!I", 196608) + b"user\0app\0database\0app\0\0"
+            stalled_auth.sendall(struct.pack("!I", len(body) + 4) + body)
+            self.assertEqual(stalled_auth.recv(1), b"R")  # asked for SCRAM; never answered
+            stalled_tls.sendall(struct.pack("!II", 8, 80877103))
+            self.assertEqual(stalled_tls.recv(1), b"S")  # then no ClientHello
+            for s in (silent, stalled_auth):
+                got, waited = until_closed(s)
+                self.assertIn(b"C57014\0", got)
+                self.assertIn(b"canceling authentication due to timeout", got)
+                self.assertLess(waited, 5)
+            got, waited = until_closed(stalled_tls)
+            self.assertEqual(got, b"")  # nothing it could read mid-handshake
+            # a session that logged in may stay idle far longer
+            time.sleep(1.0)
+            session.send(Query("select 1"))
+            self.assertIn(("D", ("1",)), session.until_ready())
+        finally:
+            for s in (silent, stalled_auth, stalled_tls):
+                s.close()
+            session.close()
+        stats = dict(r[:2] for r in self.admin(px, "SHOW STATS"))
+        self.assertEqual(stats["client_login_timeouts"], "3")
+
     def test_tls_from_the_first_byte_without_client_tls(self):
         px = Pgsteer(cluster, extra_yaml="server_tls: {mode: prefer}\n")
         px.monitor_host = cluster.sockdir

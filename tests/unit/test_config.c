@@ -145,6 +145,7 @@ static void test_config_load_sets_every_key(void **state)
     assert_int_equal(c->cpu_affinity, CPU_AFFINITY_AUTO);
     assert_int_equal(c->busy_poll_us, 150);
     assert_int_equal(c->shutdown_timeout_ms, 0);
+    assert_int_equal(c->client_login_timeout_ms, 15000);
     assert_int_equal(c->connect_timeout_ms, 7000);
     assert_int_equal(c->backend_idle_max, 5);
     assert_int_equal(c->backend_idle_timeout_ms, 30000);
@@ -192,6 +193,7 @@ static void test_config_parse_applies_defaults(void **state)
     assert_int_equal(c->busy_poll_us, 0); /* sleep when idle */
     assert_null(c->unix_socket_dir);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
+    assert_int_equal(c->client_login_timeout_ms, 60000);
     assert_int_equal(c->connect_timeout_ms, 5000);
     assert_int_equal(c->backend_idle_max, 20);
     assert_int_equal(c->backend_idle_timeout_ms, 60000);
@@ -1054,6 +1056,7 @@ static void test_config_parse_reports_out_of_range(void **state)
     expect_errors("max_client_conn: 1000001\n"
                   "shutdown_timeout_ms: -1\n"
                   "connect_timeout_ms: 0\n"
+                  "client_login_timeout_ms: -1\n"
                   "monitor:\n"
                   "  interval_ms: 60001\n"
                   "  max_lag_ms: -5\n"
@@ -1066,13 +1069,14 @@ static void test_config_parse_reports_out_of_range(void **state)
                   "t.yaml:1:18: 'max_client_conn' must be between 1 and 1000000, got 1000001\n"
                   "t.yaml:2:22: 'shutdown_timeout_ms' must be at least 0, got -1\n"
                   "t.yaml:3:21: 'connect_timeout_ms' must be at least 1, got 0\n"
-                  "t.yaml:5:16: 'interval_ms' must be between 10 and 60000, got 60001\n"
-                  "t.yaml:6:15: 'max_lag_ms' must be at least 0, got -5\n"
-                  "t.yaml:7:23: 'connect_timeout_ms' must be at least 1, got 0\n"
-                  "t.yaml:8:19: 'recover_checks' must be at least 1, got 0\n"
-                  "t.yaml:11:30: 'port' must be between 1 and 65535, got 65536\n"
-                  "t.yaml:11:66: 'monitor_port' must be between 1 and 65535, got 0\n"
-                  "t.yaml:12:56: 'weight' must be between 0 and 1000000, got 1000001\n");
+                  "t.yaml:4:26: 'client_login_timeout_ms' must be at least 0, got -1\n"
+                  "t.yaml:6:16: 'interval_ms' must be between 10 and 60000, got 60001\n"
+                  "t.yaml:7:15: 'max_lag_ms' must be at least 0, got -5\n"
+                  "t.yaml:8:23: 'connect_timeout_ms' must be at least 1, got 0\n"
+                  "t.yaml:9:19: 'recover_checks' must be at least 1, got 0\n"
+                  "t.yaml:12:30: 'port' must be between 1 and 65535, got 65536\n"
+                  "t.yaml:12:66: 'monitor_port' must be between 1 and 65535, got 0\n"
+                  "t.yaml:13:56: 'weight' must be between 0 and 1000000, got 1000001\n");
     expect_errors("busy_poll_us: 10001\n" BASE,
                   "t.yaml:1:15: 'busy_poll_us' must be between 0 and 10000, got 10001\n");
     expect_errors("busy_poll_us: -1\n" BASE,
