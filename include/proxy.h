@@ -607,11 +607,13 @@ struct client {
     bool retry_inflight;
     struct buf retry_sql;
     struct buf retry_hold;
-    /* An extended read batch (up to its Sync) sent to a replica backend still logging in, kept
-     * so that it can be routed again should that login fail (nothing of it reached the node);
-     * login_node is that node, -1 when nothing is kept */
+    /* Extended read batches (each up to its Sync) sent to a replica backend still logging in,
+     * the backend's only units, kept so that they can be routed again should that login fail
+     * (nothing of them reached the node); login_node is that node, -1 when nothing is kept,
+     * login_units how many batches */
     struct buf login_batch;
     int login_node;
+    unsigned login_units;
     struct route last_route;
     struct classify_cache *cls_cache; /* recent statement texts and their class; lazily made */
     unsigned shared_owed;             /* answers shared backends owe the client (multiplex_reads) */

@@ -1358,15 +1358,17 @@ static void backend_fail(struct backend *b, const char *sqlstate, const char *me
         client_retry_on_primary(c, "a replica could not be reached for a read");
         return;
     }
-    if (login && c->login_node == node && owed_ready == 1 && owed_syncs == 1 && !answered &&
-        !retry && c->state == CLIENT_READY && !c->processing) {
-        /* An extended read batch, the replica backend's only unit, that never reached the
+    if (login && c->login_node == node && owed_ready == c->login_units &&
+        owed_syncs == c->login_units && !answered && !retry && c->state == CLIENT_READY &&
+        !c->processing) {
+        /* Extended read batches, the replica backend's only units, that never reached the
          * node: routed again, to another replica or the primary. */
         client_retry_batch(c, node, "a replica could not be reached for a read");
         return;
     }
     if (c->login_node == node) { /* (what it kept is owed an error now) */
         c->login_node = -1;
+        c->login_units = 0;
         buf_reset(&c->login_batch);
     }
     if (retry) /* the read that might have moved to the primary ends here, with the error */

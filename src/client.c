@@ -1219,8 +1219,9 @@ static int client_auth_ok(struct client *c)
 void client_backend_ready(struct client *c, struct backend *b)
 {
     if (c->login_node == b->node) {
-        /* In: the kept batch is the node's now. */
+        /* In: the kept batches are the node's now. */
         c->login_node = -1;
+        c->login_units = 0;
         buf_reset(&c->login_batch);
     }
     if (c->state != CLIENT_CONNECTING)
@@ -1318,6 +1319,7 @@ void client_retry_batch(struct client *c, int node, const char *why)
     struct buf *in = &c->in;
     size_t n = buf_avail(&c->login_batch);
     c->login_node = -1;
+    c->login_units = 0;
     c->px->read_retries++;
     log_info("client %u: %s; routing it again", c->id, why);
     if (c->batch_node == node) {
@@ -3007,14 +3009,22 @@ static int client_start_batch(struct client *c)
     if (b == NULL)
         return -1;
     client_count_route(c, rt, flags);
-    buf_reset(&c->login_batch);
-    c->login_node = -1;
-    if (synced && alone && rt.reason == ROUTE_READ && rt.node != c->px->cfg->primary &&
-        b->state != BACKEND_READY) {
-        /* A read, the backend's first unit, on a replica it is still logging in to: kept, to
-         * be routed again should that login fail (client_retry_batch). */
-        if (buf_append(&c->login_batch, buf_head(&c->in), synced) == 0)
-            c->login_node = rt.node;
+    /* A read on a replica the backend is still logging in to, as its first unit or behind
+     * others so kept: kept too, to be routed again should that login fail
+     * (client_retry_batch). Anything else queued there ends the keeping. */
+    bool keep = synced && rt.reason == ROUTE_READ && rt.node != c->px->cfg->primary &&
+                b->state != BACKEND_READY;
+    if (!(keep && c->login_node == rt.node && c->login_units > 0)) {
+        buf_reset(&c->login_batch);
+        c->login_node = -1;
+        c->login_units = 0;
+        keep = keep && alone;
+    }
+    if (keep && buf_append(&c->login_batch, buf_head(&c->in), synced) == 0) {
+        c->login_node = rt.node;
+        c->login_units++;
+    } else if (keep) { /* (out of memory: they get the error, should it come) */
+        c->login_node = -1;
     }
     if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");

@@ -179,19 +179,31 @@ class TlsTest(unittest.TestCase):
             self.assertIn("a replica could not be reached for a read; routing it again",
                           f.read())
 
-    def test_pipelined_extended_reads_whose_replica_cannot_be_reached_fail(self):
-        # Two batches queued on the backend before its login fails: neither is kept to be
-        # routed again (only a backend's one unit is), each hears 08001, and the session
-        # goes on.
+    def test_pipelined_extended_reads_whose_replica_cannot_be_reached(self):
+        # Three read batches queued on the backend before its login fails are routed again
+        # together, in order; a simple Query queued behind them is not kept, and then all of
+        # them hear 08001 (the session goes on).
+        px = self.proxy("{mode: verify-full, ca_file: %s}" % os.path.join(certs, "ca.crt"))
+        primary = str(cluster.primary_port)
+        c = Conn(px.port)
+        try:
+            batches = b"".join(Parse("select inet_server_port(), %d" % i) + Bind() + Execute() +
+                               Sync for i in range(3))
+            c.send(batches)
+            out = c.until_ready(3)
+            self.assertEqual([m[1] for m in out if m[0] in "DE"],
+                             [(primary, str(i)) for i in range(3)])
+        finally:
+            c.close()
+        self.assertEqual(read_retries(px), 1)
         px = self.proxy("{mode: verify-full, ca_file: %s}" % os.path.join(certs, "ca.crt"))
         c = Conn(px.port)
         try:
             batch = Parse("select inet_server_port()") + Bind() + Execute() + Sync
-            c.send(batch + batch)
+            c.send(batch + Query("select 2"))
             out = c.until_ready(2)
             self.assertEqual([m[1] for m in out if m[0] == "E"], ["08001", "08001"])
-            self.assertEqual(self.ask(c, "select inet_server_port()"),
-                             [(str(cluster.primary_port),)])
+            self.assertEqual(self.ask(c, "select inet_server_port()"), [(primary,)])
         finally:
             c.close()
         self.assertEqual(read_retries(px), 0)
