@@ -339,13 +339,20 @@ static void client_send_ready(struct client *c)
 
 /* ---- input ---- */
 
-/* Make room at the end of `in` for the next read of c (read_size bytes). */
-static void client_in_room(struct client *c, struct buf *in, uv_buf_t *ub)
+/* Drop what was read from `in` before more is added: all of it, or by compaction once it is
+ * past half the buffer. */
+static void client_in_tidy(struct buf *in)
 {
     if (in->off > 0 && in->off == in->len)
         buf_reset(in);
     else if (in->off > in->cap / 2)
         buf_compact(in);
+}
+
+/* Make room at the end of `in` for the next read of c (read_size bytes). */
+static void client_in_room(struct client *c, struct buf *in, uv_buf_t *ub)
+{
+    client_in_tidy(in);
     /* Read as much as the client sent last time, and more when it filled the space: an idle
      * client holds a small buffer, a busy one reads in large chunks. */
     if (c->read_size == 0)
@@ -404,10 +411,7 @@ static int client_tls_input(struct client *c)
             return -1;
         }
     }
-    if (c->in.off > 0 && c->in.off == c->in.len)
-        buf_reset(&c->in);
-    else if (c->in.off > c->in.cap / 2)
-        buf_compact(&c->in);
+    client_in_tidy(&c->in);
     for (;;) {
         if (buf_reserve(&c->in, CLIENT_READ_MIN) < 0) {
             client_close(c, NULL, "out of memory");
@@ -860,6 +864,12 @@ static int client_handle_startup(struct client *c, const char *p, size_t n)
     return client_start_auth(c);
 }
 
+/* client_tls: whether c may start TLS now: it is on, c came over TCP and has none yet. */
+static bool client_may_start_tls(const struct client *c)
+{
+    return c->px->client_tls != NULL && c->over_tcp && c->tls == NULL;
+}
+
 /* client_tls: c asked for TLS (SSLRequest, nothing after it): say 'S', in plain text, and
  * take the handshake that follows. Returns 0, or -1 when c was closed. */
 static int client_tls_start(struct client *c)
@@ -913,8 +923,7 @@ static int client_handle_startup_packet(struct client *c)
 {
     /* A startup packet's first byte is the top of its length, always 0; a TLS handshake
      * record starts with 22. */
-    if (c->tls == NULL && c->over_tcp && c->px->client_tls && buf_avail(&c->in) > 0 &&
-        (uint8_t)buf_head(&c->in)[0] == 0x16)
+    if (client_may_start_tls(c) && buf_avail(&c->in) > 0 && (uint8_t)buf_head(&c->in)[0] == 0x16)
         return client_tls_direct(c);
     uint32_t code;
     int n = proto_frame_startup(buf_head(&c->in), buf_avail(&c->in), &code);
@@ -932,7 +941,7 @@ static int client_handle_startup_packet(struct client *c)
             client_close(c, "08P01", "unexpected data after encryption request");
             return -1;
         }
-        if (code == PROTO_SSL_CODE && c->px->client_tls && c->over_tcp && c->tls == NULL)
+        if (code == PROTO_SSL_CODE && client_may_start_tls(c))
             return client_tls_start(c);
         client_queue(c, "N", 1); /* (a second SSLRequest, inside TLS, too: as a server does) */
         return 0;
@@ -3003,8 +3012,6 @@ static int client_start_batch(struct client *c)
                 return rc;
         }
     }
-    /* (before anything of this batch is owed) */
-    bool alone = !client_busy(c);
     struct backend *b = client_backend(c, rt.node);
     if (b == NULL)
         return -1;
@@ -3014,17 +3021,21 @@ static int client_start_batch(struct client *c)
      * (client_retry_batch). Anything else queued there ends the keeping. */
     bool keep = synced && rt.reason == ROUTE_READ && rt.node != c->px->cfg->primary &&
                 b->state != BACKEND_READY;
-    if (!(keep && c->login_node == rt.node && c->login_units > 0)) {
+    if (c->login_node >= 0 && !(keep && c->login_node == rt.node)) {
         buf_reset(&c->login_batch);
         c->login_node = -1;
         c->login_units = 0;
-        keep = keep && alone;
     }
-    if (keep && buf_append(&c->login_batch, buf_head(&c->in), synced) == 0) {
-        c->login_node = rt.node;
-        c->login_units++;
-    } else if (keep) { /* (out of memory: they get the error, should it come) */
-        c->login_node = -1;
+    /* (a first one only when nothing is owed yet: nothing of this batch is queued so far) */
+    if (keep && (c->login_node >= 0 || !client_busy(c))) {
+        if (buf_append(&c->login_batch, buf_head(&c->in), synced) == 0) {
+            c->login_node = rt.node;
+            c->login_units++;
+        } else { /* (out of memory: they get the error, should it come) */
+            buf_reset(&c->login_batch);
+            c->login_node = -1;
+            c->login_units = 0;
+        }
     }
     if (session_sync_backend(c, b) < 0) {
         client_close(c, "53200", "out of memory");

@@ -1260,7 +1260,8 @@ static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config
         get_tls_file(c, val[T_CA], "client_tls.ca_file", &t->ca_file);
 
     /* Serving TLS needs pgsteer's own certificate and key. */
-    if (mode_ok && t->mode != CLIENT_TLS_DISABLE) {
+    bool serving = mode_ok && t->mode != CLIENT_TLS_DISABLE;
+    if (serving) {
         if (!val[T_CERT])
             report_at(c, val[T_MODE],
                       "'client_tls.cert_file' is required when 'client_tls.mode' is %s "
@@ -1277,10 +1278,10 @@ static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config
                   "'client_tls.ca_file' is required when 'client_tls.mode' is %s (the CA "
                   "certificates to check the clients' certificates against)",
                   client_tls_mode_names[t->mode]);
-    if (val[T_CERT] && !val[T_KEY] && !(mode_ok && t->mode != CLIENT_TLS_DISABLE))
+    if (val[T_CERT] && !val[T_KEY] && !serving)
         report_at(c, val[T_CERT],
                   "'client_tls.cert_file' needs 'client_tls.key_file' (give both or neither)");
-    if (val[T_KEY] && !val[T_CERT] && !(mode_ok && t->mode != CLIENT_TLS_DISABLE))
+    if (val[T_KEY] && !val[T_CERT] && !serving)
         report_at(c, val[T_KEY],
                   "'client_tls.key_file' needs 'client_tls.cert_file' (give both or neither)");
 }
