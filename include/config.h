@@ -82,6 +82,7 @@ struct config_tls {
     char *ca_file;      /* NULL when unset; set whenever mode is verify-ca or verify-full */
     char *cert_file;    /* NULL when unset; set exactly when key_file is */
     char *key_file;     /* NULL when unset */
+    char *crl_file;     /* CRLs the nodes' chains are checked against when verifying; NULL: none */
 };
 
 /* client_tls. Each file given was readable when the config was loaded. */
@@ -89,7 +90,8 @@ struct config_client_tls {
     enum client_tls_mode mode; /* default disable */
     char *cert_file;           /* pgsteer's certificate chain; set whenever mode is not disable */
     char *key_file;            /* its private key; set exactly when cert_file is */
-    char *ca_file; /* CAs of client certificates; set whenever mode is verify-ca or verify-full */
+    char *ca_file;  /* CAs of client certificates; set whenever mode is verify-ca or verify-full */
+    char *crl_file; /* CRLs the clients' chains are checked against when verifying; NULL: none */
 };
 
 struct config {

@@ -1157,7 +1157,8 @@ static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *c
 
 static const char *const tls_mode_names[] = {"disable", "prefer", "require", "verify-ca",
                                              "verify-full"};
-static const char *const server_tls_keys[] = {"mode", "ca_file", "cert_file", "key_file"};
+static const char *const server_tls_keys[] = {"mode", "ca_file", "cert_file", "key_file",
+                                              "crl_file"};
 
 const char *config_tls_mode_name(enum tls_mode m)
 {
@@ -1184,7 +1185,7 @@ static void get_tls_file(struct ctx *c, const struct ynode *v, const char *key, 
 
 static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
 {
-    enum { T_MODE, T_CA, T_CERT, T_KEY, T_N };
+    enum { T_MODE, T_CA, T_CERT, T_KEY, T_CRL, T_N };
     struct config_tls *t = &cfg->server_tls;
     const struct ynode *k[T_N], *val[T_N];
     if (!v || ynode_is_null(v)) /* null: every setting commented out */
@@ -1206,6 +1207,8 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
         get_tls_file(c, val[T_CERT], "server_tls.cert_file", &t->cert_file);
     if (val[T_KEY])
         get_tls_file(c, val[T_KEY], "server_tls.key_file", &t->key_file);
+    if (val[T_CRL])
+        get_tls_file(c, val[T_CRL], "server_tls.crl_file", &t->crl_file);
 
     /* Verifying the node's certificate needs the CAs to verify it against. */
     if (mode_ok && (t->mode == TLS_MODE_VERIFY_CA || t->mode == TLS_MODE_VERIFY_FULL) && !val[T_CA])
@@ -1224,7 +1227,8 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
 
 static const char *const client_tls_mode_names[] = {"disable", "allow", "require", "verify-ca",
                                                     "verify-full"};
-static const char *const client_tls_keys[] = {"mode", "cert_file", "key_file", "ca_file"};
+static const char *const client_tls_keys[] = {"mode", "cert_file", "key_file", "ca_file",
+                                              "crl_file"};
 
 const char *config_client_tls_mode_name(enum client_tls_mode m)
 {
@@ -1236,7 +1240,7 @@ const char *config_client_tls_mode_name(enum client_tls_mode m)
 
 static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
 {
-    enum { T_MODE, T_CERT, T_KEY, T_CA, T_N };
+    enum { T_MODE, T_CERT, T_KEY, T_CA, T_CRL, T_N };
     struct config_client_tls *t = &cfg->client_tls;
     const struct ynode *k[T_N], *val[T_N];
     if (!v || ynode_is_null(v)) /* null: every setting commented out */
@@ -1258,6 +1262,8 @@ static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config
         get_tls_file(c, val[T_KEY], "client_tls.key_file", &t->key_file);
     if (val[T_CA])
         get_tls_file(c, val[T_CA], "client_tls.ca_file", &t->ca_file);
+    if (val[T_CRL])
+        get_tls_file(c, val[T_CRL], "client_tls.crl_file", &t->crl_file);
 
     /* Serving TLS needs pgsteer's own certificate and key. */
     bool serving = mode_ok && t->mode != CLIENT_TLS_DISABLE;
@@ -1642,9 +1648,11 @@ void config_free(struct config *c)
     free(c->server_tls.ca_file);
     free(c->server_tls.cert_file);
     free(c->server_tls.key_file);
+    free(c->server_tls.crl_file);
     free(c->client_tls.cert_file);
     free(c->client_tls.key_file);
     free(c->client_tls.ca_file);
+    free(c->client_tls.crl_file);
     free(c->log_level);
     free(c);
 }

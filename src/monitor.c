@@ -101,7 +101,7 @@ struct monitor {
     char *password;
     char *dbname;
     const char *sslmode; /* server_tls: libpq's word for its mode (a static string) */
-    char *sslrootcert, *sslcert, *sslkey;
+    char *sslrootcert, *sslcert, *sslkey, *sslcrl;
     uint64_t interval_ns;
     uint64_t timeout_ns;
     int timeout_ms;
@@ -202,7 +202,7 @@ static void node_fail(struct mon_node *n, const char *msg, bool drop)
 
 static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
 {
-    const char *keys[13], *vals[13];
+    const char *keys[14], *vals[14];
     int k = 0;
     keys[k] = "host", vals[k++] = n->host;
     keys[k] = "port", vals[k++] = n->port;
@@ -220,6 +220,8 @@ static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
         keys[k] = "sslcert", vals[k++] = m->sslcert;
     if (m->sslkey != NULL)
         keys[k] = "sslkey", vals[k++] = m->sslkey;
+    if (m->sslcrl != NULL)
+        keys[k] = "sslcrl", vals[k++] = m->sslcrl;
     keys[k] = NULL, vals[k] = NULL;
 
     /* Caution: a host name (not an address) is resolved synchronously inside libpq, which can
@@ -754,12 +756,14 @@ struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup)
     m->sslrootcert = verify ? dup_or_null(tc->ca_file) : NULL; /* (libpq verifies with one) */
     m->sslcert = dup_or_null(tc->cert_file);
     m->sslkey = dup_or_null(tc->key_file);
+    m->sslcrl = verify ? dup_or_null(tc->crl_file) : NULL;
     bool oom = (mc->user != NULL && m->user == NULL) ||
                (mc->password != NULL && m->password == NULL) ||
                (mc->dbname != NULL && m->dbname == NULL) ||
                (verify && tc->ca_file != NULL && m->sslrootcert == NULL) ||
                (tc->cert_file != NULL && m->sslcert == NULL) ||
-               (tc->key_file != NULL && m->sslkey == NULL);
+               (tc->key_file != NULL && m->sslkey == NULL) ||
+               (verify && tc->crl_file != NULL && m->sslcrl == NULL);
     /* Every node starts UP: the first round's answers decide, and a node that fails it is
      * evicted (and logged) right away. */
     m->primary_up = true;
@@ -835,5 +839,6 @@ void monitor_free(struct monitor *m)
     free(m->sslrootcert);
     free(m->sslcert);
     free(m->sslkey);
+    free(m->sslcrl);
     free(m);
 }

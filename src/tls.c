@@ -64,6 +64,25 @@ static int load_cert(SSL_CTX *s, const char *key, const char *cert, const char *
     return 0;
 }
 
+/* Load the CRLs of PEM file `file` (named by `key`, "server_tls.crl_file" say) into s's store,
+ * and check every certificate of a peer's chain against them when the chain is verified, as
+ * PostgreSQL does with ssl_crl_file and libpq with sslcrl: a revoked certificate, a CRL past
+ * its next update, or a CA of the chain without a CRL in the file fails the handshake. Returns
+ * 0, or -1 with why in err. */
+static int load_crl(SSL_CTX *s, const char *key, const char *file, char *err, size_t errcap)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(s);
+    X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+    if (lookup == NULL || X509_load_crl_file(lookup, file, X509_FILETYPE_PEM) <= 0) {
+        char what[300];
+        snprintf(what, sizeof(what), "%s %s: no CRL in PEM form could be read", key, file);
+        openssl_error(err, errcap, what, "none found");
+        return -1;
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    return 0;
+}
+
 /* A new OpenSSL context for `method`, TLS 1.2 or later (PostgreSQL's default
  * ssl_min_protocol_version), without compression or renegotiation; NULL with why in err. */
 static SSL_CTX *ssl_ctx_new(const SSL_METHOD *method, char *err, size_t errcap)
@@ -112,8 +131,10 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
         SSL_CTX_free(s);
         return NULL;
     }
-    if (cfg->cert_file != NULL &&
-        load_cert(s, "server_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0) {
+    if ((cfg->cert_file != NULL &&
+         load_cert(s, "server_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0) ||
+        (cfg->crl_file != NULL &&
+         load_crl(s, "server_tls.crl_file", cfg->crl_file, err, errcap) < 0)) {
         SSL_CTX_free(s);
         return NULL;
     }
@@ -159,7 +180,9 @@ struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *er
         SSL_CTX_free(s);
         return NULL;
     }
-    if (load_cert(s, "client_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0) {
+    if (load_cert(s, "client_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0 ||
+        (cfg->crl_file != NULL &&
+         load_crl(s, "client_tls.crl_file", cfg->crl_file, err, errcap) < 0)) {
         SSL_CTX_free(s);
         return NULL;
     }

@@ -155,9 +155,28 @@ def openssl(*args):
     subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
 
 
+def make_crl(d, ca, out, revoke=()):
+    """A CRL of CA `ca` (files ca.crt and ca.key in d) revoking the certificates `revoke`
+    (names of .crt files in d), written to d/out."""
+    db = os.path.join(d, "%s-%s.db" % (ca, out))
+    os.makedirs(db)
+    open(os.path.join(db, "index.txt"), "w").close()
+    cnf = os.path.join(db, "ca.cnf")
+    with open(cnf, "w") as f:
+        f.write("[ca]\ndefault_ca = this\n[this]\ndatabase = %s\ndefault_md = sha256\n"
+                "default_crl_days = 2\n" % os.path.join(db, "index.txt"))
+    keys = ["-config", cnf, "-keyfile", os.path.join(d, ca + ".key"),
+            "-cert", os.path.join(d, ca + ".crt")]
+    for name in revoke:
+        openssl("ca", *keys, "-revoke", os.path.join(d, name + ".crt"))
+    openssl("ca", *keys, "-gencrl", "-out", os.path.join(d, out))
+
+
 def make_certs(d):
-    """A test CA with a server certificate for IP 127.0.0.1 and a client certificate, and
-    another CA with a client certificate."""
+    """A test CA with a server certificate for IP 127.0.0.1 and client certificates (CN app,
+    CN report), another CA with a client certificate (CN stranger), and CRLs: revoked.crl
+    (the test CA's, revoking report and server), empty.crl (the test CA's, revoking
+    nothing) and other-ca.crl (the other CA's, revoking nothing)."""
     os.makedirs(d)
     ext = os.path.join(d, "san.cnf")
     with open(ext, "w") as f:
@@ -179,6 +198,9 @@ def make_certs(d):
                 "-CAcreateserial", "-out", os.path.join(d, name + ".crt"))
     for name in ("server.key", "app.key", "report.key", "stranger.key"):
         os.chmod(os.path.join(d, name), 0o600)
+    make_crl(d, "ca", "revoked.crl", revoke=("report", "server"))
+    make_crl(d, "ca", "empty.crl")
+    make_crl(d, "other-ca", "other-ca.crl")
     if os.geteuid() == 0:  # the server runs as postgres and must own its key (libpq, as root,
         for name in ("server.key", "server.crt"):  # wants the client keys root's)
             shutil.chown(os.path.join(d, name), "postgres", "postgres")

@@ -234,6 +234,41 @@ class TlsTest(unittest.TestCase):
         self.assertIn("08001", err)
         self.assertIn("certificate", err)
 
+    def test_a_revoked_node_certificate_is_refused(self):
+        ca = os.path.join(certs, "ca.crt")
+        # a CRL of the node's CA that revokes nothing: the node is reached over TLS
+        px = self.proxy("{mode: verify-ca, ca_file: %s, crl_file: %s}"
+                        % (ca, os.path.join(certs, "empty.crl")))
+        self.assertEqual(self.session(px, "/* pgsteer:primary */ " + SSL_OF_SELF),
+                         [[("true",)]])
+        # one that revokes the node's certificate: refused, and the error says why
+        px = self.proxy("{mode: verify-ca, ca_file: %s, crl_file: %s}"
+                        % (ca, os.path.join(certs, "revoked.crl")))
+        err = self.refused(px)
+        self.assertIn("08001", err)
+        self.assertIn("certificate revoked", err)
+        # CRLs of another CA only: the node's CA has none, and nothing can be checked
+        px = self.proxy("{mode: verify-ca, ca_file: %s, crl_file: %s}"
+                        % (ca, os.path.join(certs, "other-ca.crl")))
+        self.assertIn("unable to get certificate CRL", self.refused(px))
+        # require checks nothing, so the CRL plays no part
+        px = self.proxy("{mode: require, crl_file: %s}" % os.path.join(certs, "revoked.crl"))
+        self.assertEqual(self.session(px, "/* pgsteer:primary */ " + SSL_OF_SELF),
+                         [[("true",)]])
+
+    def test_a_file_that_holds_no_crl_is_refused_at_start(self):
+        px = Pgsteer(cluster, extra_yaml="server_tls: {mode: verify-ca, ca_file: %s, "
+                     "crl_file: %s}\n" % (os.path.join(certs, "ca.crt"),
+                                          os.path.join(certs, "ca.crt")))
+        px.monitor_host = cluster.sockdir
+        self.addCleanup(px.stop)
+        with self.assertRaises(Exception):
+            px.start()
+        with open(px.log_path) as f:
+            log = f.read()
+        self.assertIn("server_tls.crl_file %s: no CRL in PEM form could be read"
+                      % os.path.join(certs, "ca.crt"), log)
+
     def test_require_does_not_check_the_certificate(self):
         px = self.proxy("{mode: require, ca_file: %s}" % os.path.join(certs, "other-ca.crt"))
         self.assertEqual(self.session(px, "/* pgsteer:primary */ " + SSL_OF_SELF),
@@ -282,11 +317,13 @@ class TlsTest(unittest.TestCase):
         self.assertEqual(got, [[("true",)]])
 
 
-def client_tls_yaml(mode, ca=None):
-    """pgsteer's client_tls with the test certificate (and ca_file when given), TLS to the
-    nodes where they offer it (the primary takes nothing else; the replica has none), and an
+def client_tls_yaml(mode, ca=None, crl=None):
+    """pgsteer's client_tls with the test certificate (and ca_file, crl_file when given), TLS to
+    the nodes where they offer it (the primary takes nothing else; the replica has none), and an
     admin user."""
     ca_part = ", ca_file: %s" % os.path.join(certs, ca) if ca else ""
+    if crl:
+        ca_part += ", crl_file: %s" % crl
     return ("client_tls: {mode: %s, cert_file: %s, key_file: %s%s}\n"
             "server_tls: {mode: prefer}\n"
             "admin_users:\n  - {name: admin, password: admin-secret}\n"
@@ -294,8 +331,8 @@ def client_tls_yaml(mode, ca=None):
 
 
 class ClientTlsTest(unittest.TestCase):
-    def proxy(self, mode, ca=None, extra_yaml="", **kw):
-        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca) + extra_yaml, **kw)
+    def proxy(self, mode, ca=None, extra_yaml="", crl=None, **kw):
+        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca, crl) + extra_yaml, **kw)
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -377,6 +414,47 @@ class ClientTlsTest(unittest.TestCase):
             log = f.read()
         self.assertIn("TLS handshake with the client failed", log)
         self.assertIn("the client's certificate", log)
+
+    def test_a_revoked_client_certificate_is_refused(self):
+        def cert(name):
+            return "sslmode=require sslcert=%s sslkey=%s" % (
+                os.path.join(certs, name + ".crt"), os.path.join(certs, name + ".key"))
+        d = tempfile.mkdtemp(prefix="crl-", dir=cluster.tmpdir)
+        crl = os.path.join(d, "clients.crl")
+        shutil.copy(os.path.join(certs, "empty.crl"), crl)
+        px = self.proxy("verify-ca", ca="ca.crt", crl=crl)
+        self.assertEqual(self.psql(px, "select 1", cert("report")).stdout.strip(), "1")
+        held = self.connect(px, sslmode="require", sslcert=os.path.join(certs, "report.crt"),
+                            sslkey=os.path.join(certs, "report.key"))
+        try:
+            # report's certificate revoked: the CRL replaced in place, then a reload
+            shutil.copy(os.path.join(certs, "revoked.crl"), crl + ".new")
+            os.rename(crl + ".new", crl)
+            px.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while True:
+                bad = self.psql(px, "select 1", cert("report"), check=False)
+                if bad.returncode != 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertNotEqual(bad.returncode, 0)
+            # app's is not revoked
+            self.assertEqual(self.psql(px, "select 1", cert("app")).stdout.strip(), "1")
+            with open(px.log_path) as f:
+                log = f.read()
+            self.assertIn("TLS handshake with the client failed", log)
+            self.assertIn("certificate revoked", log)
+            # a session that logged in before keeps going (the check is at the handshake)
+            with held.cursor() as cur:
+                cur.execute("select 5")
+                self.assertEqual(cur.fetchone(), (5,))
+        finally:
+            held.close()
+        # a CRL file of another CA only: the clients' CA has none, so no chain checks out
+        px = self.proxy("verify-ca", ca="ca.crt", crl=os.path.join(certs, "other-ca.crl"))
+        self.assertNotEqual(self.psql(px, "select 1", cert("app"), check=False).returncode, 0)
+        with open(px.log_path) as f:
+            self.assertIn("unable to get certificate CRL", f.read())
 
     def test_verify_full_wants_the_users_name_in_the_certificate(self):
         def cert(name):

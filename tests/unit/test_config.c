@@ -133,10 +133,12 @@ static void test_config_load_sets_every_key(void **state)
     assert_string_equal(c->server_tls.ca_file, "tests/data/config/tls/ca.pem");
     assert_string_equal(c->server_tls.cert_file, "tests/data/config/tls/client.crt");
     assert_string_equal(c->server_tls.key_file, "tests/data/config/tls/client.key");
+    assert_string_equal(c->server_tls.crl_file, "tests/data/config/tls/crl.pem");
     assert_int_equal(c->client_tls.mode, CLIENT_TLS_VERIFY_CA);
     assert_string_equal(c->client_tls.cert_file, "tests/data/config/tls/client.crt");
     assert_string_equal(c->client_tls.key_file, "tests/data/config/tls/client.key");
     assert_string_equal(c->client_tls.ca_file, "tests/data/config/tls/ca.pem");
+    assert_string_equal(c->client_tls.crl_file, "tests/data/config/tls/crl.pem");
 
     assert_int_equal(c->consistency, CONSISTENCY_STRONG);
     assert_int_equal(c->fallback, FALLBACK_ERROR);
@@ -698,13 +700,15 @@ static void test_config_client_tls_needs_its_files(void **state)
                         "both or neither)\n");
     snprintf(text, sizeof text,
              "client_tls:\n  mode: allow\n  cert_file: /nonexistent/server.crt\n"
-             "  key_file: %s\n  ca_file: /tmp\n  cipher: x\n" BASE,
+             "  key_file: %s\n  ca_file: /tmp\n  cipher: x\n  crl_file: /nonexistent/c.crl\n" BASE,
              f);
     snprintf(expected, sizeof expected,
              "t.yaml:3:14: client_tls.cert_file: cannot read '/nonexistent/server.crt': No such "
              "file or directory\n"
              "t.yaml:5:12: client_tls.ca_file: cannot read '/tmp': Is a directory\n"
-             "t.yaml:6:3: unknown key 'cipher'\n");
+             "t.yaml:6:3: unknown key 'cipher'\n"
+             "t.yaml:7:13: client_tls.crl_file: cannot read '/nonexistent/c.crl': No such file or "
+             "directory\n");
     expect_errors(text, expected);
     expect_errors("clent_tls: {mode: allow}\n" BASE,
                   "t.yaml:1:1: unknown key 'clent_tls' (did you mean 'client_tls'?)\n");

@@ -329,6 +329,20 @@ static void test_tls_context_errors(void **state)
     assert_non_null(strstr(err, "server_tls.key_file"));
     unlink(key_path);
 
+    /* crl_file: a file of CRLs, not of certificates */
+    struct config_tls nocrl = {.mode = TLS_MODE_VERIFY_CA, .ca_file = ca_path, .crl_file = ca_path};
+    assert_null(tls_ctx_new(&nocrl, err, sizeof(err)));
+    char want[200];
+    snprintf(want, sizeof(want), "server_tls.crl_file %s: no CRL in PEM form could be read",
+             ca_path);
+    assert_non_null(strstr(err, want));
+    struct config_tls crl = {.mode = TLS_MODE_VERIFY_CA,
+                             .ca_file = ca_path,
+                             .crl_file = "tests/data/config/tls/crl.pem"};
+    struct tls_ctx *ctx = tls_ctx_new(&crl, err, sizeof(err));
+    assert_non_null(ctx);
+    tls_ctx_unref(ctx);
+
     assert_null(tls_ctx_ref(NULL));
     tls_ctx_unref(NULL);
     assert_int_equal(tls_ctx_mode(NULL), TLS_MODE_DISABLE);
@@ -491,6 +505,15 @@ static void test_tls_server_context_errors(void **state)
                                      .ca_file = "/nonexistent/ca.pem"};
     assert_null(tls_server_ctx_new(&noca, err, sizeof(err)));
     assert_non_null(strstr(err, "client_tls.ca_file /nonexistent/ca.pem"));
+
+    /* crl_file is loaded whatever the mode, so a wrong one shows at once */
+    struct config_client_tls nocrl = {.mode = CLIENT_TLS_ALLOW,
+                                      .cert_file = node_cert_path,
+                                      .key_file = node_key_path,
+                                      .crl_file = node_key_path};
+    assert_null(tls_server_ctx_new(&nocrl, err, sizeof(err)));
+    assert_non_null(strstr(err, "client_tls.crl_file"));
+    assert_non_null(strstr(err, "no CRL in PEM form could be read"));
 }
 
 int main(void)
