@@ -85,7 +85,7 @@ struct config_tls {
     char *crl_file;     /* CRLs the nodes' chains are checked against when verifying; NULL: none */
 };
 
-/* client_tls. Each file given was readable when the config was loaded. */
+/* client_tls, admin_tls. Each file given was readable when the config was loaded. */
 struct config_client_tls {
     enum client_tls_mode mode; /* default disable */
     char *cert_file;           /* pgsteer's certificate chain; set whenever mode is not disable */
@@ -118,9 +118,10 @@ struct config {
     /* TLS from the clients over TCP. Reloadable: a reload applies to connections accepted
      * after it */
     struct config_client_tls client_tls;
-    enum consistency consistency;   /* default session */
-    enum fallback fallback;         /* default primary */
-    enum read_balance read_balance; /* default session */
+    struct config_client_tls admin_tls; /* the admin port's: disable, allow or require */
+    enum consistency consistency;       /* default session */
+    enum fallback fallback;             /* default primary */
+    enum read_balance read_balance;     /* default session */
     /* Reads outside transactions, from sessions with no state of their own, share one
      * connection per replica and worker, pipelined (backend.c, "multiplexed reads") */
     bool multiplex_reads; /* default false ("off") */

@@ -112,6 +112,8 @@ struct proxy {
     uint64_t cfg_gen;           /* bumped when a reload takes effect in this worker */
     struct tls_ctx *tls;        /* server_tls: a reference, NULL when TLS to the nodes is off */
     struct tls_ctx *client_tls; /* client_tls: a reference, NULL when clients get no TLS */
+    struct tls_ctx *admin_tls;  /* admin_tls (worker 0, which serves the admin port): a
+                                 * reference, NULL when off */
     /* A CL_NAMES statement of one of this worker's sessions committed at names_at_ns: the
      * replicas in names_wait bump their shared->names_gen once they have replayed up to
      * names_lsn, the primary's position in the first snapshot sampled after that (LSN_INVALID

@@ -29,6 +29,9 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
  * compression, renegotiation or session resumption. On failure returns NULL with why in
  * err[errcap]. The caller holds one reference. Any thread; it reads files. */
 struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap);
+/* The same for the admin port (admin_tls; errors name that section), whose ALPN is
+ * "postgresql" or "http/1.1" as the client offers, or none. */
+struct tls_ctx *tls_admin_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap);
 /* Take one more reference to ctx (NULL allowed) and return it. Any thread. */
 struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx);
 /* Drop one reference (NULL allowed); the last frees it. Connections made from it keep what
@@ -41,7 +44,8 @@ enum tls_mode tls_ctx_mode(const struct tls_ctx *ctx);
  * against its certificate with verify-full, and sent as SNI when it is a name). NULL when out
  * of memory. Owned by the caller: free with tls_conn_free. */
 struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host);
-/* A server-side connection for a client that asked for TLS (ctx from tls_server_ctx_new).
+/* A server-side connection for a client that asked for TLS (ctx from tls_server_ctx_new or
+ * tls_admin_ctx_new).
  * NULL when out of memory. Owned by the caller: free with tls_conn_free. */
 struct tls_conn *tls_conn_accept(struct tls_ctx *ctx);
 /* Free t (NULL allowed); nothing is sent (a close_notify is the caller's to skip). */
@@ -59,6 +63,9 @@ ssize_t tls_read(struct tls_conn *t, char *dst, size_t cap);
 /* Encrypt n bytes of plaintext; the ciphertext waits for tls_take_output. Returns 0, or -1
  * (tls_error). */
 int tls_write(struct tls_conn *t, const char *p, size_t n);
+/* Queue TLS's close_notify alert (after what was written), for tls_take_output: the end of
+ * what this side sends. Nothing may be written after it. */
+void tls_close_notify(struct tls_conn *t);
 /* Append the ciphertext waiting to be sent to out. Returns 0, or -1 when out of memory. */
 int tls_take_output(struct tls_conn *t, struct buf *out);
 /* What went wrong last, for a log line or an error message ("" when nothing did). */

@@ -22,6 +22,7 @@
 #include "protocol.h"
 #include "proxy.h"
 #include "proxy_main.h"
+#include "tls.h"
 #include "version.h"
 
 #define ADMIN_MAX_CONNS           64
@@ -797,6 +798,7 @@ void admin_collect(struct proxy *px, struct admin_stats *st)
 
 enum conn_kind { CONN_NEW = 0, CONN_HTTP, CONN_PG };
 enum pg_state { PG_STARTUP = 0, PG_AUTH, PG_READY };
+enum admin_tls_phase { ATLS_NONE = 0, ATLS_HANDSHAKE, ATLS_UP, ATLS_CLOSED };
 
 struct admin_conn {
     uv_tcp_t tcp;
@@ -808,6 +810,12 @@ struct admin_conn {
     enum conn_kind kind;
     enum pg_state pg;
     struct buf in, out, writing;
+    /* admin_tls: the connection's TLS once asked for (an SSLRequest answered 'S', or a TLS
+     * handshake as the first bytes); tls_in holds the ciphertext read, tls_out the ciphertext
+     * to send, and in and out above the plaintext. ATLS_CLOSED: close_notify queued. */
+    struct tls_conn *tls;
+    struct buf tls_in, tls_out;
+    enum admin_tls_phase tls_phase;
     bool write_pending;
     bool closing;
     bool lingering; /* response sent, write side shut down: input is read and dropped */
@@ -837,6 +845,9 @@ static void conn_free_cb(uv_handle_t *h)
     buf_destroy(&c->in);
     buf_destroy(&c->out);
     buf_destroy(&c->writing);
+    buf_destroy(&c->tls_in);
+    buf_destroy(&c->tls_out);
+    tls_conn_free(c->tls);
     free(c->user);
     free(c->password);
     free(c->scram);
@@ -891,19 +902,49 @@ static void conn_write_cb(uv_write_t *req, int status)
     conn_flush(c);
 }
 
+/* admin_tls: encrypt what waits in out into tls_out, and once the answer is complete
+ * (lingering) add TLS's close_notify, so that the peer sees a clean end. Returns 0, or -1 with
+ * c closed. */
+static int conn_tls_seal(struct admin_conn *c)
+{
+    if (c->tls_phase == ATLS_UP && buf_avail(&c->out) > 0) {
+        if (tls_write(c->tls, buf_head(&c->out), buf_avail(&c->out)) < 0)
+            goto fail;
+        buf_reset(&c->out);
+    }
+    if (c->tls_phase == ATLS_UP && c->lingering) {
+        tls_close_notify(c->tls);
+        c->tls_phase = ATLS_CLOSED;
+    }
+    if (tls_take_output(c->tls, &c->tls_out) < 0)
+        goto fail;
+    return 0;
+fail:
+    log_info("admin connection %u: %s", c->id,
+             tls_error(c->tls)[0] ? tls_error(c->tls) : "out of memory");
+    conn_close(c);
+    return -1;
+}
+
 static void conn_flush(struct admin_conn *c)
 {
     if (c->closing || c->write_pending)
         return;
-    if (buf_avail(&c->out) == 0) {
+    struct buf *src = &c->out;
+    if (c->tls_phase != ATLS_NONE) {
+        if (conn_tls_seal(c) < 0)
+            return;
+        src = &c->tls_out;
+    }
+    if (buf_avail(src) == 0) {
         if (c->lingering &&
             uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_shutdown_cb) < 0)
             conn_close(c);
         return;
     }
     struct buf tmp = c->writing;
-    c->writing = c->out;
-    c->out = tmp;
+    c->writing = *src;
+    *src = tmp;
     uv_buf_t ub = uv_buf_init((char *)buf_head(&c->writing), (unsigned)buf_avail(&c->writing));
     c->write_req.data = c;
     if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &ub, 1, conn_write_cb) < 0) {
@@ -1471,6 +1512,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "tcp_keepalive_count", cfg->tcp_keepalive_count), rows++;
     kv_row(c, "server_tls.mode", config_tls_mode_name(cfg->server_tls.mode)), rows++;
     kv_row(c, "client_tls.mode", config_client_tls_mode_name(cfg->client_tls.mode)), rows++;
+    kv_row(c, "admin_tls.mode", config_client_tls_mode_name(cfg->admin_tls.mode)), rows++;
     if (cfg->workers > 0)
         snprintf(v, sizeof(v), "%d", c->a->px->shared->nworkers);
     else
@@ -1768,6 +1810,9 @@ static int pg_password(struct admin_conn *c, const struct proto_msg *m)
     return 0;
 }
 
+static bool tls_required(const struct admin_conn *c);
+static void conn_tls_start(struct admin_conn *c, bool direct);
+
 static void pg_input(struct admin_conn *c)
 {
     while (!c->closing && !c->lingering) {
@@ -1781,6 +1826,11 @@ static void pg_input(struct admin_conn *c)
                 return;
             }
             const char *p = buf_head(&c->in);
+            if (code == PROTO_SSL_CODE && c->tls_phase == ATLS_NONE && c->a->px->admin_tls) {
+                buf_consume(&c->in, (size_t)n);
+                conn_tls_start(c, false);
+                return;
+            }
             if (code == PROTO_SSL_CODE || code == PROTO_GSSENC_CODE) {
                 buf_consume(&c->in, (size_t)n);
                 buf_append(&c->out, "N", 1);
@@ -1789,6 +1839,12 @@ static void pg_input(struct admin_conn *c)
             if ((code >> 16) != 3) {
                 /* CancelRequest (nothing to cancel here) or an unknown protocol. */
                 conn_close(c);
+                return;
+            }
+            if (c->tls_phase == ATLS_NONE && tls_required(c)) {
+                pg_fatal(c, "28000",
+                         "the admin port accepts connections with TLS only (admin_tls mode "
+                         "require)");
                 return;
             }
             int rc = pg_startup(c, p + 8, (size_t)n - 8);
@@ -1844,19 +1900,98 @@ static void pg_input(struct admin_conn *c)
 
 /* ---- reading and accepting ---- */
 
+/* Room for ADMIN_READ_CHUNK more bytes at the end of b, what was consumed dropped first.
+ * Returns 0, or -1 when out of memory. */
+static int conn_room(struct buf *b)
+{
+    if (b->off > 0 && b->off == b->len)
+        buf_reset(b);
+    else if (b->off > 0)
+        buf_compact(b);
+    return buf_reserve(b, ADMIN_READ_CHUNK);
+}
+
 static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
 {
     (void)suggested;
     struct admin_conn *c = h->data;
-    if (c->in.off > 0 && c->in.off == c->in.len)
-        buf_reset(&c->in);
-    else if (c->in.off > 0)
-        buf_compact(&c->in);
-    if (buf_reserve(&c->in, ADMIN_READ_CHUNK) < 0) {
+    struct buf *b = c->tls_phase != ATLS_NONE ? &c->tls_in : &c->in;
+    if (conn_room(b) < 0) {
         *ub = uv_buf_init(NULL, 0);
         return;
     }
-    *ub = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *ub = uv_buf_init(b->data + b->len, (unsigned)(b->cap - b->len));
+}
+
+/* Whether admin_tls refuses plain connections (mode require), for one not over TLS. */
+static bool tls_required(const struct admin_conn *c)
+{
+    return c->a->px->admin_tls != NULL && c->a->px->cfg->admin_tls.mode >= CLIENT_TLS_REQUIRE;
+}
+
+/* admin_tls: take the ciphertext just read (tls_in) through c's TLS: the handshake's next
+ * step, then the plaintext into in. Returns 0, or -1 when c is closing (a failed handshake
+ * sends its alert first). */
+static int conn_tls_input(struct admin_conn *c)
+{
+    if (tls_feed(c->tls, buf_head(&c->tls_in), buf_avail(&c->tls_in)) < 0) {
+        conn_close(c);
+        return -1;
+    }
+    buf_reset(&c->tls_in);
+    if (c->tls_phase == ATLS_HANDSHAKE) {
+        int r = tls_handshake(c->tls);
+        if (tls_take_output(c->tls, &c->tls_out) < 0) {
+            conn_close(c);
+            return -1;
+        }
+        if (r < 0) {
+            log_info("admin connection %u: %s", c->id, tls_error(c->tls));
+            conn_finish(c);
+            return -1;
+        }
+        if (r == 0)
+            return 0;
+        c->tls_phase = ATLS_UP;
+        log_debug("admin connection %u: TLS %s", c->id, tls_describe(c->tls));
+    }
+    for (;;) {
+        if (conn_room(&c->in) < 0) {
+            conn_close(c);
+            return -1;
+        }
+        ssize_t n = tls_read(c->tls, c->in.data + c->in.len, c->in.cap - c->in.len);
+        if (n < 0) {
+            conn_close(c);
+            return -1;
+        }
+        if (n == 0)
+            return 0;
+        c->in.len += (size_t)n;
+    }
+}
+
+/* admin_tls: start TLS on c, which asked for it with an SSLRequest (answered 'S' here) or sent
+ * a TLS handshake as its first bytes (`direct`: those bytes, in in, are the handshake's). A
+ * client that sent more after its SSLRequest, before the answer, is refused: those bytes were
+ * not encrypted. */
+static void conn_tls_start(struct admin_conn *c, bool direct)
+{
+    if (!direct && buf_avail(&c->in) > 0) {
+        pg_fatal(c, "08P01", "received unencrypted data after SSL request");
+        return;
+    }
+    c->tls = tls_conn_accept(c->a->px->admin_tls);
+    if (c->tls == NULL || (!direct && buf_append(&c->tls_out, "S", 1) < 0) ||
+        (direct && buf_append(&c->tls_in, buf_head(&c->in), buf_avail(&c->in)) < 0)) {
+        conn_close(c);
+        return;
+    }
+    buf_reset(&c->in);
+    c->tls_phase = ATLS_HANDSHAKE;
+    c->kind = CONN_NEW; /* the first byte inside TLS tells HTTP from the console */
+    if (direct)
+        (void)conn_tls_input(c);
 }
 
 static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
@@ -1873,10 +2008,29 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         return;
     if (c->lingering)
         return; /* dropped: the response is out */
-    c->in.len += (size_t)nread;
-    if (c->kind == CONN_NEW)
+    if (c->tls_phase != ATLS_NONE) {
+        c->tls_in.len += (size_t)nread;
+        if (conn_tls_input(c) < 0)
+            return;
+    } else {
+        c->in.len += (size_t)nread;
+        /* A TLS record of type handshake (22) as the first byte: TLS without an SSLRequest. */
+        if (c->kind == CONN_NEW && (uint8_t)buf_head(&c->in)[0] == 22 && c->a->px->admin_tls) {
+            conn_tls_start(c, true);
+            if (c->closing)
+                return;
+        }
+    }
+    if (c->kind == CONN_NEW && buf_avail(&c->in) > 0)
         c->kind = buf_head(&c->in)[0] == 0 ? CONN_PG : CONN_HTTP;
-    if (c->kind == CONN_HTTP) {
+    if (c->kind == CONN_HTTP && c->tls_phase == ATLS_NONE && tls_required(c)) {
+        http_text(c, 400, NULL, "the admin port takes HTTPS only (admin_tls mode require)\n",
+                  false);
+        return;
+    }
+    if (c->kind == CONN_NEW) {
+        /* (nothing decrypted yet: the handshake goes on) */
+    } else if (c->kind == CONN_HTTP) {
         if (buf_avail(&c->in) > HTTP_MAX_REQUEST + HTTP_MAX_BODY) {
             http_text(c, 400, NULL, "request too large\n", false);
             return;
@@ -1887,7 +2041,7 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     }
     if (c->closing)
         return;
-    if (buf_avail(&c->out) + buf_avail(&c->writing) > ADMIN_MAX_OUT) {
+    if (buf_avail(&c->out) + buf_avail(&c->writing) + buf_avail(&c->tls_out) > ADMIN_MAX_OUT) {
         log_warn("admin connection %u: peer does not read its answers; closing", c->id);
         conn_close(c);
         return;
@@ -1910,6 +2064,8 @@ static void on_admin_connection(uv_stream_t *server, int status)
     buf_init(&c->in);
     buf_init(&c->out);
     buf_init(&c->writing);
+    buf_init(&c->tls_in);
+    buf_init(&c->tls_out);
     uv_tcp_init(server->loop, &c->tcp);
     uv_timer_init(server->loop, &c->timer);
     c->tcp.data = c->timer.data = c;

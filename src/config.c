@@ -1238,58 +1238,66 @@ const char *config_client_tls_mode_name(enum client_tls_mode m)
                : "?";
 }
 
-static void parse_client_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
+/* admin_tls: client_tls's first keys and modes (the admin port asks for no certificate). */
+static const char *const admin_tls_keys[] = {"mode", "cert_file", "key_file"};
+
+/* client_tls, or admin_tls (named by `key`) into t: the TLS pgsteer serves, with the first
+ * nkeys of client_tls_keys and modes up to the nkeys-th of client_tls_mode_names (admin_tls:
+ * disable, allow and require). */
+static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *key, size_t nkeys,
+                             struct config_client_tls *t)
 {
     enum { T_MODE, T_CERT, T_KEY, T_CA, T_CRL, T_N };
-    struct config_client_tls *t = &cfg->client_tls;
-    const struct ynode *k[T_N], *val[T_N];
+    const struct ynode *k[T_N] = {NULL}, *val[T_N] = {NULL};
     if (!v || ynode_is_null(v)) /* null: every setting commented out */
         return;
     if (v->type != YNODE_MAP) {
         if (v->type != YNODE_BAD)
-            report_type(c, v, "a mapping", "client_tls");
+            report_type(c, v, "a mapping", key);
         return;
     }
-    walk_map(c, v, client_tls_keys, T_N, NULL, 0, k, val);
+    walk_map(c, v, client_tls_keys, nkeys, NULL, 0, k, val);
+    size_t nmodes = nkeys == T_N ? 5 : 3;
+    char name[T_N][32];
+    for (int i = 0; i < T_N; i++)
+        snprintf(name[i], sizeof name[i], "%s.%s", key, client_tls_keys[i]);
     int e = 0;
     bool mode_ok = false;
     if (val[T_MODE] &&
-        (mode_ok = get_enum(c, val[T_MODE], "client_tls.mode", client_tls_mode_names, 5, &e)))
+        (mode_ok = get_enum(c, val[T_MODE], name[T_MODE], client_tls_mode_names, nmodes, &e)))
         t->mode = (enum client_tls_mode)e;
     if (val[T_CERT])
-        get_tls_file(c, val[T_CERT], "client_tls.cert_file", &t->cert_file);
+        get_tls_file(c, val[T_CERT], name[T_CERT], &t->cert_file);
     if (val[T_KEY])
-        get_tls_file(c, val[T_KEY], "client_tls.key_file", &t->key_file);
+        get_tls_file(c, val[T_KEY], name[T_KEY], &t->key_file);
     if (val[T_CA])
-        get_tls_file(c, val[T_CA], "client_tls.ca_file", &t->ca_file);
+        get_tls_file(c, val[T_CA], name[T_CA], &t->ca_file);
     if (val[T_CRL])
-        get_tls_file(c, val[T_CRL], "client_tls.crl_file", &t->crl_file);
+        get_tls_file(c, val[T_CRL], name[T_CRL], &t->crl_file);
 
     /* Serving TLS needs pgsteer's own certificate and key. */
     bool serving = mode_ok && t->mode != CLIENT_TLS_DISABLE;
     if (serving) {
         if (!val[T_CERT])
             report_at(c, val[T_MODE],
-                      "'client_tls.cert_file' is required when 'client_tls.mode' is %s "
-                      "(the certificate pgsteer shows its clients)",
-                      client_tls_mode_names[t->mode]);
+                      "'%s' is required when '%s' is %s (the certificate pgsteer shows its "
+                      "clients)",
+                      name[T_CERT], name[T_MODE], client_tls_mode_names[t->mode]);
         if (!val[T_KEY])
-            report_at(c, val[T_MODE],
-                      "'client_tls.key_file' is required when 'client_tls.mode' is %s "
-                      "(the private key of client_tls.cert_file)",
-                      client_tls_mode_names[t->mode]);
+            report_at(c, val[T_MODE], "'%s' is required when '%s' is %s (the private key of %s)",
+                      name[T_KEY], name[T_MODE], client_tls_mode_names[t->mode], name[T_CERT]);
     }
     if (mode_ok && t->mode >= CLIENT_TLS_VERIFY_CA && !val[T_CA])
         report_at(c, val[T_MODE],
-                  "'client_tls.ca_file' is required when 'client_tls.mode' is %s (the CA "
-                  "certificates to check the clients' certificates against)",
-                  client_tls_mode_names[t->mode]);
+                  "'%s' is required when '%s' is %s (the CA certificates to check the clients' "
+                  "certificates against)",
+                  name[T_CA], name[T_MODE], client_tls_mode_names[t->mode]);
     if (val[T_CERT] && !val[T_KEY] && !serving)
-        report_at(c, val[T_CERT],
-                  "'client_tls.cert_file' needs 'client_tls.key_file' (give both or neither)");
+        report_at(c, val[T_CERT], "'%s' needs '%s' (give both or neither)", name[T_CERT],
+                  name[T_KEY]);
     if (val[T_KEY] && !val[T_CERT] && !serving)
-        report_at(c, val[T_KEY],
-                  "'client_tls.key_file' needs 'client_tls.cert_file' (give both or neither)");
+        report_at(c, val[T_KEY], "'%s' needs '%s' (give both or neither)", name[T_KEY],
+                  name[T_CERT]);
 }
 
 static const char *const auth_names[] = {"scram-sha-256", "md5", "trust"};
@@ -1314,6 +1322,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "monitor",
                                         "server_tls",
                                         "client_tls",
+                                        "admin_tls",
                                         "consistency",
                                         "fallback",
                                         "read_balance",
@@ -1350,6 +1359,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_MONITOR,
         K_SERVER_TLS,
         K_CLIENT_TLS,
+        K_ADMIN_TLS,
         K_CONSISTENCY,
         K_FALLBACK,
         K_READ_BALANCE,
@@ -1381,6 +1391,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         {"monitor", monitor_keys, sizeof monitor_keys / sizeof monitor_keys[0]},
         {"server_tls", server_tls_keys, sizeof server_tls_keys / sizeof server_tls_keys[0]},
         {"client_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
+        {"admin_tls", admin_tls_keys, sizeof admin_tls_keys / sizeof admin_tls_keys[0]},
     };
     walk_map(c, root, names, K_COUNT, nested, sizeof nested / sizeof nested[0], k, v);
 
@@ -1413,7 +1424,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, v[K_MONITOR], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
-    parse_client_tls(c, v[K_CLIENT_TLS], cfg);
+    parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 5, &cfg->client_tls);
+    parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 3, &cfg->admin_tls);
     if (v[K_CONSISTENCY] && get_enum(c, v[K_CONSISTENCY], "consistency", consistency_names, 3, &e))
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))
@@ -1653,6 +1665,10 @@ void config_free(struct config *c)
     free(c->client_tls.key_file);
     free(c->client_tls.ca_file);
     free(c->client_tls.crl_file);
+    free(c->admin_tls.cert_file);
+    free(c->admin_tls.key_file);
+    free(c->admin_tls.ca_file);
+    free(c->admin_tls.crl_file);
     free(c->log_level);
     free(c);
 }

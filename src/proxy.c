@@ -365,6 +365,42 @@ static void drain_sweep(struct proxy *px)
 
 static void worker_router_init(struct proxy *px);
 
+/* The TLS contexts a configuration asks for, each NULL when its mode is disable. */
+struct tls_set {
+    struct tls_ctx *nodes;   /* server_tls */
+    struct tls_ctx *clients; /* client_tls */
+    struct tls_ctx *admin;   /* admin_tls */
+};
+
+static void tls_set_unref(struct tls_set *t)
+{
+    tls_ctx_unref(t->nodes);
+    tls_ctx_unref(t->clients);
+    tls_ctx_unref(t->admin);
+    *t = (struct tls_set){NULL, NULL, NULL};
+}
+
+/* Make cfg's TLS contexts into *t (reading its files: start-up or a reload). Returns 0, or -1
+ * with none made and why in err. */
+static int tls_set_new(const struct config *cfg, struct tls_set *t, char *err, size_t cap)
+{
+    *t = (struct tls_set){NULL, NULL, NULL};
+    t->nodes = tls_ctx_new(&cfg->server_tls, err, cap);
+    if (t->nodes == NULL && err[0])
+        return -1;
+    t->clients = tls_server_ctx_new(&cfg->client_tls, err, cap);
+    if (t->clients == NULL && err[0]) {
+        tls_set_unref(t);
+        return -1;
+    }
+    t->admin = tls_admin_ctx_new(&cfg->admin_tls, err, cap);
+    if (t->admin == NULL && err[0]) {
+        tls_set_unref(t);
+        return -1;
+    }
+    return 0;
+}
+
 /* What a reload changes in every worker, decided by worker 0. */
 struct reload_plan {
     struct config *nc;
@@ -591,25 +627,16 @@ int proxy_reload(struct proxy *px, char **errors)
     nc->nnodes = nslots;
 
     char tls_err[400];
-    struct tls_ctx *tls = tls_ctx_new(&nc->server_tls, tls_err, sizeof(tls_err));
-    if (tls == NULL && tls_err[0]) {
+    struct tls_set tls;
+    if (tls_set_new(nc, &tls, tls_err, sizeof(tls_err)) < 0) {
         char msg[500];
         snprintf(msg, sizeof(msg), "%s: %s\n", old->path, tls_err);
-        config_free(nc);
-        return reload_reject(px, strdup(msg), errors);
-    }
-    struct tls_ctx *ctls = tls_server_ctx_new(&nc->client_tls, tls_err, sizeof(tls_err));
-    if (ctls == NULL && tls_err[0]) {
-        char msg[500];
-        snprintf(msg, sizeof(msg), "%s: %s\n", old->path, tls_err);
-        tls_ctx_unref(tls);
         config_free(nc);
         return reload_reject(px, strdup(msg), errors);
     }
     struct monitor *nm = monitor_new(nc, &px->monitor_wakeup);
     if (nm == NULL) {
-        tls_ctx_unref(tls);
-        tls_ctx_unref(ctls);
+        tls_set_unref(&tls);
         config_free(nc);
         return reload_reject(px, strdup("cannot create the monitor for the new nodes\n"), errors);
     }
@@ -640,8 +667,11 @@ int proxy_reload(struct proxy *px, char **errors)
     if (monitor_start(nm) < 0)
         log_error("reload: cannot start the monitor thread; node states will not be updated");
 
-    struct reload_plan plan = {
-        .nc = nc, .nslots = nslots, .old_nnodes = old->nnodes, .tls = tls, .client_tls = ctls};
+    struct reload_plan plan = {.nc = nc,
+                               .nslots = nslots,
+                               .old_nnodes = old->nnodes,
+                               .tls = tls.nodes,
+                               .client_tls = tls.clients};
     memcpy(plan.occupant, occupant, sizeof(plan.occupant));
     memcpy(plan.fresh, fresh, sizeof(plan.fresh));
     memcpy(plan.moved, moved, sizeof(plan.moved));
@@ -656,8 +686,11 @@ int proxy_reload(struct proxy *px, char **errors)
                      arr[s].host, arr[s].port);
     }
     proxy_each(px, reload_apply, &plan);
-    tls_ctx_unref(tls); /* (each worker holds its own reference) */
-    tls_ctx_unref(ctls);
+    /* (each worker holds its own references; px serves the admin port, whose connections
+     * accepted from now on get the new context) */
+    tls_ctx_unref(px->admin_tls);
+    px->admin_tls = tls_ctx_ref(tls.admin);
+    tls_set_unref(&tls);
     pthread_mutex_lock(&px->shared->pick_lock);
     router_init(&px->shared->pick_router);
     pthread_mutex_unlock(&px->shared->pick_lock);
@@ -1086,6 +1119,8 @@ static void worker_free(struct proxy *px)
     px->tls = NULL;
     tls_ctx_unref(px->client_tls);
     px->client_tls = NULL;
+    tls_ctx_unref(px->admin_tls);
+    px->admin_tls = NULL;
     free(px->drains);
     px->drains = NULL;
     px->ndrains = px->drains_cap = 0;
@@ -1187,17 +1222,12 @@ int proxy_run(struct config *cfg)
         return 1;
     }
     char tls_err[400];
-    struct tls_ctx *tls = tls_ctx_new(&cfg->server_tls, tls_err, sizeof(tls_err));
-    if (tls == NULL && tls_err[0]) {
+    static struct tls_set tls; /* (static: still reachable when a start fails below) */
+    if (tls_set_new(cfg, &tls, tls_err, sizeof(tls_err)) < 0) {
         log_error("%s", tls_err);
         return 1;
     }
-    struct tls_ctx *ctls = tls_server_ctx_new(&cfg->client_tls, tls_err, sizeof(tls_err));
-    if (ctls == NULL && tls_err[0]) {
-        log_error("%s", tls_err);
-        tls_ctx_unref(tls);
-        return 1;
-    }
+    px.admin_tls = tls_ctx_ref(tls.admin);
     for (int i = 1; i < n; i++) {
         workers[i] = calloc(1, sizeof(struct proxy));
         if (workers[i] == NULL || uv_loop_init(&workers[i]->own_loop) < 0) {
@@ -1207,13 +1237,12 @@ int proxy_run(struct config *cfg)
     }
     for (int i = 0; i < n; i++) {
         uv_loop_t *loop = i == 0 ? uv_default_loop() : &workers[i]->own_loop;
-        workers[i]->tls = tls_ctx_ref(tls);
-        workers[i]->client_tls = tls_ctx_ref(ctls);
+        workers[i]->tls = tls_ctx_ref(tls.nodes);
+        workers[i]->client_tls = tls_ctx_ref(tls.clients);
         if (worker_init(workers[i], i, &shared, loop, cfg, &la, addrs) < 0)
             return 1;
     }
-    tls_ctx_unref(tls); /* (each worker holds its own reference) */
-    tls_ctx_unref(ctls);
+    tls_set_unref(&tls); /* (each worker holds its own references) */
     if (cfg->has_admin_listen && admin_start(&px) < 0)
         return 1;
     uv_async_init(px.loop, &px.monitor_wakeup, on_monitor_wakeup);

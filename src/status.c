@@ -3,7 +3,9 @@
  * for its answer, and the table printed for a person at a terminal. */
 #include "status.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -17,6 +19,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "config.h"
 #include "lag.h"
@@ -512,14 +518,106 @@ static int dial(const char *host, int port, int64_t deadline, char *err, size_t 
     return fd;
 }
 
-/* GET path; returns the HTTP status and the body in *body, or -1 with a message in err. */
-static int http_get(const char *host, int port, const char *path, const char *token,
-                    struct buf *body, char *err, size_t cap)
+/* How to reach the admin port over TLS (admin_tls): tls off means plain HTTP; cafile NULL
+ * means encrypted without checking the certificate (as libpq's sslmode=require), else the
+ * certificate must chain to cafile and name the host dialled. */
+struct status_tls {
+    bool on;
+    const char *cafile;
+};
+
+/* OpenSSL's first queued error after `what`, into err (the queue cleared). */
+static void ssl_err(char *err, size_t cap, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    char text[256] = "connection closed";
+    if (e != 0)
+        ERR_error_string_n(e, text, sizeof(text));
+    ERR_clear_error();
+    snprintf(err, cap, "%s: %s", what, text);
+}
+
+/* A TLS session over connected fd, made blocking with the time left until deadline as its
+ * timeouts; NULL with a message in err. *ctxp takes the context, for the caller to free. */
+static SSL *tls_dial(int fd, const char *host, const struct status_tls *tls, int64_t deadline,
+                     SSL_CTX **ctxp, char *err, size_t cap)
+{
+    int64_t left = deadline - mono_ms();
+    struct timeval tv = {left > 0 ? left / 1000 : 0, left > 0 ? (left % 1000) * 1000 : 1000};
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+        snprintf(err, cap, "cannot set up the socket: %s", strerror(errno));
+        return NULL;
+    }
+    SSL_CTX *ctx = *ctxp = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        ssl_err(err, cap, "cannot make a TLS context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (tls->cafile) {
+        if (SSL_CTX_load_verify_locations(ctx, tls->cafile, NULL) != 1) {
+            char what[300];
+            snprintf(what, sizeof(what), "cannot load %s", tls->cafile);
+            ssl_err(err, cap, what);
+            return NULL;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    static const unsigned char alpn[] = "\010http/1.1";
+    SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1 ||
+        SSL_set_alpn_protos(ssl, alpn, sizeof(alpn) - 1) != 0) {
+        SSL_free(ssl);
+        ssl_err(err, cap, "cannot set up TLS");
+        return NULL;
+    }
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    if (!is_ip)
+        SSL_set_tlsext_host_name(ssl, host);
+    if (tls->cafile) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host)
+                   : X509_VERIFY_PARAM_set1_host(vp, host, 0)) != 1) {
+            SSL_free(ssl);
+            ssl_err(err, cap, "cannot set the name to check");
+            return NULL;
+        }
+    }
+    if (SSL_connect(ssl) != 1) {
+        long v = SSL_get_verify_result(ssl);
+        if (tls->cafile && v != X509_V_OK) {
+            ERR_clear_error();
+            snprintf(err, cap, "TLS handshake failed: the admin port's certificate: %s",
+                     X509_verify_cert_error_string(v));
+        } else {
+            ssl_err(err, cap, "TLS handshake failed");
+        }
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
+/* GET path (over TLS as `tls` says); returns the HTTP status and the body in *body, or -1
+ * with a message in err. */
+static int http_get(const char *host, int port, const struct status_tls *tls, const char *path,
+                    const char *token, struct buf *body, char *err, size_t cap)
 {
     int64_t deadline = mono_ms() + STATUS_TIMEOUT_MS;
     int fd = dial(host, port, deadline, err, cap);
     if (fd < 0)
         return -1;
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = NULL;
+    if (tls->on && (ssl = tls_dial(fd, host, tls, deadline, &ctx, err, cap)) == NULL) {
+        SSL_CTX_free(ctx);
+        close(fd);
+        return -1;
+    }
     struct buf req;
     buf_init(&req);
     bool v6 = strchr(host, ':') != NULL;
@@ -530,6 +628,15 @@ static int http_get(const char *host, int port, const char *path, const char *to
     buf_printf(&req, "Connection: close\r\n\r\n");
     int status = -1;
     while (buf_avail(&req) > 0) {
+        if (ssl) {
+            int w = SSL_write(ssl, buf_head(&req), (int)buf_avail(&req));
+            if (w > 0) {
+                buf_consume(&req, (size_t)w);
+                continue;
+            }
+            ssl_err(err, cap, "cannot send the request");
+            goto out;
+        }
         ssize_t w = send(fd, buf_head(&req), buf_avail(&req), MSG_NOSIGNAL);
         if (w > 0) {
             buf_consume(&req, (size_t)w);
@@ -548,7 +655,22 @@ static int http_get(const char *host, int port, const char *path, const char *to
             buf_destroy(&resp);
             goto out;
         }
-        ssize_t r = recv(fd, resp.data + resp.len, resp.cap - resp.len, 0);
+        ssize_t r;
+        if (ssl) {
+            errno = 0;
+            int n = SSL_read(ssl, resp.data + resp.len, (int)(resp.cap - resp.len));
+            int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n);
+            if (e == SSL_ERROR_SSL || (e == SSL_ERROR_SYSCALL && errno != 0)) {
+                snprintf(err, cap, "no complete answer within %d ms", STATUS_TIMEOUT_MS);
+                if (e == SSL_ERROR_SSL)
+                    ssl_err(err, cap, "cannot read the answer");
+                buf_destroy(&resp);
+                goto out;
+            }
+            r = n > 0 ? n : 0; /* (close_notify, or the end of the connection) */
+        } else {
+            r = recv(fd, resp.data + resp.len, resp.cap - resp.len, 0);
+        }
         if (r > 0) {
             resp.len += (size_t)r;
             if (resp.len > STATUS_MAX_REPLY) {
@@ -587,16 +709,21 @@ static int http_get(const char *host, int port, const char *path, const char *to
     status = code;
 out:
     buf_destroy(&req);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
     close(fd);
     return status;
 }
 
 static void status_usage(FILE *f)
 {
-    fprintf(f, "Usage: pgsteer status [-c FILE | --admin HOST:PORT] [--token TOKEN] [--json]\n"
-               "  -c, --config FILE     read admin_listen and admin_token from FILE\n"
+    fprintf(f, "Usage: pgsteer status [-c FILE | --admin HOST:PORT] [--token TOKEN] [--tls]\n"
+               "                      [--cacert FILE] [--json]\n"
+               "  -c, --config FILE     read admin_listen, admin_token and admin_tls from FILE\n"
                "  -a, --admin HOST:PORT the admin address (default 127.0.0.1:9930)\n"
                "  -t, --token TOKEN     bearer token (default: $PGSTEER_ADMIN_TOKEN)\n"
+               "  -s, --tls             HTTPS (with -c: whenever admin_tls is not disable)\n"
+               "  -C, --cacert FILE     HTTPS, the certificate checked against FILE's CAs\n"
                "  -j, --json            print the /status JSON document as it is\n");
 }
 
@@ -605,14 +732,23 @@ int status_main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"admin", required_argument, NULL, 'a'},
         {"token", required_argument, NULL, 't'},  {"json", no_argument, NULL, 'j'},
+        {"tls", no_argument, NULL, 's'},          {"cacert", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *path = NULL, *admin = NULL, *token = getenv("PGSTEER_ADMIN_TOKEN");
     bool json = false;
+    struct status_tls tls = {false, NULL};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:a:t:jh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:a:t:jsC:h", opts, NULL)) != -1) {
         switch (ch) {
+        case 's':
+            tls.on = true;
+            break;
+        case 'C':
+            tls.on = true;
+            tls.cafile = optarg;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -649,6 +785,8 @@ int status_main(int argc, char **argv)
             return 1;
         }
         addr = cfg->admin_listen;
+        if (cfg->admin_tls.mode != CLIENT_TLS_DISABLE)
+            tls.on = true;
         if (cfg->admin_token && !token) {
             free(tok);
             tok = strdup(cfg->admin_token);
@@ -667,7 +805,7 @@ int status_main(int argc, char **argv)
     struct buf body;
     buf_init(&body);
     char err[512];
-    int code = http_get(addr.host, addr.port, "/status", tok, &body, err, sizeof(err));
+    int code = http_get(addr.host, addr.port, &tls, "/status", tok, &body, err, sizeof(err));
     free(tok);
     int rc = 1;
     if (code < 0) {

@@ -143,24 +143,45 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
     return ctx_wrap(s, cfg->mode, false, err, errcap);
 }
 
-/* ALPN on a context for clients: "postgresql", the only protocol spoken, when the client
- * offers it; a client that offers others only is refused (no_application_protocol), as
- * PostgreSQL refuses it. A client that offers none gets none. */
+/* The ALPN protocols a served context agrees on (wire format), and what happens when the
+ * client offers none of them: a fatal alert, or no ALPN. */
+struct alpn_policy {
+    const unsigned char *protos;
+    unsigned int len;
+    int otherwise; /* SSL_TLSEXT_ERR_ALERT_FATAL or SSL_TLSEXT_ERR_NOACK */
+};
+
+/* ALPN protocol lists, in the wire format (a length byte before each name). */
+static const unsigned char alpn_pg[] = "\012postgresql";
+static const unsigned char alpn_pg_http[] = "\012postgresql\010http/1.1";
+/* client_tls: "postgresql", the only protocol spoken, when the client offers it; a client
+ * that offers others only is refused (no_application_protocol), as PostgreSQL refuses it. */
+static const struct alpn_policy alpn_clients = {alpn_pg, sizeof(alpn_pg) - 1,
+                                                SSL_TLSEXT_ERR_ALERT_FATAL};
+/* admin_tls: "postgresql" (the console) or "http/1.1", whichever the client offers first of
+ * those in that order; none when it offers neither (an HTTP client offering h2 alone then
+ * speaks HTTP/1.1 all the same, as it must without ALPN). */
+static const struct alpn_policy alpn_admin = {alpn_pg_http, sizeof(alpn_pg_http) - 1,
+                                              SSL_TLSEXT_ERR_NOACK};
+
+/* OpenSSL's ALPN callback, `arg` the context's alpn_policy. A client that offers no ALPN at all
+ * gets none (OpenSSL does not call this then). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    static const unsigned char ours[] = "\012postgresql";
+    const struct alpn_policy *p = arg;
     unsigned char *sel = NULL;
     (void)ssl;
-    (void)arg;
-    if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    if (SSL_select_next_proto(&sel, outlen, p->protos, p->len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return p->otherwise;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
 }
 
-struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap)
+/* A context that serves TLS with the settings of section `key` ("client_tls", "admin_tls"),
+ * ALPN as `alpn` says. */
+static struct tls_ctx *served_ctx_new(const struct config_client_tls *cfg, const char *key,
+                                      const struct alpn_policy *alpn, char *err, size_t errcap)
 {
     if (errcap > 0)
         err[0] = 0;
@@ -173,22 +194,22 @@ struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *er
      * session, and tickets would only be bytes more on each handshake). */
     SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_alpn_select_cb(s, alpn_select, NULL);
+    SSL_CTX_set_alpn_select_cb(s, alpn_select, (void *)alpn);
     SSL_CTX_set_num_tickets(s, 0);
+    char what[300];
     if (cfg->cert_file == NULL) {
-        snprintf(err, errcap, "client_tls.cert_file is required");
+        snprintf(err, errcap, "%s.cert_file is required", key);
         SSL_CTX_free(s);
         return NULL;
     }
-    if (load_cert(s, "client_tls", cfg->cert_file, cfg->key_file, err, errcap) < 0 ||
-        (cfg->crl_file != NULL &&
-         load_crl(s, "client_tls.crl_file", cfg->crl_file, err, errcap) < 0)) {
+    snprintf(what, sizeof(what), "%s.crl_file", key);
+    if (load_cert(s, key, cfg->cert_file, cfg->key_file, err, errcap) < 0 ||
+        (cfg->crl_file != NULL && load_crl(s, what, cfg->crl_file, err, errcap) < 0)) {
         SSL_CTX_free(s);
         return NULL;
     }
     if (cfg->mode >= CLIENT_TLS_VERIFY_CA) {
-        char what[300];
-        snprintf(what, sizeof(what), "client_tls.ca_file %s", cfg->ca_file ? cfg->ca_file : "");
+        snprintf(what, sizeof(what), "%s.ca_file %s", key, cfg->ca_file ? cfg->ca_file : "");
         STACK_OF(X509_NAME) *names = cfg->ca_file ? SSL_load_client_CA_file(cfg->ca_file) : NULL;
         if (names == NULL || SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
             openssl_error(err, errcap, what, "cannot be loaded");
@@ -202,6 +223,16 @@ struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *er
         SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
     }
     return ctx_wrap(s, TLS_MODE_DISABLE, true, err, errcap);
+}
+
+struct tls_ctx *tls_server_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap)
+{
+    return served_ctx_new(cfg, "client_tls", &alpn_clients, err, errcap);
+}
+
+struct tls_ctx *tls_admin_ctx_new(const struct config_client_tls *cfg, char *err, size_t errcap)
+{
+    return served_ctx_new(cfg, "admin_tls", &alpn_admin, err, errcap);
 }
 
 struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx)
@@ -348,6 +379,13 @@ int tls_handshake(struct tls_conn *t)
     return -1;
 }
 
+void tls_close_notify(struct tls_conn *t)
+{
+    ERR_clear_error();
+    (void)SSL_shutdown(t->ssl); /* (queues it; the peer's own close_notify is not waited for) */
+    ERR_clear_error();
+}
+
 ssize_t tls_read(struct tls_conn *t, char *dst, size_t cap)
 {
     if (cap == 0)
@@ -427,5 +465,5 @@ bool tls_alpn_postgresql(const struct tls_conn *t)
     const unsigned char *p = NULL;
     unsigned int n = 0;
     SSL_get0_alpn_selected(t->ssl, &p, &n);
-    return n == 10 && memcmp(p, "postgresql", 10) == 0;
+    return n == alpn_pg[0] && memcmp(p, alpn_pg + 1, n) == 0;
 }

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -737,3 +738,154 @@ class ClientTlsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdminTlsTest(unittest.TestCase):
+    """admin_tls: HTTPS and the console over TLS on the admin port, with pgsteer's test
+    certificate (naming 127.0.0.1, of the test CA)."""
+
+    def proxy(self, mode):
+        px = Pgsteer(cluster, extra_yaml="admin_tls: {mode: %s, cert_file: %s, key_file: %s}\n"
+                     "admin_users:\n  - {name: admin, password: admin-secret}\n"
+                     % (mode, os.path.join(certs, "server.crt"), os.path.join(certs, "server.key")))
+        px.monitor_host = cluster.sockdir
+        px.start()
+        self.addCleanup(px.stop)
+        return px
+
+    def https(self, px, path="/healthz", cafile="ca.crt"):
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, cafile))
+        with urllib.request.urlopen("https://127.0.0.1:%d%s" % (px.admin_port, path),
+                                    context=ctx, timeout=10) as r:
+            return r.status, r.read().decode()
+
+    def http(self, px, path="/healthz"):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (px.admin_port, path),
+                                        timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def console(self, px, sql, sslmode, check=True):
+        return run_psql(px.admin_port, sql, user="admin", db="dbname=pgsteer sslmode=%s%s" % (
+            sslmode, " sslrootcert=%s" % os.path.join(certs, "ca.crt")
+            if sslmode.startswith("verify") else ""), password="admin-secret", check=check)
+
+    def test_allow_serves_https_and_http_and_the_console_both_ways(self):
+        px = self.proxy("allow")
+        self.assertEqual(self.https(px), (200, "ok\n"))
+        code, body = self.https(px, "/status")
+        self.assertEqual(code, 200)
+        self.assertIn('"nodes"', body)
+        self.assertEqual(self.http(px), (200, "ok\n"))
+        out = self.console(px, "SHOW CONFIG", "verify-full")
+        self.assertIn("admin_tls.mode|allow", out.stdout)
+        self.assertIn("admin_tls.mode|allow", self.console(px, "SHOW CONFIG", "disable").stdout)
+        # another CA's clients cannot check it
+        with self.assertRaises(urllib.error.URLError) as cm:
+            self.https(px, cafile="other-ca.crt")
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", str(cm.exception))
+
+    def test_require_refuses_plain_http_and_plain_console_logins(self):
+        px = self.proxy("require")
+        code, body = self.http(px)
+        self.assertEqual(code, 400)
+        self.assertEqual(body, "the admin port takes HTTPS only (admin_tls mode require)\n")
+        bad = self.console(px, "SHOW VERSION", "disable", check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("the admin port accepts connections with TLS only (admin_tls mode require)",
+                      bad.stderr)
+        self.assertEqual(self.https(px), (200, "ok\n"))
+        self.assertIn("pgsteer", self.console(px, "SHOW VERSION", "require").stdout)
+        # pgsteer status: HTTPS from the configuration, or asked for; checked with --cacert
+        p = subprocess.run([px.binary, "status", "-c", px.config_path, "--json"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn('"nodes"', p.stdout)
+        admin = "127.0.0.1:%d" % px.admin_port
+        for args in (["--tls"], ["--cacert", os.path.join(certs, "ca.crt")]):
+            p = subprocess.run([px.binary, "status", "--admin", admin, "--json"] + args,
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        p = subprocess.run([px.binary, "status", "--admin", admin, "--cacert",
+                            os.path.join(certs, "other-ca.crt")],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("the admin port's certificate: unable to get local issuer certificate",
+                      p.stderr)
+        p = subprocess.run([px.binary, "status", "--admin", admin],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("answered 400", p.stderr)
+
+    def test_direct_tls_for_the_console_and_for_http_with_any_alpn(self):
+        px = self.proxy("require")
+
+        def ctx(alpn):
+            c = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+            if alpn:
+                c.set_alpn_protocols(alpn)
+            return c
+        # the console, TLS from the first byte (ALPN postgresql, as libpq 17 asks)
+        c = Conn(px.admin_port, user="admin", password="admin-secret", database="pgsteer",
+                 wrap=lambda s: ctx(["postgresql"]).wrap_socket(s, server_hostname="127.0.0.1"))
+        try:
+            c.send(Query("SHOW VERSION"))
+            self.assertTrue(any(m[0] == "D" for m in c.until_ready()))
+        finally:
+            c.close()
+        # HTTP with ALPN http/1.1, h2 alone (none agreed: HTTP/1.1 all the same) or none
+        for alpn, agreed in ((["h2", "http/1.1"], "http/1.1"), (["h2"], None), (None, None)):
+            with ctx(alpn).wrap_socket(socket.create_connection(("127.0.0.1", px.admin_port),
+                                                                timeout=10),
+                                       server_hostname="127.0.0.1") as s:
+                self.assertEqual(s.selected_alpn_protocol(), agreed)
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while True:
+                    chunk = s.recv(4096)  # (a clean close_notify ends it)
+                    if not chunk:
+                        break
+                    got += chunk
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got)
+            self.assertTrue(got.endswith(b"\r\n\r\nok\n"), got)
+        # bytes that begin as TLS but are not: closed, and the port goes on serving
+        with socket.create_connection(("127.0.0.1", px.admin_port), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            while s.recv(4096):
+                pass
+        self.assertEqual(self.https(px), (200, "ok\n"))
+        with open(px.log_path) as f:
+            self.assertIn("TLS handshake with the client failed", f.read())
+
+    def test_bytes_sent_after_the_ssl_request_before_its_answer_are_refused(self):
+        px = self.proxy("allow")
+        with socket.create_connection(("127.0.0.1", px.admin_port), timeout=10) as s:
+            startup = struct.pack("!I", 196608) + b"user\0admin\0\0"
+            s.sendall(struct.pack("!II", 8, 80877103) +
+                      struct.pack("!I", len(startup) + 4) + startup)
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        self.assertEqual(got[:1], b"E")
+        self.assertIn(b"08P01", got)
+        self.assertIn(b"received unencrypted data after SSL request", got)
+
+    def test_a_reload_turns_admin_tls_on(self):
+        px = self.proxy("allow")
+        with open(px.config_path) as f:
+            text = f.read()
+        with open(px.config_path, "w") as f:
+            f.write(text.replace("admin_tls: {mode: allow", "admin_tls: {mode: require"))
+        px.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.http(px)[0] != 400 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.http(px)[0], 400)
+        self.assertEqual(self.https(px), (200, "ok\n"))
+        self.assertIn("admin_tls.mode|require",
+                      self.console(px, "SHOW CONFIG", "verify-full").stdout)

@@ -669,6 +669,54 @@ static void test_config_client_tls_rejects_bad_modes(void **state)
                   "t.yaml:1:13: expected a mapping for 'client_tls', got 'require'\n");
 }
 
+static void test_config_admin_tls(void **state)
+{
+    (void)state;
+    char f[32], text[512], expected[1024];
+    make_temp_file(f);
+    struct config *c = parse(BASE);
+    assert_int_equal(c->admin_tls.mode, CLIENT_TLS_DISABLE);
+    assert_null(c->admin_tls.cert_file);
+    config_free(c);
+    static const struct {
+        const char *word;
+        enum client_tls_mode mode;
+    } modes[] = {{"disable", CLIENT_TLS_DISABLE},
+                 {"allow", CLIENT_TLS_ALLOW},
+                 {"require", CLIENT_TLS_REQUIRE}};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        snprintf(text, sizeof text, "admin_tls: {mode: %s, cert_file: %s, key_file: %s}\n" BASE,
+                 modes[i].word, f, f);
+        c = parse(text);
+        assert_int_equal(c->admin_tls.mode, modes[i].mode);
+        assert_string_equal(c->admin_tls.cert_file, f);
+        assert_string_equal(c->admin_tls.key_file, f);
+        assert_int_equal(c->client_tls.mode, CLIENT_TLS_DISABLE); /* (apart from client_tls) */
+        config_free(c);
+    }
+    /* The admin port asks for no client certificate: no verify modes, no ca_file. */
+    snprintf(text, sizeof text,
+             "admin_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n" BASE,
+             f, f, f);
+    expect_errors(text, "t.yaml:2:9: invalid value for 'admin_tls.mode': 'verify-ca' (expected "
+                        "disable, allow or require)\n"
+                        "t.yaml:5:3: unknown key 'ca_file'\n");
+    expect_errors("admin_tls:\n  mode: require\n" BASE,
+                  "t.yaml:2:9: 'admin_tls.cert_file' is required when 'admin_tls.mode' is "
+                  "require (the certificate pgsteer shows its clients)\n"
+                  "t.yaml:2:9: 'admin_tls.key_file' is required when 'admin_tls.mode' is "
+                  "require (the private key of admin_tls.cert_file)\n");
+    snprintf(text, sizeof text,
+             "admin_tls: {mode: allow, cert_file: /nonexistent/a.crt, key_file: %s}\n" BASE, f);
+    snprintf(expected, sizeof expected,
+             "t.yaml:1:37: admin_tls.cert_file: cannot read '/nonexistent/a.crt': No such file or "
+             "directory\n");
+    expect_errors(text, expected);
+    expect_errors("admin_tls: on\n" BASE,
+                  "t.yaml:1:12: expected a mapping for 'admin_tls', got 'on'\n");
+    unlink(f);
+}
+
 static void test_config_client_tls_needs_its_files(void **state)
 {
     (void)state;
@@ -1525,6 +1573,7 @@ int main(void)
         cmocka_unit_test(test_config_client_tls_parses_each_mode),
         cmocka_unit_test(test_config_client_tls_rejects_bad_modes),
         cmocka_unit_test(test_config_client_tls_needs_its_files),
+        cmocka_unit_test(test_config_admin_tls),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),

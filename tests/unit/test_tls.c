@@ -514,6 +514,17 @@ static void test_tls_server_context_errors(void **state)
     assert_null(tls_server_ctx_new(&nocrl, err, sizeof(err)));
     assert_non_null(strstr(err, "client_tls.crl_file"));
     assert_non_null(strstr(err, "no CRL in PEM form could be read"));
+
+    /* the admin port's context names its own section */
+    assert_null(tls_admin_ctx_new(&off, err, sizeof(err)));
+    assert_string_equal(err, "");
+    assert_null(tls_admin_ctx_new(&mismatch, err, sizeof(err)));
+    assert_non_null(strstr(err, "admin_tls.key_file"));
+    struct config_client_tls admin = {
+        .mode = CLIENT_TLS_REQUIRE, .cert_file = node_cert_path, .key_file = node_key_path};
+    struct tls_ctx *ctx = tls_admin_ctx_new(&admin, err, sizeof(err));
+    assert_non_null(ctx);
+    tls_ctx_unref(ctx);
 }
 
 int main(void)
