@@ -13,8 +13,26 @@
 #define SCRAM_KEY_LEN    32
 #define SCRAM_MAX_MSG    1024
 
-/* Server side: pgsteer authenticates a client that knows `password`. Only plaintext passwords
- * are configured, so the verifier is derived from it with a fresh salt per exchange. */
+/* A SCRAM secret as PostgreSQL stores it in pg_authid.rolpassword:
+ * "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" (salt and keys base64). It lets
+ * pgsteer check a client's proof without the password, and, with the ClientKey that proof
+ * reveals, log in to a node that stores the same secret. */
+struct scram_secret {
+    int iterations;
+    uint8_t salt[64];
+    size_t saltlen;
+    uint8_t stored_key[SCRAM_KEY_LEN];
+    uint8_t server_key[SCRAM_KEY_LEN];
+};
+
+/* Whether text has the form of a SCRAM secret (begins with "SCRAM-SHA-256$"), whether or not
+ * the rest is well formed. */
+bool scram_is_secret(const char *text);
+/* Parse a SCRAM secret into out. Returns 0, or -1 when malformed (then out is wiped). */
+int scram_secret_parse(const char *text, struct scram_secret *out);
+
+/* Server side: pgsteer authenticates a client that knows `password` (scram_server_init: the
+ * verifier derived from it with a fresh salt per exchange) or whose secret is `secret`. */
 struct scram_server {
     int state; /* 0 = expecting client-first, 1 = expecting client-final, 2 = done */
     char client_first_bare[SCRAM_MAX_MSG];
@@ -34,10 +52,20 @@ int scram_server_first(struct scram_server *s, const char *msg, size_t n, char *
 /* Handle the client-final-message. Returns the server-final-message length written to out
  * when the proof is right, -1 when malformed, -2 when the password is wrong. */
 int scram_server_final(struct scram_server *s, const char *msg, size_t n, char *out, size_t outcap);
+/* Start an exchange for a stored secret: its salt and iteration count go to the client, no
+ * password is derived. Returns 0 or -1 (randomness unavailable). */
+int scram_server_init_secret(struct scram_server *s, const struct scram_secret *secret);
+/* scram_server_final that also gives, when the proof is right, the ClientKey it proved into
+ * client_key (for scram_client_init_key); wiped otherwise. Same returns. */
+int scram_server_final_key(struct scram_server *s, const char *msg, size_t n, char *out,
+                           size_t outcap, uint8_t client_key[SCRAM_KEY_LEN]);
 
 /* Client side: pgsteer logs in to a node. */
 struct scram_client {
     int state;
+    bool with_key;                     /* client_key and server_key given, no password */
+    uint8_t client_key[SCRAM_KEY_LEN]; /* with_key */
+    uint8_t server_key[SCRAM_KEY_LEN]; /* with_key */
     char password[256];
     char client_nonce[64];
     char client_first_bare[SCRAM_MAX_MSG];
@@ -46,6 +74,12 @@ struct scram_client {
 
 /* Returns 0 or -1. */
 int scram_client_init(struct scram_client *c, const char *password);
+/* Log in without the password: with the ClientKey a client proved (scram_server_final_key)
+ * and the ServerKey of the same secret. The node must store that secret: the salt and
+ * iteration count it sends are not used (keys derived from them would be the same). Returns 0
+ * or -1. */
+int scram_client_init_key(struct scram_client *c, const uint8_t client_key[SCRAM_KEY_LEN],
+                          const uint8_t server_key[SCRAM_KEY_LEN]);
 /* Writes the client-first-message ("n,,n=,r=<nonce>") to out; returns its length or -1. */
 int scram_client_first(struct scram_client *c, char *out, size_t outcap);
 /* Given the server-first-message, writes the client-final-message; returns length or -1. */
@@ -61,6 +95,13 @@ int scram_client_verify(struct scram_client *c, const char *server_final, size_t
 int scram_server_init_with(struct scram_server *s, const char *password, const uint8_t *salt,
                            size_t saltlen, const char *server_nonce);
 int scram_client_init_with(struct scram_client *c, const char *password, const char *client_nonce);
+
+/* The configured credential of a user (users, admin_users): a password or a SCRAM secret.
+ * scram_server_start starts a server exchange for it (scram_server_init or
+ * scram_server_init_secret); scram_client_start a client one, for a secret with client_key,
+ * the ClientKey the user's client proved (NULL when there is none: then -1). Return 0 or -1. */
+int scram_server_start(struct scram_server *s, const char *configured);
+int scram_client_start(struct scram_client *c, const char *configured, const uint8_t *client_key);
 
 /* MD5: "md5" + md5hex(md5hex(password + user) + salt), 35 chars + NUL into out[36]. */
 void auth_md5_response(const char *user, const char *password, const uint8_t salt[4], char out[36]);

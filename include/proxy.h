@@ -550,8 +550,12 @@ struct client {
     struct buf tls_in, tls_out;
     char *user;
     char *database;
-    char *password; /* configured password: also logs pgsteer in to nodes */
-    char **params;  /* startup parameters for backends: name, value, ... */
+    char *password; /* configured password or SCRAM secret: also logs pgsteer in to nodes */
+    /* With a SCRAM secret configured: the ClientKey the client's login proved, which logs
+     * pgsteer in to nodes that store the same secret (scram_client_init_key) */
+    uint8_t scram_client_key[32];
+    bool has_client_key;
+    char **params; /* startup parameters for backends: name, value, ... */
     size_t nparams;
     char *param_key; /* cache key, see struct param_cache */
     size_t param_keylen;

@@ -1751,7 +1751,7 @@ static int pg_startup(struct admin_conn *c, const char *body, size_t n)
         return 0;
     case AUTH_METHOD_SCRAM:
         c->scram = calloc(1, sizeof(*c->scram));
-        if (c->scram == NULL || scram_server_init(c->scram, c->password) < 0) {
+        if (c->scram == NULL || scram_server_start(c->scram, c->password) < 0) {
             pg_fatal(c, "53200", "out of memory");
             return -1;
         }

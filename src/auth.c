@@ -286,6 +286,44 @@ static int auth_message_hmac(const uint8_t key[SCRAM_KEY_LEN], const char *bare,
     return hmac256(key, SCRAM_KEY_LEN, msg, (size_t)len, out);
 }
 
+static int parse_iterations(const char *s, size_t n);
+
+/* ---- stored secrets ------------------------------------------------------------------------ */
+
+#define SECRET_PREFIX "SCRAM-SHA-256$"
+
+bool scram_is_secret(const char *text)
+{
+    return text != NULL && strncmp(text, SECRET_PREFIX, sizeof(SECRET_PREFIX) - 1) == 0;
+}
+
+int scram_secret_parse(const char *text, struct scram_secret *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!scram_is_secret(text))
+        return -1;
+    const char *p = text + sizeof(SECRET_PREFIX) - 1;
+    const char *colon = strchr(p, ':');
+    const char *dollar = colon ? strchr(colon, '$') : NULL;
+    const char *colon2 = dollar ? strchr(dollar, ':') : NULL;
+    if (colon2 == NULL)
+        return -1;
+    const char *end = colon2 + strlen(colon2);
+    int iterations = parse_iterations(p, (size_t)(colon - p));
+    int saltlen = b64_decode(colon + 1, (size_t)(dollar - colon - 1), out->salt, sizeof(out->salt));
+    if (iterations < 0 || saltlen < 1 ||
+        b64_decode(dollar + 1, (size_t)(colon2 - dollar - 1), out->stored_key,
+                   sizeof(out->stored_key)) != SCRAM_KEY_LEN ||
+        b64_decode(colon2 + 1, (size_t)(end - colon2 - 1), out->server_key,
+                   sizeof(out->server_key)) != SCRAM_KEY_LEN) {
+        OPENSSL_cleanse(out, sizeof(*out));
+        return -1;
+    }
+    out->iterations = iterations;
+    out->saltlen = (size_t)saltlen;
+    return 0;
+}
+
 /* ---- server side --------------------------------------------------------------------------- */
 
 int scram_server_init_with(struct scram_server *s, const char *password, const uint8_t *salt,
@@ -306,6 +344,24 @@ int scram_server_init_with(struct scram_server *s, const char *password, const u
     char salt64[4 * ((MAX_SALT + 2) / 3) + 1];
     b64_encode(salt, saltlen, salt64);
     snprintf(s->server_first, sizeof(s->server_first), ",s=%s,i=%d", salt64, SCRAM_ITERATIONS);
+    s->state = SERVER_WANT_FIRST;
+    return 0;
+}
+
+int scram_server_init_secret(struct scram_server *s, const struct scram_secret *secret)
+{
+    memset(s, 0, sizeof(*s));
+    s->state = SERVER_DONE;
+    uint8_t raw[SCRAM_NONCE_RAW];
+    char salt64[4 * ((sizeof(secret->salt) + 2) / 3) + 1];
+    if (secret->saltlen < 1 || secret->saltlen > sizeof(secret->salt) ||
+        auth_random(raw, sizeof(raw)) < 0)
+        return -1;
+    b64_encode(raw, sizeof(raw), s->nonce);
+    memcpy(s->stored_key, secret->stored_key, SCRAM_KEY_LEN);
+    memcpy(s->server_key, secret->server_key, SCRAM_KEY_LEN);
+    b64_encode(secret->salt, secret->saltlen, salt64);
+    snprintf(s->server_first, sizeof(s->server_first), ",s=%s,i=%d", salt64, secret->iterations);
     s->state = SERVER_WANT_FIRST;
     return 0;
 }
@@ -446,20 +502,28 @@ static int server_final(struct scram_server *s, const char *msg, size_t n, char 
     return 2 + (int)b64_encode(sig, SCRAM_KEY_LEN, out + 2);
 }
 
-int scram_server_final(struct scram_server *s, const char *msg, size_t n, char *out, size_t outcap)
+int scram_server_final_key(struct scram_server *s, const char *msg, size_t n, char *out,
+                           size_t outcap, uint8_t client_key[SCRAM_KEY_LEN])
 {
-    if (s->state != SERVER_WANT_FINAL)
-        return -1;
-    s->state = SERVER_DONE;
     int rc = -1;
-    uint8_t sig[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN];
-    if (msg_ok(msg, n))
+    uint8_t sig[SCRAM_KEY_LEN];
+    if (s->state == SERVER_WANT_FINAL && msg_ok(msg, n))
         rc = server_final(s, msg, n, out, outcap, sig, client_key);
+    s->state = SERVER_DONE;
+    if (rc < 0)
+        OPENSSL_cleanse(client_key, SCRAM_KEY_LEN);
     /* One attempt per exchange: the keys are not needed any more. */
     OPENSSL_cleanse(sig, sizeof(sig));
-    OPENSSL_cleanse(client_key, sizeof(client_key));
     OPENSSL_cleanse(s->stored_key, sizeof(s->stored_key));
     OPENSSL_cleanse(s->server_key, sizeof(s->server_key));
+    return rc;
+}
+
+int scram_server_final(struct scram_server *s, const char *msg, size_t n, char *out, size_t outcap)
+{
+    uint8_t client_key[SCRAM_KEY_LEN];
+    int rc = scram_server_final_key(s, msg, n, out, outcap, client_key);
+    OPENSSL_cleanse(client_key, sizeof(client_key));
     return rc;
 }
 
@@ -477,6 +541,17 @@ int scram_client_init_with(struct scram_client *c, const char *password, const c
     memcpy(c->password, password, plen + 1);
     memcpy(c->client_nonce, client_nonce, nlen + 1);
     c->state = CLIENT_INIT;
+    return 0;
+}
+
+int scram_client_init_key(struct scram_client *c, const uint8_t client_key[SCRAM_KEY_LEN],
+                          const uint8_t server_key[SCRAM_KEY_LEN])
+{
+    if (scram_client_init(c, "") < 0)
+        return -1;
+    c->with_key = true;
+    memcpy(c->client_key, client_key, SCRAM_KEY_LEN);
+    memcpy(c->server_key, server_key, SCRAM_KEY_LEN);
     return 0;
 }
 
@@ -563,9 +638,16 @@ static int client_final(struct scram_client *c, const char *server_first, size_t
     first[n] = '\0';
 
     uint8_t *client_key = keys[0], *stored_key = keys[1], *server_key = keys[2], *sig = keys[3];
-    if (derive_keys(c->password, salt, (size_t)saltlen, iterations, client_key, stored_key,
-                    server_key) < 0 ||
-        auth_message_hmac(stored_key, c->client_first_bare, first, without_proof, (size_t)wlen,
+    if (c->with_key) { /* the keys of the secret the node stores: its salt is that secret's */
+        memcpy(client_key, c->client_key, SCRAM_KEY_LEN);
+        memcpy(server_key, c->server_key, SCRAM_KEY_LEN);
+        if (SHA256(client_key, SCRAM_KEY_LEN, stored_key) == NULL)
+            return -1;
+    } else if (derive_keys(c->password, salt, (size_t)saltlen, iterations, client_key, stored_key,
+                           server_key) < 0) {
+        return -1;
+    }
+    if (auth_message_hmac(stored_key, c->client_first_bare, first, without_proof, (size_t)wlen,
                           sig) < 0 ||
         auth_message_hmac(server_key, c->client_first_bare, first, without_proof, (size_t)wlen,
                           c->server_signature) < 0)
@@ -591,8 +673,10 @@ int scram_client_final(struct scram_client *c, const char *server_first, size_t 
     if (rc >= 0)
         c->state = CLIENT_SENT_FINAL;
     OPENSSL_cleanse(keys, sizeof(keys));
-    /* The password is not needed any more. */
+    /* The password (or keys) are not needed any more. */
     OPENSSL_cleanse(c->password, sizeof(c->password));
+    OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
+    OPENSSL_cleanse(c->server_key, sizeof(c->server_key));
     return rc;
 }
 
@@ -618,6 +702,34 @@ int scram_client_verify(struct scram_client *c, const char *server_final, size_t
         b64_decode(sig64, sig64_len, sig, sizeof(sig)) != SCRAM_KEY_LEN)
         return -1;
     return auth_equal(sig, c->server_signature, SCRAM_KEY_LEN) ? 0 : -1;
+}
+
+int scram_server_start(struct scram_server *s, const char *configured)
+{
+    if (!scram_is_secret(configured))
+        return scram_server_init(s, configured);
+    struct scram_secret sec;
+    int rc = scram_secret_parse(configured, &sec) == 0 ? scram_server_init_secret(s, &sec) : -1;
+    OPENSSL_cleanse(&sec, sizeof(sec));
+    if (rc < 0)
+        s->state = SERVER_DONE;
+    return rc;
+}
+
+int scram_client_start(struct scram_client *c, const char *configured, const uint8_t *client_key)
+{
+    if (!scram_is_secret(configured))
+        return scram_client_init(c, configured);
+    struct scram_secret sec;
+    int rc = client_key != NULL && scram_secret_parse(configured, &sec) == 0
+                 ? scram_client_init_key(c, client_key, sec.server_key)
+                 : -1;
+    OPENSSL_cleanse(&sec, sizeof(sec));
+    if (rc < 0) {
+        memset(c, 0, sizeof(*c));
+        c->state = CLIENT_DONE;
+    }
+    return rc;
 }
 
 /* ---- MD5 and helpers ----------------------------------------------------------------------- */

@@ -856,12 +856,16 @@ static int backend_handle_auth(struct backend *b, const struct proto_msg *m)
         b->state = BACKEND_STARTUP;
         return 0;
     case AUTH_CLEARTEXT:
+        if (scram_is_secret(c->password))
+            return -2;
         rc = proto_write_PasswordMessage(&msg, c->password);
         break;
     case AUTH_MD5: {
         const char *salt = proto_read_bytes(&r, 4);
         if (salt == NULL)
             return -1;
+        if (scram_is_secret(c->password))
+            return -2;
         char resp[36];
         auth_md5_response(c->user, c->password, (const uint8_t *)salt, resp);
         rc = proto_write_PasswordMessage(&msg, resp);
@@ -881,8 +885,11 @@ static int backend_handle_auth(struct backend *b, const struct proto_msg *m)
         if (!found)
             return -1;
         b->scram = calloc(1, sizeof(*b->scram));
-        if (b->scram == NULL || scram_client_init(b->scram, c->password) < 0)
+        if (b->scram == NULL)
             return -1;
+        if (scram_client_start(b->scram, c->password,
+                               c->has_client_key ? c->scram_client_key : NULL) < 0)
+            return scram_is_secret(c->password) ? -2 : -1;
         char first[SCRAM_MAX_MSG];
         int n = scram_client_first(b->scram, first, sizeof(first));
         if (n < 0)
@@ -1239,7 +1246,16 @@ static void backend_handle_input(struct backend *b)
         switch (b->state) {
         case BACKEND_AUTH:
             if (m.type == BE_AUTH) {
-                if (backend_handle_auth(b, &m) < 0) {
+                int arc = backend_handle_auth(b, &m);
+                if (arc == -2) {
+                    /* (a SCRAM secret answers SCRAM with the key the client proved, only) */
+                    backend_fail(b, "28000",
+                                 "could not authenticate to the node: pgsteer holds a SCRAM "
+                                 "secret for this user, and the node asks for a password (MD5 or "
+                                 "cleartext): store the same SCRAM secret on the node");
+                    return;
+                }
+                if (arc < 0) {
                     backend_fail(b, "28000", "could not authenticate to the node");
                     return;
                 }

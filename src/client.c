@@ -11,6 +11,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "log.h"
 #include "protocol.h"
 #include "session.h"
@@ -130,6 +132,7 @@ static void client_free(struct client *c)
     free(c->user);
     free(c->database);
     free(c->password);
+    OPENSSL_cleanse(c->scram_client_key, sizeof(c->scram_client_key));
     for (size_t i = 0; i < 2 * c->nparams; i++)
         free(c->params[i]);
     free(c->params);
@@ -1040,7 +1043,7 @@ static int client_start_auth(struct client *c)
         break;
     case AUTH_METHOD_SCRAM:
         c->scram = calloc(1, sizeof(*c->scram));
-        if (c->scram == NULL || scram_server_init(c->scram, c->password) < 0)
+        if (c->scram == NULL || scram_server_start(c->scram, c->password) < 0)
             rc = -1;
         else
             rc = proto_write_AuthenticationSASL(&m);
@@ -1094,11 +1097,12 @@ static int client_handle_password(struct client *c, const struct proto_msg *m)
         }
         rc = proto_write_AuthenticationSASLContinue(&reply, out, (size_t)n);
     } else {
-        int n = scram_server_final(s, m->body, m->len, out, sizeof(out));
+        int n = scram_server_final_key(s, m->body, m->len, out, sizeof(out), c->scram_client_key);
         if (n == -2) {
             client_auth_failed(c);
             return -1;
         }
+        c->has_client_key = n >= 0 && scram_is_secret(c->password);
         if (n < 0) {
             client_close(c, "08P01", "malformed SCRAM message");
             return -1;

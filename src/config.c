@@ -18,6 +18,10 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include <openssl/crypto.h>
+
+#include "auth.h"
+
 /* A config file is a few kilobytes; the limits keep a hostile or corrupt file from costing
  * much memory or time, and keep the report readable. */
 #define CONFIG_MAX_FILE_SIZE (16 * 1024 * 1024)
@@ -851,10 +855,36 @@ static bool name_ok(const char *s, size_t len)
 }
 
 /* users and admin_users. Entries that fail keep NULL fields; the config is discarded then. */
+/* A user's password that is a SCRAM secret (SCRAM-SHA-256$...): well formed, and usable with
+ * auth_method `method`: MD5 cannot check it; for `users`, trust leaves no key to log in to the
+ * nodes with (pgsteer logs in with the ClientKey a client's SCRAM login proves). */
+static void check_secret(struct ctx *c, const struct ynode *v, const char *key, const char *text,
+                         enum auth_method method)
+{
+    struct scram_secret sec;
+    if (!scram_is_secret(text))
+        return;
+    if (scram_secret_parse(text, &sec) < 0)
+        report_at(c, v,
+                  "'password' is not a valid SCRAM secret (expected "
+                  "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in "
+                  "pg_authid.rolpassword)");
+    else if (method == AUTH_METHOD_MD5)
+        report_at(c, v,
+                  "a SCRAM secret as 'password' needs auth_method scram-sha-256 (MD5 "
+                  "cannot be checked against it)");
+    else if (method == AUTH_METHOD_TRUST && strcmp(key, "users") == 0)
+        report_at(c, v,
+                  "a SCRAM secret as 'password' needs auth_method scram-sha-256 (pgsteer "
+                  "logs in to the nodes with the key a client's SCRAM login proves)");
+    OPENSSL_cleanse(&sec, sizeof(sec));
+}
+
 static void parse_users(struct ctx *c, const struct ynode *map, const struct ynode *v,
-                        const char *key, bool required, bool allow_empty_password,
+                        const char *key, bool required, enum auth_method method,
                         struct config_user **out, size_t *nout)
 {
+    bool allow_empty_password = method == AUTH_METHOD_TRUST;
     static const char *const names[] = {"name", "password"};
     if (!v) {
         if (required)
@@ -918,6 +948,8 @@ static void parse_users(struct ctx *c, const struct ynode *map, const struct yno
         else if (get_text(c, val[1], "password", true, &u->password) && !*u->password &&
                  !allow_empty_password)
             report_at(c, val[1], "'password' must not be empty unless auth_method is trust");
+        else if (u->password)
+            check_secret(c, val[1], key, u->password, method);
     }
     free(lines);
 }
@@ -1106,7 +1138,8 @@ static const char *const monitor_keys[] = {"interval_ms",        "max_lag_bytes"
                                            "connect_timeout_ms", "recover_checks", "user",
                                            "password",           "dbname"};
 
-static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *cfg)
+static void parse_monitor(struct ctx *c, const struct ynode *root, const struct ynode *v,
+                          struct config *cfg)
 {
     enum { M_INTERVAL, M_LAG_BYTES, M_LAG_MS, M_CONNECT, M_RECOVER, M_USER, M_PASS, M_DB, M_N };
     struct config_monitor *m = &cfg->monitor;
@@ -1145,7 +1178,12 @@ static void parse_monitor(struct ctx *c, const struct ynode *v, struct config *c
         c->oom = true;
     if (!val[M_PASS] && m->user) {
         const struct config_user *u = config_find_user(cfg, m->user);
-        if (u && u->password) {
+        if (u && scram_is_secret(u->password)) {
+            report_at(c, v && !ynode_is_null(v) ? v : root,
+                      "missing required key 'monitor.password' (monitor user '%s' has a SCRAM "
+                      "secret in 'users', with which the monitor cannot log in)",
+                      m->user);
+        } else if (u && u->password) {
             if (!(m->password = strdup(u->password)))
                 c->oom = true;
         } else if (val[M_USER] && user_ok) {
@@ -1413,16 +1451,15 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_listen_addr(c, v[K_ADMIN_LISTEN], "admin_listen", &cfg->admin_listen);
     if (v[K_AUTH] && get_enum(c, v[K_AUTH], "auth_method", auth_names, 3, &e))
         cfg->auth_method = (enum auth_method)e;
-    bool trust = cfg->auth_method == AUTH_METHOD_TRUST;
-    parse_users(c, root, v[K_USERS], "users", true, trust, &cfg->users, &cfg->nusers);
-    parse_users(c, root, v[K_ADMIN_USERS], "admin_users", false, trust, &cfg->admin_users,
-                &cfg->nadmin_users);
+    parse_users(c, root, v[K_USERS], "users", true, cfg->auth_method, &cfg->users, &cfg->nusers);
+    parse_users(c, root, v[K_ADMIN_USERS], "admin_users", false, cfg->auth_method,
+                &cfg->admin_users, &cfg->nadmin_users);
     if (v[K_ADMIN_TOKEN])
         get_text(c, v[K_ADMIN_TOKEN], "admin_token", false, &cfg->admin_token);
     parse_nodes(c, root, v[K_NODES], cfg);
     if (v[K_WRITE_FUNCTIONS])
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
-    parse_monitor(c, v[K_MONITOR], cfg);
+    parse_monitor(c, root, v[K_MONITOR], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
     parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 5, &cfg->client_tls);
     parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 3, &cfg->admin_tls);

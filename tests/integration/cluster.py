@@ -646,6 +646,7 @@ class Pgsteer:
         self.cluster = cluster
         self.auth_method = auth_method
         self.extra_yaml = extra_yaml
+        self.users = ((APP_USER, APP_PASSWORD),)  # (name, password as written in the YAML)
         self.preexec_fn = None  # run in the child before exec (e.g. to enter a cgroup)
         self.node_host = "127.0.0.1"  # or cluster.sockdir: the nodes over Unix-domain sockets
         self.monitor_host = None  # where the monitor reaches the nodes, if not at node_host
@@ -697,7 +698,7 @@ class Pgsteer:
             self.admin_port = free_port(exclude=used | {self.port})
             with open(self.config_path, "w") as f:
                 f.write(config_yaml(self.cluster, self.port, self.admin_port, self.auth_method,
-                                    self.extra_yaml, monitor=self.monitor_yaml,
+                                    self.extra_yaml, users=self.users, monitor=self.monitor_yaml,
                                     node_host=self.node_host,
                                     monitor_host=self.monitor_host))
             logf = open(self.log_path, "ab")

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """pgsteer logs in to a node with whatever the node asks: SCRAM-SHA-256 (the other tests),
 MD5, a cleartext password or trust; and a node that refuses the login turns into a clear error
-for the client, not a hang."""
+for the client, not a hang. A user configured with the SCRAM secret of pg_authid instead of a
+password logs in to pgsteer and, with the key its login proves, to the node."""
 
 import os
 import sys
@@ -9,7 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import APP_USER, Cluster, Pgsteer  # noqa: E402
+from cluster import APP_DB, APP_USER, Cluster, Pgsteer, run_psql  # noqa: E402
 from wire import Conn, Query, WireError  # noqa: E402
 
 cluster = None
@@ -88,3 +89,93 @@ class NodeAuthTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ScramSecretTest(unittest.TestCase):
+    def setUp(self):
+        cluster.psql(cluster.primary_port, ["drop role if exists vault",
+                                            "create role vault login password 'v-secret'"],
+                     user="postgres", db="postgres")
+        self.secret = cluster.psql(cluster.primary_port,
+                                   "select rolpassword from pg_authid where rolname = 'vault'",
+                                   user="postgres", db="postgres")
+        self.assertTrue(self.secret.startswith("SCRAM-SHA-256$4096:"))
+
+    def tearDown(self):
+        set_hba("scram-sha-256")
+
+    def proxy(self):
+        # backend_idle_max 0: every client's backend logs in anew (none kept from the last);
+        # an admin user with the same secret
+        px = Pgsteer(cluster, extra_yaml="backend_idle_max: 0\nadmin_users:\n"
+                     "  - {name: vault, password: \"%s\"}\n" % self.secret)
+        px.users = ((APP_USER, "secret"), ("vault", '"%s"' % self.secret))
+        px.start()
+        self.addCleanup(px.stop)
+        return px
+
+    def ask(self, px, sql, password="v-secret"):
+        """The rows of sql's answer, or ("E", error) when the node refuses pgsteer's login for
+        it (at the client's login when pgsteer has not yet learnt the node's startup
+        parameters, or, once it has, at the statement); a login that pgsteer refuses raises
+        WireError."""
+        try:
+            c = Conn(px.port, user="vault", password=password, database=APP_DB)
+        except WireError as e:
+            if "could not authenticate to the node" in str(e) or "node primary: " in str(e):
+                return ("E", str(e))
+            raise
+        try:
+            c.send(Query(sql))
+            out = c.until_ready()
+            errs = [m[1] for m in out if m[0] == "E"]
+            return ("E", errs[0]) if errs else [m[1] for m in out if m[0] == "D"]
+        finally:
+            c.close()
+
+    def test_a_secret_in_place_of_the_password(self):
+        px = self.proxy()
+        for _ in range(2):  # (two logins to the node, each with the key its client proved)
+            self.assertEqual(self.ask(px, "select current_user, inet_server_port()"),
+                             [("vault", str(cluster.primary_port))])
+        with self.assertRaises(WireError) as cm:
+            self.ask(px, "select 1", password="wrong")
+        self.assertIn("28P01", str(cm.exception))
+        with open(px.config_path) as f:
+            self.assertNotIn("v-secret", f.read())
+        # the admin console checks its users against secrets the same way
+        ok = run_psql(px.admin_port, "SHOW VERSION", user="vault", db="pgsteer",
+                      password="v-secret")
+        self.assertIn("pgsteer", ok.stdout)
+        bad = run_psql(px.admin_port, "SHOW VERSION", user="vault", db="pgsteer",
+                       password="wrong", check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("password authentication failed", bad.stderr)
+
+    def test_the_node_must_store_the_same_secret(self):
+        px = self.proxy()
+        self.assertEqual(self.ask(px, "select 1"), [("1",)])
+        # the same password set again: a new salt, so another secret on the node
+        cluster.psql(cluster.primary_port, "alter role vault password 'v-secret'",
+                     user="postgres", db="postgres")
+        got = self.ask(px, "select 1")
+        self.assertEqual(got[0], "E")
+        self.assertIn("28P01", str(got[1]))
+
+    def test_a_node_that_asks_for_a_cleartext_password_is_a_clear_error(self):
+        px = self.proxy()
+        node = cluster.nodes[0]
+        path = os.path.join(node.datadir, "pg_hba.conf")
+        with open(path) as f:
+            body = f.read()
+        with open(path, "w") as f:
+            f.write("host all vault 127.0.0.1/32 password\n" + body)
+        try:
+            cluster.psql(node.port, "select pg_reload_conf()", user="postgres", db="postgres")
+            got = self.ask(px, "select 1")
+        finally:
+            with open(path, "w") as f:
+                f.write(body)
+            cluster.psql(node.port, "select pg_reload_conf()", user="postgres", db="postgres")
+        self.assertEqual(got[0], "E")
+        self.assertIn("pgsteer holds a SCRAM secret for this user", str(got[1]))

@@ -517,6 +517,111 @@ static void test_scram_exchange_wrong_password_returns_minus2(void **state)
     assert_false(ok);
 }
 
+/* The secret PostgreSQL would store for the RFC 7677 password and salt, and its ClientKey. */
+#define RFC_SECRET                                                                                 \
+    "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"    \
+    "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+static const uint8_t rfc_client_key[SCRAM_KEY_LEN] = {
+    0xa6, 0x0f, 0xc9, 0x23, 0xd6, 0x7e, 0x86, 0x44, 0xa9, 0x2d, 0x16, 0xb9, 0x6e, 0xda, 0x5e, 0xf4,
+    0x65, 0x6b, 0x0c, 0x72, 0x5c, 0x48, 0x43, 0x74, 0xbe, 0x25, 0x53, 0x55, 0x76, 0x99, 0x6e, 0x8b};
+
+/* An exchange of client c (initialised) with a server for `configured` (password or secret);
+ * the server's return, the ClientKey it proved into key, and whether c accepted the server. */
+static int exchange_with(struct scram_client *c, const char *configured, uint8_t key[SCRAM_KEY_LEN],
+                         bool *client_ok)
+{
+    struct scram_server s;
+    char a[SCRAM_MAX_MSG], b[SCRAM_MAX_MSG];
+    *client_ok = false;
+    if (scram_server_start(&s, configured) < 0)
+        return -100;
+    int n = scram_client_first(c, a, sizeof(a));
+    if (n < 0 || (n = scram_server_first(&s, a, (size_t)n, b, sizeof(b))) < 0)
+        return -100;
+    n = scram_client_final(c, b, (size_t)n, a, sizeof(a));
+    if (n < 0)
+        return -100;
+    int rc = scram_server_final_key(&s, a, (size_t)n, b, sizeof(b), key);
+    if (rc > 0)
+        *client_ok = scram_client_verify(c, b, (size_t)rc) == 0;
+    return rc;
+}
+
+static void test_scram_secret_parse(void **state)
+{
+    (void)state;
+    struct scram_secret sec;
+    assert_true(scram_is_secret(RFC_SECRET));
+    assert_false(scram_is_secret("pencil"));
+    assert_false(scram_is_secret("md5abc"));
+    assert_int_equal(scram_secret_parse(RFC_SECRET, &sec), 0);
+    assert_int_equal(sec.iterations, 4096);
+    assert_int_equal(sec.saltlen, sizeof(rfc_salt));
+    assert_memory_equal(sec.salt, rfc_salt, sizeof(rfc_salt));
+    static const char *const bad[] = {
+        "pencil",
+        "SCRAM-SHA-256$",
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==",
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=",
+        "SCRAM-SHA-256$x:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=",
+        "SCRAM-SHA-256$0:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=",
+        "SCRAM-SHA-256$4096:$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=",
+        /* a key one byte short, and one not base64 */
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4g==:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=",
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2d!=",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(scram_secret_parse(bad[i], &sec), -1);
+}
+
+static void test_scram_server_checks_a_client_against_a_secret(void **state)
+{
+    (void)state;
+    struct scram_client c;
+    uint8_t key[SCRAM_KEY_LEN];
+    bool ok;
+    /* the right password: accepted, and the ClientKey it proves is the secret's */
+    assert_int_equal(scram_client_init(&c, RFC_PASSWORD), 0);
+    assert_int_equal(exchange_with(&c, RFC_SECRET, key, &ok), 2 + 44);
+    assert_true(ok);
+    assert_memory_equal(key, rfc_client_key, SCRAM_KEY_LEN);
+    /* a wrong one: refused, no key */
+    assert_int_equal(scram_client_init(&c, "Pencil"), 0);
+    assert_int_equal(exchange_with(&c, RFC_SECRET, key, &ok), -2);
+    assert_false(ok);
+    static const uint8_t zero[SCRAM_KEY_LEN];
+    assert_memory_equal(key, zero, SCRAM_KEY_LEN);
+    /* a malformed secret starts no exchange */
+    struct scram_server s;
+    assert_int_equal(scram_server_start(&s, "SCRAM-SHA-256$4096:x"), -1);
+}
+
+static void test_scram_client_logs_in_with_the_proved_key(void **state)
+{
+    (void)state;
+    struct scram_client c;
+    uint8_t key[SCRAM_KEY_LEN];
+    bool ok;
+    /* a node that stores the same secret: the key logs in, and the node proves itself */
+    assert_int_equal(scram_client_start(&c, RFC_SECRET, rfc_client_key), 0);
+    assert_int_equal(exchange_with(&c, RFC_SECRET, key, &ok), 2 + 44);
+    assert_true(ok);
+    /* a node that stores another secret of the same password (another salt): refused */
+    assert_int_equal(scram_client_start(&c, RFC_SECRET, rfc_client_key), 0);
+    assert_int_equal(exchange_with(&c, RFC_PASSWORD, key, &ok), -2);
+    /* without a proved key there is nothing to log in with */
+    assert_int_equal(scram_client_start(&c, RFC_SECRET, NULL), -1);
+    /* a password still logs in as before */
+    assert_int_equal(scram_client_start(&c, "pw", NULL), 0);
+    assert_int_equal(exchange_with(&c, "pw", key, &ok), 2 + 44);
+    assert_true(ok);
+}
+
 static void test_scram_init_uses_fresh_nonces(void **state)
 {
     (void)state;
@@ -645,6 +750,9 @@ int main(void)
         cmocka_unit_test(test_auth_md5_response_known_vector),
         cmocka_unit_test(test_auth_equal_compares),
         cmocka_unit_test(test_auth_random_fills),
+        cmocka_unit_test(test_scram_secret_parse),
+        cmocka_unit_test(test_scram_server_checks_a_client_against_a_secret),
+        cmocka_unit_test(test_scram_client_logs_in_with_the_proved_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -669,6 +669,48 @@ static void test_config_client_tls_rejects_bad_modes(void **state)
                   "t.yaml:1:13: expected a mapping for 'client_tls', got 'require'\n");
 }
 
+#define SECRET                                                                                     \
+    "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"    \
+    "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+#define NODES                                                                                      \
+    "nodes:\n"                                                                                     \
+    "  - {name: p, host: 127.0.0.1, port: 5432, role: primary}\n"
+
+static void test_config_scram_secrets(void **state)
+{
+    (void)state;
+    /* a secret as a user's password, kept as written; the monitor then needs its own */
+    struct config *c = parse("users:\n  - {name: app, password: \"" SECRET "\"}\n"
+                             "monitor: {password: plain}\n" NODES);
+    assert_string_equal(c->users[0].password, SECRET);
+    assert_string_equal(c->monitor.user, "app");
+    assert_string_equal(c->monitor.password, "plain");
+    config_free(c);
+    c = parse("auth_method: trust\nadmin_users:\n  - {name: adm, password: \"" SECRET "\"}\n" BASE);
+    assert_string_equal(c->admin_users[0].password, SECRET);
+    config_free(c);
+    expect_errors("users:\n  - {name: app, password: \"" SECRET "\"}\n" NODES,
+                  "t.yaml:1:1: missing required key 'monitor.password' (monitor user 'app' has a "
+                  "SCRAM secret in 'users', with which the monitor cannot log in)\n");
+    expect_errors("users:\n  - {name: app, password: \"SCRAM-SHA-256$4096:abc\"}\n"
+                  "monitor: {password: x}\n" NODES,
+                  "t.yaml:2:27: 'password' is not a valid SCRAM secret (expected "
+                  "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in "
+                  "pg_authid.rolpassword)\n");
+    expect_errors("auth_method: md5\nusers:\n  - {name: app, password: \"" SECRET "\"}\n"
+                  "monitor: {password: x}\n" NODES,
+                  "t.yaml:3:27: a SCRAM secret as 'password' needs auth_method scram-sha-256 (MD5 "
+                  "cannot be checked against it)\n");
+    expect_errors("auth_method: trust\nusers:\n  - {name: app, password: \"" SECRET "\"}\n"
+                  "monitor: {password: x}\n" NODES,
+                  "t.yaml:3:27: a SCRAM secret as 'password' needs auth_method scram-sha-256 "
+                  "(pgsteer logs in to the nodes with the key a client's SCRAM login proves)\n");
+    expect_errors("auth_method: md5\nadmin_users:\n  - {name: adm, password: \"" SECRET
+                  "\"}\n" BASE,
+                  "t.yaml:3:27: a SCRAM secret as 'password' needs auth_method scram-sha-256 (MD5 "
+                  "cannot be checked against it)\n");
+}
+
 static void test_config_admin_tls(void **state)
 {
     (void)state;
@@ -1574,6 +1616,7 @@ int main(void)
         cmocka_unit_test(test_config_client_tls_rejects_bad_modes),
         cmocka_unit_test(test_config_client_tls_needs_its_files),
         cmocka_unit_test(test_config_admin_tls),
+        cmocka_unit_test(test_config_scram_secrets),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),
