@@ -83,6 +83,8 @@ struct config_tls {
     char *cert_file;    /* NULL when unset; set exactly when key_file is */
     char *key_file;     /* NULL when unset */
     char *crl_file;     /* CRLs the nodes' chains are checked against when verifying; NULL: none */
+    int min_protocol;   /* lowest TLS version: 12 (default, TLS 1.2) or 13 */
+    char *ciphers;      /* OpenSSL cipher list for TLS 1.2 (checked at load); NULL: OpenSSL's */
 };
 
 /* client_tls, admin_tls. Each file given was readable when the config was loaded. */
@@ -92,6 +94,8 @@ struct config_client_tls {
     char *key_file;            /* its private key; set exactly when cert_file is */
     char *ca_file;  /* CAs of client certificates; set whenever mode is verify-ca or verify-full */
     char *crl_file; /* CRLs the clients' chains are checked against when verifying; NULL: none */
+    int min_protocol; /* lowest TLS version: 12 (default, TLS 1.2) or 13 */
+    char *ciphers;    /* OpenSSL cipher list for TLS 1.2 (checked at load); NULL: OpenSSL's */
 };
 
 struct config {

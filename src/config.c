@@ -19,6 +19,8 @@
 #include <yaml.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "auth.h"
 
@@ -1195,8 +1197,9 @@ static void parse_monitor(struct ctx *c, const struct ynode *root, const struct 
 
 static const char *const tls_mode_names[] = {"disable", "prefer", "require", "verify-ca",
                                              "verify-full"};
-static const char *const server_tls_keys[] = {"mode", "ca_file", "cert_file", "key_file",
-                                              "crl_file"};
+static const char *const server_tls_keys[] = {"mode",     "ca_file",      "cert_file", "key_file",
+                                              "crl_file", "min_protocol", "ciphers"};
+static const char *const tls_protocol_names[] = {"TLSv1.2", "TLSv1.3"};
 
 const char *config_tls_mode_name(enum tls_mode m)
 {
@@ -1221,9 +1224,36 @@ static void get_tls_file(struct ctx *c, const struct ynode *v, const char *key, 
         report_at(c, v, "%s: cannot read '%s': %s", key, show(v, t, sizeof t), strerror(err));
 }
 
+/* The lowest TLS version (`key`: "server_tls.min_protocol", ...) into *out (12 or 13), and an
+ * OpenSSL cipher list into *ciphers, which OpenSSL must take (a list that selects no cipher, or
+ * names none it knows, is refused here rather than at start). Either value may be NULL. */
+static void get_tls_protocol(struct ctx *c, const struct ynode *minp, const char *minp_key,
+                             const struct ynode *ciph, const char *ciph_key, int *out,
+                             char **ciphers)
+{
+    int e = 0;
+    *out = 12;
+    if (minp && get_enum(c, minp, minp_key, tls_protocol_names, 2, &e))
+        *out = 12 + e;
+    if (!ciph || !get_text(c, ciph, ciph_key, false, ciphers))
+        return;
+    SSL_CTX *s = SSL_CTX_new(TLS_method());
+    if (s == NULL) {
+        c->oom = true;
+        return;
+    }
+    if (SSL_CTX_set_cipher_list(s, *ciphers) != 1) {
+        char t[80];
+        report_at(c, ciph, "%s: OpenSSL knows no cipher in '%s' (see `openssl ciphers`)", ciph_key,
+                  show(ciph, t, sizeof t));
+    }
+    ERR_clear_error();
+    SSL_CTX_free(s);
+}
+
 static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config *cfg)
 {
-    enum { T_MODE, T_CA, T_CERT, T_KEY, T_CRL, T_N };
+    enum { T_MODE, T_CA, T_CERT, T_KEY, T_CRL, T_MINP, T_CIPH, T_N };
     struct config_tls *t = &cfg->server_tls;
     const struct ynode *k[T_N], *val[T_N];
     if (!v || ynode_is_null(v)) /* null: every setting commented out */
@@ -1247,6 +1277,8 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
         get_tls_file(c, val[T_KEY], "server_tls.key_file", &t->key_file);
     if (val[T_CRL])
         get_tls_file(c, val[T_CRL], "server_tls.crl_file", &t->crl_file);
+    get_tls_protocol(c, val[T_MINP], "server_tls.min_protocol", val[T_CIPH], "server_tls.ciphers",
+                     &t->min_protocol, &t->ciphers);
 
     /* Verifying the node's certificate needs the CAs to verify it against. */
     if (mode_ok && (t->mode == TLS_MODE_VERIFY_CA || t->mode == TLS_MODE_VERIFY_FULL) && !val[T_CA])
@@ -1265,8 +1297,8 @@ static void parse_server_tls(struct ctx *c, const struct ynode *v, struct config
 
 static const char *const client_tls_mode_names[] = {"disable", "allow", "require", "verify-ca",
                                                     "verify-full"};
-static const char *const client_tls_keys[] = {"mode", "cert_file", "key_file", "ca_file",
-                                              "crl_file"};
+static const char *const client_tls_keys[] = {"mode",    "cert_file", "key_file", "min_protocol",
+                                              "ciphers", "ca_file",   "crl_file"};
 
 const char *config_client_tls_mode_name(enum client_tls_mode m)
 {
@@ -1277,15 +1309,16 @@ const char *config_client_tls_mode_name(enum client_tls_mode m)
 }
 
 /* admin_tls: client_tls's first keys and modes (the admin port asks for no certificate). */
-static const char *const admin_tls_keys[] = {"mode", "cert_file", "key_file"};
+static const char *const admin_tls_keys[] = {"mode", "cert_file", "key_file", "min_protocol",
+                                             "ciphers"};
 
 /* client_tls, or admin_tls (named by `key`) into t: the TLS pgsteer serves, with the first
- * nkeys of client_tls_keys and modes up to the nkeys-th of client_tls_mode_names (admin_tls:
- * disable, allow and require). */
+ * nkeys of client_tls_keys (all 7, or admin_tls's 5) and, with fewer than all, only the modes
+ * disable, allow and require. */
 static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *key, size_t nkeys,
                              struct config_client_tls *t)
 {
-    enum { T_MODE, T_CERT, T_KEY, T_CA, T_CRL, T_N };
+    enum { T_MODE, T_CERT, T_KEY, T_MINP, T_CIPH, T_CA, T_CRL, T_N };
     const struct ynode *k[T_N] = {NULL}, *val[T_N] = {NULL};
     if (!v || ynode_is_null(v)) /* null: every setting commented out */
         return;
@@ -1312,6 +1345,8 @@ static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *k
         get_tls_file(c, val[T_CA], name[T_CA], &t->ca_file);
     if (val[T_CRL])
         get_tls_file(c, val[T_CRL], name[T_CRL], &t->crl_file);
+    get_tls_protocol(c, val[T_MINP], name[T_MINP], val[T_CIPH], name[T_CIPH], &t->min_protocol,
+                     &t->ciphers);
 
     /* Serving TLS needs pgsteer's own certificate and key. */
     bool serving = mode_ok && t->mode != CLIENT_TLS_DISABLE;
@@ -1461,8 +1496,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, root, v[K_MONITOR], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
-    parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 5, &cfg->client_tls);
-    parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 3, &cfg->admin_tls);
+    parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 7, &cfg->client_tls);
+    parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 5, &cfg->admin_tls);
     if (v[K_CONSISTENCY] && get_enum(c, v[K_CONSISTENCY], "consistency", consistency_names, 3, &e))
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))
@@ -1698,10 +1733,13 @@ void config_free(struct config *c)
     free(c->server_tls.cert_file);
     free(c->server_tls.key_file);
     free(c->server_tls.crl_file);
+    free(c->server_tls.ciphers);
     free(c->client_tls.cert_file);
     free(c->client_tls.key_file);
     free(c->client_tls.ca_file);
     free(c->client_tls.crl_file);
+    free(c->client_tls.ciphers);
+    free(c->admin_tls.ciphers);
     free(c->admin_tls.cert_file);
     free(c->admin_tls.key_file);
     free(c->admin_tls.ca_file);

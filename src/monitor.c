@@ -102,6 +102,7 @@ struct monitor {
     char *dbname;
     const char *sslmode; /* server_tls: libpq's word for its mode (a static string) */
     char *sslrootcert, *sslcert, *sslkey, *sslcrl;
+    bool tls13_only; /* server_tls.min_protocol TLSv1.3 */
     uint64_t interval_ns;
     uint64_t timeout_ns;
     int timeout_ms;
@@ -202,7 +203,7 @@ static void node_fail(struct mon_node *n, const char *msg, bool drop)
 
 static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
 {
-    const char *keys[14], *vals[14];
+    const char *keys[16], *vals[16];
     int k = 0;
     keys[k] = "host", vals[k++] = n->host;
     keys[k] = "port", vals[k++] = n->port;
@@ -222,6 +223,8 @@ static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
         keys[k] = "sslkey", vals[k++] = m->sslkey;
     if (m->sslcrl != NULL)
         keys[k] = "sslcrl", vals[k++] = m->sslcrl;
+    if (m->tls13_only)
+        keys[k] = "ssl_min_protocol_version", vals[k++] = "TLSv1.3";
     keys[k] = NULL, vals[k] = NULL;
 
     /* Caution: a host name (not an address) is resolved synchronously inside libpq, which can
@@ -757,6 +760,7 @@ struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup)
     m->sslcert = dup_or_null(tc->cert_file);
     m->sslkey = dup_or_null(tc->key_file);
     m->sslcrl = verify ? dup_or_null(tc->crl_file) : NULL;
+    m->tls13_only = tc->min_protocol == 13;
     bool oom = (mc->user != NULL && m->user == NULL) ||
                (mc->password != NULL && m->password == NULL) ||
                (mc->dbname != NULL && m->dbname == NULL) ||

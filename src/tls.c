@@ -84,8 +84,11 @@ static int load_crl(SSL_CTX *s, const char *key, const char *file, char *err, si
 }
 
 /* A new OpenSSL context for `method`, TLS 1.2 or later (PostgreSQL's default
- * ssl_min_protocol_version), without compression or renegotiation; NULL with why in err. */
-static SSL_CTX *ssl_ctx_new(const SSL_METHOD *method, char *err, size_t errcap)
+ * ssl_min_protocol_version) or, with min_protocol 13, 1.3 only, with the TLS 1.2 cipher list
+ * `ciphers` (NULL: OpenSSL's default) of section `key`, without compression or renegotiation;
+ * NULL with why in err. */
+static SSL_CTX *ssl_ctx_new(const SSL_METHOD *method, const char *key, int min_protocol,
+                            const char *ciphers, char *err, size_t errcap)
 {
     ERR_clear_error();
     SSL_CTX *s = SSL_CTX_new(method);
@@ -93,8 +96,15 @@ static SSL_CTX *ssl_ctx_new(const SSL_METHOD *method, char *err, size_t errcap)
         openssl_error(err, errcap, "cannot make a TLS context", "out of memory");
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+    SSL_CTX_set_min_proto_version(s, min_protocol == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
     SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (ciphers != NULL && SSL_CTX_set_cipher_list(s, ciphers) != 1) {
+        char what[300];
+        snprintf(what, sizeof(what), "%s.ciphers %s", key, ciphers);
+        openssl_error(err, errcap, what, "selects no cipher");
+        SSL_CTX_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -121,7 +131,8 @@ struct tls_ctx *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errc
         err[0] = 0;
     if (cfg->mode == TLS_MODE_DISABLE)
         return NULL;
-    SSL_CTX *s = ssl_ctx_new(TLS_client_method(), err, errcap);
+    SSL_CTX *s = ssl_ctx_new(TLS_client_method(), "server_tls", cfg->min_protocol, cfg->ciphers,
+                             err, errcap);
     if (s == NULL)
         return NULL;
     if (cfg->ca_file != NULL && SSL_CTX_load_verify_locations(s, cfg->ca_file, NULL) != 1) {
@@ -187,7 +198,8 @@ static struct tls_ctx *served_ctx_new(const struct config_client_tls *cfg, const
         err[0] = 0;
     if (cfg->mode == CLIENT_TLS_DISABLE)
         return NULL;
-    SSL_CTX *s = ssl_ctx_new(TLS_server_method(), err, errcap);
+    SSL_CTX *s =
+        ssl_ctx_new(TLS_server_method(), key, cfg->min_protocol, cfg->ciphers, err, errcap);
     if (s == NULL)
         return NULL;
     /* As a PostgreSQL server by default, and no session resumption (each connection is one

@@ -270,6 +270,26 @@ class TlsTest(unittest.TestCase):
         self.assertIn("server_tls.crl_file %s: no CRL in PEM form could be read"
                       % os.path.join(certs, "ca.crt"), log)
 
+    def test_min_protocol_and_ciphers_to_the_node(self):
+        def node_max(version):
+            cluster.psql(cluster.primary_port, ["alter system set ssl_max_protocol_version = "
+                                                "'%s'" % version, "select pg_reload_conf()"],
+                         user="postgres", db="postgres")
+        tls_of_self = ("/* pgsteer:primary */ select version || ' ' || cipher from pg_stat_ssl "
+                       "where pid = pg_backend_pid()")
+        node_max("TLSv1.2")  # a node that stops at TLS 1.2
+        try:
+            px = self.proxy("{mode: require, ciphers: ECDHE-RSA-AES128-GCM-SHA256}")
+            self.assertEqual(self.session(px, tls_of_self),
+                             [[("TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256",)]])
+            px = self.proxy("{mode: require, min_protocol: TLSv1.3}")
+            err = self.refused(px)
+            self.assertIn("08001", err)
+            self.assertIn("TLS handshake with the node failed", err)
+        finally:
+            node_max("")
+        self.assertEqual(self.session(px, tls_of_self)[0][0][0].split()[0], "TLSv1.3")
+
     def test_require_does_not_check_the_certificate(self):
         px = self.proxy("{mode: require, ca_file: %s}" % os.path.join(certs, "other-ca.crt"))
         self.assertEqual(self.session(px, "/* pgsteer:primary */ " + SSL_OF_SELF),
@@ -318,13 +338,15 @@ class TlsTest(unittest.TestCase):
         self.assertEqual(got, [[("true",)]])
 
 
-def client_tls_yaml(mode, ca=None, crl=None):
-    """pgsteer's client_tls with the test certificate (and ca_file, crl_file when given), TLS to
-    the nodes where they offer it (the primary takes nothing else; the replica has none), and an
-    admin user."""
+def client_tls_yaml(mode, ca=None, crl=None, more=""):
+    """pgsteer's client_tls with the test certificate (and ca_file, crl_file when given, and
+    the keys of `more`, "min_protocol: TLSv1.3" say), TLS to the nodes where they offer it (the
+    primary takes nothing else; the replica has none), and an admin user."""
     ca_part = ", ca_file: %s" % os.path.join(certs, ca) if ca else ""
     if crl:
         ca_part += ", crl_file: %s" % crl
+    if more:
+        ca_part += ", " + more
     return ("client_tls: {mode: %s, cert_file: %s, key_file: %s%s}\n"
             "server_tls: {mode: prefer}\n"
             "admin_users:\n  - {name: admin, password: admin-secret}\n"
@@ -332,8 +354,8 @@ def client_tls_yaml(mode, ca=None, crl=None):
 
 
 class ClientTlsTest(unittest.TestCase):
-    def proxy(self, mode, ca=None, extra_yaml="", crl=None, **kw):
-        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca, crl) + extra_yaml, **kw)
+    def proxy(self, mode, ca=None, extra_yaml="", crl=None, more="", **kw):
+        px = Pgsteer(cluster, extra_yaml=client_tls_yaml(mode, ca, crl, more) + extra_yaml, **kw)
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
@@ -456,6 +478,22 @@ class ClientTlsTest(unittest.TestCase):
         self.assertNotEqual(self.psql(px, "select 1", cert("app"), check=False).returncode, 0)
         with open(px.log_path) as f:
             self.assertIn("unable to get certificate CRL", f.read())
+
+    def test_min_protocol_and_ciphers(self):
+        # TLS 1.3 only: a client that stops at 1.2 cannot connect
+        px = self.proxy("require", more="min_protocol: TLSv1.3")
+        old = self.psql(px, "select 1", "sslmode=require ssl_max_protocol_version=TLSv1.2",
+                        check=False)
+        self.assertNotEqual(old.returncode, 0)
+        self.assertEqual(self.psql(px, "select 1", "sslmode=require").stdout.strip(), "1")
+        # a TLS 1.2 cipher list: a 1.2 client gets the one cipher allowed
+        px = self.proxy("require", more="ciphers: ECDHE-RSA-AES256-GCM-SHA384")
+        conn = self.connect(px, sslmode="require", ssl_max_protocol_version="TLSv1.2")
+        try:
+            self.assertEqual(conn.info.ssl_attribute("protocol"), "TLSv1.2")
+            self.assertEqual(conn.info.ssl_attribute("cipher"), "ECDHE-RSA-AES256-GCM-SHA384")
+        finally:
+            conn.close()
 
     def test_verify_full_wants_the_users_name_in_the_certificate(self):
         def cert(name):

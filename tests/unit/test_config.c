@@ -676,6 +676,47 @@ static void test_config_client_tls_rejects_bad_modes(void **state)
     "nodes:\n"                                                                                     \
     "  - {name: p, host: 127.0.0.1, port: 5432, role: primary}\n"
 
+static void test_config_tls_protocol_and_ciphers(void **state)
+{
+    (void)state;
+    char f[32], text[1024], expected[1024];
+    make_temp_file(f);
+    struct config *c = parse(BASE);
+    assert_int_equal(c->server_tls.min_protocol, 0); /* (section absent: TLS 1.2 and later) */
+    assert_null(c->client_tls.ciphers);
+    config_free(c);
+    snprintf(
+        text, sizeof text,
+        "server_tls: {mode: require, min_protocol: TLSv1.3}\n"
+        "client_tls: {mode: allow, cert_file: %s, key_file: %s, min_protocol: TLSv1.2,\n"
+        "             ciphers: 'ECDHE-RSA-AES128-GCM-SHA256:HIGH'}\n"
+        "admin_tls: {mode: require, cert_file: %s, key_file: %s, min_protocol: TLSv1.3}\n" BASE,
+        f, f, f, f);
+    c = parse(text);
+    assert_int_equal(c->server_tls.min_protocol, 13);
+    assert_null(c->server_tls.ciphers);
+    assert_int_equal(c->client_tls.min_protocol, 12);
+    assert_string_equal(c->client_tls.ciphers, "ECDHE-RSA-AES128-GCM-SHA256:HIGH");
+    assert_int_equal(c->admin_tls.min_protocol, 13);
+    config_free(c);
+    snprintf(
+        text, sizeof text,
+        "server_tls: {mode: require, min_protocol: TLSv1.1, ciphers: NOSUCHCIPHER}\n"
+        "admin_tls: {mode: allow, cert_file: %s, key_file: %s, ciphers: 'aNULL:!aNULL'}\n" BASE,
+        f, f);
+    snprintf(expected, sizeof expected,
+             "t.yaml:1:43: invalid value for 'server_tls.min_protocol': 'TLSv1.1' (expected "
+             "TLSv1.2 or TLSv1.3)\n"
+             "t.yaml:1:61: server_tls.ciphers: OpenSSL knows no cipher in 'NOSUCHCIPHER' (see "
+             "`openssl ciphers`)\n"
+             "t.yaml:2:%d: admin_tls.ciphers: OpenSSL knows no cipher in 'aNULL:!aNULL' (see "
+             "`openssl ciphers`)\n",
+             (int)(strlen("admin_tls: {mode: allow, cert_file: , key_file: , ciphers: ") +
+                   2 * strlen(f) + 1));
+    expect_errors(text, expected);
+    unlink(f);
+}
+
 static void test_config_scram_secrets(void **state)
 {
     (void)state;
@@ -796,7 +837,7 @@ static void test_config_client_tls_needs_its_files(void **state)
              "t.yaml:3:14: client_tls.cert_file: cannot read '/nonexistent/server.crt': No such "
              "file or directory\n"
              "t.yaml:5:12: client_tls.ca_file: cannot read '/tmp': Is a directory\n"
-             "t.yaml:6:3: unknown key 'cipher'\n"
+             "t.yaml:6:3: unknown key 'cipher' (did you mean 'ciphers'?)\n"
              "t.yaml:7:13: client_tls.crl_file: cannot read '/nonexistent/c.crl': No such file or "
              "directory\n");
     expect_errors(text, expected);
@@ -1617,6 +1658,7 @@ int main(void)
         cmocka_unit_test(test_config_client_tls_needs_its_files),
         cmocka_unit_test(test_config_admin_tls),
         cmocka_unit_test(test_config_scram_secrets),
+        cmocka_unit_test(test_config_tls_protocol_and_ciphers),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),
