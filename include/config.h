@@ -122,7 +122,7 @@ struct config {
     /* TLS from the clients over TCP. Reloadable: a reload applies to connections accepted
      * after it */
     struct config_client_tls client_tls;
-    struct config_client_tls admin_tls; /* the admin port's: disable, allow or require */
+    struct config_client_tls admin_tls; /* the admin port's: disable to verify-ca */
     enum consistency consistency;       /* default session */
     enum fallback fallback;             /* default primary */
     enum read_balance read_balance;     /* default session */

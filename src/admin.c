@@ -1842,9 +1842,11 @@ static void pg_input(struct admin_conn *c)
                 return;
             }
             if (c->tls_phase == ATLS_NONE && tls_required(c)) {
-                pg_fatal(c, "28000",
-                         "the admin port accepts connections with TLS only (admin_tls mode "
-                         "require)");
+                char msg[120];
+                snprintf(msg, sizeof(msg),
+                         "the admin port accepts connections with TLS only (admin_tls mode %s)",
+                         config_client_tls_mode_name(c->a->px->cfg->admin_tls.mode));
+                pg_fatal(c, "28000", msg);
                 return;
             }
             int rc = pg_startup(c, p + 8, (size_t)n - 8);
@@ -1923,7 +1925,8 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *ub)
     *ub = uv_buf_init(b->data + b->len, (unsigned)(b->cap - b->len));
 }
 
-/* Whether admin_tls refuses plain connections (mode require), for one not over TLS. */
+/* Whether admin_tls refuses plain connections (modes require and verify-ca), for one not over
+ * TLS. */
 static bool tls_required(const struct admin_conn *c)
 {
     return c->a->px->admin_tls != NULL && c->a->px->cfg->admin_tls.mode >= CLIENT_TLS_REQUIRE;
@@ -2024,8 +2027,10 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (c->kind == CONN_NEW && buf_avail(&c->in) > 0)
         c->kind = buf_head(&c->in)[0] == 0 ? CONN_PG : CONN_HTTP;
     if (c->kind == CONN_HTTP && c->tls_phase == ATLS_NONE && tls_required(c)) {
-        http_text(c, 400, NULL, "the admin port takes HTTPS only (admin_tls mode require)\n",
-                  false);
+        char msg[120];
+        snprintf(msg, sizeof(msg), "the admin port takes HTTPS only (admin_tls mode %s)\n",
+                 config_client_tls_mode_name(c->a->px->cfg->admin_tls.mode));
+        http_text(c, 400, NULL, msg, false);
         return;
     }
     if (c->kind == CONN_NEW) {

@@ -1308,14 +1308,10 @@ const char *config_client_tls_mode_name(enum client_tls_mode m)
                : "?";
 }
 
-/* admin_tls: client_tls's first keys and modes (the admin port asks for no certificate). */
-static const char *const admin_tls_keys[] = {"mode", "cert_file", "key_file", "min_protocol",
-                                             "ciphers"};
-
 /* client_tls, or admin_tls (named by `key`) into t: the TLS pgsteer serves, with the first
- * nkeys of client_tls_keys (all 7, or admin_tls's 5) and, with fewer than all, only the modes
- * disable, allow and require. */
-static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *key, size_t nkeys,
+ * nmodes of client_tls_mode_names (admin_tls: all but verify-full, which names a user the
+ * admin port's HTTP side does not have). */
+static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *key, size_t nmodes,
                              struct config_client_tls *t)
 {
     enum { T_MODE, T_CERT, T_KEY, T_MINP, T_CIPH, T_CA, T_CRL, T_N };
@@ -1327,8 +1323,7 @@ static void parse_served_tls(struct ctx *c, const struct ynode *v, const char *k
             report_type(c, v, "a mapping", key);
         return;
     }
-    walk_map(c, v, client_tls_keys, nkeys, NULL, 0, k, val);
-    size_t nmodes = nkeys == T_N ? 5 : 3;
+    walk_map(c, v, client_tls_keys, T_N, NULL, 0, k, val);
     char name[T_N][32];
     for (int i = 0; i < T_N; i++)
         snprintf(name[i], sizeof name[i], "%s.%s", key, client_tls_keys[i]);
@@ -1464,7 +1459,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         {"monitor", monitor_keys, sizeof monitor_keys / sizeof monitor_keys[0]},
         {"server_tls", server_tls_keys, sizeof server_tls_keys / sizeof server_tls_keys[0]},
         {"client_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
-        {"admin_tls", admin_tls_keys, sizeof admin_tls_keys / sizeof admin_tls_keys[0]},
+        {"admin_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
     };
     walk_map(c, root, names, K_COUNT, nested, sizeof nested / sizeof nested[0], k, v);
 
@@ -1496,8 +1491,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, root, v[K_MONITOR], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
-    parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 7, &cfg->client_tls);
-    parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 5, &cfg->admin_tls);
+    parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 5, &cfg->client_tls);
+    parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 4, &cfg->admin_tls);
     if (v[K_CONSISTENCY] && get_enum(c, v[K_CONSISTENCY], "consistency", consistency_names, 3, &e))
         cfg->consistency = (enum consistency)e;
     if (v[K_FALLBACK] && get_enum(c, v[K_FALLBACK], "fallback", fallback_names, 2, &e))

@@ -524,6 +524,7 @@ static int dial(const char *host, int port, int64_t deadline, char *err, size_t 
 struct status_tls {
     bool on;
     const char *cafile;
+    const char *certfile, *keyfile; /* a client certificate to show (admin_tls verify-ca) */
 };
 
 /* OpenSSL's first queued error after `what`, into err (the queue cleared). */
@@ -565,6 +566,16 @@ static SSL *tls_dial(int fd, const char *host, const struct status_tls *tls, int
             return NULL;
         }
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    if (tls->certfile &&
+        (SSL_CTX_use_certificate_chain_file(ctx, tls->certfile) != 1 ||
+         SSL_CTX_use_PrivateKey_file(ctx, tls->keyfile ? tls->keyfile : tls->certfile,
+                                     SSL_FILETYPE_PEM) != 1 ||
+         SSL_CTX_check_private_key(ctx) != 1)) {
+        char what[300];
+        snprintf(what, sizeof(what), "cannot load the client certificate %s", tls->certfile);
+        ssl_err(err, cap, what);
+        return NULL;
     }
     static const unsigned char alpn[] = "\010http/1.1";
     SSL *ssl = SSL_new(ctx);
@@ -718,12 +729,14 @@ out:
 static void status_usage(FILE *f)
 {
     fprintf(f, "Usage: pgsteer status [-c FILE | --admin HOST:PORT] [--token TOKEN] [--tls]\n"
-               "                      [--cacert FILE] [--json]\n"
+               "                      [--cacert FILE] [--cert FILE [--key FILE]] [--json]\n"
                "  -c, --config FILE     read admin_listen, admin_token and admin_tls from FILE\n"
                "  -a, --admin HOST:PORT the admin address (default 127.0.0.1:9930)\n"
                "  -t, --token TOKEN     bearer token (default: $PGSTEER_ADMIN_TOKEN)\n"
                "  -s, --tls             HTTPS (with -c: whenever admin_tls is not disable)\n"
                "  -C, --cacert FILE     HTTPS, the certificate checked against FILE's CAs\n"
+               "  -e, --cert FILE       HTTPS, showing this client certificate (verify-ca)\n"
+               "  -k, --key FILE        its private key (default: in --cert's file)\n"
                "  -j, --json            print the /status JSON document as it is\n");
 }
 
@@ -733,14 +746,15 @@ int status_main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"admin", required_argument, NULL, 'a'},
         {"token", required_argument, NULL, 't'},  {"json", no_argument, NULL, 'j'},
         {"tls", no_argument, NULL, 's'},          {"cacert", required_argument, NULL, 'C'},
+        {"cert", required_argument, NULL, 'e'},   {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *path = NULL, *admin = NULL, *token = getenv("PGSTEER_ADMIN_TOKEN");
     bool json = false;
-    struct status_tls tls = {false, NULL};
+    struct status_tls tls = {false, NULL, NULL, NULL};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:a:t:jsC:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:a:t:jsC:e:k:h", opts, NULL)) != -1) {
         switch (ch) {
         case 's':
             tls.on = true;
@@ -748,6 +762,13 @@ int status_main(int argc, char **argv)
         case 'C':
             tls.on = true;
             tls.cafile = optarg;
+            break;
+        case 'e':
+            tls.on = true;
+            tls.certfile = optarg;
+            break;
+        case 'k':
+            tls.keyfile = optarg;
             break;
         case 'c':
             path = optarg;
@@ -769,7 +790,7 @@ int status_main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc || (path && admin)) {
+    if (optind < argc || (path && admin) || (tls.keyfile && !tls.certfile)) {
         status_usage(stderr);
         return 2;
     }

@@ -782,17 +782,21 @@ class AdminTlsTest(unittest.TestCase):
     """admin_tls: HTTPS and the console over TLS on the admin port, with pgsteer's test
     certificate (naming 127.0.0.1, of the test CA)."""
 
-    def proxy(self, mode):
-        px = Pgsteer(cluster, extra_yaml="admin_tls: {mode: %s, cert_file: %s, key_file: %s}\n"
+    def proxy(self, mode, more=""):
+        px = Pgsteer(cluster, extra_yaml="admin_tls: {mode: %s, cert_file: %s, key_file: %s%s}\n"
                      "admin_users:\n  - {name: admin, password: admin-secret}\n"
-                     % (mode, os.path.join(certs, "server.crt"), os.path.join(certs, "server.key")))
+                     % (mode, os.path.join(certs, "server.crt"), os.path.join(certs, "server.key"),
+                        more))
         px.monitor_host = cluster.sockdir
         px.start()
         self.addCleanup(px.stop)
         return px
 
-    def https(self, px, path="/healthz", cafile="ca.crt"):
+    def https(self, px, path="/healthz", cafile="ca.crt", cert=None):
         ctx = ssl.create_default_context(cafile=os.path.join(certs, cafile))
+        if cert:
+            ctx.load_cert_chain(os.path.join(certs, cert + ".crt"),
+                                os.path.join(certs, cert + ".key"))
         with urllib.request.urlopen("https://127.0.0.1:%d%s" % (px.admin_port, path),
                                     context=ctx, timeout=10) as r:
             return r.status, r.read().decode()
@@ -896,6 +900,35 @@ class AdminTlsTest(unittest.TestCase):
         self.assertEqual(self.https(px), (200, "ok\n"))
         with open(px.log_path) as f:
             self.assertIn("TLS handshake with the client failed", f.read())
+
+    def test_verify_ca_wants_a_client_certificate_of_its_ca(self):
+        px = self.proxy("verify-ca", more=", ca_file: %s" % os.path.join(certs, "ca.crt"))
+        self.assertEqual(self.https(px, cert="app"), (200, "ok\n"))
+        for cert in (None, "stranger"):  # none, or another CA's
+            with self.assertRaises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                self.https(px, cert=cert)
+        code, body = self.http(px)
+        self.assertEqual((code, body),
+                         (400, "the admin port takes HTTPS only (admin_tls mode verify-ca)\n"))
+        # the console with the certificate (and its password)
+        ok = run_psql(px.admin_port, "SHOW VERSION", user="admin", password="admin-secret",
+                      db="dbname=pgsteer sslmode=verify-full sslrootcert=%s sslcert=%s sslkey=%s"
+                      % (os.path.join(certs, "ca.crt"), os.path.join(certs, "app.crt"),
+                         os.path.join(certs, "app.key")))
+        self.assertIn("pgsteer", ok.stdout)
+        # pgsteer status shows one with --cert
+        admin = "127.0.0.1:%d" % px.admin_port
+        base = [px.binary, "status", "--admin", admin, "--json", "--cacert",
+                os.path.join(certs, "ca.crt")]
+        p = subprocess.run(base + ["--cert", os.path.join(certs, "app.crt"), "--key",
+                                   os.path.join(certs, "app.key")],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = subprocess.run(base, capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("pgsteer status:", p.stderr)
+        p = subprocess.run([px.binary, "status", "--key", "x"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 2)
 
     def test_bytes_sent_after_the_ssl_request_before_its_answer_are_refused(self):
         px = self.proxy("allow")

@@ -777,13 +777,28 @@ static void test_config_admin_tls(void **state)
         assert_int_equal(c->client_tls.mode, CLIENT_TLS_DISABLE); /* (apart from client_tls) */
         config_free(c);
     }
-    /* The admin port asks for no client certificate: no verify modes, no ca_file. */
+    /* verify-ca asks every admin connection for a certificate of ca_file; verify-full, which
+     * names a user, is the application port's only. */
     snprintf(text, sizeof text,
-             "admin_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n" BASE,
-             f, f, f);
-    expect_errors(text, "t.yaml:2:9: invalid value for 'admin_tls.mode': 'verify-ca' (expected "
-                        "disable, allow or require)\n"
-                        "t.yaml:5:3: unknown key 'ca_file'\n");
+             "admin_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n"
+             "  crl_file: %s\n" BASE,
+             f, f, f, f);
+    c = parse(text);
+    assert_int_equal(c->admin_tls.mode, CLIENT_TLS_VERIFY_CA);
+    assert_string_equal(c->admin_tls.ca_file, f);
+    assert_string_equal(c->admin_tls.crl_file, f);
+    config_free(c);
+    snprintf(text, sizeof text,
+             "admin_tls:\n  mode: verify-ca\n  cert_file: %s\n  key_file: %s\n" BASE, f, f);
+    expect_errors(text, "t.yaml:2:9: 'admin_tls.ca_file' is required when 'admin_tls.mode' is "
+                        "verify-ca (the CA certificates to check the clients' certificates "
+                        "against)\n");
+    snprintf(
+        text, sizeof text,
+        "admin_tls:\n  mode: verify-full\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n" BASE, f,
+        f, f);
+    expect_errors(text, "t.yaml:2:9: invalid value for 'admin_tls.mode': 'verify-full' (expected "
+                        "disable, allow, require or verify-ca)\n");
     expect_errors("admin_tls:\n  mode: require\n" BASE,
                   "t.yaml:2:9: 'admin_tls.cert_file' is required when 'admin_tls.mode' is "
                   "require (the certificate pgsteer shows its clients)\n"
