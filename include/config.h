@@ -160,6 +160,7 @@ struct config {
     int tcp_keepalive_interval_s; /* between probes; default 10 */
     int tcp_keepalive_count;      /* unanswered probes that drop the connection; default 6 */
     char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
+    bool log_json;                /* log_format: json (default text) */
 };
 
 /* Load and validate `path`. On success returns a new config (free with config_free) and

@@ -1413,7 +1413,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "tcp_keepalive_idle_s",
                                         "tcp_keepalive_interval_s",
                                         "tcp_keepalive_count",
-                                        "log_level"};
+                                        "log_level",
+                                        "log_format"};
     enum {
         K_LISTEN,
         K_UNIX_DIR,
@@ -1451,6 +1452,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_KEEPALIVE_INTERVAL,
         K_KEEPALIVE_COUNT,
         K_LOG_LEVEL,
+        K_LOG_FORMAT,
         K_COUNT
     };
     _Static_assert(K_COUNT == sizeof names / sizeof names[0], "key table");
@@ -1553,6 +1555,9 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         if (!(cfg->log_level = strdup(log_level_names[e])))
             c->oom = true;
     }
+    static const char *const log_format_names[] = {"text", "json"};
+    if (v[K_LOG_FORMAT] && get_enum(c, v[K_LOG_FORMAT], "log_format", log_format_names, 2, &e))
+        cfg->log_json = e == 1;
 }
 
 static void set_defaults(struct ctx *c, struct config *cfg)

@@ -78,6 +78,7 @@ int main(int argc, char **argv)
     }
     int level = log_parse_level(cfg->log_level ? cfg->log_level : "info");
     log_set_level(level < 0 ? LOG_INFO : (enum log_level)level);
+    log_set_json(cfg->log_json);
     signal(SIGPIPE, SIG_IGN);
     int rc = proxy_run(cfg);
     config_free(cfg);

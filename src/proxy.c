@@ -664,6 +664,7 @@ int proxy_reload(struct proxy *px, char **errors)
     px->monitor = nm;
     int level = log_parse_level(nc->log_level ? nc->log_level : "info");
     log_set_level(level < 0 ? LOG_INFO : (enum log_level)level);
+    log_set_json(nc->log_json);
     if (monitor_start(nm) < 0)
         log_error("reload: cannot start the monitor thread; node states will not be updated");
 

@@ -553,6 +553,42 @@ def wait_for(pred, timeout=10, what="condition"):
     raise AssertionError("timed out waiting for %s" % what)
 
 
+def read_log(px):
+    with open(px.log_path) as f:
+        return f.read()
+
+
+class LogFormatTest(Base):
+    def test_json_lines_and_a_reload_back_to_text(self):
+        px = start_pgsteer("log_format: json\n")
+        psql(px, "select 1")
+        bad = cl.run_psql(px.port, "select 1", password="wrong", check=False,
+                          bindir=CLUSTER.bindir)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertEqual(dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["log_format"][:4],
+                         "json")
+        wait_for(lambda: "password authentication failed" in read_log(px),
+                 what="the failed login in the log")
+        docs = [json.loads(line) for line in read_log(px).splitlines()]  # every line is one JSON object
+        for d in docs:
+            self.assertEqual(sorted(d), ["level", "message", "time"])
+            self.assertIn(d["level"], ("debug", "info", "warning", "error"))
+            self.assertRegex(d["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertTrue(any(d["message"].startswith("pgsteer listening on") for d in docs))
+        self.assertTrue(any('password authentication failed for user "app"' in d["message"]
+                            for d in docs), docs)
+        # a reload back to text: the lines after it are text again
+        with open(px.config_path) as f:
+            text = f.read()
+        with open(px.config_path, "w") as f:
+            f.write(text.replace("log_format: json", "log_format: text"))
+        px.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(not l.startswith("{") for l in read_log(px).splitlines()),
+                 what="a text line after the reload")
+        self.assertEqual(dict(rows(admin_psql(px, "SHOW CONFIG").stdout))["log_format"][:4],
+                         "text")
+
+
 class ReloadTest(Base):
     @classmethod
     def setUpClass(cls):
