@@ -159,6 +159,7 @@ struct config {
     int tcp_keepalive_idle_s;     /* idle time before the first probe; default 60 */
     int tcp_keepalive_interval_s; /* between probes; default 10 */
     int tcp_keepalive_count;      /* unanswered probes that drop the connection; default 6 */
+    char *auth_file;              /* more users, from a userlist file; NULL: none */
     char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
     bool log_json;                /* log_format: json (default text) */
 };

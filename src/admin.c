@@ -1523,6 +1523,7 @@ static void show_config(struct admin_conn *c)
     kv_int(c, "busy_poll_us", cfg->busy_poll_us), rows++;
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     kv_row(c, "log_format", cfg->log_json ? "json" : "text"), rows++;
+    kv_row(c, "auth_file", cfg->auth_file ? cfg->auth_file : ""), rows++;
     pg_complete_rows(c, rows);
 }
 

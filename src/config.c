@@ -58,10 +58,12 @@ struct problem {
     int col;
     size_t seq; /* discovery order, to keep the sort stable */
     char *msg;
+    const char *file; /* another file than the configuration's (auth_file); NULL: that one */
 };
 
 struct ctx {
     const char *name;
+    const char *file; /* while reading another file (auth_file): its name, for its problems */
     struct problem *probs;
     size_t nprobs;
     size_t cap;
@@ -88,7 +90,7 @@ static void add_problem(struct ctx *c, int line, int col, const char *msg)
         c->oom = true;
         return;
     }
-    c->probs[c->nprobs] = (struct problem){line, col, c->nprobs, m};
+    c->probs[c->nprobs] = (struct problem){line, col, c->nprobs, m, c->file};
     c->nprobs++;
 }
 
@@ -129,6 +131,8 @@ static void report_at(struct ctx *c, const struct ynode *n, const char *fmt, ...
 static int cmp_problem(const void *a, const void *b)
 {
     const struct problem *x = a, *y = b;
+    if ((x->file != NULL) != (y->file != NULL)) /* the configuration's first */
+        return x->file != NULL ? 1 : -1;
     if (x->line != y->line)
         return x->line < y->line ? -1 : 1;
     if (x->col != y->col)
@@ -152,13 +156,15 @@ static char *problems_join(struct ctx *c)
         add_problem(c, 1, 1, "out of memory");
     size_t total = 1;
     for (size_t i = 0; i < c->nprobs; i++)
-        total += strlen(c->name) + strlen(c->probs[i].msg) + 32;
+        total +=
+            strlen(c->probs[i].file ? c->probs[i].file : c->name) + strlen(c->probs[i].msg) + 32;
     char *out = malloc(total);
     size_t off = 0;
     for (size_t i = 0; i < c->nprobs; i++) {
         if (out)
-            off += (size_t)snprintf(out + off, total - off, "%s:%d:%d: %s\n", c->name,
-                                    c->probs[i].line, c->probs[i].col, c->probs[i].msg);
+            off += (size_t)snprintf(out + off, total - off, "%s:%d:%d: %s\n",
+                                    c->probs[i].file ? c->probs[i].file : c->name, c->probs[i].line,
+                                    c->probs[i].col, c->probs[i].msg);
         free(c->probs[i].msg);
     }
     if (out)
@@ -857,29 +863,28 @@ static bool name_ok(const char *s, size_t len)
 }
 
 /* users and admin_users. Entries that fail keep NULL fields; the config is discarded then. */
-/* A user's password that is a SCRAM secret (SCRAM-SHA-256$...): well formed, and usable with
- * auth_method `method`: MD5 cannot check it; for `users`, trust leaves no key to log in to the
- * nodes with (pgsteer logs in with the ClientKey a client's SCRAM login proves). */
-static void check_secret(struct ctx *c, const struct ynode *v, const char *key, const char *text,
-                         enum auth_method method)
+/* What is wrong with a user's password that is a SCRAM secret (SCRAM-SHA-256$...), or NULL:
+ * it must be well formed and usable with auth_method `method`: MD5 cannot check it; for
+ * `users` (`key`), trust leaves no key to log in to the nodes with (pgsteer logs in with the
+ * ClientKey a client's SCRAM login proves). */
+static const char *secret_problem(const char *key, const char *text, enum auth_method method)
 {
     struct scram_secret sec;
+    const char *why = NULL;
     if (!scram_is_secret(text))
-        return;
+        return NULL;
     if (scram_secret_parse(text, &sec) < 0)
-        report_at(c, v,
-                  "'password' is not a valid SCRAM secret (expected "
-                  "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in "
-                  "pg_authid.rolpassword)");
+        why = "'password' is not a valid SCRAM secret (expected "
+              "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in "
+              "pg_authid.rolpassword)";
     else if (method == AUTH_METHOD_MD5)
-        report_at(c, v,
-                  "a SCRAM secret as 'password' needs auth_method scram-sha-256 (MD5 "
-                  "cannot be checked against it)");
+        why = "a SCRAM secret as 'password' needs auth_method scram-sha-256 (MD5 cannot be "
+              "checked against it)";
     else if (method == AUTH_METHOD_TRUST && strcmp(key, "users") == 0)
-        report_at(c, v,
-                  "a SCRAM secret as 'password' needs auth_method scram-sha-256 (pgsteer "
-                  "logs in to the nodes with the key a client's SCRAM login proves)");
+        why = "a SCRAM secret as 'password' needs auth_method scram-sha-256 (pgsteer logs in "
+              "to the nodes with the key a client's SCRAM login proves)";
     OPENSSL_cleanse(&sec, sizeof(sec));
+    return why;
 }
 
 static void parse_users(struct ctx *c, const struct ynode *map, const struct ynode *v,
@@ -950,10 +955,201 @@ static void parse_users(struct ctx *c, const struct ynode *map, const struct yno
         else if (get_text(c, val[1], "password", true, &u->password) && !*u->password &&
                  !allow_empty_password)
             report_at(c, val[1], "'password' must not be empty unless auth_method is trust");
-        else if (u->password)
-            check_secret(c, val[1], key, u->password, method);
+        else if (u->password && secret_problem(key, u->password, method))
+            report_at(c, val[1], "%s", secret_problem(key, u->password, method));
     }
     free(lines);
+}
+
+/* Read the whole file `path` into *out (NUL-terminated, *len bytes). Returns 0, or an errno
+ * value: the open's, or, with *in_read set, a read's; EFBIG past CONFIG_MAX_FILE_SIZE bytes,
+ * ENOMEM. */
+static int read_whole(const char *path, char **out, size_t *len, bool *in_read)
+{
+    *out = NULL;
+    *len = 0;
+    *in_read = false;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    int err = buf ? 0 : ENOMEM;
+    *in_read = true;
+    while (!err) {
+        if (n == cap) {
+            char probe;
+            if (cap >= CONFIG_MAX_FILE_SIZE) { /* full: anything more is too much */
+                err = fread(&probe, 1, 1, f) == 1 ? EFBIG : ferror(f) ? errno : 0;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                err = ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            err = ferror(f) ? (errno ? errno : EIO) : 0;
+            break;
+        }
+    }
+    fclose(f);
+    if (err) {
+        free(buf);
+        return err;
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* One quoted field of an auth_file line at *p (which is at its opening quote): the text up to
+ * the closing quote, a doubled quote standing for one, into a new string; *p moves past it.
+ * NULL when the line ends first (or out of memory, c->oom set). */
+static char *auth_file_field(struct ctx *c, const char **p, const char *eol)
+{
+    const char *q = *p + 1;
+    size_t n = 0;
+    char *out = malloc((size_t)(eol - q) + 1);
+    if (!out) {
+        c->oom = true;
+        return NULL;
+    }
+    for (; q < eol; q++) {
+        if (*q == '"') {
+            if (q + 1 < eol && q[1] == '"') {
+                out[n++] = '"';
+                q++;
+                continue;
+            }
+            out[n] = 0;
+            *p = q + 1;
+            return out;
+        }
+        out[n++] = *q;
+    }
+    free(out);
+    return NULL;
+}
+
+static bool is_md5_hash(const char *s)
+{
+    if (strncmp(s, "md5", 3) != 0 || strlen(s) != 35)
+        return false;
+    for (int i = 3; i < 35; i++)
+        if (!strchr("0123456789abcdef", s[i]))
+            return false;
+    return true;
+}
+
+/* One line of an auth_file (line number ln, text [p, eol)) into a new user of cfg. */
+static void auth_file_line(struct ctx *c, int ln, const char *line, const char *eol,
+                           struct config *cfg, enum auth_method method)
+{
+    const char *p = line;
+    while (p < eol && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p == eol || *p == ';' || *p == '#' || (*p == '\r' && p + 1 == eol))
+        return;
+    char *field[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        if (k == 1) {
+            const char *gap = p;
+            while (p < eol && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p == gap && p < eol) {
+                report(c, ln, (int)(p - line) + 1, "expected a space before the password");
+                goto out;
+            }
+        }
+        if (p == eol || *p != '"') {
+            report(c, ln, (int)(p - line) + 1,
+                   "expected the %s in double quotes (lines are \"name\" \"password\")",
+                   k == 0 ? "user name" : "password");
+            goto out;
+        }
+        int col = (int)(p - line) + 1;
+        if (!(field[k] = auth_file_field(c, &p, eol))) {
+            if (!c->oom)
+                report(c, ln, col, "the quoted %s does not end on its line",
+                       k == 0 ? "user name" : "password");
+            goto out;
+        }
+    }
+    while (p < eol && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    if (p < eol) {
+        report(c, ln, (int)(p - line) + 1, "unexpected text after the password");
+        goto out;
+    }
+    const char *why = NULL;
+    if (field[0][0] == 0 || strlen(field[0]) > CONFIG_NAME_MAX)
+        why = "the user name must be 1 to 63 bytes";
+    else if (config_find_user(cfg, field[0]))
+        why = "duplicate user name (already in 'users' or earlier in the file)";
+    else if (field[1][0] == 0 && method != AUTH_METHOD_TRUST)
+        why = "the password must not be empty unless auth_method is trust";
+    else if (is_md5_hash(field[1]))
+        why = "an MD5 hash is not taken: give the password or its SCRAM secret";
+    else
+        why = secret_problem("users", field[1], method);
+    if (why) {
+        report(c, ln, 1, "%s", why);
+        goto out;
+    }
+    struct config_user *u = realloc(cfg->users, (cfg->nusers + 1) * sizeof *u);
+    if (!u) {
+        c->oom = true;
+        goto out;
+    }
+    cfg->users = u;
+    cfg->users[cfg->nusers++] = (struct config_user){field[0], field[1]};
+    return;
+out:
+    free(field[0]);
+    free(field[1]);
+}
+
+/* auth_file (the value v): users from a file of `"name" "password"` lines, the format of
+ * PgBouncer's userlist.txt (a quote inside a field doubled; lines that are empty or begin with
+ * ';' or '#' skipped), each password plain or a SCRAM secret, after those of `users`. Its
+ * problems are reported as AUTH_FILE:LINE:COL. */
+static void parse_auth_file(struct ctx *c, const struct ynode *v, struct config *cfg,
+                            enum auth_method method)
+{
+    if (!get_text(c, v, "auth_file", false, &cfg->auth_file))
+        return;
+    char *text;
+    size_t len;
+    bool in_read;
+    int err = read_whole(cfg->auth_file, &text, &len, &in_read);
+    if (err) {
+        char t[256];
+        report_at(c, v, "auth_file: cannot read '%s': %s", show(v, t, sizeof t),
+                  err == EFBIG ? "larger than 16 MiB" : strerror(err));
+        return;
+    }
+    c->file = cfg->auth_file;
+    int ln = 1;
+    for (const char *p = text; p < text + len; ln++) {
+        const char *eol = memchr(p, '\n', (size_t)(text + len - p));
+        if (!eol)
+            eol = text + len;
+        if (memchr(p, 0, (size_t)(eol - p)))
+            report(c, ln, 1, "a NUL byte in the line");
+        else
+            auth_file_line(c, ln, p, eol, cfg, method);
+        p = eol + 1;
+    }
+    c->file = NULL;
+    OPENSSL_cleanse(text, len);
+    free(text);
 }
 
 static const char *const role_names[] = {"primary", "replica"};
@@ -1385,6 +1581,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "users",
                                         "admin_users",
                                         "admin_token",
+                                        "auth_file",
                                         "nodes",
                                         "write_functions",
                                         "monitor",
@@ -1423,6 +1620,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_USERS,
         K_ADMIN_USERS,
         K_ADMIN_TOKEN,
+        K_AUTH_FILE,
         K_NODES,
         K_WRITE_FUNCTIONS,
         K_MONITOR,
@@ -1483,7 +1681,14 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_listen_addr(c, v[K_ADMIN_LISTEN], "admin_listen", &cfg->admin_listen);
     if (v[K_AUTH] && get_enum(c, v[K_AUTH], "auth_method", auth_names, 3, &e))
         cfg->auth_method = (enum auth_method)e;
-    parse_users(c, root, v[K_USERS], "users", true, cfg->auth_method, &cfg->users, &cfg->nusers);
+    parse_users(c, root, v[K_USERS], "users", !v[K_AUTH_FILE], cfg->auth_method, &cfg->users,
+                &cfg->nusers);
+    if (v[K_AUTH_FILE]) {
+        parse_auth_file(c, v[K_AUTH_FILE], cfg, cfg->auth_method);
+        if (cfg->nusers == 0 && cfg->auth_file && c->nprobs == 0)
+            report_at(c, v[K_AUTH_FILE], "no user: neither 'users' nor auth_file '%s' names one",
+                      cfg->auth_file);
+    }
     parse_users(c, root, v[K_ADMIN_USERS], "admin_users", false, cfg->auth_method,
                 &cfg->admin_users, &cfg->nadmin_users);
     if (v[K_ADMIN_TOKEN])
@@ -1657,43 +1862,20 @@ struct config *config_load(const char *path, char **errors)
     struct ctx c = {.name = path ? path : "<config>"};
     if (errors)
         *errors = NULL;
-    FILE *f = path ? fopen(path, "rb") : NULL;
-    if (!f) {
-        report(&c, 1, 1, "cannot open the file: %s", path ? strerror(errno) : "no path");
-        return finish(&c, NULL, errors);
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len == cap) {
-            if (cap > CONFIG_MAX_FILE_SIZE)
-                break;
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
-    if (!buf)
+    char *buf = NULL;
+    size_t len = 0;
+    bool in_read = false;
+    int err = path ? read_whole(path, &buf, &len, &in_read) : ENOENT;
+    if (err == ENOMEM)
         c.oom = true;
-    else if (err)
-        report(&c, 1, 1, "cannot read the file: %s", strerror(err));
-    else if (len > CONFIG_MAX_FILE_SIZE)
+    else if (err == EFBIG)
         report(&c, 1, 1, "the file is larger than %d bytes", CONFIG_MAX_FILE_SIZE);
-    if (c.nprobs || c.oom) {
-        free(buf);
+    else if (err && in_read)
+        report(&c, 1, 1, "cannot read the file: %s", strerror(err));
+    else if (err)
+        report(&c, 1, 1, "cannot open the file: %s", path ? strerror(err) : "no path");
+    if (err)
         return finish(&c, NULL, errors);
-    }
     struct config *cfg = config_parse(path, buf, len, errors);
     free(buf);
     return cfg;
@@ -1745,6 +1927,7 @@ void config_free(struct config *c)
     free(c->admin_tls.ca_file);
     free(c->admin_tls.crl_file);
     free(c->log_level);
+    free(c->auth_file);
     free(c);
 }
 

@@ -5,7 +5,9 @@ for the client, not a hang. A user configured with the SCRAM secret of pg_authid
 password logs in to pgsteer and, with the key its login proves, to the node."""
 
 import os
+import signal
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -151,6 +153,37 @@ class ScramSecretTest(unittest.TestCase):
                        password="wrong", check=False)
         self.assertNotEqual(bad.returncode, 0)
         self.assertIn("password authentication failed", bad.stderr)
+
+    def test_an_auth_file_of_secrets_reloaded(self):
+        # PgBouncer's userlist.txt format: the secret there, not in the configuration
+        authfile = os.path.join(cluster.tmpdir, "userlist.txt")
+        with open(authfile, "w") as f:
+            f.write('; from pg_authid\n"vault" "%s"\n' % self.secret)
+        px = Pgsteer(cluster, extra_yaml="auth_file: %s\n" % authfile)
+        px.start()
+        self.addCleanup(px.stop)
+        self.assertEqual(self.ask(px, "select current_user"), [("vault",)])
+        # a new secret on the node, copied to the file, then a reload
+        cluster.psql(cluster.primary_port, "alter role vault password 'v-secret-2'",
+                     user="postgres", db="postgres")
+        secret = cluster.psql(cluster.primary_port,
+                              "select rolpassword from pg_authid where rolname = 'vault'",
+                              user="postgres", db="postgres")
+        with open(authfile, "w") as f:
+            f.write('"vault" "%s"\n' % secret)
+        px.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                got = self.ask(px, "select current_user", password="v-secret-2")
+                break
+            except WireError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.assertEqual(got, [("vault",)])
+        with self.assertRaises(WireError):
+            self.ask(px, "select 1")  # (the old password)
 
     def test_the_node_must_store_the_same_secret(self):
         px = self.proxy()

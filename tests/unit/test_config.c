@@ -676,6 +676,74 @@ static void test_config_client_tls_rejects_bad_modes(void **state)
     "nodes:\n"                                                                                     \
     "  - {name: p, host: 127.0.0.1, port: 5432, role: primary}\n"
 
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_config_auth_file(void **state)
+{
+    (void)state;
+    char f[32], text[512], expected[2048];
+    make_temp_file(f);
+    /* PgBouncer's userlist.txt: comments, blank lines, a doubled quote, a SCRAM secret */
+    write_file(f, "; users of the application\n"
+                  "\n"
+                  "\"app\" \"secret\"\n"
+                  "# reporting\n"
+                  "  \"rep\"\"orter\"\t\"" SECRET "\"  \r\n");
+    snprintf(text, sizeof text, "auth_file: %s\n" NODES, f);
+    struct config *c = parse(text);
+    assert_int_equal(c->nusers, 2);
+    assert_string_equal(c->users[0].name, "app");
+    assert_string_equal(c->users[0].password, "secret");
+    assert_string_equal(c->users[1].name, "rep\"orter");
+    assert_string_equal(c->users[1].password, SECRET);
+    assert_string_equal(c->auth_file, f);
+    assert_string_equal(c->monitor.user, "app"); /* (the first user, with its password) */
+    config_free(c);
+    /* after the users of `users`: a name in both is refused, at the file's line */
+    snprintf(text, sizeof text, "auth_file: %s\n" BASE, f);
+    snprintf(expected, sizeof expected,
+             "%s:3:1: duplicate user name (already in 'users' or earlier in the file)\n", f);
+    expect_errors(text, expected);
+    /* every problem of the file, as FILE:LINE:COL, after the configuration's own */
+    write_file(f, "\"a\" secret\n"
+                  "\"b\" \"x\" extra\n"
+                  "\"c\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n"
+                  "\"d\" \"no end\n"
+                  "\"e\"\"f\"\n" /* (one field, e"f: no password) */
+                  "\"\" \"x\"\n"
+                  "\"g\" \"SCRAM-SHA-256$4096:abc\"\n"
+                  "\"h\" \"\"\n");
+    snprintf(text, sizeof text, "auth_file: %s\nlog_level: loud\n" NODES, f);
+    snprintf(expected, sizeof expected,
+             "t.yaml:2:12: invalid value for 'log_level': 'loud' (expected debug, info, warning "
+             "or error)\n"
+             "%s:1:5: expected the password in double quotes (lines are \"name\" \"password\")\n"
+             "%s:2:9: unexpected text after the password\n"
+             "%s:3:1: an MD5 hash is not taken: give the password or its SCRAM secret\n"
+             "%s:4:5: the quoted password does not end on its line\n"
+             "%s:5:7: expected the password in double quotes (lines are \"name\" "
+             "\"password\")\n"
+             "%s:6:1: the user name must be 1 to 63 bytes\n"
+             "%s:7:1: 'password' is not a valid SCRAM secret (expected "
+             "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in "
+             "pg_authid.rolpassword)\n"
+             "%s:8:1: the password must not be empty unless auth_method is trust\n",
+             f, f, f, f, f, f, f, f);
+    expect_errors(text, expected);
+    unlink(f);
+    snprintf(text, sizeof text, "auth_file: %s\n" BASE, f);
+    snprintf(expected, sizeof expected,
+             "t.yaml:1:12: auth_file: cannot read '%s': No such file or directory\n", f);
+    expect_errors(text, expected);
+    expect_errors(NODES, "t.yaml:1:1: missing required key 'users'\n");
+}
+
 static void test_config_tls_protocol_and_ciphers(void **state)
 {
     (void)state;
@@ -1674,6 +1742,7 @@ int main(void)
         cmocka_unit_test(test_config_admin_tls),
         cmocka_unit_test(test_config_scram_secrets),
         cmocka_unit_test(test_config_tls_protocol_and_ciphers),
+        cmocka_unit_test(test_config_auth_file),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),
