@@ -1023,8 +1023,17 @@ class WireTest(unittest.TestCase):
         cluster.psql(cluster.primary_port,
                      "create table shadowed (id int, v text); "
                      "insert into shadowed values (12, 'public')")
+        # Fresh instances, configured as the module's proxy and shared: nothing the earlier
+        # tests left in their pools or rotations plays a part in the counts below.
+        fresh = [Pgsteer(cluster, extra_yaml="read_balance: statement\n"),
+                 Pgsteer(cluster, extra_yaml="read_balance: statement\nconsistency: eventual\n"
+                         "multiplex_reads: on\nworkers: 1\n")]
+        for px in fresh:
+            px.start()
+            self.addCleanup(px.stop)
+            px.wait_replicas_eligible()
         try:
-            for px in (proxy, shared):
+            for px in fresh:
                 cluster.psql(cluster.primary_port, "create schema app")
                 cluster.wait_replay()
                 a, b = Conn(px.port), Conn(px.port)
