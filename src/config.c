@@ -950,13 +950,14 @@ static void parse_users(struct ctx *c, const struct ynode *map, const struct yno
             }
             lines[i] = val[0]->line;
         }
+        const char *why = NULL;
         if (!val[1])
             report_missing(c, e, "password");
         else if (get_text(c, val[1], "password", true, &u->password) && !*u->password &&
                  !allow_empty_password)
             report_at(c, val[1], "'password' must not be empty unless auth_method is trust");
-        else if (u->password && secret_problem(key, u->password, method))
-            report_at(c, val[1], "%s", secret_problem(key, u->password, method));
+        else if (u->password && (why = secret_problem(key, u->password, method)))
+            report_at(c, val[1], "%s", why);
     }
     free(lines);
 }
