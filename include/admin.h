@@ -75,6 +75,8 @@ struct admin_stats {
     uint64_t read_retries;
     uint64_t tls_clients, tls_failures; /* client_tls: clients over TLS now, failed handshakes */
     uint64_t login_timeouts;            /* clients closed by client_login_timeout_ms */
+    uint64_t auth_lookups;              /* auth_query: secrets looked up on the primary */
+    uint64_t auth_lookup_errors;        /* ... that could not be */
     uint64_t multiplexed;               /* reads sent over shared backends (multiplex_reads) */
     uint64_t multiplex_stalls; /* reads kept off a stalled shared backend (multiplex_stall_ms) */
     uint64_t unnamed_prepared; /* unnamed statements' texts kept prepared (cache_unnamed_...) */

@@ -76,6 +76,19 @@ struct config_monitor {
     char *dbname;           /* default "postgres" */
 };
 
+/* auth_query: the secrets of users named in neither `users` nor auth_file, looked up on the
+ * primary by the monitor thread (monitor_lookup) at their login. */
+struct config_auth_query {
+    bool enabled;   /* the section is present */
+    char *query;    /* one parameter ($1, the user's name); answers (name, secret) */
+    char *user;     /* who runs it; default: monitor.user */
+    char *password; /* that user's password (default: monitor.password for the monitor's user,
+                       else the user's password in users or auth_file) */
+    char *dbname;   /* default: monitor.dbname */
+    int cache_ms;   /* a secret found is used for this long without asking again; default
+                       60000; 0: asked at every login */
+};
+
 /* server_tls. Each file given was readable when the config was loaded. */
 struct config_tls {
     enum tls_mode mode; /* default disable */
@@ -160,8 +173,9 @@ struct config {
     int tcp_keepalive_interval_s; /* between probes; default 10 */
     int tcp_keepalive_count;      /* unanswered probes that drop the connection; default 6 */
     char *auth_file;              /* more users, from a userlist file; NULL: none */
-    char *log_level;              /* "debug" | "info" | "warning" | "error", default info */
-    bool log_json;                /* log_format: json (default text) */
+    struct config_auth_query auth_query;
+    char *log_level; /* "debug" | "info" | "warning" | "error", default info */
+    bool log_json;   /* log_format: json (default text) */
 };
 
 /* Load and validate `path`. On success returns a new config (free with config_free) and

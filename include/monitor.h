@@ -44,6 +44,33 @@ struct monitor_snapshot {
 
 struct monitor; /* opaque */
 
+/* auth_query: a user's secret looked up on the primary. The caller fills `user` and `done`;
+ * the monitor thread runs the configuration's query over a connection of its own to the
+ * primary (one lookup at a time, in the order asked), fills the answer and calls done(l). */
+enum auth_lookup_status {
+    AUTH_LOOKUP_FOUND,   /* secret holds the user's secret, as the query returned it */
+    AUTH_LOOKUP_NONE,    /* no such user, or one without a password */
+    AUTH_LOOKUP_ERROR,   /* the query could not be run: error says why */
+    AUTH_LOOKUP_STOPPED, /* not run: the monitor was freed first (a reload); ask the next one */
+};
+
+#define AUTH_LOOKUP_MAX_SECRET 512
+
+struct auth_lookup {
+    char user[64];                       /* set by the caller: 1 to 63 bytes */
+    void (*done)(struct auth_lookup *l); /* set by the caller; called once, on the monitor
+                                            thread, or in monitor_free on the caller of that:
+                                            it must only hand l on (proxy_post) */
+    enum auth_lookup_status status;
+    char secret[AUTH_LOOKUP_MAX_SECRET];
+    char error[256];
+    struct auth_lookup *next; /* the monitor's queue */
+};
+
+/* Queue a lookup. l is lent to the monitor until done(l). A monitor made for a configuration
+ * without auth_query answers AUTH_LOOKUP_ERROR at once. Loop thread (the one that owns m). */
+void monitor_lookup(struct monitor *m, struct auth_lookup *l);
+
 /* Create a monitor for `cfg` (borrowed: it must outlive the monitor or be replaced with
  * monitor_set_config) that wakes `wakeup` (initialised by the caller on its loop) after each
  * published round. Returns NULL on failure. Loop thread. */
@@ -53,7 +80,8 @@ int monitor_start(struct monitor *m);
 /* Take the newest snapshot published since the last call, or NULL when none. The caller owns
  * it and frees it with free(). Loop thread; lock-free (an atomic exchange). */
 struct monitor_snapshot *monitor_take(struct monitor *m);
-/* Stop and join the thread, free everything. Loop thread. */
+/* Stop and join the thread, answer every lookup not answered yet AUTH_LOOKUP_STOPPED, free
+ * everything. Loop thread. */
 void monitor_free(struct monitor *m);
 
 #endif

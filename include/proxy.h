@@ -77,6 +77,11 @@ struct proxy_shared {
      * (CL_NAMES) has committed and that node has it (the primary at once, a replica once it
      * has replayed it): backends close what they keep at their next use (backend.c) */
     atomic_uint names_gen[CONFIG_MAX_NODES];
+    /* auth_query: the secrets it found lately, for auth_query.cache_ms, under auth_lock
+     * (client.c); emptied by a reload */
+    pthread_mutex_t auth_lock;
+    struct auth_cached *auth_cache;
+    size_t nauth_cache;
 };
 
 /* One worker: an event loop on its own thread that owns its listener (SO_REUSEPORT when there
@@ -168,9 +173,11 @@ struct proxy {
     uint32_t shared_dirty; /* bit i: shared_be[i] has queued bytes to send */
     /* client_login_timeout_ms: closes the clients that have not logged in in time */
     uv_timer_t login_timer;
-    uint64_t login_timeouts;   /* clients closed so */
-    uint64_t multiplexed;      /* statements sent over a shared backend */
-    uint64_t multiplex_stalls; /* reads that used an own backend: the shared one was stalled */
+    uint64_t login_timeouts;     /* clients closed so */
+    uint64_t auth_lookups;       /* auth_query: logins whose secret was looked up on the primary */
+    uint64_t auth_lookup_errors; /* ... that could not be (the query failed, no primary) */
+    uint64_t multiplexed;        /* statements sent over a shared backend */
+    uint64_t multiplex_stalls;   /* reads that used an own backend: the shared one was stalled */
     /* cache_unnamed_statements: unnamed statements prepared under a backend's own name, and
      * Parses of one that a backend kept prepared, which the node did not parse again */
     uint64_t unnamed_prepared;
@@ -551,6 +558,8 @@ struct client {
     char *user;
     char *database;
     char *password; /* configured password or SCRAM secret: also logs pgsteer in to nodes */
+    struct auth_req *lookup; /* auth_query: the lookup of this client's secret in progress */
+    bool secret_looked_up;   /* password is a secret found by auth_query (or its cache) */
     /* With a SCRAM secret configured: the ClientKey the client's login proved, which logs
      * pgsteer in to nodes that store the same secret (scram_client_init_key) */
     uint8_t scram_client_key[32];
@@ -665,6 +674,8 @@ void client_accept(struct proxy *px, uv_stream_t *server);
 /* Close a client: sends ErrorResponse(sqlstate, message) first when sqlstate is not NULL,
  * logs `reason`, closes its backends, frees memory in the close callback. Idempotent. */
 void client_close(struct client *c, const char *sqlstate, const char *reason);
+/* Forget every secret auth_query found (a reload; the end). Any thread. */
+void client_auth_cache_clear(struct proxy_shared *sh);
 /* Queue bytes for the client / send them. */
 int client_queue(struct client *c, const void *p, size_t n);
 void client_flush(struct client *c);

@@ -537,6 +537,13 @@ int admin_write_metrics(struct buf *out, const struct admin_stats *st)
         {"pgsteer_client_login_timeouts_total", "counter",
          "Clients closed for not logging in within client_login_timeout_ms.",
          offsetof(struct admin_stats, login_timeouts)},
+        {"pgsteer_auth_query_lookups_total", "counter",
+         "Logins whose secret auth_query looked up on the primary (not found in its cache).",
+         offsetof(struct admin_stats, auth_lookups)},
+        {"pgsteer_auth_query_errors_total", "counter",
+         "Lookups of auth_query that failed (the query failed, the primary could not be "
+         "reached): their clients could not log in.",
+         offsetof(struct admin_stats, auth_lookup_errors)},
         {"pgsteer_multiplexed_reads_total", "counter",
          "Reads sent over a backend shared by several clients (multiplex_reads).",
          offsetof(struct admin_stats, multiplexed)},
@@ -709,6 +716,8 @@ static void collect_worker(struct proxy *px, void *arg)
     st->tls_clients += px->tls_clients;
     st->tls_failures += px->tls_failures;
     st->login_timeouts += px->login_timeouts;
+    st->auth_lookups += px->auth_lookups;
+    st->auth_lookup_errors += px->auth_lookup_errors;
     st->multiplexed += px->multiplexed;
     st->multiplex_stalls += px->multiplex_stalls;
     st->unnamed_prepared += px->unnamed_prepared;
@@ -1278,6 +1287,8 @@ static void show_stats(struct admin_conn *c)
     kv_row(c, "client_tls_connections", u64s(v, st->tls_clients)), rows++;
     kv_row(c, "client_tls_handshake_failures", u64s(v, st->tls_failures)), rows++;
     kv_row(c, "client_login_timeouts", u64s(v, st->login_timeouts)), rows++;
+    kv_row(c, "auth_query_lookups", u64s(v, st->auth_lookups)), rows++;
+    kv_row(c, "auth_query_errors", u64s(v, st->auth_lookup_errors)), rows++;
     kv_row(c, "multiplexed_reads", u64s(v, st->multiplexed)), rows++;
     kv_row(c, "multiplex_stalls", u64s(v, st->multiplex_stalls)), rows++;
     kv_row(c, "unnamed_statements_prepared", u64s(v, st->unnamed_prepared)), rows++;
@@ -1524,6 +1535,11 @@ static void show_config(struct admin_conn *c)
     kv_row(c, "log_level", cfg->log_level ? cfg->log_level : "info"), rows++;
     kv_row(c, "log_format", cfg->log_json ? "json" : "text"), rows++;
     kv_row(c, "auth_file", cfg->auth_file ? cfg->auth_file : ""), rows++;
+    const struct config_auth_query *aq = &cfg->auth_query;
+    kv_row(c, "auth_query.query", aq->enabled ? aq->query : ""), rows++;
+    kv_row(c, "auth_query.user", aq->enabled && aq->user ? aq->user : ""), rows++;
+    kv_row(c, "auth_query.dbname", aq->enabled && aq->dbname ? aq->dbname : ""), rows++;
+    kv_int(c, "auth_query.cache_ms", aq->enabled ? aq->cache_ms : 0), rows++;
     pg_complete_rows(c, rows);
 }
 

@@ -114,8 +114,27 @@ static void client_classify(struct client *c, const char *q, size_t len,
     cc->slot[i].r = *out;
 }
 
+/* auth_query (below) */
+struct auth_cached {
+    char user[64];
+    char secret[AUTH_LOOKUP_MAX_SECRET];
+    uint64_t at_ns;
+};
+
+#define AUTH_CACHE_MAX 1024
+
+struct auth_req {
+    struct auth_lookup l;     /* first: the monitor's view */
+    struct proxy *home;       /* the client's worker */
+    struct client *client;    /* NULL once the client is freed (home's thread only) */
+    struct proxy_call *ask;   /* runs auth_req_submit on worker 0 */
+    struct proxy_call *reply; /* runs auth_req_answer on home */
+};
+
 static void client_free(struct client *c)
 {
+    if (c->lookup != NULL) /* answered later, to no one (auth_req_answer) */
+        c->lookup->client = NULL;
     tls_conn_free(c->tls);
     buf_destroy(&c->tls_in);
     buf_destroy(&c->tls_out);
@@ -992,8 +1011,12 @@ static int client_handle_startup_packet(struct client *c)
 
 /* ---- authentication ---- */
 
+static void auth_cache_forget(struct proxy_shared *sh, const char *user);
+
 static void client_auth_failed(struct client *c)
 {
+    if (c->secret_looked_up) /* (the password may have changed on the primary) */
+        auth_cache_forget(c->px->shared, c->user);
     char msg[300];
     snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", c->user);
     log_warn("client %u: %s", c->id, msg);
@@ -1001,6 +1024,209 @@ static void client_auth_failed(struct client *c)
 }
 
 static int client_auth_ok(struct client *c);
+static int client_auth_begin(struct client *c, const char *password);
+static int client_lookup_begin(struct client *c);
+
+/* ---- auth_query: secrets looked up on the primary ----
+ *
+ * A user named in neither `users` nor auth_file logs in with the secret the monitor thread
+ * finds on the primary (monitor_lookup). The client's worker hands the lookup to worker 0,
+ * which owns the monitor; the monitor thread answers it and hands it back to the client's
+ * worker (two proxy calls made beforehand, so that neither hand-over can fail). Secrets found
+ * are kept for auth_query.cache_ms in a table all workers share; one that fails a login is
+ * dropped, so that a password changed on the primary is looked up again at the next one. */
+
+/* The cached secret of `user` into out[cap]; false when none younger than max_age_ms. */
+static bool auth_cache_get(struct proxy_shared *sh, const char *user, int max_age_ms, char *out,
+                           size_t cap)
+{
+    bool hit = false;
+    uint64_t now = uv_hrtime();
+    pthread_mutex_lock(&sh->auth_lock);
+    for (size_t i = 0; i < sh->nauth_cache; i++) {
+        struct auth_cached *e = &sh->auth_cache[i];
+        if (strcmp(e->user, user) != 0)
+            continue;
+        if (now - e->at_ns < (uint64_t)max_age_ms * 1000000u && strlen(e->secret) < cap) {
+            strcpy(out, e->secret);
+            hit = true;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&sh->auth_lock);
+    return hit;
+}
+
+static void auth_cache_put(struct proxy_shared *sh, const char *user, const char *secret)
+{
+    pthread_mutex_lock(&sh->auth_lock);
+    struct auth_cached *e = NULL;
+    for (size_t i = 0; i < sh->nauth_cache && e == NULL; i++) {
+        if (strcmp(sh->auth_cache[i].user, user) == 0)
+            e = &sh->auth_cache[i];
+    }
+    if (e == NULL && sh->auth_cache == NULL)
+        sh->auth_cache = calloc(AUTH_CACHE_MAX, sizeof(*sh->auth_cache));
+    if (e == NULL && sh->auth_cache != NULL) {
+        if (sh->nauth_cache < AUTH_CACHE_MAX) {
+            e = &sh->auth_cache[sh->nauth_cache++];
+        } else { /* full: the oldest goes */
+            e = &sh->auth_cache[0];
+            for (size_t i = 1; i < sh->nauth_cache; i++) {
+                if (sh->auth_cache[i].at_ns < e->at_ns)
+                    e = &sh->auth_cache[i];
+            }
+        }
+    }
+    if (e != NULL) {
+        snprintf(e->user, sizeof(e->user), "%s", user);
+        snprintf(e->secret, sizeof(e->secret), "%s", secret);
+        e->at_ns = uv_hrtime();
+    }
+    pthread_mutex_unlock(&sh->auth_lock);
+}
+
+static void auth_cache_forget(struct proxy_shared *sh, const char *user)
+{
+    pthread_mutex_lock(&sh->auth_lock);
+    for (size_t i = 0; i < sh->nauth_cache; i++) {
+        if (strcmp(sh->auth_cache[i].user, user) == 0) {
+            sh->auth_cache[i] = sh->auth_cache[--sh->nauth_cache];
+            OPENSSL_cleanse(&sh->auth_cache[sh->nauth_cache], sizeof(struct auth_cached));
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sh->auth_lock);
+}
+
+void client_auth_cache_clear(struct proxy_shared *sh)
+{
+    pthread_mutex_lock(&sh->auth_lock);
+    if (sh->auth_cache != NULL)
+        OPENSSL_cleanse(sh->auth_cache, sh->nauth_cache * sizeof(struct auth_cached));
+    sh->nauth_cache = 0;
+    pthread_mutex_unlock(&sh->auth_lock);
+}
+
+static void auth_req_free(struct auth_req *req)
+{
+    free(req->ask);
+    free(req->reply);
+    OPENSSL_cleanse(req->l.secret, sizeof(req->l.secret));
+    free(req);
+}
+
+/* The monitor answered (its thread, or worker 0 in monitor_free): back to the client's worker.
+ * The call was made beforehand: this cannot fail. */
+static void auth_req_done(struct auth_lookup *l)
+{
+    struct auth_req *req = (struct auth_req *)l;
+    struct proxy_call *reply = req->reply;
+    req->reply = NULL;
+    proxy_post_call(req->home, reply);
+}
+
+/* On worker 0, which owns the monitor. */
+static void auth_req_submit(struct proxy *px, void *arg)
+{
+    struct auth_req *req = arg;
+    req->ask = NULL; /* (freed by the call that ran it) */
+    if (px->loop_done || px->stopping || px->monitor == NULL) {
+        req->l.status = AUTH_LOOKUP_ERROR;
+        snprintf(req->l.error, sizeof(req->l.error), "pgsteer is shutting down");
+        auth_req_done(&req->l);
+        return;
+    }
+    monitor_lookup(px->monitor, &req->l);
+}
+
+/* On the client's worker: the answer. */
+static void auth_req_answer(struct proxy *px, void *arg)
+{
+    struct auth_req *req = arg;
+    struct client *c = req->client;
+    if (px->loop_done || c == NULL || c->state != CLIENT_AUTH) {
+        if (c != NULL)
+            c->lookup = NULL;
+        auth_req_free(req);
+        return;
+    }
+    c->lookup = NULL;
+    char msg[600];
+    switch (req->l.status) {
+    case AUTH_LOOKUP_FOUND:
+        if (!scram_is_secret(req->l.secret)) {
+            snprintf(msg, sizeof(msg),
+                     "auth_query answered something other than a SCRAM-SHA-256 secret for user "
+                     "\"%s\" (%s): pgsteer can check only SCRAM logins against it",
+                     c->user, strncmp(req->l.secret, "md5", 3) == 0 ? "an MD5 hash" : "text");
+            log_warn("client %u: %s", c->id, msg);
+            client_close(c, "28000", msg);
+            break;
+        }
+        auth_cache_put(px->shared, c->user, req->l.secret);
+        c->secret_looked_up = true;
+        if (client_auth_begin(c, req->l.secret) == 0)
+            client_flush(c);
+        break;
+    case AUTH_LOOKUP_NONE:
+        log_info("client %u: auth_query found no secret for user \"%s\"", c->id, c->user);
+        client_auth_failed(c);
+        break;
+    case AUTH_LOOKUP_STOPPED: /* a reload replaced the monitor: ask the new one */
+        req->l.status = AUTH_LOOKUP_ERROR;
+        c->lookup = req;
+        req->ask = proxy_call_new(auth_req_submit, req);
+        req->reply = proxy_call_new(auth_req_answer, req);
+        if (req->ask == NULL || req->reply == NULL) {
+            c->lookup = NULL;
+            client_close(c, "53200", "out of memory");
+            break;
+        }
+        proxy_post_call(px->shared->workers[0], req->ask);
+        return;
+    case AUTH_LOOKUP_ERROR:
+        px->auth_lookup_errors++;
+        snprintf(msg, sizeof(msg), "pgsteer could not look up user \"%s\" (auth_query): %s",
+                 c->user, req->l.error);
+        log_warn("client %u: %s", c->id, msg);
+        client_close(c, "08001", msg);
+        break;
+    }
+    auth_req_free(req);
+}
+
+/* Look the client's secret up; the login goes on in auth_req_answer. Returns 0, or -1 when c
+ * was closed. */
+static int client_lookup_begin(struct client *c)
+{
+    struct proxy *px = c->px;
+    size_t len = strlen(c->user);
+    if (len == 0 || len >= sizeof(((struct auth_lookup *)0)->user)) {
+        client_auth_failed(c);
+        return -1;
+    }
+    struct auth_req *req = calloc(1, sizeof(*req));
+    if (req != NULL) {
+        req->ask = proxy_call_new(auth_req_submit, req);
+        req->reply = proxy_call_new(auth_req_answer, req);
+    }
+    if (req == NULL || req->ask == NULL || req->reply == NULL) {
+        if (req != NULL)
+            auth_req_free(req);
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
+    memcpy(req->l.user, c->user, len + 1);
+    req->l.done = auth_req_done;
+    req->home = px;
+    req->client = c;
+    c->lookup = req;
+    c->state = CLIENT_AUTH;
+    px->auth_lookups++;
+    proxy_post_call(px->shared->workers[0], req->ask);
+    return 0;
+}
 
 static int client_start_auth(struct client *c)
 {
@@ -1018,6 +1244,18 @@ static int client_start_auth(struct client *c)
         }
     }
     const struct config_user *u = config_find_user(c->px->cfg, c->user);
+    const struct config_auth_query *aq = &c->px->cfg->auth_query;
+    if (u == NULL && aq->enabled && c->px->cfg->auth_method == AUTH_METHOD_SCRAM) {
+        char secret[AUTH_LOOKUP_MAX_SECRET];
+        if (aq->cache_ms > 0 &&
+            auth_cache_get(c->px->shared, c->user, aq->cache_ms, secret, sizeof(secret))) {
+            c->secret_looked_up = true;
+            int rc = client_auth_begin(c, secret);
+            OPENSSL_cleanse(secret, sizeof(secret));
+            return rc;
+        }
+        return client_lookup_begin(c);
+    }
     if (u == NULL && c->px->cfg->auth_method != AUTH_METHOD_TRUST) {
         client_auth_failed(c);
         return -1;
@@ -1028,8 +1266,19 @@ static int client_start_auth(struct client *c)
         client_close(c, "28000", msg);
         return -1;
     }
-    c->password = strdup(u->password ? u->password : "");
+    return client_auth_begin(c, u->password ? u->password : "");
+}
+
+/* Ask the client for its password, to be checked against `password` (a password or a SCRAM
+ * secret, copied). Returns 0, or -1 when c was closed. */
+static int client_auth_begin(struct client *c, const char *password)
+{
+    c->password = strdup(password);
     c->state = CLIENT_AUTH;
+    if (c->password == NULL) {
+        client_close(c, "53200", "out of memory");
+        return -1;
+    }
     struct buf m;
     buf_init(&m);
     int rc = 0;
@@ -3228,6 +3477,12 @@ static void client_on_input(struct client *c)
         int rc = client_handle_startup_packet(c);
         if (rc != 0)
             return;
+    }
+    if (c->state == CLIENT_AUTH && c->lookup != NULL) {
+        /* its secret is being looked up: the client was asked for nothing yet */
+        if (buf_avail(&c->in) > 0)
+            client_close(c, "08P01", "unexpected message during authentication");
+        return;
     }
     if (c->state == CLIENT_AUTH) {
         struct proto_msg m;

@@ -1392,6 +1392,85 @@ static void parse_monitor(struct ctx *c, const struct ynode *root, const struct 
     }
 }
 
+static const char *const auth_query_keys[] = {"query", "user", "password", "dbname", "cache_ms"};
+
+#define AUTH_QUERY_DEFAULT "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+
+/* auth_query: after users, auth_file and monitor, whose values its defaults take. */
+static void parse_auth_query(struct ctx *c, const struct ynode *v, struct config *cfg)
+{
+    enum { Q_QUERY, Q_USER, Q_PASS, Q_DB, Q_CACHE, Q_N };
+    struct config_auth_query *q = &cfg->auth_query;
+    const struct ynode *k[Q_N], *val[Q_N];
+    for (int i = 0; i < Q_N; i++)
+        k[i] = val[i] = NULL;
+    if (!ynode_is_null(v)) { /* null: every setting commented out, the defaults apply */
+        if (v->type != YNODE_MAP) {
+            if (v->type != YNODE_BAD)
+                report_type(c, v, "a mapping", "auth_query");
+            return;
+        }
+        walk_map(c, v, auth_query_keys, Q_N, NULL, 0, k, val);
+    }
+    q->enabled = true;
+    q->cache_ms = 60000;
+    if (cfg->monitor.user == NULL)
+        report_at(c, v,
+                  "auth_query: no user to default monitor.user to: set monitor.user and "
+                  "monitor.password");
+    if (cfg->auth_method != AUTH_METHOD_SCRAM)
+        report_at(c, v,
+                  "auth_query needs auth_method: scram-sha-256 (the secrets it finds can only "
+                  "check a SCRAM login)");
+    if (val[Q_QUERY]) {
+        if (get_text(c, val[Q_QUERY], "query", false, &q->query) && !strstr(q->query, "$1"))
+            report_at(c, val[Q_QUERY], "auth_query.query must use the user's name as $1");
+    } else if (!(q->query = strdup(AUTH_QUERY_DEFAULT))) {
+        c->oom = true;
+    }
+    if (val[Q_CACHE])
+        get_int32(c, val[Q_CACHE], "cache_ms", 0, INT_MAX, &q->cache_ms);
+    const char *db = cfg->monitor.dbname ? cfg->monitor.dbname : "postgres";
+    if (val[Q_DB])
+        get_text(c, val[Q_DB], "dbname", false, &q->dbname);
+    else if (!(q->dbname = strdup(db)))
+        c->oom = true;
+    bool user_ok = true;
+    if (val[Q_USER])
+        user_ok = get_text(c, val[Q_USER], "user", false, &q->user);
+    else if (cfg->monitor.user && !(q->user = strdup(cfg->monitor.user)))
+        c->oom = true;
+    else if (!cfg->monitor.user)
+        return; /* (reported above) */
+    if (val[Q_PASS]) {
+        get_text(c, val[Q_PASS], "password", true, &q->password);
+        return;
+    }
+    if (!user_ok)
+        return;
+    const char *pw = NULL;
+    if (cfg->monitor.user && strcmp(q->user, cfg->monitor.user) == 0) {
+        pw = cfg->monitor.password;
+    } else {
+        const struct config_user *u = config_find_user(cfg, q->user);
+        if (u && scram_is_secret(u->password)) {
+            report_at(c, v,
+                      "missing required key 'password' (auth_query user '%s' has a SCRAM secret "
+                      "in 'users', with which it cannot log in)",
+                      q->user);
+            return;
+        }
+        pw = u ? u->password : NULL;
+    }
+    if (pw == NULL) {
+        report_at(c, v, "missing required key 'password' (auth_query user '%s' is not in 'users')",
+                  q->user);
+        return;
+    }
+    if (!(q->password = strdup(pw)))
+        c->oom = true;
+}
+
 static const char *const tls_mode_names[] = {"disable", "prefer", "require", "verify-ca",
                                              "verify-full"};
 static const char *const server_tls_keys[] = {"mode",     "ca_file",      "cert_file", "key_file",
@@ -1583,6 +1662,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
                                         "admin_users",
                                         "admin_token",
                                         "auth_file",
+                                        "auth_query",
                                         "nodes",
                                         "write_functions",
                                         "monitor",
@@ -1622,6 +1702,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         K_ADMIN_USERS,
         K_ADMIN_TOKEN,
         K_AUTH_FILE,
+        K_AUTH_QUERY,
         K_NODES,
         K_WRITE_FUNCTIONS,
         K_MONITOR,
@@ -1658,6 +1739,7 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     const struct ynode *k[K_COUNT], *v[K_COUNT];
     static const struct key_section nested[] = {
         {"monitor", monitor_keys, sizeof monitor_keys / sizeof monitor_keys[0]},
+        {"auth_query", auth_query_keys, sizeof auth_query_keys / sizeof auth_query_keys[0]},
         {"server_tls", server_tls_keys, sizeof server_tls_keys / sizeof server_tls_keys[0]},
         {"client_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
         {"admin_tls", client_tls_keys, sizeof client_tls_keys / sizeof client_tls_keys[0]},
@@ -1682,11 +1764,11 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
         get_listen_addr(c, v[K_ADMIN_LISTEN], "admin_listen", &cfg->admin_listen);
     if (v[K_AUTH] && get_enum(c, v[K_AUTH], "auth_method", auth_names, 3, &e))
         cfg->auth_method = (enum auth_method)e;
-    parse_users(c, root, v[K_USERS], "users", !v[K_AUTH_FILE], cfg->auth_method, &cfg->users,
-                &cfg->nusers);
+    parse_users(c, root, v[K_USERS], "users", !v[K_AUTH_FILE] && !v[K_AUTH_QUERY], cfg->auth_method,
+                &cfg->users, &cfg->nusers);
     if (v[K_AUTH_FILE]) {
         parse_auth_file(c, v[K_AUTH_FILE], cfg, cfg->auth_method);
-        if (cfg->nusers == 0 && cfg->auth_file && c->nprobs == 0)
+        if (cfg->nusers == 0 && cfg->auth_file && c->nprobs == 0 && !v[K_AUTH_QUERY])
             report_at(c, v[K_AUTH_FILE], "no user: neither 'users' nor auth_file '%s' names one",
                       cfg->auth_file);
     }
@@ -1698,6 +1780,8 @@ static void parse_root(struct ctx *c, const struct ynode *root, struct config *c
     if (v[K_WRITE_FUNCTIONS])
         parse_write_functions(c, v[K_WRITE_FUNCTIONS], cfg);
     parse_monitor(c, root, v[K_MONITOR], cfg);
+    if (v[K_AUTH_QUERY])
+        parse_auth_query(c, v[K_AUTH_QUERY], cfg);
     parse_server_tls(c, v[K_SERVER_TLS], cfg);
     parse_served_tls(c, v[K_CLIENT_TLS], "client_tls", 5, &cfg->client_tls);
     parse_served_tls(c, v[K_ADMIN_TLS], "admin_tls", 4, &cfg->admin_tls);
@@ -1912,6 +1996,10 @@ void config_free(struct config *c)
     free(c->monitor.user);
     free(c->monitor.password);
     free(c->monitor.dbname);
+    free(c->auth_query.query);
+    free(c->auth_query.user);
+    free(c->auth_query.password);
+    free(c->auth_query.dbname);
     free(c->server_tls.ca_file);
     free(c->server_tls.cert_file);
     free(c->server_tls.key_file);

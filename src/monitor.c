@@ -51,6 +51,14 @@ enum mon_phase {
     MON_WAITING,    /* query flushed; waiting for the answer */
 };
 
+/* One libpq connection of the monitor thread. */
+struct mon_conn {
+    PGconn *conn;
+    enum mon_phase phase;
+    short events;         /* what libpq waits for: POLLIN and/or POLLOUT */
+    uint64_t deadline_ns; /* end of the connect or query in progress */
+};
+
 /* What one node said in one round. */
 struct mon_answer {
     bool in_recovery;
@@ -71,10 +79,7 @@ struct mon_node {
     bool is_primary;
     int weight;
 
-    PGconn *conn;
-    enum mon_phase phase;
-    short events;         /* what libpq waits for: POLLIN and/or POLLOUT */
-    uint64_t deadline_ns; /* end of the connect or query in progress */
+    struct mon_conn mc;
 
     /* This round. */
     bool blocking; /* the round waits for this node (see round_begin) */
@@ -115,6 +120,13 @@ struct monitor {
     bool started;
     _Atomic(struct monitor_snapshot *) mailbox;
 
+    /* auth_query (monitor_lookup): its settings, copied; lookups asked and not yet taken, in
+     * order, under aq_lock */
+    bool aq_enabled;
+    char *aq_query, *aq_user, *aq_password, *aq_dbname;
+    pthread_mutex_t aq_lock;
+    struct auth_lookup *aq_head, *aq_tail;
+
     /* Monitor thread only. */
     struct lag_history history;
     uint64_t round;
@@ -125,6 +137,11 @@ struct monitor {
     lsn_t primary_bound;        /* commit_bound() of the same sample: published as the
                                    snapshot's primary_lsn */
     int64_t primary_sampled_ns; /* when both were sampled */
+    /* auth_query: the lookup being answered, over a connection to the primary of its own (the
+     * rounds' connection stays free for the rounds) */
+    struct auth_lookup *aq_cur;
+    bool aq_answered; /* aq_cur's answer is filled in; the connection is being drained */
+    struct mon_conn aq;
 };
 
 static int64_t unix_ms(void)
@@ -173,47 +190,45 @@ static void one_line(char *dst, size_t cap, const char *src)
  * sends while the connection is idle). */
 static void notice_cb(void *arg, const char *message)
 {
-    const struct mon_node *n = arg;
+    const char *node_name = arg;
     char line[512];
     one_line(line, sizeof(line), message);
-    log_debug("monitor: %s: %s", n->name, line);
+    log_debug("monitor: %s: %s", node_name, line);
 }
 
-static void node_drop(struct mon_node *n)
+/* ---- a libpq connection of the monitor thread, without blocking ---- */
+
+static void conn_drop(struct mon_conn *c)
 {
-    if (n->conn != NULL)
-        PQfinish(n->conn);
-    n->conn = NULL;
-    n->phase = MON_CLOSED;
-    n->events = 0;
+    if (c->conn != NULL)
+        PQfinish(c->conn);
+    c->conn = NULL;
+    c->phase = MON_CLOSED;
+    c->events = 0;
 }
 
-/* The node failed this round. `drop` closes the connection (it is unusable, or a query is
- * still in flight on it); the message is copied before the connection is freed. */
-static void node_fail(struct mon_node *n, const char *msg, bool drop)
+static bool conn_active(const struct mon_conn *c)
 {
-    one_line(n->err, sizeof(n->err), msg);
-    if (n->err[0] == '\0')
-        snprintf(n->err, sizeof(n->err), "unknown error");
-    n->answered = false;
-    n->done = true;
-    if (drop || (n->conn != NULL && PQstatus(n->conn) == CONNECTION_BAD))
-        node_drop(n);
+    return c->phase == MON_CONNECTING || c->phase == MON_SENDING || c->phase == MON_WAITING;
 }
 
-static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
+/* Start a non-blocking connection to node n with the monitor's TLS settings. Returns 0, or -1
+ * with the reason in err[cap] (the connection dropped). */
+static int conn_start(const struct monitor *m, struct mon_conn *c, const struct mon_node *n,
+                      const char *user, const char *password, const char *dbname, const char *app,
+                      uint64_t now, char *err, size_t cap)
 {
     const char *keys[16], *vals[16];
     int k = 0;
     keys[k] = "host", vals[k++] = n->host;
     keys[k] = "port", vals[k++] = n->port;
-    keys[k] = "dbname", vals[k++] = m->dbname != NULL ? m->dbname : "postgres";
-    keys[k] = "application_name", vals[k++] = MONITOR_APPNAME;
-    keys[k] = "fallback_application_name", vals[k++] = MONITOR_APPNAME;
-    if (m->user != NULL)
-        keys[k] = "user", vals[k++] = m->user;
-    if (m->password != NULL)
-        keys[k] = "password", vals[k++] = m->password;
+    keys[k] = "dbname", vals[k++] = dbname != NULL ? dbname : "postgres";
+    keys[k] = "application_name", vals[k++] = app;
+    keys[k] = "fallback_application_name", vals[k++] = app;
+    if (user != NULL)
+        keys[k] = "user", vals[k++] = user;
+    if (password != NULL)
+        keys[k] = "password", vals[k++] = password;
     keys[k] = "sslmode", vals[k++] = m->sslmode; /* as pgsteer's own connections */
     if (m->sslrootcert != NULL)
         keys[k] = "sslrootcert", vals[k++] = m->sslrootcert;
@@ -226,74 +241,191 @@ static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
     if (m->tls13_only)
         keys[k] = "ssl_min_protocol_version", vals[k++] = "TLSv1.3";
     keys[k] = NULL, vals[k] = NULL;
-
     /* Caution: a host name (not an address) is resolved synchronously inside libpq, which can
      * hold up the whole round; configure monitor hosts as addresses where that matters. The
      * connect timeout is enforced here (libpq's connect_timeout applies to blocking connects
      * only). */
-    n->conn = PQconnectStartParams(keys, vals, 0);
-    if (n->conn == NULL) {
-        node_fail(n, "out of memory", true);
-        return;
+    c->conn = PQconnectStartParams(keys, vals, 0);
+    if (c->conn == NULL) {
+        snprintf(err, cap, "out of memory");
+        return -1;
     }
-    PQsetNoticeProcessor(n->conn, notice_cb, n);
-    if (PQstatus(n->conn) == CONNECTION_BAD) {
-        node_fail(n, PQerrorMessage(n->conn), true);
-        return;
+    PQsetNoticeProcessor(c->conn, notice_cb, (void *)n->name);
+    if (PQstatus(c->conn) == CONNECTION_BAD) {
+        one_line(err, cap, PQerrorMessage(c->conn));
+        conn_drop(c);
+        return -1;
     }
-    n->phase = MON_CONNECTING;
-    n->events = POLLOUT; /* as if PQconnectPoll had returned PGRES_POLLING_WRITING */
-    n->deadline_ns = now + m->timeout_ns;
+    c->phase = MON_CONNECTING;
+    c->events = POLLOUT; /* as if PQconnectPoll had returned PGRES_POLLING_WRITING */
+    c->deadline_ns = now + m->timeout_ns;
+    return 0;
 }
 
-/* An idle connection the server closed since the last round (restart, terminated backend,
- * idle timeout) shows up as a readable socket with EOF. Finding that out before the round's
- * queries go out lets the node reconnect at once instead of failing this round. */
-static void node_check_idle(struct mon_node *n)
+/* An idle connection the server closed meanwhile (restart, terminated backend, idle timeout)
+ * shows up as a readable socket with EOF. Finding that out before a query goes out lets it
+ * reconnect at once instead of failing that query. Returns true when c was dropped so, with
+ * the reason in err[cap]. */
+static bool conn_check_idle(struct mon_conn *c, char *err, size_t cap)
 {
     for (int i = 0; i < 4; i++) {
-        struct pollfd p = {.fd = PQsocket(n->conn), .events = POLLIN};
+        struct pollfd p = {.fd = PQsocket(c->conn), .events = POLLIN};
         if (p.fd < 0 || poll(&p, 1, 0) <= 0)
             break;
-        if (!PQconsumeInput(n->conn))
+        if (!PQconsumeInput(c->conn))
             break;
     }
-    if (PQsocket(n->conn) < 0 || PQstatus(n->conn) == CONNECTION_BAD) {
-        char line[256];
-        one_line(line, sizeof(line), PQerrorMessage(n->conn));
-        log_debug("monitor: %s: reconnecting: %s", n->name, line);
-        node_drop(n);
+    if (PQsocket(c->conn) >= 0 && PQstatus(c->conn) != CONNECTION_BAD)
+        return false;
+    one_line(err, cap, PQerrorMessage(c->conn));
+    conn_drop(c);
+    return true;
+}
+
+/* After a query was sent, or when the socket is writable: push libpq's output. Returns 0, or
+ * -1 with the reason in err[cap]. */
+static int conn_flush(struct mon_conn *c, char *err, size_t cap)
+{
+    int r = PQflush(c->conn);
+    if (r < 0) {
+        one_line(err, cap, PQerrorMessage(c->conn));
+        return -1;
+    }
+    if (r == 0) {
+        c->phase = MON_WAITING;
+        c->events = POLLIN;
+    } else {
+        /* libpq could not write everything: the server may be waiting for us to read. */
+        c->phase = MON_SENDING;
+        c->events = POLLIN | POLLOUT;
+    }
+    return 0;
+}
+
+/* What conn_advance came to. */
+enum conn_step {
+    CONN_BUSY,      /* still connecting, sending or waiting */
+    CONN_CONNECTED, /* the connection is up and idle */
+    CONN_DRAINED,   /* every result of the query was handed to take(); idle again */
+    CONN_FAILED,    /* err says why; the connection should be dropped */
+};
+
+/* Read what came for the query in flight: each result to take(arg, res); CONN_DRAINED once
+ * they are all taken. */
+static enum conn_step conn_read(struct mon_conn *c, void (*take)(void *arg, const PGresult *res),
+                                void *arg, char *err, size_t cap)
+{
+    if (!PQconsumeInput(c->conn)) {
+        one_line(err, cap, PQerrorMessage(c->conn));
+        return CONN_FAILED;
+    }
+    while (!PQisBusy(c->conn)) {
+        PGresult *res = PQgetResult(c->conn);
+        if (res == NULL) {
+            c->phase = MON_IDLE;
+            c->events = 0;
+            return CONN_DRAINED;
+        }
+        take(arg, res);
+        PQclear(res);
+    }
+    return CONN_BUSY;
+}
+
+/* Move c on after poll() reported `revents` (not 0) on its socket; each result of the query in
+ * flight goes to take(arg, res). */
+static enum conn_step conn_advance(struct mon_conn *c, short revents,
+                                   void (*take)(void *arg, const PGresult *res), void *arg,
+                                   char *err, size_t cap)
+{
+    switch (c->phase) {
+    case MON_CONNECTING:
+        switch (PQconnectPoll(c->conn)) {
+        case PGRES_POLLING_OK:
+            if (PQsetnonblocking(c->conn, 1) != 0)
+                break;
+            c->phase = MON_IDLE;
+            c->events = 0;
+            return CONN_CONNECTED;
+        case PGRES_POLLING_FAILED:
+            break;
+        case PGRES_POLLING_READING:
+            c->events = POLLIN;
+            return CONN_BUSY;
+        default:
+            c->events = POLLOUT;
+            return CONN_BUSY;
+        }
+        one_line(err, cap, PQerrorMessage(c->conn));
+        return CONN_FAILED;
+    case MON_SENDING:
+        if ((revents & POLLIN) && !PQconsumeInput(c->conn)) {
+            one_line(err, cap, PQerrorMessage(c->conn));
+            return CONN_FAILED;
+        }
+        if (conn_flush(c, err, cap) < 0)
+            return CONN_FAILED;
+        if (c->phase != MON_WAITING)
+            return CONN_BUSY;
+        return conn_read(c, take, arg, err, cap); /* (the answer may be here already) */
+    case MON_WAITING:
+        return conn_read(c, take, arg, err, cap);
+    default:
+        return CONN_BUSY;
     }
 }
 
-static void node_flush(struct mon_node *n)
+/* ---- the nodes' connections ---- */
+
+static void node_drop(struct mon_node *n)
 {
-    int r = PQflush(n->conn);
-    if (r < 0) {
-        node_fail(n, PQerrorMessage(n->conn), true);
-    } else if (r == 0) {
-        n->phase = MON_WAITING;
-        n->events = POLLIN;
-    } else {
-        /* libpq could not write everything: the server may be waiting for us to read. */
-        n->phase = MON_SENDING;
-        n->events = POLLIN | POLLOUT;
-    }
+    conn_drop(&n->mc);
+}
+
+/* The node failed this round. `drop` closes the connection (it is unusable, or a query is
+ * still in flight on it); the message is copied before the connection is freed. */
+static void node_fail(struct mon_node *n, const char *msg, bool drop)
+{
+    one_line(n->err, sizeof(n->err), msg);
+    if (n->err[0] == '\0')
+        snprintf(n->err, sizeof(n->err), "unknown error");
+    n->answered = false;
+    n->done = true;
+    if (drop || (n->mc.conn != NULL && PQstatus(n->mc.conn) == CONNECTION_BAD))
+        node_drop(n);
+}
+
+static void node_connect(struct monitor *m, struct mon_node *n, uint64_t now)
+{
+    char err[256];
+    if (conn_start(m, &n->mc, n, m->user, m->password, m->dbname, MONITOR_APPNAME, now, err,
+                   sizeof(err)) < 0)
+        node_fail(n, err, true);
+}
+
+static void node_check_idle(struct mon_node *n)
+{
+    char err[256];
+    if (conn_check_idle(&n->mc, err, sizeof(err)))
+        log_debug("monitor: %s: reconnecting: %s", n->name, err);
 }
 
 static void node_send(struct monitor *m, struct mon_node *n)
 {
     n->queried = true;
     n->sent_ns = uv_hrtime();
-    n->deadline_ns = n->sent_ns + m->timeout_ns;
-    if (!PQsendQuery(n->conn, MONITOR_QUERY)) {
-        node_fail(n, PQerrorMessage(n->conn), true);
+    n->mc.deadline_ns = n->sent_ns + m->timeout_ns;
+    char err[256];
+    if (!PQsendQuery(n->mc.conn, MONITOR_QUERY)) {
+        node_fail(n, PQerrorMessage(n->mc.conn), true);
         return;
     }
-    node_flush(n);
+    if (conn_flush(&n->mc, err, sizeof(err)) < 0)
+        node_fail(n, err, true);
 }
 
 static int parse_lsn_field(const PGresult *res, int col, lsn_t *out)
+
 {
     *out = LSN_INVALID;
     if (PQgetisnull(res, 0, col))
@@ -301,8 +433,9 @@ static int parse_lsn_field(const PGresult *res, int col, lsn_t *out)
     return lsn_parse(PQgetvalue(res, 0, col), (size_t)PQgetlength(res, 0, col), out);
 }
 
-static void node_take_result(struct mon_node *n, const PGresult *res)
+static void node_take_result(void *arg, const PGresult *res)
 {
+    struct mon_node *n = arg;
     if (n->got_row || n->result_err[0] != '\0')
         return; /* only the first result counts */
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -325,18 +458,16 @@ static void node_take_result(struct mon_node *n, const PGresult *res)
     n->got_row = true;
 }
 
-static void node_read(struct mon_node *n)
+/* Move one node on after poll(): `revents` from its socket, or 0 when only time passed. */
+static void node_service(struct monitor *m, struct mon_node *n, short revents, uint64_t now)
 {
-    if (!PQconsumeInput(n->conn)) {
-        node_fail(n, PQerrorMessage(n->conn), true);
-        return;
-    }
-    while (!PQisBusy(n->conn)) {
-        PGresult *res = PQgetResult(n->conn);
-        if (res == NULL) {
+    if (revents != 0) {
+        char err[256];
+        switch (conn_advance(&n->mc, revents, node_take_result, n, err, sizeof(err))) {
+        case CONN_CONNECTED:
+            return;
+        case CONN_DRAINED:
             /* All results drained: the connection is idle again and stays open. */
-            n->phase = MON_IDLE;
-            n->events = 0;
             if (n->got_row) {
                 n->answered = true;
                 n->done = true;
@@ -345,70 +476,219 @@ static void node_read(struct mon_node *n)
                 node_fail(n, n->result_err[0] != '\0' ? n->result_err : "no answer", false);
             }
             return;
-        }
-        node_take_result(n, res);
-        PQclear(res);
-    }
-}
-
-/* Move one node on after poll(): `revents` from its socket, or 0 when only time passed. */
-static void node_service(struct monitor *m, struct mon_node *n, short revents, uint64_t now)
-{
-    if (revents != 0) {
-        switch (n->phase) {
-        case MON_CONNECTING:
-            switch (PQconnectPoll(n->conn)) {
-            case PGRES_POLLING_OK:
-                if (PQsetnonblocking(n->conn, 1) != 0) {
-                    node_fail(n, PQerrorMessage(n->conn), true);
-                    return;
-                }
-                n->phase = MON_IDLE;
-                n->events = 0;
-                return;
-            case PGRES_POLLING_FAILED:
-                node_fail(n, PQerrorMessage(n->conn), true);
-                return;
-            case PGRES_POLLING_READING:
-                n->events = POLLIN;
-                break;
-            default:
-                n->events = POLLOUT;
-                break;
-            }
-            break;
-        case MON_SENDING:
-            if ((revents & POLLIN) && !PQconsumeInput(n->conn)) {
-                node_fail(n, PQerrorMessage(n->conn), true);
-                return;
-            }
-            node_flush(n);
-            if (n->phase == MON_WAITING)
-                node_read(n);
-            break;
-        case MON_WAITING:
-            node_read(n);
-            break;
-        default:
+        case CONN_FAILED:
+            node_fail(n, err, true);
             return;
+        case CONN_BUSY:
+            break;
         }
     }
-    if (now < n->deadline_ns)
+    if (now < n->mc.deadline_ns)
         return;
     char msg[128];
-    if (n->phase == MON_CONNECTING) {
+    if (n->mc.phase == MON_CONNECTING) {
         snprintf(msg, sizeof(msg), "timeout: not connected after %d ms", m->timeout_ms);
         node_fail(n, msg, true);
-    } else if (n->phase == MON_SENDING || n->phase == MON_WAITING) {
+    } else if (n->mc.phase == MON_SENDING || n->mc.phase == MON_WAITING) {
         /* The query is still in flight: the connection cannot be reused for the next one. */
         snprintf(msg, sizeof(msg), "timeout: no answer after %d ms", m->timeout_ms);
         node_fail(n, msg, true);
     }
 }
 
+/* ---- auth_query ---- */
+
+#define AUTH_APPNAME "pgsteer-auth"
+
+static void aq_answer(struct auth_lookup *l, enum auth_lookup_status st, const char *error)
+{
+    l->status = st;
+    if (error != NULL)
+        one_line(l->error, sizeof(l->error), error);
+    if (st == AUTH_LOOKUP_ERROR && l->error[0] == '\0')
+        snprintf(l->error, sizeof(l->error), "unknown error");
+    l->done(l);
+}
+
+/* The lookup at hand is over: answered as aq_take_result filled it in, or, when `set`, with
+ * st and error. */
+static void aq_finish(struct monitor *m, bool set, enum auth_lookup_status st, const char *error)
+{
+    struct auth_lookup *l = m->aq_cur;
+    m->aq_cur = NULL;
+    m->aq_answered = false;
+    if (set)
+        aq_answer(l, st, error);
+    else
+        l->done(l);
+}
+
+/* The lookup at hand failed with `why` and its connection is dropped. */
+static void aq_fail(struct monitor *m, const char *why)
+{
+    conn_drop(&m->aq);
+    aq_finish(m, true, AUTH_LOOKUP_ERROR, why);
+}
+
+/* The primary cannot be reached: the lookup at hand and every one queued fail with `why` (each
+ * would only wait for the same timeout in turn). */
+static void aq_fail_all(struct monitor *m, const char *why)
+{
+    char msg[256];
+    one_line(msg, sizeof(msg), why);
+    conn_drop(&m->aq);
+    if (m->aq_cur != NULL)
+        aq_finish(m, true, AUTH_LOOKUP_ERROR, msg);
+    pthread_mutex_lock(&m->aq_lock);
+    struct auth_lookup *l = m->aq_head;
+    m->aq_head = m->aq_tail = NULL;
+    pthread_mutex_unlock(&m->aq_lock);
+    while (l != NULL) {
+        struct auth_lookup *next = l->next;
+        aq_answer(l, AUTH_LOOKUP_ERROR, msg);
+        l = next;
+    }
+}
+
+/* The first result of the query is the answer; the rest are drained. */
+static void aq_take_result(void *arg, const PGresult *res)
+{
+    struct monitor *m = arg;
+    struct auth_lookup *l = m->aq_cur;
+    if (m->aq_answered)
+        return;
+    m->aq_answered = true;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        l->status = AUTH_LOOKUP_ERROR;
+        one_line(l->error, sizeof(l->error), PQresultErrorMessage(res));
+        if (l->error[0] == '\0')
+            snprintf(l->error, sizeof(l->error), "%s", PQresStatus(PQresultStatus(res)));
+        return;
+    }
+    if (PQnfields(res) < 2) {
+        l->status = AUTH_LOOKUP_ERROR;
+        snprintf(l->error, sizeof(l->error),
+                 "auth_query answered %d column(s); it must answer the name and the secret",
+                 PQnfields(res));
+        return;
+    }
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 1)) {
+        l->status = AUTH_LOOKUP_NONE;
+        return;
+    }
+    int len = PQgetlength(res, 0, 1);
+    if (len >= (int)sizeof(l->secret)) {
+        l->status = AUTH_LOOKUP_ERROR;
+        snprintf(l->error, sizeof(l->error), "auth_query answered a secret of %d bytes", len);
+        return;
+    }
+    memcpy(l->secret, PQgetvalue(res, 0, 1), (size_t)len);
+    l->secret[len] = '\0';
+    l->status = AUTH_LOOKUP_FOUND;
+}
+
+/* Start what the lookups need: take the next one, connect, send its query. Monitor thread, at
+ * every turn of pump. */
+static void aq_step(struct monitor *m, uint64_t now)
+{
+    if (m->aq_cur == NULL) {
+        pthread_mutex_lock(&m->aq_lock);
+        m->aq_cur = m->aq_head;
+        if (m->aq_head != NULL) {
+            m->aq_head = m->aq_head->next;
+            if (m->aq_head == NULL)
+                m->aq_tail = NULL;
+        }
+        pthread_mutex_unlock(&m->aq_lock);
+        if (m->aq_cur == NULL)
+            return;
+        m->aq_cur->next = NULL;
+        m->aq_answered = false;
+    }
+    char err[256];
+    if (m->aq.phase == MON_IDLE && conn_check_idle(&m->aq, err, sizeof(err)))
+        log_debug("monitor: auth_query: reconnecting: %s", err);
+    if (m->aq.phase == MON_CLOSED) {
+        if (conn_start(m, &m->aq, &m->nodes[m->primary], m->aq_user, m->aq_password, m->aq_dbname,
+                       AUTH_APPNAME, now, err, sizeof(err)) < 0)
+            aq_fail_all(m, err);
+        return;
+    }
+    if (m->aq.phase != MON_IDLE)
+        return;
+    const char *param = m->aq_cur->user;
+    if (!PQsendQueryParams(m->aq.conn, m->aq_query, 1, NULL, &param, NULL, NULL, 0)) {
+        one_line(err, sizeof(err), PQerrorMessage(m->aq.conn));
+        aq_fail(m, err);
+        return;
+    }
+    m->aq.deadline_ns = now + m->timeout_ns;
+    if (conn_flush(&m->aq, err, sizeof(err)) < 0)
+        aq_fail(m, err);
+}
+
+/* Move the lookup connection on after poll(): `revents` from its socket, or 0. */
+static void aq_service(struct monitor *m, short revents, uint64_t now)
+{
+    if (revents != 0) {
+        char err[256];
+        switch (conn_advance(&m->aq, revents, aq_take_result, m, err, sizeof(err))) {
+        case CONN_CONNECTED:
+            aq_step(m, now);
+            return;
+        case CONN_DRAINED:
+            if (m->aq_answered)
+                aq_finish(m, false, AUTH_LOOKUP_ERROR, NULL);
+            else
+                aq_finish(m, true, AUTH_LOOKUP_ERROR, "no answer to auth_query");
+            return;
+        case CONN_FAILED:
+            if (m->aq.phase == MON_CONNECTING)
+                aq_fail_all(m, err);
+            else
+                aq_fail(m, err);
+            return;
+        case CONN_BUSY:
+            break;
+        }
+    }
+    if (!conn_active(&m->aq) || now < m->aq.deadline_ns)
+        return;
+    char msg[128];
+    if (m->aq.phase == MON_CONNECTING) {
+        snprintf(msg, sizeof(msg), "timeout: not connected to the primary after %d ms",
+                 m->timeout_ms);
+        aq_fail_all(m, msg);
+    } else {
+        snprintf(msg, sizeof(msg), "timeout: no answer to auth_query after %d ms", m->timeout_ms);
+        aq_fail(m, msg);
+    }
+}
+
+void monitor_lookup(struct monitor *m, struct auth_lookup *l)
+{
+    l->next = NULL;
+    l->error[0] = '\0';
+    l->secret[0] = '\0';
+    if (!m->aq_enabled) {
+        aq_answer(l, AUTH_LOOKUP_ERROR, "auth_query is not configured");
+        return;
+    }
+    pthread_mutex_lock(&m->aq_lock);
+    if (m->aq_tail != NULL)
+        m->aq_tail->next = l;
+    else
+        m->aq_head = l;
+    m->aq_tail = l;
+    pthread_mutex_unlock(&m->aq_lock);
+    uint64_t one = 1;
+    ssize_t w = write(m->stop_fd, &one, sizeof(one));
+    (void)w;
+}
+
 static bool node_active(const struct mon_node *n)
 {
-    return n->phase == MON_CONNECTING || n->phase == MON_SENDING || n->phase == MON_WAITING;
+    return conn_active(&n->mc);
 }
 
 static bool node_down(const struct monitor *m, const struct mon_node *n)
@@ -424,14 +704,14 @@ static void round_begin(struct monitor *m, uint64_t now)
         n->queried = n->done = n->answered = n->got_row = false;
         n->result_err[0] = '\0';
         memset(&n->ans, 0, sizeof(n->ans));
-        if (n->phase == MON_IDLE)
+        if (n->mc.phase == MON_IDLE)
             node_check_idle(n);
         /* A node already known down whose connect attempt is still pending (a host that
          * drops packets) does not hold up everyone's round: its attempt goes on across
          * rounds until its own timeout. A node believed up is always waited for. */
-        if (n->phase == MON_CLOSED)
+        if (n->mc.phase == MON_CLOSED)
             node_connect(m, n, now);
-        n->blocking = !(node_down(m, n) && n->phase == MON_CONNECTING);
+        n->blocking = !(node_down(m, n) && n->mc.phase == MON_CONNECTING);
     }
 }
 
@@ -444,7 +724,7 @@ static void round_dispatch(struct monitor *m)
 {
     struct mon_node *p = &m->nodes[m->primary];
     if (!m->gate) {
-        if (p->phase == MON_IDLE && !p->done && !p->queried)
+        if (p->mc.phase == MON_IDLE && !p->done && !p->queried)
             node_send(m, p);
         /* Once the primary's query is out, or it failed, or it is a down node still
          * connecting, the replicas need not wait. A primary that connects after that is
@@ -456,7 +736,7 @@ static void round_dispatch(struct monitor *m)
         return;
     for (size_t i = 0; i < m->nnodes; i++) {
         struct mon_node *n = &m->nodes[i];
-        if (!n->is_primary && n->phase == MON_IDLE && !n->done && !n->queried) {
+        if (!n->is_primary && n->mc.phase == MON_IDLE && !n->done && !n->queried) {
             n->blocking = true; /* connected: its answer is worth the wait */
             node_send(m, n);
         }
@@ -469,7 +749,7 @@ static bool round_complete(const struct monitor *m)
         const struct mon_node *n = &m->nodes[i];
         if (n->done)
             continue;
-        if (n->phase == MON_SENDING || n->phase == MON_WAITING || n->blocking)
+        if (n->mc.phase == MON_SENDING || n->mc.phase == MON_WAITING || n->blocking)
             return false;
     }
     return true;
@@ -483,17 +763,19 @@ static int pump(struct monitor *m, bool in_round, uint64_t until_ns)
     for (;;) {
         if (atomic_load(&m->stop))
             return -1;
+        uint64_t now = uv_hrtime();
+        aq_step(m, now);
         if (in_round) {
             round_dispatch(m);
             if (round_complete(m))
                 return 0;
         }
-        uint64_t now = uv_hrtime();
+        now = uv_hrtime();
         if (!in_round && now >= until_ns)
             return 0;
 
-        struct pollfd fds[CONFIG_MAX_NODES + 1];
-        struct mon_node *owner[CONFIG_MAX_NODES + 1];
+        struct pollfd fds[CONFIG_MAX_NODES + 2];
+        struct mon_node *owner[CONFIG_MAX_NODES + 2];
         nfds_t nfds = 0;
         fds[nfds] = (struct pollfd){.fd = m->stop_fd, .events = POLLIN};
         owner[nfds++] = NULL;
@@ -502,14 +784,14 @@ static int pump(struct monitor *m, bool in_round, uint64_t until_ns)
             struct mon_node *n = &m->nodes[i];
             if (!node_active(n))
                 continue;
-            if (PQsocket(n->conn) < 0) {
-                node_fail(n, PQerrorMessage(n->conn), true);
+            if (PQsocket(n->mc.conn) < 0) {
+                node_fail(n, PQerrorMessage(n->mc.conn), true);
                 continue;
             }
-            fds[nfds] = (struct pollfd){.fd = PQsocket(n->conn), .events = n->events};
+            fds[nfds] = (struct pollfd){.fd = PQsocket(n->mc.conn), .events = n->mc.events};
             owner[nfds++] = n;
-            if (n->deadline_ns < wake)
-                wake = n->deadline_ns;
+            if (n->mc.deadline_ns < wake)
+                wake = n->mc.deadline_ns;
         }
         if (in_round && nfds == 1) {
             /* A node that failed just above completes the round; anything else would be a
@@ -518,6 +800,16 @@ static int pump(struct monitor *m, bool in_round, uint64_t until_ns)
                 return 0;
             log_error("monitor: round %" PRIu64 " cannot complete", m->round + 1);
             abort();
+        }
+        nfds_t nnode = nfds; /* then the auth_query connection, when it waits for something */
+        if (conn_active(&m->aq) && PQsocket(m->aq.conn) >= 0) {
+            fds[nfds] = (struct pollfd){.fd = PQsocket(m->aq.conn), .events = m->aq.events};
+            owner[nfds++] = NULL;
+            if (m->aq.deadline_ns < wake)
+                wake = m->aq.deadline_ns;
+        } else if (conn_active(&m->aq)) {
+            aq_fail_all(m, PQerrorMessage(m->aq.conn));
+            continue;
         }
         int timeout = -1;
         if (wake != UINT64_MAX) {
@@ -535,8 +827,10 @@ static int pump(struct monitor *m, bool in_round, uint64_t until_ns)
             ssize_t rd = read(m->stop_fd, &v, sizeof(v));
             (void)rd;
         }
-        for (nfds_t i = 1; i < nfds; i++)
+        for (nfds_t i = 1; i < nnode; i++)
             node_service(m, owner[i], r > 0 ? fds[i].revents : 0, now);
+        if (conn_active(&m->aq))
+            aq_service(m, nfds > nnode && r > 0 ? fds[nnode].revents : 0, now);
     }
 }
 
@@ -737,6 +1031,7 @@ struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup)
     if (m == NULL)
         return NULL;
     m->stop_fd = -1;
+    pthread_mutex_init(&m->aq_lock, NULL);
     atomic_init(&m->stop, false);
     atomic_init(&m->mailbox, NULL);
     m->wakeup = wakeup;
@@ -761,13 +1056,24 @@ struct monitor *monitor_new(const struct config *cfg, uv_async_t *wakeup)
     m->sslkey = dup_or_null(tc->key_file);
     m->sslcrl = verify ? dup_or_null(tc->crl_file) : NULL;
     m->tls13_only = tc->min_protocol == 13;
+    const struct config_auth_query *aq = &cfg->auth_query;
+    m->aq_enabled = aq->enabled;
+    if (aq->enabled) {
+        m->aq_query = dup_or_null(aq->query);
+        m->aq_user = dup_or_null(aq->user);
+        m->aq_password = dup_or_null(aq->password);
+        m->aq_dbname = dup_or_null(aq->dbname);
+    }
     bool oom = (mc->user != NULL && m->user == NULL) ||
                (mc->password != NULL && m->password == NULL) ||
                (mc->dbname != NULL && m->dbname == NULL) ||
                (verify && tc->ca_file != NULL && m->sslrootcert == NULL) ||
                (tc->cert_file != NULL && m->sslcert == NULL) ||
                (tc->key_file != NULL && m->sslkey == NULL) ||
-               (verify && tc->crl_file != NULL && m->sslcrl == NULL);
+               (verify && tc->crl_file != NULL && m->sslcrl == NULL) ||
+               (aq->enabled && (m->aq_query == NULL || m->aq_dbname == NULL ||
+                                (aq->user != NULL && m->aq_user == NULL) ||
+                                (aq->password != NULL && m->aq_password == NULL)));
     /* Every node starts UP: the first round's answers decide, and a node that fails it is
      * evicted (and logged) right away. */
     m->primary_up = true;
@@ -829,6 +1135,19 @@ void monitor_free(struct monitor *m)
         (void)w;
         pthread_join(m->thread, NULL);
     }
+    /* Lookups not answered: the caller asks the monitor that replaces this one. */
+    if (m->aq_cur != NULL)
+        aq_finish(m, true, AUTH_LOOKUP_STOPPED, "stopped");
+    for (struct auth_lookup *l = m->aq_head, *next; l != NULL; l = next) {
+        next = l->next;
+        aq_answer(l, AUTH_LOOKUP_STOPPED, "stopped");
+    }
+    conn_drop(&m->aq);
+    pthread_mutex_destroy(&m->aq_lock);
+    free(m->aq_query);
+    free(m->aq_user);
+    free(m->aq_password);
+    free(m->aq_dbname);
     for (size_t i = 0; i < m->nnodes; i++) {
         node_drop(&m->nodes[i]);
         free(m->nodes[i].name);

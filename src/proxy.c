@@ -695,6 +695,8 @@ int proxy_reload(struct proxy *px, char **errors)
     pthread_mutex_lock(&px->shared->pick_lock);
     router_init(&px->shared->pick_router);
     pthread_mutex_unlock(&px->shared->pick_lock);
+    /* (auth_query and its user may have changed) */
+    client_auth_cache_clear(px->shared);
     /* Nothing points into the old configuration now: clients copied what they keep, the
      * monitor copies its part, and every other use goes through px->cfg. */
     if (old != boot_cfg)
@@ -1208,6 +1210,7 @@ int proxy_run(struct config *cfg)
     shared.cpu_affinity = cfg->cpu_affinity;
     atomic_init(&shared.clients, 0);
     pthread_mutex_init(&shared.pick_lock, NULL);
+    pthread_mutex_init(&shared.auth_lock, NULL);
     router_init(&shared.pick_router);
 
     struct sockaddr_storage addrs[CONFIG_MAX_NODES];
@@ -1290,6 +1293,9 @@ int proxy_run(struct config *cfg)
             free(workers[i]);
     }
     pthread_mutex_destroy(&shared.pick_lock);
+    client_auth_cache_clear(&shared);
+    pthread_mutex_destroy(&shared.auth_lock);
+    free(shared.auth_cache);
     if (last != boot_cfg)
         config_free(last);
     uv_loop_close(px.loop);

@@ -744,6 +744,54 @@ static void test_config_auth_file(void **state)
     expect_errors(NODES, "t.yaml:1:1: missing required key 'users'\n");
 }
 
+static void test_config_auth_query(void **state)
+{
+    (void)state;
+    /* defaults: the monitor's user, password and database; users may be left out */
+    struct config *c = parse("auth_query: {}\n"
+                             "monitor: {user: watcher, password: w}\n" NODES);
+    assert_int_equal(c->nusers, 0);
+    assert_true(c->auth_query.enabled);
+    assert_string_equal(c->auth_query.query,
+                        "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1");
+    assert_string_equal(c->auth_query.user, "watcher");
+    assert_string_equal(c->auth_query.password, "w");
+    assert_string_equal(c->auth_query.dbname, "postgres");
+    assert_int_equal(c->auth_query.cache_ms, 60000);
+    config_free(c);
+    /* absent: off */
+    c = parse(BASE);
+    assert_false(c->auth_query.enabled);
+    assert_null(c->auth_query.query);
+    config_free(c);
+    /* a user of `users` runs it with its password; every key set */
+    c = parse("auth_query:\n"
+              "  query: SELECT u, s FROM auth.lookup($1)\n"
+              "  user: app\n"
+              "  dbname: auth\n"
+              "  cache_ms: 0\n" BASE);
+    assert_string_equal(c->auth_query.query, "SELECT u, s FROM auth.lookup($1)");
+    assert_string_equal(c->auth_query.user, "app");
+    assert_string_equal(c->auth_query.password, "secret");
+    assert_string_equal(c->auth_query.dbname, "auth");
+    assert_int_equal(c->auth_query.cache_ms, 0);
+    config_free(c);
+    expect_errors("auth_query: {query: select 1, user: nobody, cache_ms: -1, extra: 1}\n"
+                  "auth_method: md5\n" BASE,
+                  "t.yaml:1:13: auth_query needs auth_method: scram-sha-256 (the secrets it "
+                  "finds can only check a SCRAM login)\n"
+                  "t.yaml:1:13: missing required key 'password' (auth_query user 'nobody' is not "
+                  "in 'users')\n"
+                  "t.yaml:1:21: auth_query.query must use the user's name as $1\n"
+                  "t.yaml:1:55: 'cache_ms' must be at least 0, got -1\n"
+                  "t.yaml:1:59: unknown key 'extra'\n");
+    expect_errors("auth_query: {}\n" NODES,
+                  "t.yaml:1:13: auth_query: no user to default monitor.user to: set monitor.user "
+                  "and monitor.password\n");
+    expect_errors("auth_query: [1]\n" BASE,
+                  "t.yaml:1:13: expected a mapping for 'auth_query', got a list\n");
+}
+
 static void test_config_tls_protocol_and_ciphers(void **state)
 {
     (void)state;
@@ -1743,6 +1791,7 @@ int main(void)
         cmocka_unit_test(test_config_scram_secrets),
         cmocka_unit_test(test_config_tls_protocol_and_ciphers),
         cmocka_unit_test(test_config_auth_file),
+        cmocka_unit_test(test_config_auth_query),
         cmocka_unit_test(test_config_parse_max_lag_bytes_units),
         cmocka_unit_test(test_config_parse_max_lag_bytes_rejects_bad_sizes),
         cmocka_unit_test(test_config_parse_addr_accepts_host_port),
